@@ -1,0 +1,349 @@
+//! Decoding the DATA phase (RFC 5321 §4.1.1.4, §4.5.2): pure, chunk by chunk, bounded memory.
+//!
+//! smtp-proto's `DataReceiver` finds the end of data (only `CRLF . CRLF`, so `<LF>.<CR><LF>`
+//! and `<CR>.<CR><LF>` smuggling attempts stay inside the body) and removes dot-stuffing.
+//! Around it we fix two of its edges and add what Exchange needs:
+//! - it is primed with a CRLF, so a body whose very first line starts with a dot (or an empty
+//!   body) is recognised as being at the start of a line;
+//! - the last decoded byte is held back until the end, because the receiver pops the `\r` of
+//!   the terminating CRLF from its output buffer, which we may already have drained;
+//! - bare LF and bare CR are normalised to CRLF (Exchange rejects bare line feeds with
+//!   `554 5.6.0`, reference §4.1), never ending the message;
+//! - the size limit is enforced on the decoded bytes; beyond it, the rest of the body is
+//!   read and discarded so the session can answer `552 5.3.4` and continue.
+
+use smtp_proto::request::receiver::DataReceiver;
+
+/// Turns bare LF and bare CR into CRLF; CRLF passes unchanged. Streaming: state survives
+/// chunk boundaries.
+#[derive(Debug, Default)]
+pub struct CrlfNormaliser {
+    pending_cr: bool,
+}
+
+impl CrlfNormaliser {
+    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let mut start = 0;
+        for (i, &b) in input.iter().enumerate() {
+            match b {
+                b'\n' => {
+                    out.extend_from_slice(&input[start..i]);
+                    // A pending CR was already written: CRLF completes; a bare LF gains a CR.
+                    if self.pending_cr {
+                        out.push(b'\n');
+                    } else {
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    self.pending_cr = false;
+                    start = i + 1;
+                }
+                _ if self.pending_cr => {
+                    // The CR before this byte was bare.
+                    out.extend_from_slice(&input[start..i]);
+                    out.push(b'\n');
+                    start = i;
+                    self.pending_cr = b == b'\r';
+                    if self.pending_cr {
+                        out.push(b'\r');
+                        start = i + 1;
+                    }
+                }
+                b'\r' => {
+                    out.extend_from_slice(&input[start..=i]);
+                    self.pending_cr = true;
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        out.extend_from_slice(&input[start..]);
+    }
+
+    /// Completes a trailing bare CR.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.pending_cr {
+            out.push(b'\n');
+            self.pending_cr = false;
+        }
+    }
+}
+
+/// What one call to [`BodyDecoder::ingest`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// More body bytes are needed.
+    More,
+    /// The terminating `CRLF.CRLF` was seen; the iterator points just past it.
+    Done,
+}
+
+/// Decodes one message body. Feed it the bytes after `354`; it writes the decoded,
+/// normalised body into the caller's buffer (to be flushed to the spool file).
+pub struct BodyDecoder {
+    receiver: DataReceiver,
+    decoded: Vec<u8>,
+    normaliser: CrlfNormaliser,
+    size: u64,
+    max_size: u64,
+    oversized: bool,
+}
+
+impl BodyDecoder {
+    pub fn new(max_size: u64) -> Self {
+        let mut receiver = DataReceiver::new();
+        let mut scratch = Vec::new();
+        // Prime: the body starts at the beginning of a line.
+        let _ = receiver.ingest(&mut b"\r\n".iter(), &mut scratch);
+        BodyDecoder {
+            receiver,
+            decoded: Vec::with_capacity(64 * 1024),
+            normaliser: CrlfNormaliser::default(),
+            size: 0,
+            max_size,
+            oversized: false,
+        }
+    }
+
+    /// Consumes bytes from `input`, appending decoded body bytes to `out` (nothing once the
+    /// size limit was passed). On [`Progress::Done`], `input` is left at the first byte after
+    /// the end of data (pipelined commands).
+    pub fn ingest(&mut self, input: &mut std::slice::Iter<'_, u8>, out: &mut Vec<u8>) -> Progress {
+        let done = self.receiver.ingest(input, &mut self.decoded);
+        let keep = if done { 0 } else { 1 };
+        let ready = self.decoded.len().saturating_sub(keep);
+        if ready > 0 {
+            let start = out.len();
+            if self.oversized {
+                // Count nothing more; just drop.
+            } else {
+                self.normaliser.push(&self.decoded[..ready], out);
+                if done {
+                    self.normaliser.finish(out);
+                }
+                self.size += (out.len() - start) as u64;
+                if self.size > self.max_size {
+                    self.oversized = true;
+                    out.truncate(start);
+                }
+            }
+            self.decoded.drain(..ready);
+        } else if done && !self.oversized {
+            let start = out.len();
+            self.normaliser.finish(out);
+            self.size += (out.len() - start) as u64;
+        }
+        if done {
+            Progress::Done
+        } else {
+            Progress::More
+        }
+    }
+
+    /// Decoded size so far (stops growing once oversized).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The body passed the size limit; its bytes were discarded.
+    pub fn oversized(&self) -> bool {
+        self.oversized
+    }
+}
+
+/// Dot-stuffing for sending a body (RFC 5321 §4.5.2), streaming. A dot is doubled when it
+/// starts a line; like mail-send, a line start is any position after CR or LF, so a body
+/// with stray line ends can never produce a terminator upstream. The state starts at a line
+/// start (right after `DATA`'s CRLF), which mail-send's `write_message` gets wrong.
+#[derive(Debug)]
+pub struct DotStuffer {
+    at_line_start: bool,
+    last_two: [u8; 2],
+    total: u64,
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        DotStuffer {
+            at_line_start: true,
+            last_two: [b'\r', b'\n'],
+            total: 0,
+        }
+    }
+}
+
+impl DotStuffer {
+    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let mut start = 0;
+        for (i, &b) in input.iter().enumerate() {
+            if b == b'.' && self.at_line_start {
+                out.extend_from_slice(&input[start..i]);
+                out.push(b'.');
+                start = i;
+            }
+            self.at_line_start = b == b'\r' || b == b'\n';
+        }
+        out.extend_from_slice(&input[start..]);
+        if let Some(&last) = input.last() {
+            self.last_two = if input.len() >= 2 {
+                [input[input.len() - 2], last]
+            } else {
+                [self.last_two[1], last]
+            };
+        }
+        self.total += input.len() as u64;
+    }
+
+    /// The end-of-data marker to send after the body: the body's own final CRLF doubles as
+    /// the CRLF before the dot, so a message is never given an extra blank line.
+    pub fn terminator(&self) -> &'static [u8] {
+        if self.total == 0 || self.last_two == *b"\r\n" {
+            b".\r\n"
+        } else {
+            b"\r\n.\r\n"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes `wire` fed in chunks of `chunk` bytes; returns (body, rest after the end).
+    fn decode(wire: &[u8], chunk: usize, max: u64) -> (Vec<u8>, Vec<u8>, bool) {
+        let mut d = BodyDecoder::new(max);
+        let mut out = Vec::new();
+        for (n, piece) in wire.chunks(chunk).enumerate() {
+            let mut iter = piece.iter();
+            if d.ingest(&mut iter, &mut out) == Progress::Done {
+                let mut rest = iter.as_slice().to_vec();
+                for later in wire.chunks(chunk).skip(n + 1) {
+                    rest.extend_from_slice(later);
+                }
+                return (out, rest, d.oversized());
+            }
+        }
+        panic!("no end of data in {:?}", String::from_utf8_lossy(wire));
+    }
+
+    fn decode_all_splits(wire: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let whole = decode(wire, wire.len(), u64::MAX);
+        for chunk in 1..wire.len().min(12) {
+            let split = decode(wire, chunk, u64::MAX);
+            assert_eq!((&split.0, &split.1), (&whole.0, &whole.1), "chunk size {chunk}");
+        }
+        (whole.0, whole.1)
+    }
+
+    #[test]
+    fn plain_body_is_byte_exact() {
+        let (body, rest) = decode_all_splits(b"Subject: hi\r\n\r\nhello\r\n.\r\nQUIT\r\n");
+        assert_eq!(body, b"Subject: hi\r\n\r\nhello\r\n");
+        assert_eq!(rest, b"QUIT\r\n");
+    }
+
+    #[test]
+    fn dot_unstuffing_including_first_line() {
+        let (body, _) = decode_all_splits(b"..first\r\nmid\r\n..\r\n...x\r\n.\r\n");
+        assert_eq!(body, b".first\r\nmid\r\n.\r\n..x\r\n");
+    }
+
+    #[test]
+    fn empty_body() {
+        let (body, rest) = decode_all_splits(b".\r\nNOOP\r\n");
+        assert_eq!(body, b"");
+        assert_eq!(rest, b"NOOP\r\n");
+    }
+
+    #[test]
+    fn smuggling_attempts_stay_in_the_body() {
+        for sep in [&b"\n.\r\n"[..], b"\r.\r\n", b"\n.\n", b"\r\n.\n"] {
+            let mut wire = b"Subject: a\r\n\r\nbody".to_vec();
+            wire.extend_from_slice(sep);
+            wire.extend_from_slice(b"MAIL FROM:<evil@x>\r\nRCPT TO:<v@y>\r\nDATA\r\nsmuggled\r\n.\r\n");
+            let (body, rest) = decode_all_splits(&wire);
+            assert!(rest.is_empty(), "ended early for {sep:?}");
+            let text = String::from_utf8(body).unwrap();
+            assert!(text.contains("MAIL FROM:<evil@x>\r\n"), "{text:?}");
+            assert!(!text.contains('\n') || !text.replace("\r\n", "").contains('\n'), "bare LF left: {text:?}");
+            assert!(!text.replace("\r\n", "").contains('\r'), "bare CR left: {text:?}");
+        }
+    }
+
+    #[test]
+    fn bare_line_ends_are_normalised() {
+        let (body, _) = decode_all_splits(b"a\nb\rc\r\r\nd\n\n\r\n.\r\n");
+        assert_eq!(body, b"a\r\nb\r\nc\r\n\r\nd\r\n\r\n\r\n");
+    }
+
+    #[test]
+    fn normaliser_streaming() {
+        let mut n = CrlfNormaliser::default();
+        let mut out = Vec::new();
+        n.push(b"x\r", &mut out);
+        n.push(b"\ny\r", &mut out);
+        n.push(b"z", &mut out);
+        n.push(b"\r", &mut out);
+        n.finish(&mut out);
+        assert_eq!(out, b"x\r\ny\r\nz\r\n");
+    }
+
+    #[test]
+    fn size_limit_discards_and_still_finds_the_end() {
+        let mut wire = vec![b'a'; 100];
+        wire.extend_from_slice(b"\r\n.\r\nQUIT\r\n");
+        let (body, rest, oversized) = decode(&wire, 7, 50);
+        assert!(oversized);
+        assert!(body.len() <= 50);
+        assert_eq!(rest, b"QUIT\r\n");
+        let (_, _, oversized) = decode(&wire, 7, 102);
+        assert!(!oversized, "exactly at the limit is fine");
+    }
+
+    fn stuff(chunks: &[&[u8]]) -> Vec<u8> {
+        let mut s = DotStuffer::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            s.push(c, &mut out);
+        }
+        out.extend_from_slice(s.terminator());
+        out
+    }
+
+    #[test]
+    fn stuffing_round_trips_through_the_decoder() {
+        let bodies: [&[u8]; 6] = [
+            b".first\r\nx\r\n.\r\n..\r\n",
+            b"",
+            b"no final newline",
+            b"a\r\n",
+            b"x\r\n.\r",
+            b"line\r\n.",
+        ];
+        for body in bodies {
+            // The spool only ever holds normalised bodies.
+            let mut normalised = Vec::new();
+            let mut n = CrlfNormaliser::default();
+            n.push(body, &mut normalised);
+            n.finish(&mut normalised);
+            let body = &normalised[..];
+            for split in 0..=body.len() {
+                let wire = stuff(&[&body[..split], &body[split..]]);
+                let (decoded, rest, _) = decode(&wire, 3, u64::MAX);
+                assert!(rest.is_empty());
+                // A body not ending in a line end gains exactly one CRLF (RFC 5321 §4.1.1.4).
+                let mut expected = body.to_vec();
+                if !expected.is_empty() && !expected.ends_with(b"\r\n") {
+                    expected.extend_from_slice(b"\r\n");
+                }
+                assert_eq!(decoded, expected, "body {:?} split {split}", String::from_utf8_lossy(body));
+            }
+        }
+    }
+
+    #[test]
+    fn stuffing_neutralises_smuggling_line_ends() {
+        assert_eq!(stuff(&[b"A: \n.\r\nMAIL"]), b"A: \n..\r\nMAIL\r\n.\r\n");
+        assert_eq!(stuff(&[b"A: \r.\r\nMAIL"]), b"A: \r..\r\nMAIL\r\n.\r\n");
+        assert_eq!(stuff(&[b"a\r\n"]), b"a\r\n.\r\n");
+    }
+}

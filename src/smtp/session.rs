@@ -1,0 +1,352 @@
+//! The inbound ESMTP state machine (RFC 5321): a parsed request goes in, an [`Action`] comes
+//! out. No I/O and no tokio here; the listener drives it and streams DATA itself.
+//!
+//! Lenient where legacy apps need it (MAIL without a preceding EHLO is accepted, as most MTAs
+//! do) and strict where safety needs it (limits on recipients and size, no AUTH or STARTTLS
+//! offered, unadvertised extensions refused).
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+
+use smtp_proto::{Request, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_REQUIRETLS, MAIL_SMTPUTF8};
+
+use super::reply::{self, Reply};
+
+/// Limits and names a session needs; shared by all sessions of a listener.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub hostname: String,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+}
+
+/// What the driver must do after a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send the reply and read the next command.
+    Reply(Reply),
+    /// Send the reply, then switch to reading the message body.
+    StartData(Reply),
+    /// Send the reply and close the connection.
+    Close(Reply),
+}
+
+/// The envelope collected for one mail transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transaction {
+    pub mail_from: String,
+    pub rcpt_to: Vec<String>,
+    pub declared_size: u64,
+    pub body_8bit: bool,
+    pub smtputf8: bool,
+}
+
+/// One client connection's protocol state.
+#[derive(Debug)]
+pub struct Session {
+    config: SessionConfig,
+    peer: SocketAddr,
+    helo: Option<String>,
+    esmtp: bool,
+    transaction: Option<Transaction>,
+}
+
+impl Session {
+    pub fn new(config: SessionConfig, peer: SocketAddr) -> Self {
+        Session {
+            config,
+            peer,
+            helo: None,
+            esmtp: false,
+            transaction: None,
+        }
+    }
+
+    pub fn greeting(&self) -> Reply {
+        reply::greeting(&self.config.hostname)
+    }
+
+    /// The name the client gave in HELO/EHLO (sanitised), or its IP address.
+    pub fn helo_name(&self) -> String {
+        self.helo
+            .clone()
+            .unwrap_or_else(|| format!("[{}]", self.peer.ip()))
+    }
+
+    pub fn is_esmtp(&self) -> bool {
+        self.esmtp
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// Handles one parsed command line (or the parser's complaint about it).
+    pub fn command(&mut self, request: Result<Request<Cow<'_, str>>, smtp_proto::Error>) -> Action {
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => return Action::Reply(parse_error_reply(&e)),
+        };
+        match request {
+            Request::Ehlo { host } => {
+                self.helo = Some(clean_name(&host));
+                self.esmtp = true;
+                self.transaction = None;
+                Action::Reply(reply::ehlo(
+                    &self.config.hostname,
+                    &self.helo_name(),
+                    self.config.max_message_size,
+                ))
+            }
+            Request::Helo { host } => {
+                self.helo = Some(clean_name(&host));
+                self.esmtp = false;
+                self.transaction = None;
+                Action::Reply(reply::helo(&self.config.hostname, &self.helo_name()))
+            }
+            Request::Mail { from } => self.mail(from),
+            Request::Rcpt { to } => self.rcpt(to.address.as_ref()),
+            Request::Data => match &self.transaction {
+                None => Action::Reply(reply::need_mail()),
+                Some(t) if t.rcpt_to.is_empty() => Action::Reply(reply::need_rcpt()),
+                Some(_) => Action::StartData(reply::start_data()),
+            },
+            Request::Rset => {
+                self.transaction = None;
+                Action::Reply(reply::reset())
+            }
+            Request::Noop { .. } => Action::Reply(reply::ok()),
+            Request::Vrfy { .. } => Action::Reply(reply::vrfy()),
+            Request::Help { .. } => Action::Reply(reply::help()),
+            Request::Quit => Action::Close(reply::quit(&self.config.hostname)),
+            Request::StartTls => Action::Reply(reply::starttls_unavailable()),
+            Request::Auth { .. } => Action::Reply(reply::auth_not_needed()),
+            other => Action::Reply(reply::not_implemented(other.name())),
+        }
+    }
+
+    fn mail(&mut self, from: smtp_proto::MailFrom<Cow<'_, str>>) -> Action {
+        if self.transaction.is_some() {
+            return Action::Reply(reply::nested_mail());
+        }
+        if from.flags & MAIL_BODY_BINARYMIME != 0 {
+            return Action::Reply(reply::unsupported_parameter("BODY=BINARYMIME"));
+        }
+        if from.flags & MAIL_REQUIRETLS != 0 {
+            return Action::Reply(reply::unsupported_parameter("REQUIRETLS"));
+        }
+        if from.size as u64 > self.config.max_message_size {
+            return Action::Reply(reply::message_too_big(self.config.max_message_size));
+        }
+        let address = from.address.as_ref();
+        if !address_is_sane(address) {
+            return Action::Reply(reply::bad_sender());
+        }
+        self.transaction = Some(Transaction {
+            mail_from: address.to_string(),
+            rcpt_to: Vec::new(),
+            declared_size: from.size as u64,
+            body_8bit: from.flags & MAIL_BODY_8BITMIME != 0,
+            smtputf8: from.flags & MAIL_SMTPUTF8 != 0,
+        });
+        Action::Reply(reply::sender_ok())
+    }
+
+    fn rcpt(&mut self, address: &str) -> Action {
+        let max = self.config.max_recipients;
+        let Some(t) = self.transaction.as_mut() else {
+            return Action::Reply(reply::need_mail());
+        };
+        if address.is_empty() || !address_is_sane(address) {
+            return Action::Reply(reply::bad_recipient());
+        }
+        if t.rcpt_to.len() >= max {
+            return Action::Reply(reply::too_many_recipients(max));
+        }
+        t.rcpt_to.push(address.to_string());
+        Action::Reply(reply::recipient_ok())
+    }
+
+    /// Ends the transaction after DATA (whatever its outcome) and hands over its envelope.
+    pub fn take_transaction(&mut self) -> Option<Transaction> {
+        self.transaction.take()
+    }
+}
+
+/// Maps smtp-proto's parse errors to replies.
+pub fn parse_error_reply(e: &smtp_proto::Error) -> Reply {
+    use smtp_proto::Error as E;
+    match e {
+        E::UnknownCommand => reply::unknown_command(),
+        E::InvalidSenderAddress => reply::bad_sender(),
+        E::InvalidRecipientAddress => reply::bad_recipient(),
+        E::SyntaxError { syntax } => reply::syntax(syntax),
+        E::InvalidParameter { param } => reply::invalid_parameter(param),
+        E::UnsupportedParameter { param } => reply::unsupported_parameter(param),
+        E::ResponseTooLong => reply::line_too_long(),
+        E::NeedsMoreData { .. } | E::InvalidResponse { .. } => reply::unknown_command(),
+    }
+}
+
+/// Host names from clients go into replies, logs and the `Received:` header: keep them
+/// printable and short.
+fn clean_name(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || (!c.is_ascii() && !c.is_control()))
+        .take(255)
+        .collect();
+    if cleaned.is_empty() {
+        "unknown".into()
+    } else {
+        cleaned
+    }
+}
+
+/// Addresses go into upstream commands: no spaces, angle brackets or control characters.
+fn address_is_sane(address: &str) -> bool {
+    address.len() <= 512
+        && !address
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '<' || c == '>')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smtp_proto::request::receiver::RequestReceiver;
+
+    fn session() -> Session {
+        Session::new(
+            SessionConfig {
+                hostname: "relay.test".into(),
+                max_message_size: 1000,
+                max_recipients: 2,
+            },
+            "127.0.0.1:40000".parse().unwrap(),
+        )
+    }
+
+    /// Feeds command lines through the real parser and the session; returns reply codes.
+    fn run(s: &mut Session, lines: &[&str]) -> Vec<(u16, Action)> {
+        let mut receiver = RequestReceiver::default();
+        let mut out = Vec::new();
+        for line in lines {
+            let bytes = format!("{line}\r\n");
+            let mut iter = bytes.as_bytes().iter();
+            let action = s.command(receiver.ingest(&mut iter));
+            let code = match &action {
+                Action::Reply(r) | Action::StartData(r) | Action::Close(r) => r.code,
+            };
+            out.push((code, action));
+        }
+        out
+    }
+
+    fn codes(s: &mut Session, lines: &[&str]) -> Vec<u16> {
+        run(s, lines).into_iter().map(|(c, _)| c).collect()
+    }
+
+    #[test]
+    fn happy_path() {
+        let mut s = session();
+        assert_eq!(
+            codes(&mut s, &["EHLO app", "MAIL FROM:<a@x.org>", "RCPT TO:<b@y.org>", "DATA"]),
+            vec![250, 250, 250, 354]
+        );
+        let t = s.take_transaction().unwrap();
+        assert_eq!(t.mail_from, "a@x.org");
+        assert_eq!(t.rcpt_to, vec!["b@y.org".to_string()]);
+        assert!(s.take_transaction().is_none());
+    }
+
+    #[test]
+    fn ehlo_advertises_what_we_support_and_nothing_else() {
+        let mut s = session();
+        let (_, action) = run(&mut s, &["EHLO app"]).remove(0);
+        let Action::Reply(r) = action else { panic!() };
+        let text = r.lines.join("\n");
+        for ext in ["PIPELINING", "SIZE 1000", "ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8"] {
+            assert!(text.contains(ext), "{ext} missing");
+        }
+        for ext in ["AUTH", "STARTTLS", "CHUNKING"] {
+            assert!(!text.contains(ext), "{ext} must not be offered");
+        }
+    }
+
+    #[test]
+    fn sequencing_errors() {
+        let mut s = session();
+        assert_eq!(codes(&mut s, &["RCPT TO:<b@y.org>", "DATA"]), vec![503, 503]);
+        assert_eq!(
+            codes(&mut s, &["MAIL FROM:<a@x.org>", "MAIL FROM:<a@x.org>", "DATA"]),
+            vec![250, 503, 503]
+        );
+        assert_eq!(codes(&mut s, &["RSET", "MAIL FROM:<>"]), vec![250, 250]);
+    }
+
+    #[test]
+    fn limits() {
+        let mut s = session();
+        assert_eq!(
+            codes(
+                &mut s,
+                &["MAIL FROM:<a@x.org> SIZE=1001", "MAIL FROM:<a@x.org> SIZE=999"]
+            ),
+            vec![552, 250]
+        );
+        assert_eq!(
+            codes(&mut s, &["RCPT TO:<1@y>", "RCPT TO:<2@y>", "RCPT TO:<3@y>"]),
+            vec![250, 250, 452]
+        );
+    }
+
+    #[test]
+    fn flags_and_refusals() {
+        let mut s = session();
+        assert_eq!(
+            codes(&mut s, &["MAIL FROM:<a@x.org> BODY=8BITMIME SMTPUTF8"]),
+            vec![250]
+        );
+        let t = s.take_transaction().unwrap();
+        assert!(t.body_8bit && t.smtputf8);
+        assert_eq!(
+            codes(
+                &mut s,
+                &["MAIL FROM:<a@x.org> BODY=BINARYMIME", "AUTH PLAIN AGZvbwBiYXI=", "STARTTLS", "BDAT 10 LAST", "VRFY x", "NOOP", "HELP", "FOO"]
+            ),
+            vec![555, 502, 502, 502, 252, 250, 214, 500]
+        );
+    }
+
+    #[test]
+    fn quit_closes() {
+        let mut s = session();
+        let (code, action) = run(&mut s, &["QUIT"]).remove(0);
+        assert_eq!(code, 221);
+        assert!(matches!(action, Action::Close(_)));
+    }
+
+    #[test]
+    fn utf8_addresses_are_kept() {
+        let mut s = session();
+        assert_eq!(
+            codes(&mut s, &["MAIL FROM:<jörg@bücher.de> SMTPUTF8", "RCPT TO:<用户@例子.广告>"]),
+            vec![250, 250]
+        );
+        let t = s.take_transaction().unwrap();
+        assert_eq!(t.mail_from, "jörg@bücher.de");
+        assert_eq!(t.rcpt_to[0], "用户@例子.广告");
+    }
+
+    #[test]
+    fn helo_name_is_sanitised() {
+        let mut s = session();
+        codes(&mut s, &["EHLO bad\u{7}name"]);
+        assert_eq!(s.helo_name(), "badname");
+    }
+}

@@ -1,0 +1,642 @@
+//! One cached token per credential: single-flight on a miss, refresh ahead of expiry, brief
+//! memory of failures.
+//!
+//! Why these rules (DESIGN §6, reference §1.7/§1.8):
+//! - Entra gives app-only tokens a random 60-90 minute life, so we go by `expires_in` and
+//!   refresh when less than `refresh_margin` (default 15 min) is left. That refresh runs in
+//!   the background: callers keep getting the still-valid token and never wait for it.
+//! - Only when there is no usable token do callers wait, and then all of them wait on one
+//!   request and share its result, the error included. 200 connections opening at once after
+//!   a start or an outage make one request, not 200 (Entra throttles: AADSTS50196/90055).
+//! - A failure is remembered for a short while (10 s for configuration errors, 2 s for
+//!   transient ones, longer if the endpoint sent `Retry-After`), so a storm of callers is
+//!   answered from memory instead of hammering Entra. Retrying for real is the caller's
+//!   business (delivery backoff, mailbox hold).
+//! - After `535 5.7.3` the upstream calls [`TokenCache::invalidate`] with the token that
+//!   failed; only the first such call drops it, so several connections that failed with the
+//!   same stale token cause one refetch.
+//!
+//! Time is `tokio::time::Instant` throughout so the tests run on a paused clock. The decision
+//! about a cached token ([`phase`]) and the failure hold ([`error_hold`]) are pure functions.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{AccessToken, TokenError, TokenSource};
+
+/// A token with less than this left is not handed out (connect + STARTTLS + AUTH must fit).
+/// Scaled down for very short-lived tokens, see [`phase`].
+pub const SAFETY_MARGIN: Duration = Duration::from_secs(30);
+/// How long a configuration error is served from memory before Entra is asked again.
+pub const CONFIG_ERROR_HOLD: Duration = Duration::from_secs(10);
+/// How long a transient error is served from memory (unless `Retry-After` says longer).
+pub const TRANSIENT_ERROR_HOLD: Duration = Duration::from_secs(2);
+/// The longest any failure is held, whatever `Retry-After` says.
+pub const MAX_ERROR_HOLD: Duration = Duration::from_secs(300);
+
+/// Where a cached token stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// More than the refresh margin left: hand it out.
+    Fresh,
+    /// Inside the refresh margin but still safe to use: hand it out and refresh in the background.
+    RefreshDue,
+    /// Expired or about to: callers must wait for a new one.
+    Unusable,
+}
+
+/// Classifies a token at `now`. The margins shrink for short-lived tokens (refresh at half
+/// the lifetime at the latest, unusable in the last quarter at the latest) so that a token
+/// living less than the refresh margin does not cause a refresh on every call.
+pub fn phase(token: &AccessToken, now: Instant, refresh_margin: Duration) -> Phase {
+    let lifetime = Duration::from_secs(token.expires_in());
+    let safety = SAFETY_MARGIN.min(lifetime / 4);
+    let margin = refresh_margin.min(lifetime / 2).max(safety);
+    let remaining = token.remaining_at(now);
+    if remaining <= safety {
+        Phase::Unusable
+    } else if remaining <= margin {
+        Phase::RefreshDue
+    } else {
+        Phase::Fresh
+    }
+}
+
+/// How long a failed fetch is answered from memory: the class default, or `Retry-After` if
+/// that is longer, never more than [`MAX_ERROR_HOLD`].
+pub fn error_hold(error: &TokenError) -> Duration {
+    let base = if error.is_config() {
+        CONFIG_ERROR_HOLD
+    } else {
+        TRANSIENT_ERROR_HOLD
+    };
+    base.max(error.retry_after().unwrap_or_default())
+        .min(MAX_ERROR_HOLD)
+}
+
+/// A shared, cheaply cloned token cache in front of one [`TokenSource`].
+#[derive(Clone)]
+pub struct TokenCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    source: Arc<dyn TokenSource>,
+    refresh_margin: Duration,
+    state: Mutex<State>,
+    /// Held for the whole of every fetch: at most one request in flight per credential.
+    fetch_lock: tokio::sync::Mutex<()>,
+    fetches: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    token: Option<AccessToken>,
+    /// The last failure and until when it is served without asking again.
+    failure: Option<(TokenError, Instant)>,
+    /// Completed fetches (success or failure): waiters use it to see that a fetch finished
+    /// while they queued, and take its result instead of fetching again.
+    completed: u64,
+    /// Whether the latest completed fetch succeeded.
+    last_ok: bool,
+    /// A background refresh is scheduled or running.
+    refreshing: bool,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.inner.lock();
+        f.debug_struct("TokenCache")
+            .field("source", &self.inner.source.describe())
+            .field("refresh_margin", &self.inner.refresh_margin)
+            .field("token", &st.token)
+            .field("failure", &st.failure.as_ref().map(|(e, _)| e))
+            .finish()
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this short lock cannot leave State inconsistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One request to the source, with the fetch lock held by the caller; stores the outcome.
+    async fn fetch_and_store(&self) -> Result<AccessToken, TokenError> {
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let result = self.source.fetch().await;
+        let now = Instant::now();
+        let mut st = self.lock();
+        st.completed += 1;
+        match &result {
+            Ok(token) => {
+                tracing::debug!(
+                    source = %self.source.describe(),
+                    expires_in = token.expires_in(),
+                    "access token obtained"
+                );
+                st.token = Some(token.clone());
+                st.failure = None;
+                st.last_ok = true;
+            }
+            Err(error) => {
+                let hold = error_hold(error);
+                tracing::debug!(
+                    source = %self.source.describe(),
+                    %error,
+                    hold_s = hold.as_secs_f32(),
+                    "token request failed"
+                );
+                st.failure = Some((error.clone(), now + hold));
+                st.last_ok = false;
+            }
+        }
+        result
+    }
+}
+
+/// Clears `refreshing` however the background task ends (success, error, panic, abort).
+struct RefreshFlag(Arc<Inner>);
+
+impl Drop for RefreshFlag {
+    fn drop(&mut self) {
+        self.0.lock().refreshing = false;
+    }
+}
+
+impl TokenCache {
+    /// A cache that refreshes in the background when less than `refresh_margin` is left.
+    pub fn new(source: Arc<dyn TokenSource>, refresh_margin: Duration) -> Self {
+        TokenCache {
+            inner: Arc::new(Inner {
+                source,
+                refresh_margin,
+                state: Mutex::new(State::default()),
+                fetch_lock: tokio::sync::Mutex::new(()),
+                fetches: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// A usable token: the cached one if it has life left (starting a background refresh when
+    /// it is inside the refresh margin), else the result of one shared fetch. A recent failure
+    /// is returned from memory while its hold lasts.
+    pub async fn get(&self) -> Result<AccessToken, TokenError> {
+        let seen = {
+            let mut st = self.inner.lock();
+            let now = Instant::now();
+            if let Some(token) = &st.token {
+                match phase(token, now, self.inner.refresh_margin) {
+                    Phase::Fresh => return Ok(token.clone()),
+                    Phase::RefreshDue => {
+                        let token = token.clone();
+                        self.maybe_refresh(&mut st, &token, now);
+                        return Ok(token);
+                    }
+                    Phase::Unusable => {}
+                }
+            }
+            if let Some((error, until)) = &st.failure {
+                if now < *until {
+                    return Err(error.clone());
+                }
+            }
+            st.completed
+        };
+
+        let _in_flight = self.inner.fetch_lock.lock().await;
+        {
+            let st = self.inner.lock();
+            if st.completed != seen {
+                // A fetch finished while we queued: share its outcome.
+                if st.last_ok {
+                    if let Some(token) = &st.token {
+                        return Ok(token.clone());
+                    }
+                    // Invalidated since: fall through and fetch.
+                } else if let Some((error, _)) = &st.failure {
+                    return Err(error.clone());
+                }
+            }
+        }
+        self.inner.fetch_and_store().await
+    }
+
+    /// Drops the cached token if it is still `token` (from the same fetch). Call it after the
+    /// upstream rejected `token` (`535 5.7.3`); the next [`get`](Self::get) fetches a new one.
+    pub fn invalidate(&self, token: &AccessToken) {
+        let mut st = self.inner.lock();
+        if st.token.as_ref().is_some_and(|t| t.is_same(token)) {
+            st.token = None;
+            tracing::debug!(source = %self.inner.source.describe(), "cached access token invalidated");
+        }
+    }
+
+    /// How many requests the source has been asked to make (tests, metrics).
+    pub fn fetch_count(&self) -> u64 {
+        self.inner.fetches.load(Ordering::Relaxed)
+    }
+
+    /// Time left on the cached token, `None` when there is none or it has expired.
+    pub fn expires_in(&self) -> Option<Duration> {
+        let st = self.inner.lock();
+        st.token
+            .as_ref()
+            .map(AccessToken::remaining)
+            .filter(|d| !d.is_zero())
+    }
+
+    /// The most recent failure, while no fetch has succeeded since (readiness, `check`).
+    pub fn last_error(&self) -> Option<TokenError> {
+        let st = self.inner.lock();
+        st.failure.as_ref().map(|(e, _)| e.clone())
+    }
+
+    /// Which credential this cache serves (no secrets).
+    pub fn describe(&self) -> String {
+        self.inner.source.describe()
+    }
+
+    /// Starts one background refresh unless one is running or a recent failure is on hold.
+    fn maybe_refresh(&self, st: &mut State, trigger: &AccessToken, now: Instant) {
+        if st.refreshing {
+            return;
+        }
+        if st.failure.as_ref().is_some_and(|(_, until)| now < *until) {
+            return;
+        }
+        st.refreshing = true;
+        let inner = self.inner.clone();
+        let trigger = trigger.clone();
+        tokio::spawn(async move {
+            let _flag = RefreshFlag(inner.clone());
+            let _in_flight = inner.fetch_lock.lock().await;
+            let still_current = inner
+                .lock()
+                .token
+                .as_ref()
+                .is_some_and(|t| t.is_same(&trigger));
+            if !still_current {
+                return; // replaced or invalidated while we queued
+            }
+            if let Err(error) = inner.fetch_and_store().await {
+                tracing::warn!(
+                    source = %inner.source.describe(),
+                    %error,
+                    advice = error.advice().unwrap_or(""),
+                    remaining_s = trigger.remaining().as_secs(),
+                    "background token refresh failed; keeping the current token"
+                );
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::FetchFuture;
+    use secrecy::SecretString;
+    use std::collections::VecDeque;
+    use tokio::task::JoinSet;
+    use tokio::time::advance;
+
+    const MARGIN: Duration = Duration::from_secs(900);
+
+    /// A source that takes `delay` per request and answers from a script, then with tokens
+    /// of `lifetime` seconds.
+    struct Fake {
+        calls: AtomicU64,
+        delay: Duration,
+        lifetime: u64,
+        script: Mutex<VecDeque<Result<u64, TokenError>>>,
+    }
+
+    impl Fake {
+        fn new(delay_ms: u64, lifetime: u64) -> Arc<Self> {
+            Arc::new(Fake {
+                calls: AtomicU64::new(0),
+                delay: Duration::from_millis(delay_ms),
+                lifetime,
+                script: Mutex::new(VecDeque::new()),
+            })
+        }
+
+        fn then(&self, outcome: Result<u64, TokenError>) {
+            self.script.lock().unwrap().push_back(outcome);
+        }
+    }
+
+    impl TokenSource for Fake {
+        fn fetch(&self) -> FetchFuture<'_> {
+            Box::pin(async move {
+                let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::time::sleep(self.delay).await;
+                let next = self.script.lock().unwrap().pop_front();
+                let lifetime = match next {
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(l)) => l,
+                    None => self.lifetime,
+                };
+                Ok(AccessToken::new(
+                    SecretString::from(format!("tok-{n}")),
+                    lifetime,
+                ))
+            })
+        }
+
+        fn describe(&self) -> String {
+            "fake source".into()
+        }
+    }
+
+    fn config_error() -> TokenError {
+        TokenError::Rejected {
+            status: 401,
+            error: "invalid_client".into(),
+            codes: vec![7000215],
+            description: "AADSTS7000215: Invalid client secret provided.".into(),
+            trace_id: None,
+            correlation_id: None,
+            retry_after: None,
+        }
+    }
+
+    fn cache(fake: &Arc<Fake>) -> TokenCache {
+        TokenCache::new(fake.clone(), MARGIN)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn phases() {
+        let t = AccessToken::new(SecretString::from("x"), 3600);
+        let now = Instant::now();
+        assert_eq!(phase(&t, now, MARGIN), Phase::Fresh);
+        assert_eq!(
+            phase(&t, now + Duration::from_secs(2699), MARGIN),
+            Phase::Fresh
+        );
+        assert_eq!(
+            phase(&t, now + Duration::from_secs(2701), MARGIN),
+            Phase::RefreshDue
+        );
+        assert_eq!(
+            phase(&t, now + Duration::from_secs(3569), MARGIN),
+            Phase::RefreshDue
+        );
+        assert_eq!(
+            phase(&t, now + Duration::from_secs(3571), MARGIN),
+            Phase::Unusable
+        );
+        assert_eq!(
+            phase(&t, now + Duration::from_secs(4000), MARGIN),
+            Phase::Unusable
+        );
+        // A 60 s token with a 15 min margin: refresh at 30 s left, unusable at 15 s.
+        let short = AccessToken::new(SecretString::from("x"), 60);
+        assert_eq!(
+            phase(&short, now + Duration::from_secs(29), MARGIN),
+            Phase::Fresh
+        );
+        assert_eq!(
+            phase(&short, now + Duration::from_secs(31), MARGIN),
+            Phase::RefreshDue
+        );
+        assert_eq!(
+            phase(&short, now + Duration::from_secs(46), MARGIN),
+            Phase::Unusable
+        );
+        let zero = AccessToken::new(SecretString::from("x"), 0);
+        assert_eq!(phase(&zero, now, MARGIN), Phase::Unusable);
+    }
+
+    #[test]
+    fn error_holds() {
+        assert_eq!(error_hold(&config_error()), CONFIG_ERROR_HOLD);
+        assert_eq!(error_hold(&TokenError::Timeout), TRANSIENT_ERROR_HOLD);
+        let throttled = TokenError::Http {
+            status: 429,
+            body: String::new(),
+            retry_after: Some(Duration::from_secs(45)),
+        };
+        assert_eq!(error_hold(&throttled), Duration::from_secs(45));
+        let huge = TokenError::Http {
+            status: 503,
+            body: String::new(),
+            retry_after: Some(Duration::from_secs(86400)),
+        };
+        assert_eq!(error_hold(&huge), MAX_ERROR_HOLD);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cold_storm_makes_one_fetch() {
+        let fake = Fake::new(500, 3600);
+        let cache = cache(&fake);
+        let mut set = JoinSet::new();
+        for _ in 0..200 {
+            let c = cache.clone();
+            set.spawn(async move { c.get().await });
+        }
+        let tokens: Vec<AccessToken> = set
+            .join_all()
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(tokens.len(), 200);
+        assert_eq!(cache.fetch_count(), 1);
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+        assert!(tokens.iter().all(|t| t.is_same(&tokens[0])));
+        assert_eq!(tokens[0].expose(), "tok-1");
+        // Warm: no more fetches.
+        cache.get().await.unwrap();
+        assert_eq!(cache.fetch_count(), 1);
+        assert_eq!(cache.expires_in(), Some(Duration::from_secs(3600)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refresh_ahead_runs_once_in_background() {
+        let fake = Fake::new(5_000, 3600);
+        let cache = cache(&fake);
+        let first = cache.get().await.unwrap();
+        assert_eq!(cache.fetch_count(), 1);
+
+        advance(Duration::from_secs(2_750)).await; // 850 s left < 900 s margin
+        let before = Instant::now();
+        for _ in 0..50 {
+            let t = cache.get().await.unwrap();
+            assert!(t.is_same(&first), "callers keep the current token");
+        }
+        assert_eq!(
+            Instant::now(),
+            before,
+            "callers did not wait for the refresh"
+        );
+
+        tokio::time::sleep(Duration::from_secs(6)).await; // let the refresh finish
+        assert_eq!(cache.fetch_count(), 2, "exactly one background refresh");
+        let second = cache.get().await.unwrap();
+        assert!(!second.is_same(&first));
+        assert_eq!(second.expose(), "tok-2");
+        assert_eq!(cache.fetch_count(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_causes_a_new_fetch() {
+        let fake = Fake::new(100, 3600);
+        let cache = cache(&fake);
+        let first = cache.get().await.unwrap();
+        advance(Duration::from_secs(3_590)).await; // 10 s left: inside the safety margin
+        let second = cache.get().await.unwrap();
+        assert!(!second.is_same(&first));
+        assert_eq!(cache.fetch_count(), 2);
+        advance(Duration::from_secs(4_000)).await; // long expired
+        assert_eq!(cache.expires_in(), None);
+        let third = cache.get().await.unwrap();
+        assert_eq!(third.expose(), "tok-3");
+        assert_eq!(cache.fetch_count(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn invalidate_only_the_current_token() {
+        let fake = Fake::new(100, 3600);
+        let cache = cache(&fake);
+        let stale = cache.get().await.unwrap();
+
+        // Three connections fail with the same token: one refetch.
+        for _ in 0..3 {
+            cache.invalidate(&stale);
+        }
+        let mut set = JoinSet::new();
+        for _ in 0..3 {
+            let c = cache.clone();
+            set.spawn(async move { c.get().await.unwrap() });
+        }
+        let fresh = set.join_all().await;
+        assert_eq!(cache.fetch_count(), 2);
+        assert!(fresh.iter().all(|t| t.expose() == "tok-2"));
+
+        // A late report about the old token changes nothing.
+        cache.invalidate(&stale);
+        let again = cache.get().await.unwrap();
+        assert!(again.is_same(&fresh[0]));
+        assert_eq!(cache.fetch_count(), 2);
+
+        // Invalidating the current one refetches once.
+        cache.invalidate(&again);
+        cache.invalidate(&again);
+        let newest = cache.get().await.unwrap();
+        assert_eq!(newest.expose(), "tok-3");
+        assert_eq!(cache.fetch_count(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn config_error_is_shared_and_held() {
+        let fake = Fake::new(300, 3600);
+        fake.then(Err(config_error()));
+        fake.then(Err(config_error()));
+        let cache = cache(&fake);
+
+        let mut set = JoinSet::new();
+        for _ in 0..50 {
+            let c = cache.clone();
+            set.spawn(async move { c.get().await });
+        }
+        for r in set.join_all().await {
+            assert_eq!(r.unwrap_err().aadsts(), Some(7000215));
+        }
+        assert_eq!(cache.fetch_count(), 1, "waiters share one failing request");
+
+        // Within the hold: answered from memory.
+        advance(Duration::from_secs(5)).await;
+        assert!(cache.get().await.unwrap_err().is_config());
+        assert_eq!(cache.fetch_count(), 1);
+        assert!(cache.last_error().is_some());
+
+        // After the hold: asked again (fails again), then held again.
+        advance(Duration::from_secs(6)).await;
+        assert!(cache.get().await.is_err());
+        assert_eq!(cache.fetch_count(), 2);
+        assert!(cache.get().await.is_err());
+        assert_eq!(cache.fetch_count(), 2);
+
+        // Fixed: next attempt after the hold succeeds and clears the error.
+        advance(Duration::from_secs(11)).await;
+        assert_eq!(cache.get().await.unwrap().expose(), "tok-3");
+        assert!(cache.last_error().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_error_honours_retry_after() {
+        let fake = Fake::new(10, 3600);
+        fake.then(Err(TokenError::Rejected {
+            status: 429,
+            error: "temporarily_unavailable".into(),
+            codes: vec![90055],
+            description: String::new(),
+            trace_id: None,
+            correlation_id: None,
+            retry_after: Some(Duration::from_secs(30)),
+        }));
+        let cache = cache(&fake);
+        assert!(cache.get().await.unwrap_err().is_transient());
+        advance(Duration::from_secs(20)).await;
+        assert!(cache.get().await.is_err());
+        assert_eq!(cache.fetch_count(), 1);
+        advance(Duration::from_secs(11)).await;
+        assert!(cache.get().await.is_ok());
+        assert_eq!(cache.fetch_count(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_background_refresh_keeps_the_token_and_backs_off() {
+        let fake = Fake::new(1_000, 3600);
+        let cache = cache(&fake);
+        let first = cache.get().await.unwrap();
+        fake.then(Err(TokenError::Timeout));
+
+        advance(Duration::from_secs(2_750)).await;
+        assert!(cache.get().await.unwrap().is_same(&first));
+        tokio::time::sleep(Duration::from_millis(1_500)).await; // refresh fails
+        assert_eq!(cache.fetch_count(), 2);
+
+        // Within the transient hold: still the old token, no new request.
+        for _ in 0..20 {
+            assert!(cache.get().await.unwrap().is_same(&first));
+        }
+        assert_eq!(cache.fetch_count(), 2);
+
+        // After the hold: one more background refresh, which succeeds.
+        advance(Duration::from_secs(3)).await;
+        assert!(cache.get().await.unwrap().is_same(&first));
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert_eq!(cache.fetch_count(), 3);
+        assert_eq!(cache.get().await.unwrap().expose(), "tok-3");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cold_callers_share_a_running_background_refresh() {
+        let fake = Fake::new(20_000, 3600);
+        let cache = cache(&fake);
+        let first = cache.get().await.unwrap();
+        advance(Duration::from_secs(3_560)).await; // 40 s left: refresh due
+        assert!(cache.get().await.unwrap().is_same(&first));
+        tokio::task::yield_now().await; // the refresh task takes the fetch lock
+        advance(Duration::from_secs(15)).await; // 25 s left: unusable, refresh still running
+        let got = cache.get().await.unwrap();
+        assert_eq!(got.expose(), "tok-2");
+        assert_eq!(cache.fetch_count(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn debug_shows_no_token() {
+        let fake = Fake::new(1, 3600);
+        let cache = cache(&fake);
+        cache.get().await.unwrap();
+        let shown = format!("{cache:?}");
+        assert!(!shown.contains("tok-1"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+    }
+}

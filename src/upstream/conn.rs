@@ -1,0 +1,545 @@
+//! One SMTP client connection to the upstream: connect, EHLO, STARTTLS (required), EHLO,
+//! AUTH XOAUTH2, then mail transactions with a pipelined envelope and a streamed body.
+//!
+//! Written on tokio-rustls directly (not mail-send's client) because the relay needs what
+//! mail-send's `SmtpClient` does not give: replies kept byte-exact (enhanced codes above 255),
+//! pipelined replies that may arrive in one segment without being dropped, a body streamed
+//! from the spool file rather than held in memory, and dot-stuffing of a first line that
+//! starts with a dot.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use super::error::{classify_auth, Stage, UpstreamError, Verdict};
+use super::reply::UpstreamReply;
+use crate::smtp::data::DotStuffer;
+use crate::token::{AccessToken, TokenCache};
+
+/// The SASL XOAUTH2 initial client response (reference §3.1): base64 (standard alphabet,
+/// padded, one line) of `user=<mailbox>^Aauth=Bearer <token>^A^A`. The result is a
+/// credential: it must never be logged.
+pub fn xoauth2_response(user: &str, token: &str) -> String {
+    let raw = format!("user={user}\x01auth=Bearer {token}\x01\x01");
+    base64::engine::general_purpose::STANDARD.encode(raw)
+}
+
+/// A byte stream with a read buffer and reply parsing.
+pub struct SmtpStream<S> {
+    stream: S,
+    rbuf: Vec<u8>,
+    command_timeout: Duration,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> SmtpStream<S> {
+    pub fn new(stream: S, command_timeout: Duration) -> Self {
+        SmtpStream {
+            stream,
+            rbuf: Vec::with_capacity(4096),
+            command_timeout,
+        }
+    }
+
+    /// Reads one complete reply, waiting at most `limit`.
+    pub async fn read_reply(
+        &mut self,
+        stage: Stage,
+        limit: Duration,
+    ) -> Result<UpstreamReply, UpstreamError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match UpstreamReply::parse(&self.rbuf) {
+                Ok(Some((reply, used))) => {
+                    self.rbuf.drain(..used);
+                    return Ok(reply);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(UpstreamError::Protocol {
+                        stage,
+                        detail: e.to_string(),
+                    })
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return Err(UpstreamError::Timeout { stage }),
+                Ok(Err(source)) => return Err(UpstreamError::Io { stage, source }),
+                Ok(Ok(n)) => n,
+            };
+            if n == 0 {
+                return Err(UpstreamError::Io {
+                    stage,
+                    source: std::io::ErrorKind::UnexpectedEof.into(),
+                });
+            }
+            self.rbuf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    pub async fn write_all(&mut self, bytes: &[u8], stage: Stage) -> Result<(), UpstreamError> {
+        match timeout(self.command_timeout, async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        })
+        .await
+        {
+            Err(_) => Err(UpstreamError::Timeout { stage }),
+            Ok(Err(source)) => Err(UpstreamError::Io { stage, source }),
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+
+    /// Sends one command line (without CRLF) and reads its reply.
+    pub async fn command(&mut self, line: &str, stage: Stage) -> Result<UpstreamReply, UpstreamError> {
+        let mut bytes = Vec::with_capacity(line.len() + 2);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.extend_from_slice(b"\r\n");
+        self.write_all(&bytes, stage).await?;
+        self.read_reply(stage, self.command_timeout).await
+    }
+
+    /// True when the server sent bytes we have not asked for (STARTTLS injection guard).
+    pub fn has_unread(&self) -> bool {
+        !self.rbuf.is_empty()
+    }
+
+    pub fn into_inner(self) -> S {
+        self.stream
+    }
+}
+
+/// What the server's post-TLS EHLO offered that matters for sending.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Capabilities {
+    pub pipelining: bool,
+    pub eight_bit: bool,
+    pub smtputf8: bool,
+    pub size: Option<u64>,
+}
+
+/// Settings for opening connections.
+pub struct ConnectParams<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub server_name: &'a ServerName<'static>,
+    pub tls: &'a Arc<rustls::ClientConfig>,
+    pub helo_name: &'a str,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub mailbox: &'a str,
+    pub tokens: &'a TokenCache,
+}
+
+/// An authenticated session, ready for `MAIL FROM`.
+pub struct Connection {
+    pub(crate) stream: SmtpStream<TlsStream<TcpStream>>,
+    pub caps: Capabilities,
+    pub created: Instant,
+    pub last_used: Instant,
+    /// When the token this session authenticated with expires.
+    pub token_expires_at: Instant,
+    /// A failed transaction left state on the server: send RSET first.
+    pub needs_reset: bool,
+}
+
+impl Connection {
+    /// Connects, secures and authenticates. Retries AUTH once with a fresh token after
+    /// `535 5.7.3`; a second refusal is reported with `after_refresh: true`.
+    pub async fn open(p: &ConnectParams<'_>) -> Result<Connection, UpstreamError> {
+        let addr = format!("{}:{}", p.host, p.port);
+        let tcp = match timeout(p.connect_timeout, TcpStream::connect((p.host, p.port))).await {
+            Err(_) => return Err(UpstreamError::Timeout { stage: Stage::Greeting }),
+            Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
+            Ok(Ok(s)) => s,
+        };
+        let _ = tcp.set_nodelay(true);
+        let mut plain = SmtpStream::new(tcp, p.command_timeout);
+        let greeting = plain.read_reply(Stage::Greeting, p.connect_timeout).await?;
+        if greeting.code != 220 {
+            return Err(UpstreamError::Rejected {
+                stage: Stage::Greeting,
+                reply: greeting,
+            });
+        }
+        let greeting_ehlo = ehlo(&mut plain, p.helo_name).await?;
+        if greeting_ehlo.ehlo_keyword("STARTTLS").is_none() {
+            return Err(UpstreamError::NoStartTls);
+        }
+        let reply = plain.command("STARTTLS", Stage::StartTls).await?;
+        if reply.code != 220 {
+            return Err(UpstreamError::Rejected {
+                stage: Stage::StartTls,
+                reply,
+            });
+        }
+        if plain.has_unread() {
+            return Err(UpstreamError::Protocol {
+                stage: Stage::StartTls,
+                detail: "server sent data before the TLS handshake (possible injection)".into(),
+            });
+        }
+        let connector = TlsConnector::from(p.tls.clone());
+        let tls = match timeout(
+            p.command_timeout,
+            connector.connect(p.server_name.clone(), plain.into_inner()),
+        )
+        .await
+        {
+            Err(_) => return Err(UpstreamError::Timeout { stage: Stage::StartTls }),
+            Ok(Err(e)) => return Err(tls_error(e)),
+            Ok(Ok(s)) => s,
+        };
+        let mut stream = SmtpStream::new(tls, p.command_timeout);
+        let ehlo = ehlo(&mut stream, p.helo_name).await?;
+        let auth = ehlo.ehlo_keyword("AUTH").unwrap_or("");
+        if !auth
+            .split_whitespace()
+            .any(|m| m.eq_ignore_ascii_case("XOAUTH2"))
+        {
+            return Err(UpstreamError::NoXoauth2 {
+                offered: if auth.is_empty() { "no AUTH".into() } else { auth.into() },
+            });
+        }
+        let caps = Capabilities {
+            pipelining: ehlo.ehlo_keyword("PIPELINING").is_some(),
+            eight_bit: ehlo.ehlo_keyword("8BITMIME").is_some(),
+            smtputf8: ehlo.ehlo_keyword("SMTPUTF8").is_some(),
+            size: ehlo
+                .ehlo_keyword("SIZE")
+                .and_then(|s| s.trim().parse().ok())
+                .filter(|&s: &u64| s > 0),
+        };
+        let token = authenticate(&mut stream, p.mailbox, p.tokens).await?;
+        let now = Instant::now();
+        Ok(Connection {
+            stream,
+            caps,
+            created: now,
+            last_used: now,
+            token_expires_at: token.expires_at(),
+            needs_reset: false,
+        })
+    }
+
+    /// Sends `QUIT` without waiting long; used when retiring a connection.
+    pub async fn quit(mut self) {
+        let _ = timeout(Duration::from_secs(2), async {
+            let _ = self.stream.command("QUIT", Stage::Greeting).await;
+        })
+        .await;
+    }
+}
+
+async fn ehlo<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut SmtpStream<S>,
+    name: &str,
+) -> Result<UpstreamReply, UpstreamError> {
+    let reply = s.command(&format!("EHLO {name}"), Stage::Ehlo).await?;
+    if reply.code != 250 {
+        return Err(UpstreamError::Rejected {
+            stage: Stage::Ehlo,
+            reply,
+        });
+    }
+    Ok(reply)
+}
+
+fn tls_error(e: std::io::Error) -> UpstreamError {
+    let inner = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>())
+        .map(|r| r.to_string());
+    match inner {
+        Some(text) => UpstreamError::Tls(text),
+        None => UpstreamError::Io {
+            stage: Stage::StartTls,
+            source: e,
+        },
+    }
+}
+
+/// AUTH XOAUTH2 in the one-line form (reference §3.2). Returns the token that worked.
+async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut SmtpStream<S>,
+    mailbox: &str,
+    tokens: &TokenCache,
+) -> Result<AccessToken, UpstreamError> {
+    let mut token = tokens.get().await?;
+    let mut refreshed = false;
+    loop {
+        let line = format!("AUTH XOAUTH2 {}", xoauth2_response(mailbox, token.expose()));
+        let mut reply = s.command(&line, Stage::Auth).await?;
+        drop(line);
+        if reply.code == 334 {
+            // An error challenge (Google-style JSON); answer with an empty line to get the
+            // final reply (reference §3.4).
+            reply = s.command("", Stage::Auth).await?;
+        }
+        if reply.code == 235 {
+            return Ok(token);
+        }
+        let verdict = classify_auth(&reply, refreshed);
+        if verdict == Verdict::Transient && reply.has_status("5.7.3") && !refreshed {
+            tracing::info!(
+                reply = %reply,
+                "upstream refused the cached token; fetching a fresh one and trying once more"
+            );
+            tokens.invalidate(&token);
+            token = tokens.get().await?;
+            refreshed = true;
+            continue;
+        }
+        return Err(UpstreamError::Auth {
+            reply,
+            after_refresh: refreshed,
+        });
+    }
+}
+
+/// One message for one transaction.
+#[derive(Debug, Clone)]
+pub struct OutboundMessage {
+    pub mail_from: String,
+    pub rcpt_to: Vec<String>,
+    pub body: std::path::PathBuf,
+    pub size: u64,
+    pub body_8bit: bool,
+    pub smtputf8: bool,
+}
+
+/// The upstream's verdict on a message it took.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    /// The final reply, e.g. `250 2.0.0 OK <id@...prod.outlook.com> [Hostname=...]`.
+    pub reply: UpstreamReply,
+    pub accepted: Vec<String>,
+    /// Recipients refused at RCPT, with the reply for each.
+    pub rejected: Vec<(String, UpstreamReply)>,
+}
+
+impl Connection {
+    /// Runs one mail transaction. On `Err`, `needs_reset` says whether the session is still
+    /// usable after an RSET (a refusal) or must be dropped (I/O, timeout, protocol).
+    pub async fn transact(
+        &mut self,
+        msg: &OutboundMessage,
+        data_timeout: Duration,
+    ) -> Result<Delivered, UpstreamError> {
+        let mut lines = Vec::with_capacity(msg.rcpt_to.len() + 2);
+        let reset = self.needs_reset;
+        if reset {
+            lines.push("RSET".to_string());
+        }
+        let mut mail = format!("MAIL FROM:<{}> SIZE={}", msg.mail_from, msg.size);
+        if msg.body_8bit && self.caps.eight_bit {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if msg.smtputf8 && self.caps.smtputf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        lines.push(mail);
+        for rcpt in &msg.rcpt_to {
+            lines.push(format!("RCPT TO:<{rcpt}>"));
+        }
+        self.needs_reset = true;
+        let replies = self.envelope(&lines).await?;
+        let mut replies = replies.into_iter();
+        if reset {
+            let r = replies.next().expect("one reply per command");
+            if !r.is_positive() {
+                return Err(UpstreamError::Protocol {
+                    stage: Stage::MailFrom,
+                    detail: format!("RSET refused: {r}"),
+                });
+            }
+        }
+        let mail_reply = replies.next().expect("one reply per command");
+        if !mail_reply.is_positive() {
+            return Err(UpstreamError::Rejected {
+                stage: Stage::MailFrom,
+                reply: mail_reply,
+            });
+        }
+        let mut accepted = Vec::new();
+        let mut rejected = Vec::new();
+        for (rcpt, reply) in msg.rcpt_to.iter().zip(replies) {
+            if reply.is_positive() {
+                accepted.push(rcpt.clone());
+            } else {
+                rejected.push((rcpt.clone(), reply));
+            }
+        }
+        if accepted.is_empty() {
+            // Prefer a transient refusal: the client should retry rather than give up.
+            let reply = rejected
+                .iter()
+                .map(|(_, r)| r)
+                .find(|r| r.is_transient())
+                .or(rejected.first().map(|(_, r)| r))
+                .cloned()
+                .expect("at least one recipient");
+            return Err(UpstreamError::Rejected {
+                stage: Stage::RcptTo,
+                reply,
+            });
+        }
+        let reply = self.stream.command("DATA", Stage::Data).await?;
+        if reply.code != 354 {
+            return Err(UpstreamError::Rejected {
+                stage: Stage::Data,
+                reply,
+            });
+        }
+        let reply = match timeout(data_timeout, self.send_body(&msg.body)).await {
+            Err(_) => return Err(UpstreamError::Timeout { stage: Stage::EndOfData }),
+            Ok(r) => r?,
+        };
+        // Whatever the final reply, the transaction is over on the server.
+        self.needs_reset = false;
+        self.last_used = Instant::now();
+        if !reply.is_positive() {
+            return Err(UpstreamError::Rejected {
+                stage: Stage::EndOfData,
+                reply,
+            });
+        }
+        Ok(Delivered {
+            reply,
+            accepted,
+            rejected,
+        })
+    }
+
+    /// Sends the envelope commands, pipelined when the server allows it (RFC 2920).
+    async fn envelope(&mut self, lines: &[String]) -> Result<Vec<UpstreamReply>, UpstreamError> {
+        let stage_of = |line: &str| {
+            if line.starts_with("RCPT") {
+                Stage::RcptTo
+            } else {
+                Stage::MailFrom
+            }
+        };
+        let mut replies = Vec::with_capacity(lines.len());
+        if self.caps.pipelining {
+            let mut batch = Vec::with_capacity(lines.iter().map(|l| l.len() + 2).sum());
+            for line in lines {
+                batch.extend_from_slice(line.as_bytes());
+                batch.extend_from_slice(b"\r\n");
+            }
+            self.stream.write_all(&batch, Stage::MailFrom).await?;
+            for line in lines {
+                let limit = self.stream.command_timeout;
+                replies.push(self.stream.read_reply(stage_of(line), limit).await?);
+            }
+        } else {
+            for line in lines {
+                let reply = self.stream.command(line, stage_of(line)).await?;
+                let stop = line.starts_with("MAIL") && !reply.is_positive();
+                replies.push(reply);
+                if stop {
+                    break;
+                }
+            }
+            // Keep one reply per command for the caller's bookkeeping.
+            while replies.len() < lines.len() {
+                replies.push(UpstreamReply {
+                    code: 503,
+                    lines: vec!["5.5.1 not sent: MAIL FROM was refused".into()],
+                });
+            }
+        }
+        Ok(replies)
+    }
+
+    /// Streams the spooled body, dot-stuffed, then the terminator; returns the final reply.
+    async fn send_body(&mut self, path: &Path) -> Result<UpstreamReply, UpstreamError> {
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(UpstreamError::Spool)?;
+        let mut stuffer = DotStuffer::default();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut out = Vec::with_capacity(66 * 1024);
+        loop {
+            let n = file.read(&mut chunk).await.map_err(UpstreamError::Spool)?;
+            if n == 0 {
+                break;
+            }
+            out.clear();
+            stuffer.push(&chunk[..n], &mut out);
+            self.write_body(&out).await?;
+        }
+        out.clear();
+        out.extend_from_slice(stuffer.terminator());
+        self.write_body(&out).await?;
+        self.stream
+            .stream
+            .flush()
+            .await
+            .map_err(|source| UpstreamError::Io {
+                stage: Stage::EndOfData,
+                source,
+            })?;
+        self.stream
+            .read_reply(Stage::EndOfData, Duration::from_secs(24 * 3600))
+            .await
+    }
+
+    async fn write_body(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
+        self.stream
+            .stream
+            .write_all(bytes)
+            .await
+            .map_err(|source| UpstreamError::Io {
+                stage: Stage::EndOfData,
+                source,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xoauth2_matches_microsofts_vector() {
+        // Reference §3.1, from Microsoft's documentation.
+        assert_eq!(
+            xoauth2_response(
+                "test@contoso.onmicrosoft.com",
+                "EwBAAl3BAAUFFpUAo7J3Ve0bjLBWZWCclRC3EoAA"
+            ),
+            "dXNlcj10ZXN0QGNvbnRvc28ub25taWNyb3NvZnQuY29tAWF1dGg9QmVhcmVyIEV3QkFBbDNCQUFVRkZwVUFvN0ozVmUwYmpMQldaV0NjbFJDM0VvQUEBAQ=="
+        );
+    }
+
+    #[tokio::test]
+    async fn replies_arriving_together_are_all_read() {
+        let (client, mut server) = tokio::io::duplex(1024);
+        server
+            .write_all(b"250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n550 5.1.10 nope\r\n")
+            .await
+            .unwrap();
+        let mut s = SmtpStream::new(client, Duration::from_secs(1));
+        let a = s.read_reply(Stage::MailFrom, Duration::from_secs(1)).await.unwrap();
+        let b = s.read_reply(Stage::RcptTo, Duration::from_secs(1)).await.unwrap();
+        let c = s.read_reply(Stage::RcptTo, Duration::from_secs(1)).await.unwrap();
+        assert_eq!((a.code, b.code, c.code), (250, 250, 550));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_server_times_out() {
+        let (client, _server) = tokio::io::duplex(1024);
+        let mut s = SmtpStream::new(client, Duration::from_secs(5));
+        let err = s.read_reply(Stage::Greeting, Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(err, UpstreamError::Timeout { stage: Stage::Greeting }));
+    }
+}

@@ -1,0 +1,276 @@
+//! The one place where what happened upstream becomes a verdict: delivered, retry, hold for
+//! configuration, or fail (DESIGN §4, reference §6 "Reply-code handbook").
+
+use super::reply::UpstreamReply;
+use crate::token::TokenError;
+
+/// Where in the dialog a reply arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Greeting,
+    Ehlo,
+    StartTls,
+    Auth,
+    MailFrom,
+    RcptTo,
+    Data,
+    EndOfData,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Greeting => "greeting",
+            Stage::Ehlo => "EHLO",
+            Stage::StartTls => "STARTTLS",
+            Stage::Auth => "AUTH",
+            Stage::MailFrom => "MAIL FROM",
+            Stage::RcptTo => "RCPT TO",
+            Stage::Data => "DATA",
+            Stage::EndOfData => "end of DATA",
+        }
+    }
+}
+
+/// What went wrong talking to the upstream. Never carries a token or secret.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("upstream timed out during {}", stage.as_str())]
+    Timeout { stage: Stage },
+    #[error("connection to upstream failed during {}: {source}", stage.as_str())]
+    Io {
+        stage: Stage,
+        source: std::io::Error,
+    },
+    #[error("upstream sent something that is not SMTP during {}: {detail}", stage.as_str())]
+    Protocol { stage: Stage, detail: String },
+    #[error("TLS with upstream failed: {0}")]
+    Tls(String),
+    #[error("upstream does not offer STARTTLS; the relay never sends credentials without TLS")]
+    NoStartTls,
+    #[error("upstream does not offer AUTH XOAUTH2 after STARTTLS (it offered: {offered})")]
+    NoXoauth2 { offered: String },
+    #[error("no access token: {0}")]
+    Token(#[from] TokenError),
+    #[error("upstream refused authentication{}: {reply}", if *after_refresh { " with a freshly fetched token" } else { "" })]
+    Auth {
+        reply: UpstreamReply,
+        after_refresh: bool,
+    },
+    #[error("upstream refused at {}: {reply}", stage.as_str())]
+    Rejected { stage: Stage, reply: UpstreamReply },
+    #[error("cannot read the spooled message: {0}")]
+    Spool(std::io::Error),
+}
+
+/// What a failure means for the message and the account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Try again later; the message is fine.
+    Transient,
+    /// This message will never be accepted as it is.
+    Permanent,
+    /// The relay's setup (credential, permissions, mailbox switches) is wrong: an operator
+    /// must act. Retrying before that is pointless.
+    Config,
+}
+
+impl UpstreamError {
+    pub fn verdict(&self) -> Verdict {
+        match self {
+            UpstreamError::Connect { .. }
+            | UpstreamError::Timeout { .. }
+            | UpstreamError::Io { .. }
+            | UpstreamError::Protocol { .. }
+            | UpstreamError::Spool(_) => Verdict::Transient,
+            UpstreamError::Tls(_) | UpstreamError::NoStartTls | UpstreamError::NoXoauth2 { .. } => {
+                Verdict::Config
+            }
+            UpstreamError::Token(e) => {
+                if e.is_config() {
+                    Verdict::Config
+                } else {
+                    Verdict::Transient
+                }
+            }
+            UpstreamError::Auth {
+                reply,
+                after_refresh,
+            } => classify_auth(reply, *after_refresh),
+            UpstreamError::Rejected { reply, .. } => classify_reply(reply),
+        }
+    }
+
+    /// The upstream's reply, when the failure is one.
+    pub fn reply(&self) -> Option<&UpstreamReply> {
+        match self {
+            UpstreamError::Auth { reply, .. } | UpstreamError::Rejected { reply, .. } => {
+                Some(reply)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl UpstreamError {
+    /// One or two sentences an admin can act on, for configuration-class failures.
+    pub fn advice(&self) -> Option<String> {
+        match self {
+            UpstreamError::Token(e) => e.advice().map(str::to_string),
+            UpstreamError::NoStartTls => Some(
+                "The upstream server does not offer STARTTLS. Point upstream.address at \
+                 smtp.office365.com:587."
+                    .into(),
+            ),
+            UpstreamError::NoXoauth2 { .. } => Some(
+                "The upstream server does not offer AUTH XOAUTH2 after STARTTLS. Point \
+                 upstream.address at smtp.office365.com:587."
+                    .into(),
+            ),
+            UpstreamError::Tls(_) => Some(
+                "The upstream's TLS certificate could not be verified. If a corporate TLS proxy \
+                 intercepts traffic, put its CA in tls.extra_ca_file; otherwise check \
+                 upstream.address and upstream.tls_server_name."
+                    .into(),
+            ),
+            UpstreamError::Auth { reply, .. } => {
+                if reply.has_status("5.7.139") && reply.mentions("disabled") {
+                    Some(
+                        "SMTP AUTH is switched off for this mailbox or tenant. In Exchange Online \
+                         PowerShell run: Set-CASMailbox -Identity <mailbox> \
+                         -SmtpClientAuthenticationDisabled $false"
+                            .into(),
+                    )
+                } else if reply.has_status("5.7.139") {
+                    Some(
+                        "A Conditional Access or authentication policy blocks SMTP AUTH for this \
+                         mailbox; ask the tenant admin to exclude the relay's app."
+                            .into(),
+                    )
+                } else if reply.has_status("5.7.3") {
+                    Some(
+                        "Exchange refused the token. Check that the app has the Office 365 Exchange \
+                         Online application permission SMTP.SendAsApp with admin consent, that \
+                         New-ServicePrincipal was run for it, and that Add-MailboxPermission \
+                         -AccessRights FullAccess was granted on account.mailbox."
+                            .into(),
+                    )
+                } else {
+                    None
+                }
+            }
+            UpstreamError::Rejected { reply, .. } => {
+                if reply.has_status("5.7.60") {
+                    Some(
+                        "Exchange does not let the mailbox send as this envelope sender. Set \
+                         account.envelope_sender = \"mailbox\", or grant SendAs with \
+                         Add-RecipientPermission."
+                            .into(),
+                    )
+                } else if reply.has_status("5.2.2") {
+                    Some(
+                        "The mailbox is full (Sent Items counts). Empty Sent Items or add a \
+                         retention policy."
+                            .into(),
+                    )
+                } else if reply.has_status("4.7.66") {
+                    Some("The upstream requires a newer TLS version than was negotiated.".into())
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+/// AUTH replies (reference §3.5): `535 5.7.3` is worth one fresh token, then configuration;
+/// `5.7.139` (SMTP AUTH switched off, Conditional Access) is configuration at once.
+pub fn classify_auth(reply: &UpstreamReply, after_refresh: bool) -> Verdict {
+    if reply.is_transient() && !reply.has_status("4.7.66") {
+        return Verdict::Transient;
+    }
+    if reply.has_status("5.7.3") && !after_refresh {
+        return Verdict::Transient;
+    }
+    Verdict::Config
+}
+
+/// Replies to MAIL, RCPT, DATA and the final dot (reference §6). Classified by enhanced
+/// status code plus known text, not by the first digit alone.
+pub fn classify_reply(reply: &UpstreamReply) -> Verdict {
+    let status = reply.status().unwrap_or("");
+    // 5xx that clears with time: the 10,000 recipients / 24 h submission quota.
+    if status == "5.2.0" && reply.mentions("SubmissionQuotaExceeded") {
+        return Verdict::Transient;
+    }
+    // 4xx that never clears by itself: TLS too old.
+    if status == "4.7.66" {
+        return Verdict::Config;
+    }
+    if reply.is_transient() {
+        return Verdict::Transient;
+    }
+    match status {
+        // Not authenticated (client bug), mailbox full, restricted sender, tenant/IP blocks.
+        "5.7.57" | "5.2.2" | "5.1.8" | "5.7.705" | "5.7.708" | "5.7.750" | "5.7.139" => {
+            Verdict::Config
+        }
+        _ if reply.is_permanent() => Verdict::Permanent,
+        _ => Verdict::Transient,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(text: &str) -> UpstreamReply {
+        UpstreamReply::parse(format!("{text}\r\n").as_bytes())
+            .unwrap()
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn handbook_rows() {
+        let rows: &[(&str, Verdict)] = &[
+            ("421 4.3.2 Service not available", Verdict::Transient),
+            ("421 4.7.66 TLS 1.0 and 1.1 are not supported.", Verdict::Config),
+            ("550 5.7.60 SMTP; Client does not have permissions to send as this sender", Verdict::Permanent),
+            ("432 4.3.2 Concurrent connections limit exceeded.", Verdict::Transient),
+            ("452 4.5.3 Too many recipients", Verdict::Transient),
+            ("554 5.2.252 SendAsDenied; a not allowed to send as b", Verdict::Permanent),
+            ("430 4.2.0 STOREDRV; mailbox logon failure;", Verdict::Transient),
+            ("554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException", Verdict::Transient),
+            ("554 5.2.2 mailbox full; STOREDRV.Submission.Exception:QuotaExceededException", Verdict::Config),
+            ("550 5.1.8 Access denied, bad outbound sender", Verdict::Config),
+            ("550 5.7.708 Access denied, traffic not accepted from this IP", Verdict::Config),
+            ("451 4.7.500 Access denied, please try again later", Verdict::Transient),
+            ("552 5.3.4 Message size exceeds fixed maximum message size", Verdict::Permanent),
+            ("554 5.6.0 Invalid message content, contains bare linefeeds", Verdict::Permanent),
+            ("451 4.7.0 Timeout waiting for client input", Verdict::Transient),
+            ("530 5.7.57 SMTP; Client was not authenticated", Verdict::Config),
+            ("550 5.1.10 RESOLVER.ADR.RecipientNotFound", Verdict::Permanent),
+        ];
+        for (text, verdict) in rows {
+            assert_eq!(classify_reply(&r(text)), *verdict, "{text}");
+        }
+    }
+
+    #[test]
+    fn auth_rows() {
+        let bad_token = r("535 5.7.3 Authentication unsuccessful [host ts id]");
+        assert_eq!(classify_auth(&bad_token, false), Verdict::Transient);
+        assert_eq!(classify_auth(&bad_token, true), Verdict::Config);
+        let disabled = r("535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox.");
+        assert_eq!(classify_auth(&disabled, false), Verdict::Config);
+        assert_eq!(classify_auth(&r("454 4.7.0 Temporary authentication failure"), false), Verdict::Transient);
+        assert_eq!(classify_auth(&r("504 5.7.4 Unrecognized authentication type"), false), Verdict::Config);
+    }
+}

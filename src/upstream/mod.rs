@@ -1,0 +1,203 @@
+//! The outbound side: Exchange Online's submission endpoint, with STARTTLS and XOAUTH2.
+//!
+//! [`Upstream`] owns a small pool of authenticated sessions for one mailbox: at most
+//! `max_connections` (Exchange allows 3 per mailbox, reference §4.1), reused while young and
+//! while their token is not near expiry, reset with `RSET` after a refusal. It pulls tokens
+//! from the token cache when it opens a connection (DESIGN §4: data flows one way).
+//!
+//! `error.rs` is the one place replies become verdicts; `conn.rs` speaks the protocol;
+//! `reply.rs` parses replies exactly.
+
+pub mod conn;
+pub mod error;
+pub mod reply;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+pub use conn::{Delivered, OutboundMessage};
+pub use error::{Stage, UpstreamError, Verdict};
+
+use crate::config::ValidUpstream;
+use crate::token::TokenCache;
+use conn::{ConnectParams, Connection};
+
+/// Don't start a transaction on a session whose token expires sooner than this.
+const TOKEN_REUSE_MARGIN: Duration = Duration::from_secs(120);
+
+/// The pool of sessions for one mailbox.
+pub struct Upstream {
+    settings: ValidUpstream,
+    server_name: ServerName<'static>,
+    tls: Arc<rustls::ClientConfig>,
+    tokens: TokenCache,
+    mailbox: String,
+    permits: Semaphore,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("host", &self.settings.host)
+            .field("port", &self.settings.port)
+            .field("mailbox", &self.mailbox)
+            .finish()
+    }
+}
+
+impl Upstream {
+    pub fn new(
+        settings: ValidUpstream,
+        tls: Arc<rustls::ClientConfig>,
+        tokens: TokenCache,
+        mailbox: String,
+    ) -> Upstream {
+        let server_name = ServerName::try_from(settings.tls_server_name.clone())
+            .expect("validated in config");
+        Upstream {
+            permits: Semaphore::new(settings.max_connections),
+            server_name,
+            tls,
+            tokens,
+            mailbox,
+            idle: Mutex::new(Vec::new()),
+            settings,
+        }
+    }
+
+    pub fn mailbox(&self) -> &str {
+        &self.mailbox
+    }
+
+    pub fn tokens(&self) -> &TokenCache {
+        &self.tokens
+    }
+
+    fn params(&self) -> ConnectParams<'_> {
+        ConnectParams {
+            host: &self.settings.host,
+            port: self.settings.port,
+            server_name: &self.server_name,
+            tls: &self.tls,
+            helo_name: &self.settings.helo_name,
+            connect_timeout: self.settings.connect_timeout,
+            command_timeout: self.settings.command_timeout,
+            mailbox: &self.mailbox,
+            tokens: &self.tokens,
+        }
+    }
+
+    /// Opens a session and closes it again: connect, STARTTLS, AUTH. For `check`.
+    pub async fn probe(&self) -> Result<(), UpstreamError> {
+        let conn = Connection::open(&self.params()).await?;
+        conn.quit().await;
+        Ok(())
+    }
+
+    /// Sends one message. Waits for a free session slot first (at most `max_connections`
+    /// sessions run at once). A reused session that turns out to be dead before anything was
+    /// sent is replaced once by a fresh one, so a server-side idle timeout never fails a
+    /// message.
+    pub async fn send(&self, msg: &OutboundMessage) -> Result<Delivered, UpstreamError> {
+        let _permit = self.permits.acquire().await.expect("semaphore never closed");
+        if let Some(mut conn) = self.take_idle() {
+            match conn.transact(msg, self.settings.data_timeout).await {
+                Ok(d) => {
+                    self.put_idle(conn);
+                    return Ok(d);
+                }
+                Err(e) if stale_session(&e) => {
+                    tracing::debug!(error = %e, "pooled upstream session was gone; reconnecting");
+                }
+                Err(e) => {
+                    self.after_error(conn, &e);
+                    return Err(e);
+                }
+            }
+        }
+        let mut conn = Connection::open(&self.params()).await?;
+        match conn.transact(msg, self.settings.data_timeout).await {
+            Ok(d) => {
+                self.put_idle(conn);
+                Ok(d)
+            }
+            Err(e) => {
+                self.after_error(conn, &e);
+                Err(e)
+            }
+        }
+    }
+
+    fn after_error(&self, conn: Connection, e: &UpstreamError) {
+        // A refusal leaves the session usable (after RSET); anything else may have left it
+        // mid-command, so it is dropped.
+        if matches!(e, UpstreamError::Rejected { .. }) && !closing_reply(e) {
+            self.put_idle(conn);
+        }
+    }
+
+    fn take_idle(&self) -> Option<Connection> {
+        let mut idle = self.idle.lock().expect("pool lock");
+        let now = Instant::now();
+        while let Some(conn) = idle.pop() {
+            if self.reusable(&conn, now) {
+                return Some(conn);
+            }
+            // Dropped: closes the socket.
+        }
+        None
+    }
+
+    fn reusable(&self, conn: &Connection, now: Instant) -> bool {
+        now.duration_since(conn.last_used) < self.settings.idle_timeout
+            && now.duration_since(conn.created) < self.settings.max_session_age
+            && conn.token_expires_at > now + TOKEN_REUSE_MARGIN
+    }
+
+    fn put_idle(&self, mut conn: Connection) {
+        conn.last_used = Instant::now();
+        let mut idle = self.idle.lock().expect("pool lock");
+        if idle.len() < self.settings.max_connections {
+            idle.push(conn);
+        }
+    }
+
+    /// Closes idle sessions that are too old (called periodically and at shutdown).
+    pub async fn close_idle(&self, all: bool) {
+        let retired: Vec<Connection> = {
+            let mut idle = self.idle.lock().expect("pool lock");
+            let now = Instant::now();
+            let (keep, retire): (Vec<_>, Vec<_>) = idle
+                .drain(..)
+                .partition(|c| !all && self.reusable(c, now));
+            *idle = keep;
+            retire
+        };
+        for conn in retired {
+            conn.quit().await;
+        }
+    }
+}
+
+/// Failures of a reused session that mean "it was already closed", before any message data
+/// was sent: safe to retry on a new session.
+fn stale_session(e: &UpstreamError) -> bool {
+    match e {
+        UpstreamError::Io { stage, .. } | UpstreamError::Protocol { stage, .. } => {
+            matches!(stage, Stage::MailFrom | Stage::RcptTo | Stage::Data)
+        }
+        UpstreamError::Rejected { stage, reply } => {
+            reply.code == 421 && matches!(stage, Stage::MailFrom | Stage::RcptTo | Stage::Data)
+        }
+        _ => false,
+    }
+}
+
+fn closing_reply(e: &UpstreamError) -> bool {
+    e.reply().map(|r| r.code == 421).unwrap_or(false)
+}
