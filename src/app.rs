@@ -20,10 +20,7 @@ use crate::upstream::Upstream;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("spool directory {dir}: {source}")]
-    Spool {
-        dir: String,
-        source: std::io::Error,
-    },
+    Spool { dir: String, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -91,7 +88,11 @@ impl Relay {
             shutdown: shutdown.clone(),
         });
         tracker.spawn(listener::run(listener, ctx, tracker.clone()));
-        tracker.spawn(reap_idle(upstream.clone(), shutdown.clone(), config.upstream.idle_timeout));
+        tracker.spawn(reap_idle(
+            upstream.clone(),
+            shutdown.clone(),
+            config.upstream.idle_timeout,
+        ));
         tracing::info!(
             listen = %local_addr,
             upstream = %format!("{}:{}", config.upstream.host, config.upstream.port),
@@ -126,7 +127,9 @@ impl Relay {
     pub async fn shutdown(self, grace: Duration) -> bool {
         self.shutdown.cancel();
         self.tracker.close();
-        let finished = tokio::time::timeout(grace, self.tracker.wait()).await.is_ok();
+        let finished = tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok();
         self.upstream.close_idle(true).await;
         finished
     }

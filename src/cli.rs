@@ -55,11 +55,15 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let env: Vec<(String, String)> = std::env::vars().collect();
     match cli.command {
-        None => serve(cli.config.as_deref(), &env, ServeArgs {
-            sandbox_dir: PathBuf::from("./sandbox-mail"),
-            grace_secs: 30,
-            ..Default::default()
-        }),
+        None => serve(
+            cli.config.as_deref(),
+            &env,
+            ServeArgs {
+                sandbox_dir: PathBuf::from("./sandbox-mail"),
+                grace_secs: 30,
+                ..Default::default()
+            },
+        ),
         Some(Command::Serve(args)) => serve(cli.config.as_deref(), &env, args),
     }
 }
@@ -89,7 +93,10 @@ fn serve(config_file: Option<&Path>, env: &[(String, String)], args: ServeArgs) 
     for name in unknown_env_vars(env) {
         tracing::warn!(variable = %name, "unknown environment variable ignored (a typo?)");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("smtp-oauth-relay: cannot start the runtime: {e}");

@@ -503,7 +503,10 @@ fn validate_listen(l: &ListenConfig) -> Result<ValidListen, ConfigError> {
         ));
     }
     if l.max_connections == 0 {
-        return Err(ConfigError::new("listen.max_connections", "must be at least 1"));
+        return Err(ConfigError::new(
+            "listen.max_connections",
+            "must be at least 1",
+        ));
     }
     if l.max_message_size == 0 || l.max_message_size > EXCHANGE_MAX_SIZE {
         return Err(ConfigError::new(
@@ -512,7 +515,10 @@ fn validate_listen(l: &ListenConfig) -> Result<ValidListen, ConfigError> {
         ));
     }
     if l.max_recipients == 0 {
-        return Err(ConfigError::new("listen.max_recipients", "must be at least 1"));
+        return Err(ConfigError::new(
+            "listen.max_recipients",
+            "must be at least 1",
+        ));
     }
     for (key, v) in [
         ("listen.command_timeout_secs", l.command_timeout_secs),
@@ -571,8 +577,8 @@ fn validate_account(
     a: &AccountConfig,
     warnings: &mut Vec<String>,
 ) -> Result<ValidAccount, ConfigError> {
-    let (authority, tenant_from_authority) = split_authority(&a.authority)
-        .map_err(|m| ConfigError::new("account.authority", m))?;
+    let (authority, tenant_from_authority) =
+        split_authority(&a.authority).map_err(|m| ConfigError::new("account.authority", m))?;
     let tenant = match (a.tenant.as_deref().map(str::trim), tenant_from_authority) {
         (Some(t), Some(from_url)) if !t.is_empty() && !t.eq_ignore_ascii_case(&from_url) => {
             return Err(ConfigError::new(
@@ -590,8 +596,12 @@ fn validate_account(
     if let Some(problem) = tenant_problem(&tenant) {
         return Err(ConfigError::new("account.tenant", problem));
     }
-    let client_id =
-        required(&a.client_id, "account.client_id", "the Application (client) ID")?.to_string();
+    let client_id = required(
+        &a.client_id,
+        "account.client_id",
+        "the Application (client) ID",
+    )?
+    .to_string();
     if !is_guid(&client_id) {
         return Err(ConfigError::new(
             "account.client_id",
@@ -694,14 +704,16 @@ pub fn split_authority(authority: &str) -> Result<(String, Option<String>), Stri
     match scheme {
         "https" => {}
         "http" if is_loopback_host(host) => {}
-        _ => {
-            return Err(format!(
-                "`{authority}` must use https:// (plain http is allowed only on loopback, for tests)"
-            ))
-        }
+        _ => return Err(format!(
+            "`{authority}` must use https:// (plain http is allowed only on loopback, for tests)"
+        )),
     }
     let mut segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    for suffix in [&["oauth2", "v2.0", "token"][..], &["oauth2", "v2.0"], &["v2.0"]] {
+    for suffix in [
+        &["oauth2", "v2.0", "token"][..],
+        &["oauth2", "v2.0"],
+        &["v2.0"],
+    ] {
         if segments.ends_with(suffix) {
             segments.truncate(segments.len() - suffix.len());
             break;
@@ -868,8 +880,14 @@ mod tests {
     }
 
     const GOOD: &[(&str, &str)] = &[
-        ("SMTP_OAUTH_RELAY_TENANT", "11111111-2222-3333-4444-555555555555"),
-        ("SMTP_OAUTH_RELAY_CLIENT_ID", "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"),
+        (
+            "SMTP_OAUTH_RELAY_TENANT",
+            "11111111-2222-3333-4444-555555555555",
+        ),
+        (
+            "SMTP_OAUTH_RELAY_CLIENT_ID",
+            "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
+        ),
         (
             "SMTP_OAUTH_RELAY_CLIENT_SECRET",
             "abc8Q~abcdefghijklmnopqrstuvwxyz01234567",
@@ -913,7 +931,10 @@ mod tests {
     #[test]
     fn all_digit_secret_stays_a_string() {
         let c = load(&[("SMTP_OAUTH_RELAY_CLIENT_SECRET", "12345678901234567890")]).unwrap();
-        assert_eq!(c.account.client_secret.expose_secret(), "12345678901234567890");
+        assert_eq!(
+            c.account.client_secret.expose_secret(),
+            "12345678901234567890"
+        );
     }
 
     #[test]
@@ -935,8 +956,12 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.key, "account.client_secret");
         assert!(err.message.contains("secret ID"));
-        assert!(!err.to_string().contains("0f0f0f0f-1111"), "no echo of secret");
-        let err = load(&[("SMTP_OAUTH_RELAY_CLIENT_SECRET", "eyJ0eXAi.eyJhdWQi.c2ln")]).unwrap_err();
+        assert!(
+            !err.to_string().contains("0f0f0f0f-1111"),
+            "no echo of secret"
+        );
+        let err =
+            load(&[("SMTP_OAUTH_RELAY_CLIENT_SECRET", "eyJ0eXAi.eyJhdWQi.c2ln")]).unwrap_err();
         assert!(err.message.contains("access token"));
     }
 
@@ -949,7 +974,10 @@ mod tests {
         let p = path.to_string_lossy().to_string();
         pairs.push(("SMTP_OAUTH_RELAY_CLIENT_SECRET_FILE", &p));
         pairs.push(("SMTP_OAUTH_RELAY_MAILBOX", "relay@contoso.com"));
-        let c = Config::load(None, &env(&pairs)).unwrap().validate().unwrap();
+        let c = Config::load(None, &env(&pairs))
+            .unwrap()
+            .validate()
+            .unwrap();
         assert_eq!(
             c.account.client_secret.expose_secret(),
             "abc8Q~file-secret-value-000000000000000"
@@ -963,9 +991,15 @@ mod tests {
             "SMTP_OAUTH_RELAY_AUTHORITY",
             "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0",
         ));
-        let c = Config::load(None, &env(&pairs)).unwrap().validate().unwrap();
+        let c = Config::load(None, &env(&pairs))
+            .unwrap()
+            .validate()
+            .unwrap();
         assert_eq!(c.account.tenant, "11111111-2222-3333-4444-555555555555");
-        assert!(c.account.token_url.ends_with("/11111111-2222-3333-4444-555555555555/oauth2/v2.0/token"));
+        assert!(c
+            .account
+            .token_url
+            .ends_with("/11111111-2222-3333-4444-555555555555/oauth2/v2.0/token"));
     }
 
     #[test]
@@ -995,8 +1029,11 @@ mod tests {
 
     #[test]
     fn graph_and_permission_scopes_refused() {
-        let err = load(&[("SMTP_OAUTH_RELAY_SCOPE", "https://graph.microsoft.com/.default")])
-            .unwrap_err();
+        let err = load(&[(
+            "SMTP_OAUTH_RELAY_SCOPE",
+            "https://graph.microsoft.com/.default",
+        )])
+        .unwrap_err();
         assert_eq!(err.key, "account.scope");
         let err = load(&[(
             "SMTP_OAUTH_RELAY_SCOPE",
@@ -1010,8 +1047,9 @@ mod tests {
     fn non_loopback_listen_needs_allow() {
         let err = load(&[("SMTP_OAUTH_RELAY_LISTEN", "0.0.0.0:2525")]).unwrap_err();
         assert_eq!(err.key, "listen.allow");
-        let c = Config::from_toml("[listen]\naddress = \"0.0.0.0:2525\"\nallow = [\"10.0.0.0/8\"]\n")
-            .unwrap();
+        let c =
+            Config::from_toml("[listen]\naddress = \"0.0.0.0:2525\"\nallow = [\"10.0.0.0/8\"]\n")
+                .unwrap();
         assert_eq!(c.listen.allow.len(), 1);
         let l = validate_listen(&c.listen).unwrap();
         assert!(l.permits("10.1.2.3".parse().unwrap()));
@@ -1051,7 +1089,10 @@ mod tests {
 
     #[test]
     fn host_port_forms() {
-        assert_eq!(split_host_port("smtp.office365.com:587"), Some(("smtp.office365.com".into(), 587)));
+        assert_eq!(
+            split_host_port("smtp.office365.com:587"),
+            Some(("smtp.office365.com".into(), 587))
+        );
         assert_eq!(split_host_port("[::1]:25"), Some(("::1".into(), 25)));
         assert_eq!(split_host_port("smtp.office365.com"), None);
         assert_eq!(split_host_port(":25"), None);

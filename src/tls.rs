@@ -45,7 +45,9 @@ pub fn load_pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>
 }
 
 /// Parses PEM bytes into certificates. `Err(None)` means no certificate was present.
-pub fn parse_pem_certificates(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, Option<String>> {
+pub fn parse_pem_certificates(
+    bytes: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, Option<String>> {
     let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Some(e.to_string()))?;

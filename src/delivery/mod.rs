@@ -59,7 +59,11 @@ impl Dispatcher {
         debug_assert_eq!(self.mode, DeliveryMode::Direct);
         let env = &msg.envelope;
         let outbound = OutboundMessage {
-            mail_from: upstream_sender(self.envelope_sender, &env.mail_from, self.upstream.mailbox()),
+            mail_from: upstream_sender(
+                self.envelope_sender,
+                &env.mail_from,
+                self.upstream.mailbox(),
+            ),
             rcpt_to: env.rcpt_to.clone(),
             body: msg.path.clone(),
             size: msg.size,
@@ -174,8 +178,14 @@ pub fn direct_reply(id: &str, result: &Result<Delivered, UpstreamError>) -> Repl
                     Reply::new(451, "4.4.2", "upstream timed out, try again later")
                 }
                 _ => match e.reply() {
-                    Some(r) => Reply::new(451, "4.4.0", format!("upstream temporarily refused: {r}")),
-                    None => Reply::new(451, "4.4.0", format!("upstream failed, try again later: {e}")),
+                    Some(r) => {
+                        Reply::new(451, "4.4.0", format!("upstream temporarily refused: {r}"))
+                    }
+                    None => Reply::new(
+                        451,
+                        "4.4.0",
+                        format!("upstream failed, try again later: {e}"),
+                    ),
                 },
             },
             Verdict::Config => Reply::new(
@@ -197,7 +207,10 @@ mod tests {
     use crate::upstream::Stage;
 
     fn reply(text: &str) -> UpstreamReply {
-        UpstreamReply::parse(format!("{text}\r\n").as_bytes()).unwrap().unwrap().0
+        UpstreamReply::parse(format!("{text}\r\n").as_bytes())
+            .unwrap()
+            .unwrap()
+            .0
     }
 
     #[test]
@@ -238,7 +251,9 @@ mod tests {
             source: std::io::ErrorKind::ConnectionRefused.into(),
         };
         assert_eq!(direct_reply("ID", &Err(e)).status.as_deref(), Some("4.4.1"));
-        let e = UpstreamError::Timeout { stage: Stage::EndOfData };
+        let e = UpstreamError::Timeout {
+            stage: Stage::EndOfData,
+        };
         assert_eq!(direct_reply("ID", &Err(e)).status.as_deref(), Some("4.4.2"));
     }
 
@@ -246,7 +261,9 @@ mod tests {
     fn quota_is_deferred_not_bounced() {
         let e = UpstreamError::Rejected {
             stage: Stage::EndOfData,
-            reply: reply("554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException"),
+            reply: reply(
+                "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException",
+            ),
         };
         assert_eq!(direct_reply("ID", &Err(e)).code, 451);
     }
@@ -264,8 +281,17 @@ mod tests {
 
     #[test]
     fn sender_policy() {
-        assert_eq!(upstream_sender(EnvelopeSender::Mailbox, "app@x", "mbx@y"), "mbx@y");
-        assert_eq!(upstream_sender(EnvelopeSender::Client, "app@x", "mbx@y"), "app@x");
-        assert_eq!(upstream_sender(EnvelopeSender::Client, "", "mbx@y"), "mbx@y");
+        assert_eq!(
+            upstream_sender(EnvelopeSender::Mailbox, "app@x", "mbx@y"),
+            "mbx@y"
+        );
+        assert_eq!(
+            upstream_sender(EnvelopeSender::Client, "app@x", "mbx@y"),
+            "app@x"
+        );
+        assert_eq!(
+            upstream_sender(EnvelopeSender::Client, "", "mbx@y"),
+            "mbx@y"
+        );
     }
 }

@@ -321,7 +321,8 @@ impl Sandbox {
         self.shared.counters.tokens_issued.load(Ordering::Relaxed)
     }
 
-    /// AUTH commands that reached a verdict (any mechanism).
+    /// AUTH exchanges that reached a verdict (`235` or `535`): XOAUTH2, and LOGIN (always
+    /// refused). An AUTH answered `504`/`503` is not counted.
     pub fn auth_attempts(&self) -> u64 {
         self.shared.counters.auth_attempts.load(Ordering::Relaxed)
     }

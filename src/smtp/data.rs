@@ -229,7 +229,11 @@ mod tests {
         let whole = decode(wire, wire.len(), u64::MAX);
         for chunk in 1..wire.len().min(12) {
             let split = decode(wire, chunk, u64::MAX);
-            assert_eq!((&split.0, &split.1), (&whole.0, &whole.1), "chunk size {chunk}");
+            assert_eq!(
+                (&split.0, &split.1),
+                (&whole.0, &whole.1),
+                "chunk size {chunk}"
+            );
         }
         (whole.0, whole.1)
     }
@@ -259,13 +263,21 @@ mod tests {
         for sep in [&b"\n.\r\n"[..], b"\r.\r\n", b"\n.\n", b"\r\n.\n"] {
             let mut wire = b"Subject: a\r\n\r\nbody".to_vec();
             wire.extend_from_slice(sep);
-            wire.extend_from_slice(b"MAIL FROM:<evil@x>\r\nRCPT TO:<v@y>\r\nDATA\r\nsmuggled\r\n.\r\n");
+            wire.extend_from_slice(
+                b"MAIL FROM:<evil@x>\r\nRCPT TO:<v@y>\r\nDATA\r\nsmuggled\r\n.\r\n",
+            );
             let (body, rest) = decode_all_splits(&wire);
             assert!(rest.is_empty(), "ended early for {sep:?}");
             let text = String::from_utf8(body).unwrap();
             assert!(text.contains("MAIL FROM:<evil@x>\r\n"), "{text:?}");
-            assert!(!text.contains('\n') || !text.replace("\r\n", "").contains('\n'), "bare LF left: {text:?}");
-            assert!(!text.replace("\r\n", "").contains('\r'), "bare CR left: {text:?}");
+            assert!(
+                !text.contains('\n') || !text.replace("\r\n", "").contains('\n'),
+                "bare LF left: {text:?}"
+            );
+            assert!(
+                !text.replace("\r\n", "").contains('\r'),
+                "bare CR left: {text:?}"
+            );
         }
     }
 
@@ -335,7 +347,12 @@ mod tests {
                 if !expected.is_empty() && !expected.ends_with(b"\r\n") {
                     expected.extend_from_slice(b"\r\n");
                 }
-                assert_eq!(decoded, expected, "body {:?} split {split}", String::from_utf8_lossy(body));
+                assert_eq!(
+                    decoded,
+                    expected,
+                    "body {:?} split {split}",
+                    String::from_utf8_lossy(body)
+                );
             }
         }
     }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use smtp_proto::request::receiver::RequestReceiver;
+use smtp_proto::Request;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -91,34 +91,40 @@ async fn handle(
         peer,
     );
     let mut out = session.greeting().to_bytes();
-    let mut receiver = RequestReceiver::default();
+    let mut lines = LineFramer::default();
     let mut input: Vec<u8> = Vec::with_capacity(8192);
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         // Answer every complete command already received, in order.
         let mut next = Next::Read;
-        let consumed = {
-            let mut iter = input.iter();
-            loop {
-                match receiver.ingest(&mut iter) {
-                    Err(smtp_proto::Error::NeedsMoreData { .. }) => break,
-                    result => match session.command(result) {
-                        Action::Reply(r) => r.write_to(&mut out),
-                        Action::StartData(r) => {
-                            r.write_to(&mut out);
-                            next = Next::Data;
-                            break;
-                        }
-                        Action::Close(r) => {
-                            r.write_to(&mut out);
-                            next = Next::Close;
-                            break;
-                        }
-                    },
+        let mut consumed = 0;
+        while let Some(frame) = lines.next_line(&input[consumed..]) {
+            consumed += frame.used;
+            let action = match frame.line {
+                Some(line) => session.command(Request::parse(&mut line.iter())),
+                None => Action::Reply(reply::line_too_long()),
+            };
+            match action {
+                Action::Reply(r) => r.write_to(&mut out),
+                Action::StartData(r) => {
+                    r.write_to(&mut out);
+                    next = Next::Data;
+                    break;
+                }
+                Action::Close(r) => {
+                    r.write_to(&mut out);
+                    next = Next::Close;
+                    break;
                 }
             }
-            input.len() - iter.as_slice().len()
-        };
+        }
+        if next == Next::Read {
+            // Everything left is a partial line: the framer keeps it.
+            if lines.absorb(&input[consumed..]) {
+                reply::line_too_long().write_to(&mut out);
+            }
+            consumed = input.len();
+        }
         input.drain(..consumed);
         if !out.is_empty() {
             socket.write_all(&out).await?;
@@ -127,9 +133,18 @@ async fn handle(
         match next {
             Next::Close => return Ok(()),
             Next::Data => {
-                let transaction = session.take_transaction().expect("DATA needs a transaction");
-                match receive_message(&mut socket, &mut input, &mut chunk, &session, transaction, ctx)
-                    .await?
+                let transaction = session
+                    .take_transaction()
+                    .expect("DATA needs a transaction");
+                match receive_message(
+                    &mut socket,
+                    &mut input,
+                    &mut chunk,
+                    &session,
+                    transaction,
+                    ctx,
+                )
+                .await?
                 {
                     DataEnd::Reply(r) => r.write_to(&mut out),
                     DataEnd::Close(r) => {
@@ -151,7 +166,9 @@ async fn handle(
         };
         match read {
             Err(_) => {
-                socket.write_all(&reply::timeout(&listen.hostname).to_bytes()).await?;
+                socket
+                    .write_all(&reply::timeout(&listen.hostname).to_bytes())
+                    .await?;
                 return Ok(());
             }
             Ok(Ok(0)) => return Ok(()),
@@ -161,6 +178,7 @@ async fn handle(
     }
 }
 
+#[derive(PartialEq, Eq)]
 enum Next {
     Read,
     Data,
@@ -236,7 +254,9 @@ async fn receive_message(
     drop(writer);
     if decoder.oversized() {
         ctx.spool.discard(&path).await;
-        return Ok(DataEnd::Reply(reply::message_too_big(listen.max_message_size)));
+        return Ok(DataEnd::Reply(reply::message_too_big(
+            listen.max_message_size,
+        )));
     }
     if !flushed {
         ctx.spool.discard(&path).await;
@@ -281,6 +301,72 @@ async fn write_or_fail<W: AsyncWrite + Unpin>(writer: &mut Option<W>, bytes: &[u
     }
 }
 
+/// Longest command line we accept, CRLF included (RFC 5321 §4.5.3.1.4 asks for 512; we allow
+/// what smtp-proto allows, for long UTF-8 addresses and parameters).
+pub const MAX_COMMAND_LINE: usize = 4096;
+
+/// Splits the command stream into lines, whatever the read boundaries: a line longer than
+/// [`MAX_COMMAND_LINE`] is refused once and skipped up to its end, never buffered whole.
+#[derive(Debug, Default)]
+pub struct LineFramer {
+    partial: Vec<u8>,
+    skipping: bool,
+}
+
+/// One framed line: `line` is `None` for an over-long line; `used` bytes of input were taken.
+pub struct Frame<'a> {
+    pub line: Option<std::borrow::Cow<'a, [u8]>>,
+    pub used: usize,
+}
+
+impl LineFramer {
+    /// The next complete line in `input` (joined with any partial line kept from earlier).
+    pub fn next_line<'a>(&mut self, input: &'a [u8]) -> Option<Frame<'a>> {
+        let nl = input.iter().position(|&b| b == b'\n')?;
+        let used = nl + 1;
+        if self.skipping {
+            self.skipping = false;
+            self.partial.clear();
+            // The refusal was sent when the line passed the limit; go on with the next.
+            return self.next_line(&input[used..]).map(|f| Frame {
+                line: f.line,
+                used: f.used + used,
+            });
+        }
+        if self.partial.len() + used > MAX_COMMAND_LINE {
+            self.partial.clear();
+            return Some(Frame { line: None, used });
+        }
+        let line = if self.partial.is_empty() {
+            std::borrow::Cow::Borrowed(&input[..used])
+        } else {
+            let mut whole = std::mem::take(&mut self.partial);
+            whole.extend_from_slice(&input[..used]);
+            std::borrow::Cow::Owned(whole)
+        };
+        Some(Frame {
+            line: Some(line),
+            used,
+        })
+    }
+
+    /// Keeps a trailing partial line (no LF in `input`); all of `input` is taken. Returns
+    /// true when the partial line just passed the limit: the caller refuses it now and the
+    /// rest of it is skipped.
+    pub fn absorb(&mut self, input: &[u8]) -> bool {
+        if self.skipping {
+            return false;
+        }
+        self.partial.extend_from_slice(input);
+        if self.partial.len() > MAX_COMMAND_LINE {
+            self.partial.clear();
+            self.skipping = true;
+            return true;
+        }
+        false
+    }
+}
+
 /// RFC 5321 §4.4 trace header, folded over three lines.
 pub fn received_header(
     session: &Session,
@@ -317,6 +403,50 @@ fn format_ip(peer: SocketAddr) -> String {
 mod tests {
     use super::*;
 
+    fn frame_all(f: &mut LineFramer, input: &[u8]) -> (Vec<Option<Vec<u8>>>, bool) {
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while let Some(frame) = f.next_line(&input[pos..]) {
+            pos += frame.used;
+            out.push(frame.line.map(|l| l.into_owned()));
+        }
+        let overflow = f.absorb(&input[pos..]);
+        (out, overflow)
+    }
+
+    #[test]
+    fn framer_joins_partial_lines_and_caps_length() {
+        let mut f = LineFramer::default();
+        assert_eq!(
+            frame_all(&mut f, b"NOOP\r\nRS"),
+            (vec![Some(b"NOOP\r\n".to_vec())], false)
+        );
+        assert_eq!(
+            frame_all(&mut f, b"ET\r\n"),
+            (vec![Some(b"RSET\r\n".to_vec())], false)
+        );
+        // Too long in one piece: refused once, following lines still framed.
+        let mut long = vec![b'z'; MAX_COMMAND_LINE + 10];
+        long.extend_from_slice(b"\r\nQUIT\r\n");
+        assert_eq!(
+            frame_all(&mut f, &long),
+            (vec![None, Some(b"QUIT\r\n".to_vec())], false)
+        );
+        // Too long across reads: refused when it passes the limit, then skipped to its end.
+        let (lines, overflow) = frame_all(&mut f, &vec![b'z'; MAX_COMMAND_LINE + 1]);
+        assert!(lines.is_empty() && overflow);
+        assert_eq!(frame_all(&mut f, &vec![b'z'; 10_000]), (vec![], false));
+        assert_eq!(
+            frame_all(&mut f, b"zz\r\nNOOP\r\n"),
+            (vec![Some(b"NOOP\r\n".to_vec())], false)
+        );
+        // Exactly at the limit is fine.
+        let mut max = vec![b'a'; MAX_COMMAND_LINE - 2];
+        max.extend_from_slice(b"\r\n");
+        assert_eq!(frame_all(&mut f, &max).0.len(), 1);
+        assert!(frame_all(&mut f, &max).0[0].is_some());
+    }
+
     #[test]
     fn received_header_shape() {
         let mut s = Session::new(
@@ -327,8 +457,7 @@ mod tests {
             },
             "127.0.0.1:5000".parse().unwrap(),
         );
-        let mut r = RequestReceiver::default();
-        s.command(r.ingest(&mut b"EHLO app.example\r\n".iter()));
+        s.command(Request::parse(&mut b"EHLO app.example\r\n".iter()));
         let t = Transaction {
             mail_from: "a@x".into(),
             rcpt_to: vec!["b@y".into()],

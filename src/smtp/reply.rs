@@ -132,7 +132,11 @@ pub fn reset() -> Reply {
     Reply::new(250, "2.0.0", "Reset OK")
 }
 pub fn quit(host: &str) -> Reply {
-    Reply::new(221, "2.0.0", format!("{host} Service closing transmission channel"))
+    Reply::new(
+        221,
+        "2.0.0",
+        format!("{host} Service closing transmission channel"),
+    )
 }
 pub fn vrfy() -> Reply {
     Reply::new(
@@ -158,7 +162,11 @@ pub fn need_rcpt() -> Reply {
     Reply::new(503, "5.5.1", "Need RCPT command first")
 }
 pub fn too_many_recipients(max: usize) -> Reply {
-    Reply::new(452, "4.5.3", format!("Too many recipients (at most {max} per message)"))
+    Reply::new(
+        452,
+        "4.5.3",
+        format!("Too many recipients (at most {max} per message)"),
+    )
 }
 pub fn message_too_big(max: u64) -> Reply {
     Reply::new(

@@ -8,7 +8,9 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 
-use smtp_proto::{Request, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_REQUIRETLS, MAIL_SMTPUTF8};
+use smtp_proto::{
+    Request, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_REQUIRETLS, MAIL_SMTPUTF8,
+};
 
 use super::reply::{self, Reply};
 
@@ -255,7 +257,15 @@ mod tests {
     fn happy_path() {
         let mut s = session();
         assert_eq!(
-            codes(&mut s, &["EHLO app", "MAIL FROM:<a@x.org>", "RCPT TO:<b@y.org>", "DATA"]),
+            codes(
+                &mut s,
+                &[
+                    "EHLO app",
+                    "MAIL FROM:<a@x.org>",
+                    "RCPT TO:<b@y.org>",
+                    "DATA"
+                ]
+            ),
             vec![250, 250, 250, 354]
         );
         let t = s.take_transaction().unwrap();
@@ -270,7 +280,13 @@ mod tests {
         let (_, action) = run(&mut s, &["EHLO app"]).remove(0);
         let Action::Reply(r) = action else { panic!() };
         let text = r.lines.join("\n");
-        for ext in ["PIPELINING", "SIZE 1000", "ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8"] {
+        for ext in [
+            "PIPELINING",
+            "SIZE 1000",
+            "ENHANCEDSTATUSCODES",
+            "8BITMIME",
+            "SMTPUTF8",
+        ] {
             assert!(text.contains(ext), "{ext} missing");
         }
         for ext in ["AUTH", "STARTTLS", "CHUNKING"] {
@@ -281,9 +297,15 @@ mod tests {
     #[test]
     fn sequencing_errors() {
         let mut s = session();
-        assert_eq!(codes(&mut s, &["RCPT TO:<b@y.org>", "DATA"]), vec![503, 503]);
         assert_eq!(
-            codes(&mut s, &["MAIL FROM:<a@x.org>", "MAIL FROM:<a@x.org>", "DATA"]),
+            codes(&mut s, &["RCPT TO:<b@y.org>", "DATA"]),
+            vec![503, 503]
+        );
+        assert_eq!(
+            codes(
+                &mut s,
+                &["MAIL FROM:<a@x.org>", "MAIL FROM:<a@x.org>", "DATA"]
+            ),
             vec![250, 503, 503]
         );
         assert_eq!(codes(&mut s, &["RSET", "MAIL FROM:<>"]), vec![250, 250]);
@@ -295,7 +317,10 @@ mod tests {
         assert_eq!(
             codes(
                 &mut s,
-                &["MAIL FROM:<a@x.org> SIZE=1001", "MAIL FROM:<a@x.org> SIZE=999"]
+                &[
+                    "MAIL FROM:<a@x.org> SIZE=1001",
+                    "MAIL FROM:<a@x.org> SIZE=999"
+                ]
             ),
             vec![552, 250]
         );
@@ -317,7 +342,16 @@ mod tests {
         assert_eq!(
             codes(
                 &mut s,
-                &["MAIL FROM:<a@x.org> BODY=BINARYMIME", "AUTH PLAIN AGZvbwBiYXI=", "STARTTLS", "BDAT 10 LAST", "VRFY x", "NOOP", "HELP", "FOO"]
+                &[
+                    "MAIL FROM:<a@x.org> BODY=BINARYMIME",
+                    "AUTH PLAIN AGZvbwBiYXI=",
+                    "STARTTLS",
+                    "BDAT 10 LAST",
+                    "VRFY x",
+                    "NOOP",
+                    "HELP",
+                    "FOO"
+                ]
             ),
             vec![555, 502, 502, 502, 252, 250, 214, 500]
         );
@@ -335,7 +369,13 @@ mod tests {
     fn utf8_addresses_are_kept() {
         let mut s = session();
         assert_eq!(
-            codes(&mut s, &["MAIL FROM:<jörg@bücher.de> SMTPUTF8", "RCPT TO:<用户@例子.广告>"]),
+            codes(
+                &mut s,
+                &[
+                    "MAIL FROM:<jörg@bücher.de> SMTPUTF8",
+                    "RCPT TO:<用户@例子.广告>"
+                ]
+            ),
             vec![250, 250]
         );
         let t = s.take_transaction().unwrap();

@@ -625,7 +625,10 @@ mod tests {
         assert!(cache.get().await.unwrap().is_same(&first));
         tokio::task::yield_now().await; // the refresh task takes the fetch lock
         advance(Duration::from_secs(15)).await; // 25 s left: unusable, refresh still running
+        let waited_from = Instant::now();
         let got = cache.get().await.unwrap();
+        // Waited only for the rest of the running refresh (5 s), not a fetch of its own (20 s).
+        assert_eq!(waited_from.elapsed(), Duration::from_secs(5));
         assert_eq!(got.expose(), "tok-2");
         assert_eq!(cache.fetch_count(), 2);
     }

@@ -30,6 +30,8 @@ use crate::tls::TlsSetupError;
 const MAX_BODY: usize = 256 * 1024;
 /// Longest description or body excerpt kept in an error.
 const MAX_TEXT: usize = 400;
+/// Time limit for one token request when the settings say zero.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest `Retry-After` we honour; anything longer is treated as this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
@@ -57,6 +59,7 @@ pub struct ClientSecretSettings {
     /// Extra trusted CAs (corporate TLS proxy, sandbox).
     pub extra_roots: Vec<CertificateDer<'static>>,
     /// Overall time limit for one token request (connect, TLS, request, response).
+    /// Zero means [`DEFAULT_TIMEOUT`].
     pub timeout: Duration,
 }
 
@@ -100,11 +103,16 @@ impl ClientSecretSource {
     /// [`TokenError::InvalidUrl`] (a configuration error).
     pub fn new(settings: ClientSecretSettings) -> Result<Self, TlsSetupError> {
         let tls = crate::tls::client_config(&settings.extra_roots)?;
+        let timeout = if settings.timeout.is_zero() {
+            DEFAULT_TIMEOUT
+        } else {
+            settings.timeout
+        };
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured((*tls).clone())
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
+            .timeout(timeout)
+            .connect_timeout(timeout)
             .user_agent(concat!("smtp-oauth-relay/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| TlsSetupError::Verifier(format!("cannot build the HTTPS client: {e}")))?;
@@ -213,8 +221,9 @@ impl ClientSecretSource {
         } else {
             TokenError::Network(error_chain(e))
         };
+        let error = scrub_error(error, self.client_secret.expose_secret());
         tracing::debug!(source = %self.describe(), %error, "token request failed");
-        scrub_error(error, self.client_secret.expose_secret())
+        error
     }
 }
 
@@ -726,6 +735,41 @@ mod tests {
         }
     }
 
+    /// Reads one HTTP/1.1 request (head and Content-Length body), answers `response`.
+    async fn answer<S>(mut sock: S, response: &str) -> (String, String)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let mut buf = Vec::new();
+        let mut tmp = [0u8; 4096];
+        let head_end = loop {
+            let n = sock.read(&mut tmp).await.unwrap();
+            assert!(n > 0, "client closed early");
+            buf.extend_from_slice(&tmp[..n]);
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+        };
+        let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        while buf.len() < head_end + len {
+            let n = sock.read(&mut tmp).await.unwrap();
+            assert!(n > 0);
+            buf.extend_from_slice(&tmp[..n]);
+        }
+        let body = String::from_utf8(buf[head_end..head_end + len].to_vec()).unwrap();
+        sock.write_all(response.as_bytes()).await.unwrap();
+        sock.shutdown().await.ok();
+        (head, body)
+    }
+
     /// Serves one canned HTTP response per connection; returns every request it saw.
     async fn serve(
         responses: Vec<String>,
@@ -735,35 +779,8 @@ mod tests {
         let handle = tokio::spawn(async move {
             let mut seen = Vec::new();
             for response in responses {
-                let (mut sock, _) = listener.accept().await.unwrap();
-                let mut buf = Vec::new();
-                let mut tmp = [0u8; 4096];
-                let head_end = loop {
-                    let n = sock.read(&mut tmp).await.unwrap();
-                    assert!(n > 0, "client closed early");
-                    buf.extend_from_slice(&tmp[..n]);
-                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break p + 4;
-                    }
-                };
-                let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length")
-                            .then(|| v.trim().parse().unwrap())
-                    })
-                    .unwrap_or(0);
-                while buf.len() < head_end + len {
-                    let n = sock.read(&mut tmp).await.unwrap();
-                    assert!(n > 0);
-                    buf.extend_from_slice(&tmp[..n]);
-                }
-                let body = String::from_utf8(buf[head_end..head_end + len].to_vec()).unwrap();
-                sock.write_all(response.as_bytes()).await.unwrap();
-                sock.shutdown().await.ok();
-                seen.push((head, body));
+                let (sock, _) = listener.accept().await.unwrap();
+                seen.push(answer(sock, &response).await);
             }
             seen
         });
@@ -803,8 +820,39 @@ mod tests {
             .collect()
     }
 
+    /// Collects log output so tests can assert what never appears in it.
+    #[derive(Clone, Default)]
+    struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for LogBuffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl LogBuffer {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
     #[tokio::test]
     async fn loopback_success_and_rejection() {
+        // Everything at TRACE (ours, reqwest's, hyper's) goes to `logs`; this runtime is
+        // single-threaded, so the thread-local default covers the spawned server too.
+        let logs = LogBuffer::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _log_guard = tracing::subscriber::set_default(subscriber);
+
         let (url, server) = serve(vec![
             http_response(
                 "200 OK",
@@ -847,6 +895,23 @@ mod tests {
         }
         let shown = format!("{e} {e:?}");
         assert!(!shown.contains(SECRET) && !shown.contains("8Q~"), "{shown}");
+
+        // tracing's interest cache is process-global, so when tests run in parallel an
+        // individual event can be missed; only assert that logging was captured at all, and
+        // that nothing captured holds a secret.
+        let logged = logs.text();
+        assert!(!logged.is_empty(), "no log output captured");
+        for needle in [
+            SECRET,
+            form_encode(SECRET).as_str(),
+            "8Q~",
+            "eyJ0eXAiOiJKV1Qi",
+        ] {
+            assert!(
+                !logged.contains(needle),
+                "{needle} leaked into logs: {logged}"
+            );
+        }
 
         let seen = server.await.unwrap();
         assert_eq!(seen.len(), 2);
@@ -916,5 +981,76 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, TokenError::InvalidUrl { .. }), "{e:?}");
         assert!(e.is_config());
+    }
+
+    /// The HTTPS client really uses our rustls configuration: a server whose certificate
+    /// chains to an `extra_roots` CA is trusted, and without that root it is refused.
+    #[tokio::test]
+    async fn loopback_https_with_extra_root() {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let server_config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut handshakes = 0;
+            for _ in 0..2 {
+                let (sock, _) = listener.accept().await.unwrap();
+                let Ok(tls) = acceptor.accept(sock).await else {
+                    continue; // the client without the root refuses the handshake
+                };
+                handshakes += 1;
+                answer(
+                    tls,
+                    &http_response(
+                        "200 OK",
+                        "",
+                        r#"{"token_type":"Bearer","expires_in":3599,"access_token":"tls-token"}"#,
+                    ),
+                )
+                .await;
+            }
+            handshakes
+        });
+        let url = format!("https://{addr}/tenant-1/oauth2/v2.0/token");
+
+        let mut trusted = settings(&url);
+        trusted.extra_roots = vec![ca.der().clone()];
+        let token = ClientSecretSource::new(trusted)
+            .unwrap()
+            .fetch()
+            .await
+            .unwrap();
+        assert_eq!(token.expose(), "tls-token");
+
+        let e = ClientSecretSource::new(settings(&url))
+            .unwrap()
+            .fetch()
+            .await
+            .unwrap_err();
+        assert!(matches!(e, TokenError::Network(_)), "{e:?}");
+        assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+        assert_eq!(server.await.unwrap(), 1);
     }
 }

@@ -99,7 +99,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpStream<S> {
     }
 
     /// Sends one command line (without CRLF) and reads its reply.
-    pub async fn command(&mut self, line: &str, stage: Stage) -> Result<UpstreamReply, UpstreamError> {
+    pub async fn command(
+        &mut self,
+        line: &str,
+        stage: Stage,
+    ) -> Result<UpstreamReply, UpstreamError> {
         let mut bytes = Vec::with_capacity(line.len() + 2);
         bytes.extend_from_slice(line.as_bytes());
         bytes.extend_from_slice(b"\r\n");
@@ -157,7 +161,11 @@ impl Connection {
     pub async fn open(p: &ConnectParams<'_>) -> Result<Connection, UpstreamError> {
         let addr = format!("{}:{}", p.host, p.port);
         let tcp = match timeout(p.connect_timeout, TcpStream::connect((p.host, p.port))).await {
-            Err(_) => return Err(UpstreamError::Timeout { stage: Stage::Greeting }),
+            Err(_) => {
+                return Err(UpstreamError::Timeout {
+                    stage: Stage::Greeting,
+                })
+            }
             Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
             Ok(Ok(s)) => s,
         };
@@ -194,7 +202,11 @@ impl Connection {
         )
         .await
         {
-            Err(_) => return Err(UpstreamError::Timeout { stage: Stage::StartTls }),
+            Err(_) => {
+                return Err(UpstreamError::Timeout {
+                    stage: Stage::StartTls,
+                })
+            }
             Ok(Err(e)) => return Err(tls_error(e)),
             Ok(Ok(s)) => s,
         };
@@ -206,7 +218,11 @@ impl Connection {
             .any(|m| m.eq_ignore_ascii_case("XOAUTH2"))
         {
             return Err(UpstreamError::NoXoauth2 {
-                offered: if auth.is_empty() { "no AUTH".into() } else { auth.into() },
+                offered: if auth.is_empty() {
+                    "no AUTH".into()
+                } else {
+                    auth.into()
+                },
             });
         }
         let caps = Capabilities {
@@ -400,7 +416,11 @@ impl Connection {
             });
         }
         let reply = match timeout(data_timeout, self.send_body(&msg.body)).await {
-            Err(_) => return Err(UpstreamError::Timeout { stage: Stage::EndOfData }),
+            Err(_) => {
+                return Err(UpstreamError::Timeout {
+                    stage: Stage::EndOfData,
+                })
+            }
             Ok(r) => r?,
         };
         // Whatever the final reply, the transaction is over on the server.
@@ -529,9 +549,18 @@ mod tests {
             .await
             .unwrap();
         let mut s = SmtpStream::new(client, Duration::from_secs(1));
-        let a = s.read_reply(Stage::MailFrom, Duration::from_secs(1)).await.unwrap();
-        let b = s.read_reply(Stage::RcptTo, Duration::from_secs(1)).await.unwrap();
-        let c = s.read_reply(Stage::RcptTo, Duration::from_secs(1)).await.unwrap();
+        let a = s
+            .read_reply(Stage::MailFrom, Duration::from_secs(1))
+            .await
+            .unwrap();
+        let b = s
+            .read_reply(Stage::RcptTo, Duration::from_secs(1))
+            .await
+            .unwrap();
+        let c = s
+            .read_reply(Stage::RcptTo, Duration::from_secs(1))
+            .await
+            .unwrap();
         assert_eq!((a.code, b.code, c.code), (250, 250, 550));
     }
 
@@ -539,7 +568,15 @@ mod tests {
     async fn silent_server_times_out() {
         let (client, _server) = tokio::io::duplex(1024);
         let mut s = SmtpStream::new(client, Duration::from_secs(5));
-        let err = s.read_reply(Stage::Greeting, Duration::from_secs(5)).await.unwrap_err();
-        assert!(matches!(err, UpstreamError::Timeout { stage: Stage::Greeting }));
+        let err = s
+            .read_reply(Stage::Greeting, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            UpstreamError::Timeout {
+                stage: Stage::Greeting
+            }
+        ));
     }
 }

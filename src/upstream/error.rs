@@ -241,22 +241,67 @@ mod tests {
     fn handbook_rows() {
         let rows: &[(&str, Verdict)] = &[
             ("421 4.3.2 Service not available", Verdict::Transient),
-            ("421 4.7.66 TLS 1.0 and 1.1 are not supported.", Verdict::Config),
-            ("550 5.7.60 SMTP; Client does not have permissions to send as this sender", Verdict::Permanent),
-            ("432 4.3.2 Concurrent connections limit exceeded.", Verdict::Transient),
+            (
+                "421 4.7.66 TLS 1.0 and 1.1 are not supported.",
+                Verdict::Config,
+            ),
+            (
+                "550 5.7.60 SMTP; Client does not have permissions to send as this sender",
+                Verdict::Permanent,
+            ),
+            (
+                "432 4.3.2 Concurrent connections limit exceeded.",
+                Verdict::Transient,
+            ),
             ("452 4.5.3 Too many recipients", Verdict::Transient),
-            ("554 5.2.252 SendAsDenied; a not allowed to send as b", Verdict::Permanent),
-            ("430 4.2.0 STOREDRV; mailbox logon failure;", Verdict::Transient),
-            ("554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException", Verdict::Transient),
-            ("554 5.2.2 mailbox full; STOREDRV.Submission.Exception:QuotaExceededException", Verdict::Config),
-            ("550 5.1.8 Access denied, bad outbound sender", Verdict::Config),
-            ("550 5.7.708 Access denied, traffic not accepted from this IP", Verdict::Config),
-            ("451 4.7.500 Access denied, please try again later", Verdict::Transient),
-            ("552 5.3.4 Message size exceeds fixed maximum message size", Verdict::Permanent),
-            ("554 5.6.0 Invalid message content, contains bare linefeeds", Verdict::Permanent),
-            ("451 4.7.0 Timeout waiting for client input", Verdict::Transient),
-            ("530 5.7.57 SMTP; Client was not authenticated", Verdict::Config),
-            ("550 5.1.10 RESOLVER.ADR.RecipientNotFound", Verdict::Permanent),
+            (
+                "554 5.2.252 SendAsDenied; a not allowed to send as b",
+                Verdict::Permanent,
+            ),
+            (
+                "430 4.2.0 STOREDRV; mailbox logon failure;",
+                Verdict::Transient,
+            ),
+            (
+                "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException",
+                Verdict::Transient,
+            ),
+            (
+                "554 5.2.2 mailbox full; STOREDRV.Submission.Exception:QuotaExceededException",
+                Verdict::Config,
+            ),
+            (
+                "550 5.1.8 Access denied, bad outbound sender",
+                Verdict::Config,
+            ),
+            (
+                "550 5.7.708 Access denied, traffic not accepted from this IP",
+                Verdict::Config,
+            ),
+            (
+                "451 4.7.500 Access denied, please try again later",
+                Verdict::Transient,
+            ),
+            (
+                "552 5.3.4 Message size exceeds fixed maximum message size",
+                Verdict::Permanent,
+            ),
+            (
+                "554 5.6.0 Invalid message content, contains bare linefeeds",
+                Verdict::Permanent,
+            ),
+            (
+                "451 4.7.0 Timeout waiting for client input",
+                Verdict::Transient,
+            ),
+            (
+                "530 5.7.57 SMTP; Client was not authenticated",
+                Verdict::Config,
+            ),
+            (
+                "550 5.1.10 RESOLVER.ADR.RecipientNotFound",
+                Verdict::Permanent,
+            ),
         ];
         for (text, verdict) in rows {
             assert_eq!(classify_reply(&r(text)), *verdict, "{text}");
@@ -270,7 +315,13 @@ mod tests {
         assert_eq!(classify_auth(&bad_token, true), Verdict::Config);
         let disabled = r("535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox.");
         assert_eq!(classify_auth(&disabled, false), Verdict::Config);
-        assert_eq!(classify_auth(&r("454 4.7.0 Temporary authentication failure"), false), Verdict::Transient);
-        assert_eq!(classify_auth(&r("504 5.7.4 Unrecognized authentication type"), false), Verdict::Config);
+        assert_eq!(
+            classify_auth(&r("454 4.7.0 Temporary authentication failure"), false),
+            Verdict::Transient
+        );
+        assert_eq!(
+            classify_auth(&r("504 5.7.4 Unrecognized authentication type"), false),
+            Verdict::Config
+        );
     }
 }

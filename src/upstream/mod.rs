@@ -57,8 +57,8 @@ impl Upstream {
         tokens: TokenCache,
         mailbox: String,
     ) -> Upstream {
-        let server_name = ServerName::try_from(settings.tls_server_name.clone())
-            .expect("validated in config");
+        let server_name =
+            ServerName::try_from(settings.tls_server_name.clone()).expect("validated in config");
         Upstream {
             permits: Semaphore::new(settings.max_connections),
             server_name,
@@ -104,7 +104,11 @@ impl Upstream {
     /// sent is replaced once by a fresh one, so a server-side idle timeout never fails a
     /// message.
     pub async fn send(&self, msg: &OutboundMessage) -> Result<Delivered, UpstreamError> {
-        let _permit = self.permits.acquire().await.expect("semaphore never closed");
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("semaphore never closed");
         if let Some(mut conn) = self.take_idle() {
             match conn.transact(msg, self.settings.data_timeout).await {
                 Ok(d) => {
@@ -172,9 +176,8 @@ impl Upstream {
         let retired: Vec<Connection> = {
             let mut idle = self.idle.lock().expect("pool lock");
             let now = Instant::now();
-            let (keep, retire): (Vec<_>, Vec<_>) = idle
-                .drain(..)
-                .partition(|c| !all && self.reusable(c, now));
+            let (keep, retire): (Vec<_>, Vec<_>) =
+                idle.drain(..).partition(|c| !all && self.reusable(c, now));
             *idle = keep;
             retire
         };

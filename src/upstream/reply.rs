@@ -153,8 +153,10 @@ mod tests {
 
     #[test]
     fn single_and_multi_line() {
-        let (r, used) = UpstreamReply::parse(b"250 2.0.0 OK <id@x> [Hostname=y]\r\nrest").unwrap().unwrap();
-        assert_eq!(used, 35);
+        let (r, used) = UpstreamReply::parse(b"250 2.0.0 OK <id@x> [Hostname=y]\r\nrest")
+            .unwrap()
+            .unwrap();
+        assert_eq!(used, 34);
         assert_eq!(r.code, 250);
         assert_eq!(r.status(), Some("2.0.0"));
         assert_eq!(r.text(), "OK <id@x> [Hostname=y]");
@@ -183,7 +185,9 @@ mod tests {
 
     #[test]
     fn status_must_match_class() {
-        let (r, _) = UpstreamReply::parse(b"354 Start mail input; end with <CRLF>.<CRLF>\r\n").unwrap().unwrap();
+        let (r, _) = UpstreamReply::parse(b"354 Start mail input; end with <CRLF>.<CRLF>\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(r.status(), None);
         let (r, _) = UpstreamReply::parse(b"550 4.1.1 odd\r\n").unwrap().unwrap();
         assert_eq!(r.status(), None);

@@ -1,0 +1,586 @@
+//! End to end over loopback: client -> relay -> sandbox (token endpoint + STARTTLS/XOAUTH2
+//! SMTP). Every test brings its own sandbox and relay.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lettre::message::header::ContentType;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use support::{strip_received, RawClient, World, MAILBOX};
+
+#[tokio::test]
+async fn lettre_message_arrives_byte_exact_through_xoauth2() {
+    let world = World::start().await;
+    let relay = world.relay(&[]).await;
+    let addr = relay.local_addr();
+    let mailer = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(addr.ip().to_string())
+        .port(addr.port())
+        .build();
+    let email = Message::builder()
+        .from("App <app@example.com>".parse().unwrap())
+        .to("Someone <someone@example.com>".parse().unwrap())
+        .subject("Ticket #42 updated")
+        .header(ContentType::TEXT_PLAIN)
+        .body(String::from(".leading dot\nplain line\n..two dots\n"))
+        .unwrap();
+    // lettre appends "\r\n.\r\n" to a body that already ends in CRLF, so what it puts on the
+    // wire (and what the relay must pass on unchanged) is its formatted message plus one CRLF.
+    let mut expected = email.formatted();
+    expected.extend_from_slice(b"\r\n");
+    let response = mailer.send(email).await.expect("relay accepts");
+    assert_eq!(response.code().to_string(), "250");
+    let text = response.message().collect::<Vec<_>>().join(" ");
+    assert!(
+        text.contains("sandbox.prod.outlook.com"),
+        "upstream id in reply: {text}"
+    );
+
+    let stored = world.wait_for(1).await;
+    assert_eq!(stored.len(), 1);
+    let m = &stored[0];
+    assert_eq!(strip_received(&m.data), &expected[..]);
+    assert_eq!(m.envelope.rcpt_to, vec!["someone@example.com".to_string()]);
+    // The relay authenticated as the mailbox and sent as it (account.envelope_sender = mailbox).
+    assert_eq!(m.envelope.auth_user, MAILBOX);
+    assert_eq!(m.envelope.mail_from, MAILBOX);
+    assert_eq!(world.sandbox.tokens_issued(), 1);
+    // Nothing is left in the spool after a direct delivery.
+    let left = std::fs::read_dir(world.spool_dir().join("incoming"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0);
+    relay.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn raw_dialogs_keep_every_byte() {
+    let world = World::start().await;
+    let relay = world
+        .relay(&[("SMTP_OAUTH_RELAY__LISTEN__RECEIVED_HEADER", "false")])
+        .await;
+    let mut c = RawClient::connect(relay.local_addr()).await;
+    c.cmd("EHLO app.example", 250).await;
+
+    // Lines starting with dots (stuffed on the wire), and a 998-byte line.
+    let long_line = "x".repeat(998);
+    let body = format!("Subject: dots\r\n\r\n.one\r\n..two\r\n.\r\n{long_line}\r\nend\r\n");
+    let stuffed = format!("Subject: dots\r\n\r\n..one\r\n...two\r\n..\r\n{long_line}\r\nend\r\n");
+    let r = c
+        .send_mail("app@example.com", &["a@example.com"], stuffed.as_bytes())
+        .await;
+    assert!(r.starts_with("250 "), "{r}");
+
+    // UTF-8 headers and body with SMTPUTF8 and 8BITMIME; UTF-8 recipient.
+    let utf8 = "From: Jörg <jörg@bücher.de>\r\nSubject: Grüße 你好\r\n\r\nÄrger über Öl — 価格\r\n";
+    c.cmd("MAIL FROM:<jörg@bücher.de> BODY=8BITMIME SMTPUTF8", 250)
+        .await;
+    c.cmd("RCPT TO:<用户@例子.广告>", 250).await;
+    c.cmd("DATA", 354).await;
+    c.send(utf8.as_bytes()).await;
+    c.send(b".\r\n").await;
+    let r = c.reply().await;
+    assert!(r.starts_with("250 "), "{r}");
+
+    // Several recipients, and the whole transaction pipelined in one write (RFC 2920).
+    let pipelined = b"MAIL FROM:<app@example.com>\r\nRCPT TO:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nRCPT TO:<c@example.org>\r\nDATA\r\n";
+    c.send(pipelined).await;
+    for _ in 0..4 {
+        let r = c.reply().await;
+        assert!(r.starts_with("250 "), "{r}");
+    }
+    assert!(c.reply().await.starts_with("354 "));
+    c.send(b"Subject: many\r\n\r\nhello all\r\n.\r\nQUIT\r\n")
+        .await;
+    let r = c.reply().await;
+    assert!(r.starts_with("250 "), "{r}");
+    assert!(c.reply().await.starts_with("221 "));
+
+    let stored = world.wait_for(3).await;
+    assert_eq!(stored.len(), 3);
+    let find = |needle: &str| {
+        stored
+            .iter()
+            .find(|m| String::from_utf8_lossy(&m.data).contains(needle))
+            .unwrap_or_else(|| panic!("no message containing {needle}"))
+    };
+    assert_eq!(find("Subject: dots").data, body.as_bytes());
+    let m = find("Grüße");
+    assert_eq!(m.data, utf8.as_bytes());
+    assert_eq!(m.envelope.rcpt_to, vec!["用户@例子.广告".to_string()]);
+    let m = find("Subject: many");
+    assert_eq!(m.data, b"Subject: many\r\n\r\nhello all\r\n");
+    assert_eq!(
+        m.envelope.rcpt_to,
+        vec!["a@example.com", "b@example.com", "c@example.org"]
+    );
+    relay.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn twenty_megabyte_message_streams_through_unchanged() {
+    let world = World::start().await;
+    let relay = world.relay(&[]).await;
+    let mut c = RawClient::connect(relay.local_addr()).await;
+    c.cmd("EHLO big", 250).await;
+    // 20 MiB of 76-character lines, base64-like, as attachments look.
+    let line = b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0\r\n";
+    let mut body = b"Subject: big\r\nContent-Transfer-Encoding: base64\r\n\r\n".to_vec();
+    while body.len() < 20 * 1024 * 1024 {
+        body.extend_from_slice(line);
+    }
+    let r = c
+        .send_mail("app@example.com", &["big@example.com"], &body)
+        .await;
+    assert!(r.starts_with("250 "), "{r}");
+    let stored = world.wait_for(1).await;
+    let data = strip_received(&stored[0].data);
+    assert_eq!(data.len(), body.len());
+    assert!(data == &body[..], "20 MiB body differs");
+    relay.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn smuggled_commands_stay_inside_one_message() {
+    for separator in ["\n.\r\n", "\r.\r\n"] {
+        let world = World::start().await;
+        let relay = world.relay(&[]).await;
+        let mut c = RawClient::connect(relay.local_addr()).await;
+        c.cmd("EHLO smuggler", 250).await;
+        c.cmd("MAIL FROM:<app@example.com>", 250).await;
+        c.cmd("RCPT TO:<victim@example.com>", 250).await;
+        c.cmd("DATA", 354).await;
+        let payload = format!(
+            "Subject: innocent\r\n\r\nhello{separator}MAIL FROM:<ceo@example.com>\r\nRCPT TO:<other@example.com>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\n"
+        );
+        c.send(payload.as_bytes()).await;
+        let r = c.reply().await;
+        assert!(r.starts_with("250 "), "{separator:?}: {r}");
+        c.cmd("QUIT", 221).await;
+        let stored = world.wait_for(1).await;
+        // Give a smuggled second message time to show up if there were one.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let stored_now = world.sandbox.messages();
+        assert_eq!(stored_now.len(), 1, "{separator:?}: exactly one message");
+        let text = String::from_utf8_lossy(&stored[0].data).into_owned();
+        assert!(text.contains("MAIL FROM:<ceo@example.com>"), "{text}");
+        assert!(text.contains("Subject: smuggled"), "{text}");
+        assert_eq!(
+            stored[0].envelope.rcpt_to,
+            vec!["victim@example.com".to_string()]
+        );
+        // Bare line ends were normalised to CRLF on the way.
+        assert!(!text.replace("\r\n", "").contains(['\r', '\n']), "{text:?}");
+        relay.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_hundred_clients_on_a_cold_cache_make_one_token_request() {
+    let world = World::start().await;
+    let relay = Arc::new(world.relay(&[]).await);
+    let addr = relay.local_addr();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        tasks.push(tokio::spawn(async move {
+            let mut c = RawClient::connect(addr).await;
+            c.cmd("EHLO load", 250).await;
+            let body = format!("Subject: client {i}\r\n\r\nhello {i}\r\n");
+            c.send_mail("app@example.com", &["load@example.com"], body.as_bytes())
+                .await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert!(r.starts_with("250 "), "{r}");
+    }
+    let stored = world.wait_for(200).await;
+    assert_eq!(stored.len(), 200);
+    assert_eq!(
+        world.sandbox.token_requests(),
+        1,
+        "single-flight token fetch"
+    );
+    assert!(
+        world.sandbox.peak_sessions(MAILBOX) <= 3,
+        "never more than 3 upstream sessions"
+    );
+}
+
+#[tokio::test]
+async fn expiring_tokens_are_refreshed_and_delivery_continues() {
+    let world = World::start_with(|o| o.token_lifetime = Duration::from_secs(3)).await;
+    let relay = world
+        .relay(&[("SMTP_OAUTH_RELAY__ACCOUNT__REFRESH_MARGIN_SECS", "1")])
+        .await;
+    let mut c = RawClient::connect(relay.local_addr()).await;
+    c.cmd("EHLO steady", 250).await;
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(8) {
+        let r = c
+            .send_mail(
+                "app@example.com",
+                &["x@example.com"],
+                b"Subject: tick\r\n\r\ntick\r\n",
+            )
+            .await;
+        assert!(r.starts_with("250 "), "message {sent}: {r}");
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert_eq!(world.wait_for(sent).await.len(), sent);
+    let issued = world.sandbox.tokens_issued();
+    assert!(
+        issued >= 3,
+        "tokens must be renewed as they expire: {issued} issued"
+    );
+    assert_eq!(
+        world.sandbox.auth_failures(),
+        0,
+        "no AUTH with an expired token"
+    );
+}
+
+#[tokio::test]
+async fn revoked_token_is_replaced_once_and_the_message_still_goes() {
+    let world = World::start().await;
+    let relay = world.relay(&[]).await;
+    let mut c = RawClient::connect(relay.local_addr()).await;
+    c.cmd("EHLO x", 250).await;
+    let r = c
+        .send_mail(
+            "a@example.com",
+            &["x@example.com"],
+            b"Subject: 1\r\n\r\n1\r\n",
+        )
+        .await;
+    assert!(r.starts_with("250 "), "{r}");
+    // Drop pooled sessions so the next message authenticates again, with a now-dead token.
+    relay.upstream().close_idle(true).await;
+    world.sandbox.revoke_tokens();
+    let r = c
+        .send_mail(
+            "a@example.com",
+            &["x@example.com"],
+            b"Subject: 2\r\n\r\n2\r\n",
+        )
+        .await;
+    assert!(r.starts_with("250 "), "{r}");
+    assert_eq!(
+        world.sandbox.token_requests(),
+        2,
+        "exactly one fresh token after 535"
+    );
+    assert_eq!(world.sandbox.auth_failures(), 1);
+    assert_eq!(world.wait_for(2).await.len(), 2);
+}
+
+#[tokio::test]
+async fn token_rejected_twice_is_a_configuration_error_not_a_loop() {
+    // The sandbox issues Graph tokens for a Graph scope; Exchange refuses them with 535 5.7.3.
+    // The relay refuses a Graph scope itself, so reproduce it with an SMTP-disabled mailbox
+    // (535 5.7.139) and with a mailbox the app may not use (535 5.7.3 twice).
+    let world = World::start_with(|o| o.smtp_auth_disabled = vec![MAILBOX.into()]).await;
+    let relay = world.relay(&[]).await;
+    let mut c = RawClient::connect(relay.local_addr()).await;
+    c.cmd("EHLO x", 250).await;
+    let r = c
+        .send_mail(
+            "a@example.com",
+            &["x@example.com"],
+            b"Subject: 1\r\n\r\n1\r\n",
+        )
+        .await;
+    assert!(r.starts_with("451 4.7.0"), "{r}");
+    assert!(
+        r.contains("SmtpClientAuthenticationDisabled"),
+        "advice in reply: {r}"
+    );
+    assert_eq!(
+        world.sandbox.token_requests(),
+        1,
+        "5.7.139 is not retried with a new token"
+    );
+
+    let world = World::start().await;
+    let relay = world
+        .relay(&[("SMTP_OAUTH_RELAY_MAILBOX", "someone-else@sandbox.example")])
+        .await;
+    let mut c = RawClient::connect(relay.local_addr()).await;
+    c.cmd("EHLO x", 250).await;
+    let r = c
+        .send_mail(
+            "a@example.com",
+            &["x@example.com"],
+            b"Subject: 1\r\n\r\n1\r\n",
+        )
+        .await;
+    assert!(r.starts_with("451 4.7.0"), "{r}");
+    assert!(r.contains("SMTP.SendAsApp"), "{r}");
+    assert_eq!(
+        world.sandbox.token_requests(),
+        2,
+        "one retry with a fresh token, no loop"
+    );
+    assert_eq!(world.sandbox.auth_failures(), 2);
+    assert!(world.sandbox.messages().is_empty());
+}
+
+#[tokio::test]
+async fn upstream_refusals_reach_the_client() {
+    let world = World::start().await;
+    let relay = world.relay(&[]).await;
+    let mut c = RawClient::connect(relay.local_addr()).await;
+    c.cmd("EHLO x", 250).await;
+    let body = b"Subject: s\r\n\r\nb\r\n";
+    // Permanent refusal after the final dot: the upstream's own 5xx.
+    let r = c
+        .send_mail("a@example.com", &["data-perm@example.com"], body)
+        .await;
+    assert!(r.starts_with("554 5.6.0"), "{r}");
+    let r = c
+        .send_mail("a@example.com", &["sendas-denied@example.com"], body)
+        .await;
+    assert!(r.starts_with("554 5.2.252"), "{r}");
+    assert!(r.contains("SendAsDenied"), "{r}");
+    // Permanent refusal of the only recipient.
+    let r = c
+        .send_mail("a@example.com", &["rcpt-perm@example.com"], body)
+        .await;
+    assert!(r.starts_with("550 5.1.10"), "{r}");
+    // Transient: 451 4.4.0 quoting the upstream (whose 4.7.500 is kept exact).
+    let r = c
+        .send_mail("a@example.com", &["data-temp@example.com"], body)
+        .await;
+    assert!(r.starts_with("451 4.4.0"), "{r}");
+    assert!(r.contains("4.7.500"), "{r}");
+    // One good and one refused recipient: delivered to the good one, and the reply says so.
+    let r = c
+        .send_mail(
+            "a@example.com",
+            &["ok@example.com", "rcpt-perm@example.com"],
+            body,
+        )
+        .await;
+    assert!(r.starts_with("250 "), "{r}");
+    assert!(r.contains("1 of 2 recipients refused"), "{r}");
+    // The session stays usable after all that.
+    let r = c
+        .send_mail("a@example.com", &["fine@example.com"], body)
+        .await;
+    assert!(r.starts_with("250 "), "{r}");
+    let stored = world.wait_for(2).await;
+    assert_eq!(stored.len(), 2);
+    assert_eq!(
+        stored
+            .iter()
+            .filter(|m| m.envelope.rcpt_to == vec!["ok@example.com".to_string()])
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn unreachable_or_slow_upstream_answers_451_within_the_timeout() {
+    let world = World::start().await;
+    // A port with nothing listening.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let relay = world
+        .relay(&[("SMTP_OAUTH_RELAY_UPSTREAM", &format!("127.0.0.1:{closed}"))])
+        .await;
+    let mut c = RawClient::connect(relay.local_addr()).await;
+    c.cmd("EHLO x", 250).await;
+    let started = Instant::now();
+    let r = c
+        .send_mail(
+            "a@example.com",
+            &["x@example.com"],
+            b"Subject: s\r\n\r\nb\r\n",
+        )
+        .await;
+    assert!(r.starts_with("451 4.4.1"), "{r}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    relay.shutdown(Duration::from_secs(5)).await;
+
+    // An upstream that takes 5 s to answer the final dot, with a 1 s data timeout.
+    let relay = world
+        .relay(&[("SMTP_OAUTH_RELAY__UPSTREAM__DATA_TIMEOUT_SECS", "1")])
+        .await;
+    let mut c = RawClient::connect(relay.local_addr()).await;
+    c.cmd("EHLO x", 250).await;
+    let started = Instant::now();
+    let r = c
+        .send_mail(
+            "a@example.com",
+            &["slow-5@example.com"],
+            b"Subject: s\r\n\r\nb\r\n",
+        )
+        .await;
+    assert!(r.starts_with("451 4.4.2"), "{r}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    // An upstream that drops the connection mid-DATA: transient, client retries.
+    let r = c
+        .send_mail(
+            "a@example.com",
+            &["drop-data@example.com"],
+            b"Subject: s\r\n\r\nb\r\n",
+        )
+        .await;
+    assert!(r.starts_with("451 "), "{r}");
+}
+
+#[tokio::test]
+async fn wrong_secret_gets_a_4xx_not_a_silent_250() {
+    let world = World::start().await;
+    let relay = world
+        .relay(&[(
+            "SMTP_OAUTH_RELAY_CLIENT_SECRET",
+            "wrg8Q~wrongwrongwrongwrongwrongwrongwron",
+        )])
+        .await;
+    let mut c = RawClient::connect(relay.local_addr()).await;
+    c.cmd("EHLO x", 250).await;
+    let r = c
+        .send_mail(
+            "a@example.com",
+            &["x@example.com"],
+            b"Subject: s\r\n\r\nb\r\n",
+        )
+        .await;
+    assert!(r.starts_with("451 4.7.0"), "{r}");
+    assert!(r.contains("secret"), "advice names the secret problem: {r}");
+    assert!(!r.contains("wrongwrong"), "the secret is never echoed: {r}");
+    assert!(world.sandbox.messages().is_empty());
+}
+
+#[tokio::test]
+async fn token_endpoint_outage_is_transient() {
+    use smtp_oauth_relay::sandbox::TokenFailure;
+    let world = World::start().await;
+    world
+        .sandbox
+        .set_token_failure(Some(TokenFailure::Unavailable503));
+    let relay = world.relay(&[]).await;
+    let mut c = RawClient::connect(relay.local_addr()).await;
+    c.cmd("EHLO x", 250).await;
+    let r = c
+        .send_mail(
+            "a@example.com",
+            &["x@example.com"],
+            b"Subject: s\r\n\r\nb\r\n",
+        )
+        .await;
+    assert!(r.starts_with("451 4.4.0"), "{r}");
+    world.sandbox.set_token_failure(None);
+    // The failure is remembered only briefly (Retry-After: 1); then delivery works again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = c
+            .send_mail(
+                "a@example.com",
+                &["x@example.com"],
+                b"Subject: s\r\n\r\nb\r\n",
+            )
+            .await;
+        if r.starts_with("250 ") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still failing: {r}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn inbound_limits_are_enforced() {
+    let world = World::start().await;
+    let relay = world
+        .relay(&[
+            ("SMTP_OAUTH_RELAY__LISTEN__MAX_MESSAGE_SIZE", "1000"),
+            ("SMTP_OAUTH_RELAY__LISTEN__MAX_RECIPIENTS", "2"),
+        ])
+        .await;
+    let mut c = RawClient::connect(relay.local_addr()).await;
+    let ehlo = c.cmd("EHLO x", 250).await;
+    assert!(ehlo.contains("SIZE 1000"), "{ehlo}");
+    c.cmd("MAIL FROM:<a@example.com> SIZE=5000", 552).await;
+    c.cmd("MAIL FROM:<a@example.com>", 250).await;
+    c.cmd("RCPT TO:<1@example.com>", 250).await;
+    c.cmd("RCPT TO:<2@example.com>", 250).await;
+    c.cmd("RCPT TO:<3@example.com>", 452).await;
+    c.cmd("DATA", 354).await;
+    let big = format!("Subject: big\r\n\r\n{}\r\n.\r\n", "y".repeat(2000));
+    c.send(big.as_bytes()).await;
+    let r = c.reply().await;
+    assert!(r.starts_with("552 5.3.4"), "{r}");
+    // A command line over 4 KiB.
+    let long = format!("NOOP {}\r\n", "z".repeat(5000));
+    c.send(long.as_bytes()).await;
+    let r = c.reply().await;
+    assert!(r.starts_with("500 5.5.6"), "{r}");
+    // Still in sync afterwards (the rest of the long line may produce extra 500s).
+    c.send(b"RSET\r\nNOOP\r\n").await;
+    let mut saw_ok = false;
+    for _ in 0..4 {
+        let r = c.reply().await;
+        if r.starts_with("250 ") {
+            saw_ok = true;
+            break;
+        }
+    }
+    assert!(saw_ok);
+    assert!(world.sandbox.messages().is_empty());
+}
+
+#[tokio::test]
+async fn idle_clients_time_out_with_421() {
+    let world = World::start().await;
+    let relay = world
+        .relay(&[("SMTP_OAUTH_RELAY__LISTEN__COMMAND_TIMEOUT_SECS", "1")])
+        .await;
+    let mut c = RawClient::connect(relay.local_addr()).await;
+    let started = Instant::now();
+    let r = c.reply().await;
+    assert!(r.starts_with("421 4.4.2"), "{r}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn connection_limit_holds_extra_clients_until_a_slot_frees() {
+    let world = World::start().await;
+    let relay = world
+        .relay(&[("SMTP_OAUTH_RELAY__LISTEN__MAX_CONNECTIONS", "2")])
+        .await;
+    let addr = relay.local_addr();
+    let a = RawClient::connect(addr).await;
+    let _b = RawClient::connect(addr).await;
+    // The third is accepted by the kernel but gets no greeting while two are connected.
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    use tokio::io::AsyncReadExt;
+    let early = tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf)).await;
+    assert!(early.is_err(), "no greeting beyond the limit");
+    drop(a);
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .expect("greeted once a slot frees")
+        .unwrap();
+    assert!(buf[..n].starts_with(b"220 "));
+}
+
+#[tokio::test]
+async fn shutdown_tells_idle_clients_421() {
+    let world = World::start().await;
+    let relay = world.relay(&[]).await;
+    let mut c = RawClient::connect(relay.local_addr()).await;
+    c.cmd("EHLO x", 250).await;
+    let stop = tokio::spawn(relay.shutdown(Duration::from_secs(5)));
+    let r = c.reply().await;
+    assert!(r.starts_with("421 4.3.2"), "{r}");
+    assert!(stop.await.unwrap(), "drained within the grace period");
+}
