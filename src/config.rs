@@ -18,7 +18,7 @@ use figment::Figment;
 use ipnet::IpNet;
 use rustls_pki_types::CertificateDer;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Prefix of every environment variable the relay reads.
 pub const ENV_PREFIX: &str = "SMTP_OAUTH_RELAY_";
@@ -56,7 +56,7 @@ const ENV_NOT_KEYS: &[&str] = &["CONFIG"];
 
 /// Everything the configuration file and environment may say. Defaults are the documented
 /// defaults of `config/relay.example.toml`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub listen: ListenConfig,
@@ -68,7 +68,7 @@ pub struct Config {
 }
 
 /// The inbound SMTP listener: where legacy apps connect.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ListenConfig {
     /// `host:port` to listen on. Loopback by default: the relay is a sidecar.
@@ -110,7 +110,7 @@ impl Default for ListenConfig {
 }
 
 /// The Microsoft 365 app registration and mailbox the relay sends as.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AccountConfig {
     /// Directory (tenant) ID, or a verified domain. Not `common`/`organizations`.
@@ -118,6 +118,7 @@ pub struct AccountConfig {
     /// Application (client) ID of the app registration.
     pub client_id: Option<String>,
     /// The client secret *value* (not its ID). Prefer `client_secret_file`.
+    #[serde(serialize_with = "serialize_redacted")]
     pub client_secret: Option<SecretString>,
     /// File holding the client secret value (trailing newline ignored).
     pub client_secret_file: Option<PathBuf>,
@@ -174,8 +175,16 @@ impl std::fmt::Debug for AccountConfig {
     }
 }
 
+/// Configuration is serialised only to list its keys (docs checks): never the secret.
+fn serialize_redacted<S: serde::Serializer>(
+    value: &Option<SecretString>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_some(&value.as_ref().map(|_| "<redacted>"))
+}
+
 /// See [`AccountConfig::envelope_sender`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EnvelopeSender {
     Mailbox,
@@ -183,7 +192,7 @@ pub enum EnvelopeSender {
 }
 
 /// Exchange Online's SMTP submission endpoint.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// `host:port` of the STARTTLS submission server.
@@ -223,7 +232,7 @@ impl Default for UpstreamConfig {
 }
 
 /// TLS trust for outbound connections (token endpoint and upstream).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM file of extra trusted CAs (corporate TLS proxy, or the sandbox's CA).
@@ -231,7 +240,7 @@ pub struct TlsConfig {
 }
 
 /// When the client gets its answer (DESIGN §3).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeliveryConfig {
     pub mode: DeliveryMode,
@@ -249,7 +258,7 @@ impl Default for DeliveryConfig {
 }
 
 /// See DESIGN §3. Only `direct` is available in this version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryMode {
     Hybrid,
@@ -258,13 +267,13 @@ pub enum DeliveryMode {
 }
 
 /// Log output.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -704,9 +713,11 @@ pub fn split_authority(authority: &str) -> Result<(String, Option<String>), Stri
     match scheme {
         "https" => {}
         "http" if is_loopback_host(host) => {}
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "`{authority}` must use https:// (plain http is allowed only on loopback, for tests)"
-        )),
+        ))
+        }
     }
     let mut segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     for suffix in [
@@ -1096,6 +1107,34 @@ mod tests {
         assert_eq!(split_host_port("[::1]:25"), Some(("::1".into(), 25)));
         assert_eq!(split_host_port("smtp.office365.com"), None);
         assert_eq!(split_host_port(":25"), None);
+    }
+
+    /// Every key of the configuration is documented in the example file, in its section.
+    #[test]
+    fn example_config_documents_every_key() {
+        let text = include_str!("../config/relay.example.toml");
+        let all = serde_json::to_value(Config::default()).unwrap();
+        for (section, keys) in all.as_object().unwrap() {
+            let header = format!("[{section}]");
+            let start = text
+                .find(&header)
+                .unwrap_or_else(|| panic!("{header} missing"));
+            let rest = &text[start + header.len()..];
+            let body = &rest[..rest.find("\n[").unwrap_or(rest.len())];
+            for key in keys.as_object().unwrap().keys() {
+                let documented = body.lines().any(|l| {
+                    let l = l.trim_start_matches('#').trim_start();
+                    l.starts_with(&format!("{key} ="))
+                });
+                assert!(
+                    documented,
+                    "`{section}.{key}` is not in config/relay.example.toml"
+                );
+            }
+        }
+        assert!(!serde_json::to_string(&Config::default())
+            .unwrap()
+            .contains("secret\":\"a"));
     }
 
     #[test]
