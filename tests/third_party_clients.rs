@@ -1,0 +1,343 @@
+//! Real SMTP clients against an in-process relay and sandbox: Python's `smtplib`, `curl`
+//! and `swaks`, run as child processes the way legacy apps and admins would use them.
+//!
+//! A missing tool skips its test with "skipped: <tool> not installed", except when the `CI`
+//! environment variable is set: CI installs them (`apt-get install -y swaks curl python3`),
+//! so there a missing tool fails the test.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use smtp_oauth_relay::sandbox::StoredMessage;
+use support::{strip_received, World};
+
+/// How long one external client may run.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Whether `tool` can be run. Missing: panics under CI, otherwise prints why and skips.
+fn tool_available(tool: &str) -> bool {
+    let probe = Command::new(tool)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match probe {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if std::env::var_os("CI").is_some() {
+                panic!("{tool} is not installed, but CI is set (CI must `apt-get install -y swaks curl python3`)");
+            }
+            eprintln!("skipped: {tool} not installed");
+            false
+        }
+        Err(e) => panic!("cannot run {tool}: {e}"),
+    }
+}
+
+/// What a finished tool said.
+struct ToolOutput {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl ToolOutput {
+    fn assert_success(&self, what: &str) {
+        assert!(
+            self.status.success(),
+            "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+    }
+}
+
+/// Runs `program args` with output captured to files (no pipe can fill up), polling for its
+/// end without blocking the runtime; killed after `TOOL_TIMEOUT`.
+async fn run_tool(program: &str, args: &[&str], cwd: &Path) -> ToolOutput {
+    let out_path = cwd.join(format!("{program}.stdout"));
+    let err_path = cwd.join(format!("{program}.stderr"));
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(
+            std::fs::File::create(&out_path).expect("stdout file"),
+        ))
+        .stderr(Stdio::from(
+            std::fs::File::create(&err_path).expect("stderr file"),
+        ))
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+    let deadline = tokio::time::Instant::now() + TOOL_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{program} did not finish within {TOOL_TIMEOUT:?}:\nstdout:\n{}\nstderr:\n{}",
+                std::fs::read_to_string(&out_path).unwrap_or_default(),
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    ToolOutput {
+        status,
+        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+    }
+}
+
+/// Waits for `n` stored messages, then a little longer to make sure no more arrive.
+async fn exactly(world: &World, n: usize) -> Vec<StoredMessage> {
+    let got = world.wait_for(n).await;
+    assert_eq!(got.len(), n, "expected {n} stored message(s)");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = world.sandbox.messages();
+    assert_eq!(got.len(), n, "expected exactly {n} stored message(s)");
+    got
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn decode_base64(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .expect("base64 from python")
+}
+
+// ---------------------------------------------------------------------------------------
+// Python smtplib
+// ---------------------------------------------------------------------------------------
+
+/// Sends with `smtplib.SMTP.send_message` and prints, base64, the exact bytes smtplib
+/// flattens the message to (before dot-stuffing), which is what must be stored.
+const PYTHON_SCRIPT: &str = r#"
+import base64, smtplib, sys
+from email.message import EmailMessage
+
+host, port = sys.argv[1], int(sys.argv[2])
+msg = EmailMessage()
+msg["From"] = "App <app@example.com>"
+msg["To"] = "Alice <alice@example.com>, bob@example.org"
+msg["Subject"] = "smtplib through the relay"
+msg["Message-ID"] = "<smtplib-1@third-party.test>"
+msg.set_content(
+    "Hello from smtplib.\n"
+    ".a line that starts with a dot\n"
+    "..and one with two\n"
+    ".\n"
+    "Gr\u00fc\u00dfe aus K\u00f6ln, na\u00efve caf\u00e9, \u2713 \u65e5\u672c\n"
+    "last line\n"
+)
+with smtplib.SMTP(host, port, timeout=30) as s:
+    refused = s.send_message(msg)
+    if refused:
+        sys.exit("refused: %r" % (refused,))
+flat = msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+print(base64.b64encode(flat).decode())
+"#;
+
+#[tokio::test]
+async fn python_smtplib_send_message() {
+    if !tool_available("python3") {
+        return;
+    }
+    let world = World::start().await;
+    let relay = world.relay(&[]).await;
+    let addr = relay.local_addr();
+    let port = addr.port().to_string();
+    let host = addr.ip().to_string();
+    let out = run_tool(
+        "python3",
+        &["-c", PYTHON_SCRIPT, &host, &port],
+        world.dir.path(),
+    )
+    .await;
+    out.assert_success("python3 smtplib");
+
+    let expected = decode_base64(&out.stdout);
+    let stored = exactly(&world, 1).await;
+    let m = &stored[0];
+    assert_eq!(
+        m.envelope.rcpt_to,
+        vec!["alice@example.com", "bob@example.org"]
+    );
+    let data = strip_received(&m.data);
+    // Sanity: what smtplib sent has the tricky lines at all.
+    assert!(contains(
+        &expected,
+        b"\r\n.a line that starts with a dot\r\n"
+    ));
+    assert!(contains(&expected, "Grüße aus Köln".as_bytes()));
+    assert!(contains(&expected, b"Content-Transfer-Encoding: 8bit\r\n"));
+    assert_eq!(
+        String::from_utf8_lossy(data),
+        String::from_utf8_lossy(&expected),
+        "stored message differs from what smtplib sent"
+    );
+    assert_eq!(data, &expected[..]);
+}
+
+// ---------------------------------------------------------------------------------------
+// curl
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn curl_upload_file_is_stored_byte_exact() {
+    if !tool_available("curl") {
+        return;
+    }
+    let world = World::start().await;
+    let relay = world.relay(&[]).await;
+    let addr = relay.local_addr();
+
+    let message: &[u8] = b"From: a@b\r\n\
+To: x@y\r\n\
+Subject: curl through the relay\r\n\
+Message-ID: <curl-1@third-party.test>\r\n\
+\r\n\
+Uploaded by curl.\r\n\
+.a leading dot that curl must stuff\r\n\
+..two dots\r\n\
+.\r\n\
+last line\r\n";
+    let file = world.dir.path().join("message.eml");
+    std::fs::write(&file, message).expect("write message file");
+
+    let url = format!("smtp://{addr}");
+    let file_arg = file.display().to_string();
+    let out = run_tool(
+        "curl",
+        &[
+            "--silent",
+            "--show-error",
+            "--max-time",
+            "30",
+            "--url",
+            &url,
+            "--mail-from",
+            "a@b",
+            "--mail-rcpt",
+            "x@y",
+            "--upload-file",
+            &file_arg,
+        ],
+        world.dir.path(),
+    )
+    .await;
+    out.assert_success("curl");
+    assert_eq!(out.status.code(), Some(0));
+
+    let stored = exactly(&world, 1).await;
+    let m = &stored[0];
+    assert_eq!(m.envelope.rcpt_to, vec!["x@y"]);
+    assert_eq!(
+        String::from_utf8_lossy(strip_received(&m.data)),
+        String::from_utf8_lossy(message)
+    );
+    assert_eq!(strip_received(&m.data), message);
+}
+
+// ---------------------------------------------------------------------------------------
+// swaks
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn swaks_default_message() {
+    if !tool_available("swaks") {
+        return;
+    }
+    let world = World::start().await;
+    let relay = world.relay(&[]).await;
+    let server = relay.local_addr().to_string();
+    let out = run_tool(
+        "swaks",
+        &[
+            "--server",
+            &server,
+            "--to",
+            "someone@example.com",
+            "--timeout",
+            "30",
+        ],
+        world.dir.path(),
+    )
+    .await;
+    out.assert_success("swaks");
+
+    let stored = exactly(&world, 1).await;
+    let m = &stored[0];
+    assert_eq!(m.envelope.rcpt_to, vec!["someone@example.com"]);
+    let data = strip_received(&m.data);
+    assert!(
+        contains(data, b"To: someone@example.com\r\n"),
+        "{}",
+        String::from_utf8_lossy(data)
+    );
+    assert!(
+        contains(data, b"This is a test mailing"),
+        "{}",
+        String::from_utf8_lossy(data)
+    );
+    assert!(data.ends_with(b"\r\n"));
+}
+
+#[tokio::test]
+async fn swaks_body_with_leading_dots() {
+    if !tool_available("swaks") {
+        return;
+    }
+    let world = World::start().await;
+    let relay = world.relay(&[]).await;
+    let server = relay.local_addr().to_string();
+    let body = "first line\n.leading dot line\n..two leading dots\n.\nlast line";
+    let out = run_tool(
+        "swaks",
+        &[
+            "--server",
+            &server,
+            "--from",
+            "app@example.com",
+            "--to",
+            "someone@example.com,other@example.org",
+            "--header",
+            "Subject: swaks dots",
+            "--body",
+            body,
+            "--timeout",
+            "30",
+        ],
+        world.dir.path(),
+    )
+    .await;
+    out.assert_success("swaks --body");
+
+    let stored = exactly(&world, 1).await;
+    let m = &stored[0];
+    assert_eq!(
+        m.envelope.rcpt_to,
+        vec!["someone@example.com", "other@example.org"]
+    );
+    let data = strip_received(&m.data);
+    let text = String::from_utf8_lossy(data);
+    assert!(text.contains("Subject: swaks dots\r\n"), "{text}");
+    assert!(
+        text.contains(
+            "\r\n\r\nfirst line\r\n.leading dot line\r\n..two leading dots\r\n.\r\nlast line\r\n"
+        ),
+        "the body must arrive un-stuffed, line for line:\n{text}"
+    );
+}
