@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ValidConfig;
-use crate::delivery::Dispatcher;
+use crate::delivery::Delivery;
+use crate::governor::Governor;
 use crate::smtp::listener::{self, ListenerContext};
 use crate::spool::Spool;
 use crate::token::{ClientSecretSettings, ClientSecretSource, TokenCache};
@@ -36,16 +37,18 @@ pub struct Relay {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     upstream: Arc<Upstream>,
+    delivery: Arc<Delivery>,
 }
 
 impl Relay {
     /// Builds the rooms, binds the listener and starts accepting. Returns once the port is
     /// bound, so callers (tests, `serve`) can connect right away.
     pub async fn start(config: ValidConfig) -> Result<Relay, StartError> {
-        let spool = Spool::open(&config.spool_dir).map_err(|source| StartError::Spool {
-            dir: config.spool_dir.display().to_string(),
-            source,
-        })?;
+        let (spool, recovered) =
+            Spool::open(&config.spool_dir).map_err(|source| StartError::Spool {
+                dir: config.spool_dir.display().to_string(),
+                source,
+            })?;
         let account = &config.account;
         let source = ClientSecretSource::new(ClientSecretSettings {
             token_url: account.token_url.clone(),
@@ -63,12 +66,6 @@ impl Relay {
             tokens,
             account.mailbox.clone(),
         ));
-        let dispatcher = Arc::new(Dispatcher::new(
-            config.mode,
-            account.envelope_sender,
-            upstream.clone(),
-            spool.clone(),
-        ));
         let listener = TcpListener::bind(config.listen.address)
             .await
             .map_err(|source| StartError::Bind {
@@ -81,13 +78,27 @@ impl Relay {
         })?;
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let governor = Governor::new(config.governor.clone());
+        let delivery = Delivery::new(
+            config.mode,
+            account.envelope_sender,
+            config.delivery.clone(),
+            config.listen.hostname.clone(),
+            upstream.clone(),
+            governor,
+            spool.clone(),
+            recovered,
+            tracker.clone(),
+            shutdown.clone(),
+        );
         let ctx = Arc::new(ListenerContext {
             listen: config.listen.clone(),
-            dispatcher,
+            delivery: delivery.clone(),
             spool,
             shutdown: shutdown.clone(),
         });
         tracker.spawn(listener::run(listener, ctx, tracker.clone()));
+        tracker.spawn(delivery.clone().run());
         tracker.spawn(reap_idle(
             upstream.clone(),
             shutdown.clone(),
@@ -106,6 +117,7 @@ impl Relay {
             shutdown,
             tracker,
             upstream,
+            delivery,
         })
     }
 
@@ -117,13 +129,18 @@ impl Relay {
         &self.upstream
     }
 
+    pub fn delivery(&self) -> &Arc<Delivery> {
+        &self.delivery
+    }
+
     /// A handle that stops the relay when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
 
-    /// Stops accepting, tells idle clients `421`, lets messages in DATA finish, and waits
-    /// at most `grace` for everything to end.
+    /// Stops accepting, tells idle clients `421`, lets messages in DATA finish and commit,
+    /// lets deliveries in flight finish, and waits at most `grace` for all of it. Whatever is
+    /// still queued stays in the spool for the next start.
     pub async fn shutdown(self, grace: Duration) -> bool {
         self.shutdown.cancel();
         self.tracker.close();

@@ -47,6 +47,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("MAX_CONNECTIONS", "upstream.max_connections"),
     ("EXTRA_CA_FILE", "tls.extra_ca_file"),
     ("SPOOL_DIR", "delivery.spool_dir"),
+    ("RATE_PER_MINUTE", "governor.rate_per_minute"),
     ("MODE", "delivery.mode"),
     ("LOG_FORMAT", "log.format"),
 ];
@@ -64,6 +65,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub tls: TlsConfig,
     pub delivery: DeliveryConfig,
+    pub governor: GovernorConfig,
     pub log: LogConfig,
 }
 
@@ -199,7 +201,8 @@ pub struct UpstreamConfig {
     pub address: String,
     /// Name to verify the server certificate against. Default: the host of `address`.
     pub tls_server_name: Option<String>,
-    /// Authenticated connections per mailbox. Exchange allows 3 (reference §4.1).
+    /// Authenticated connections per mailbox. Exchange allows 3 (reference §4.1); 0 = no
+    /// limit (benchmarks against the sandbox).
     pub max_connections: usize,
     /// Seconds for TCP connect plus greeting.
     pub connect_timeout_secs: u64,
@@ -244,20 +247,61 @@ pub struct TlsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct DeliveryConfig {
     pub mode: DeliveryMode,
-    /// Where message bodies are streamed while they arrive.
+    /// The spool: bodies stream here as they arrive; queued messages live here until
+    /// delivered or failed.
     pub spool_dir: PathBuf,
+    /// Hybrid mode: how long the client waits for the first delivery attempt before it gets
+    /// `250` (queued) and the attempt goes on in the background.
+    pub try_now_timeout_secs: u64,
+    /// Give up on a message this many seconds after it was received (default 5 days).
+    pub max_age_secs: u64,
+    /// Keep permanently failed messages in `failed/` this many seconds (default 7 days).
+    pub failed_retention_secs: u64,
+    /// Send a short failure notice to the envelope sender, through the same mailbox, when a
+    /// queued message finally fails.
+    pub failure_notice: bool,
 }
 
 impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
-            mode: DeliveryMode::Direct,
+            mode: DeliveryMode::Hybrid,
             spool_dir: PathBuf::from("./spool"),
+            try_now_timeout_secs: 30,
+            max_age_secs: 5 * 24 * 3600,
+            failed_retention_secs: 7 * 24 * 3600,
+            failure_notice: false,
         }
     }
 }
 
-/// See DESIGN §3. Only `direct` is available in this version.
+/// Per-mailbox pacing (reference §4.1). `0` disables a limit (benchmarks against the sandbox).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GovernorConfig {
+    /// Messages per rolling window (Exchange: 30 per minute).
+    pub rate_per_minute: u32,
+    /// The window `rate_per_minute` counts over, in seconds. Exchange's is 60; shorter windows
+    /// are for tests and benchmarks.
+    pub rate_window_secs: u64,
+    /// Recipients per rolling 24 hours (Exchange: 10,000).
+    pub daily_recipients: u32,
+    /// Messages with more recipients are sent in batches of this size (Exchange: 500).
+    pub recipients_per_message: u32,
+}
+
+impl Default for GovernorConfig {
+    fn default() -> Self {
+        Self {
+            rate_per_minute: 30,
+            rate_window_secs: 60,
+            daily_recipients: 10_000,
+            recipients_per_message: 500,
+        }
+    }
+}
+
+/// See DESIGN §3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryMode {
@@ -307,6 +351,8 @@ pub struct ValidConfig {
     pub extra_roots: Vec<CertificateDer<'static>>,
     pub mode: DeliveryMode,
     pub spool_dir: PathBuf,
+    pub delivery: ValidDelivery,
+    pub governor: crate::governor::Limits,
     pub log_format: LogFormat,
     /// Things worth a log line but not worth refusing to start.
     pub warnings: Vec<String>,
@@ -362,6 +408,14 @@ impl std::fmt::Debug for ValidAccount {
             .field("scope", &self.scope)
             .finish()
     }
+}
+
+#[derive(Debug, Clone)]
+pub struct ValidDelivery {
+    pub try_now_timeout: Duration,
+    pub max_age: Duration,
+    pub failed_retention: Duration,
+    pub failure_notice: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -423,20 +477,8 @@ impl Config {
             Some(path) => crate::tls::load_pem_certificates(path)
                 .map_err(|e| ConfigError::new("tls.extra_ca_file", e.to_string()))?,
         };
-        match self.delivery.mode {
-            DeliveryMode::Direct => {}
-            other => {
-                return Err(ConfigError::new(
-                    "delivery.mode",
-                    format!(
-                        "mode `{}` is not available in this version yet (it needs the durable \
-                         spool); set `direct`, where the client's DATA reply is Exchange's own \
-                         verdict",
-                        format!("{other:?}").to_lowercase()
-                    ),
-                ))
-            }
-        }
+        let delivery = validate_delivery(&self.delivery)?;
+        let governor = validate_governor(&self.governor, &self.upstream);
         if self.delivery.spool_dir.as_os_str().is_empty() {
             return Err(ConfigError::new("delivery.spool_dir", "must not be empty"));
         }
@@ -447,6 +489,8 @@ impl Config {
             extra_roots,
             mode: self.delivery.mode,
             spool_dir: self.delivery.spool_dir,
+            delivery,
+            governor,
             log_format: self.log.format,
             warnings,
         })
@@ -489,6 +533,33 @@ pub fn unknown_env_vars(env: &[(String, String)]) -> Vec<String> {
             }
         })
         .collect()
+}
+
+fn validate_delivery(d: &DeliveryConfig) -> Result<ValidDelivery, ConfigError> {
+    for (key, v) in [
+        ("delivery.try_now_timeout_secs", d.try_now_timeout_secs),
+        ("delivery.max_age_secs", d.max_age_secs),
+    ] {
+        if v == 0 {
+            return Err(ConfigError::new(key, "must be at least 1 second"));
+        }
+    }
+    Ok(ValidDelivery {
+        try_now_timeout: Duration::from_secs(d.try_now_timeout_secs),
+        max_age: Duration::from_secs(d.max_age_secs),
+        failed_retention: Duration::from_secs(d.failed_retention_secs),
+        failure_notice: d.failure_notice,
+    })
+}
+
+fn validate_governor(g: &GovernorConfig, u: &UpstreamConfig) -> crate::governor::Limits {
+    crate::governor::Limits {
+        max_connections: u.max_connections as u32,
+        rate: g.rate_per_minute,
+        rate_window: Duration::from_secs(g.rate_window_secs.max(1)),
+        daily_recipients: g.daily_recipients,
+        max_recipients_per_message: g.recipients_per_message,
+    }
 }
 
 fn validate_listen(l: &ListenConfig) -> Result<ValidListen, ConfigError> {
@@ -829,12 +900,6 @@ fn validate_upstream(u: &UpstreamConfig, hostname: &str) -> Result<ValidUpstream
             ),
         )
     })?;
-    if u.max_connections == 0 {
-        return Err(ConfigError::new(
-            "upstream.max_connections",
-            "must be at least 1",
-        ));
-    }
     for (key, v) in [
         ("upstream.connect_timeout_secs", u.connect_timeout_secs),
         ("upstream.command_timeout_secs", u.command_timeout_secs),
@@ -855,7 +920,12 @@ fn validate_upstream(u: &UpstreamConfig, hostname: &str) -> Result<ValidUpstream
         host,
         port,
         tls_server_name,
-        max_connections: u.max_connections,
+        // 0 = unlimited (benchmarks); a pool still needs a bound.
+        max_connections: if u.max_connections == 0 {
+            1024
+        } else {
+            u.max_connections
+        },
         connect_timeout: Duration::from_secs(u.connect_timeout_secs),
         command_timeout: Duration::from_secs(u.command_timeout_secs),
         data_timeout: Duration::from_secs(u.data_timeout_secs),
@@ -923,7 +993,7 @@ mod tests {
         assert_eq!(c.upstream.host, "smtp.office365.com");
         assert_eq!(c.upstream.port, 587);
         assert_eq!(c.listen.address, "127.0.0.1:2525".parse().unwrap());
-        assert_eq!(c.mode, DeliveryMode::Direct);
+        assert_eq!(c.mode, DeliveryMode::Hybrid);
     }
 
     #[test]
@@ -1069,14 +1139,29 @@ mod tests {
     }
 
     #[test]
-    fn queue_and_hybrid_refused_for_now() {
-        for mode in ["hybrid", "queue"] {
-            let err = load(&[("SMTP_OAUTH_RELAY_MODE", mode)]).unwrap_err();
-            assert_eq!(err.key, "delivery.mode");
-            assert!(err.message.contains("not available"));
+    fn modes_and_governor_settings() {
+        assert_eq!(
+            load(&[]).unwrap().mode,
+            DeliveryMode::Hybrid,
+            "hybrid is the default"
+        );
+        for (text, mode) in [
+            ("queue", DeliveryMode::Queue),
+            ("direct", DeliveryMode::Direct),
+        ] {
+            assert_eq!(load(&[("SMTP_OAUTH_RELAY_MODE", text)]).unwrap().mode, mode);
         }
         let err = load(&[("SMTP_OAUTH_RELAY_MODE", "fast")]).unwrap_err();
         assert_eq!(err.key, "delivery.mode");
+        let c = load(&[
+            ("SMTP_OAUTH_RELAY_RATE_PER_MINUTE", "0"),
+            ("SMTP_OAUTH_RELAY_MAX_CONNECTIONS", "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.governor.rate, 0);
+        assert_eq!(c.governor.max_connections, 0);
+        assert!(c.upstream.max_connections > 3, "0 means no pool limit");
+        assert_eq!(load(&[]).unwrap().governor.rate, 30);
     }
 
     #[test]

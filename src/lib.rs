@@ -24,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod envelope;
+pub mod governor;
 pub mod sandbox;
 pub mod smtp;
 pub mod spool;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use lettre::message::header::ContentType;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use support::{strip_received, RawClient, World, MAILBOX};
+use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
 async fn lettre_message_arrives_byte_exact_through_xoauth2() {
@@ -143,7 +144,7 @@ async fn twenty_megabyte_message_streams_through_unchanged() {
 
 #[tokio::test]
 async fn smuggled_commands_stay_inside_one_message() {
-    for separator in ["\n.\r\n", "\r.\r\n"] {
+    for separator in ["\n.\r\n", "\r.\r\n", "\r\n.\r\r\n"] {
         let world = World::start().await;
         let relay = world.relay(&[]).await;
         let mut c = RawClient::connect(relay.local_addr()).await;
@@ -331,7 +332,12 @@ async fn token_rejected_twice_is_a_configuration_error_not_a_loop() {
 #[tokio::test]
 async fn upstream_refusals_reach_the_client() {
     let world = World::start().await;
-    let relay = world.relay(&[]).await;
+    let relay = world
+        .relay(&[
+            ("SMTP_OAUTH_RELAY_MODE", "direct"),
+            ("SMTP_OAUTH_RELAY_MODE", "direct"),
+        ])
+        .await;
     let mut c = RawClient::connect(relay.local_addr()).await;
     c.cmd("EHLO x", 250).await;
     let body = b"Subject: s\r\n\r\nb\r\n";
@@ -365,7 +371,17 @@ async fn upstream_refusals_reach_the_client() {
         )
         .await;
     assert!(r.starts_with("250 "), "{r}");
-    assert!(r.contains("1 of 2 recipients refused"), "{r}");
+    assert!(r.contains("1 of 2 recipients not delivered"), "{r}");
+    // A temporary refusal of one recipient: direct mode keeps nothing, so it must not deliver
+    // to the others and drop that one; nothing is sent and the client retries the message.
+    let r = c
+        .send_mail(
+            "a@example.com",
+            &["also-ok@example.com", "rcpt-temp@example.com"],
+            body,
+        )
+        .await;
+    assert!(r.starts_with("451 4.4.0"), "{r}");
     // The session stays usable after all that.
     let r = c
         .send_mail("a@example.com", &["fine@example.com"], body)
@@ -391,7 +407,10 @@ async fn unreachable_or_slow_upstream_answers_451_within_the_timeout() {
         l.local_addr().unwrap().port()
     };
     let relay = world
-        .relay(&[("SMTP_OAUTH_RELAY_UPSTREAM", &format!("127.0.0.1:{closed}"))])
+        .relay(&[
+            ("SMTP_OAUTH_RELAY_MODE", "direct"),
+            ("SMTP_OAUTH_RELAY_UPSTREAM", &format!("127.0.0.1:{closed}")),
+        ])
         .await;
     let mut c = RawClient::connect(relay.local_addr()).await;
     c.cmd("EHLO x", 250).await;
@@ -409,7 +428,10 @@ async fn unreachable_or_slow_upstream_answers_451_within_the_timeout() {
 
     // An upstream that takes 5 s to answer the final dot, with a 1 s data timeout.
     let relay = world
-        .relay(&[("SMTP_OAUTH_RELAY__UPSTREAM__DATA_TIMEOUT_SECS", "1")])
+        .relay(&[
+            ("SMTP_OAUTH_RELAY_MODE", "direct"),
+            ("SMTP_OAUTH_RELAY__UPSTREAM__DATA_TIMEOUT_SECS", "1"),
+        ])
         .await;
     let mut c = RawClient::connect(relay.local_addr()).await;
     c.cmd("EHLO x", 250).await;
@@ -439,10 +461,13 @@ async fn unreachable_or_slow_upstream_answers_451_within_the_timeout() {
 async fn wrong_secret_gets_a_4xx_not_a_silent_250() {
     let world = World::start().await;
     let relay = world
-        .relay(&[(
-            "SMTP_OAUTH_RELAY_CLIENT_SECRET",
-            "wrg8Q~wrongwrongwrongwrongwrongwrongwron",
-        )])
+        .relay(&[
+            ("SMTP_OAUTH_RELAY_MODE", "direct"),
+            (
+                "SMTP_OAUTH_RELAY_CLIENT_SECRET",
+                "wrg8Q~wrongwrongwrongwrongwrongwrongwron",
+            ),
+        ])
         .await;
     let mut c = RawClient::connect(relay.local_addr()).await;
     c.cmd("EHLO x", 250).await;
@@ -466,7 +491,12 @@ async fn token_endpoint_outage_is_transient() {
     world
         .sandbox
         .set_token_failure(Some(TokenFailure::Unavailable503));
-    let relay = world.relay(&[]).await;
+    let relay = world
+        .relay(&[
+            ("SMTP_OAUTH_RELAY_MODE", "direct"),
+            ("SMTP_OAUTH_RELAY_MODE", "direct"),
+        ])
+        .await;
     let mut c = RawClient::connect(relay.local_addr()).await;
     c.cmd("EHLO x", 250).await;
     let r = c
@@ -523,17 +553,66 @@ async fn inbound_limits_are_enforced() {
     c.send(long.as_bytes()).await;
     let r = c.reply().await;
     assert!(r.starts_with("500 5.5.6"), "{r}");
-    // Still in sync afterwards (the rest of the long line may produce extra 500s).
+    // Exactly one refusal, and the next commands are answered in order.
     c.send(b"RSET\r\nNOOP\r\n").await;
-    let mut saw_ok = false;
-    for _ in 0..4 {
-        let r = c.reply().await;
-        if r.starts_with("250 ") {
-            saw_ok = true;
+    let r = c.reply().await;
+    assert!(r.starts_with("250 2.0.0 Reset"), "{r}");
+    let r = c.reply().await;
+    assert!(r.starts_with("250 2.0.0 OK"), "{r}");
+    // The same line trickled in pieces, with the next command in the last piece.
+    c.send(format!("NOOP {}", "z".repeat(3000)).as_bytes())
+        .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.send("z".repeat(3000).as_bytes()).await;
+    let r = c.reply().await;
+    assert!(r.starts_with("500 5.5.6"), "{r}");
+    c.send(b"zzz\r\nNO").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.send(b"OP\r\n").await;
+    let r = c.reply().await;
+    assert!(r.starts_with("250 2.0.0 OK"), "{r}");
+    assert!(world.sandbox.messages().is_empty());
+}
+
+#[tokio::test]
+async fn trickling_clients_cannot_outlast_the_timeouts() {
+    let world = World::start().await;
+    let relay = world
+        .relay(&[
+            ("SMTP_OAUTH_RELAY__LISTEN__COMMAND_TIMEOUT_SECS", "1"),
+            ("SMTP_OAUTH_RELAY__LISTEN__DATA_TIMEOUT_SECS", "1"),
+            ("SMTP_OAUTH_RELAY__LISTEN__MAX_MESSAGE_SIZE", "1000"),
+        ])
+        .await;
+    // One byte of a command every 400 ms: the command timeout covers the whole line.
+    let mut c = RawClient::connect(relay.local_addr()).await;
+    let started = Instant::now();
+    for b in b"NOOP and more and more and more\r\n" {
+        if c.stream.write_all(&[*b]).await.is_err() || started.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let answer = c.reply().await;
+    assert!(answer.starts_with("421 4.4.2"), "{answer}");
+    // The body trickled: DATA may take data_timeout plus the largest message at 32 KiB/s,
+    // here about 1 s in all, whatever the pace of the bytes.
+    let mut c = RawClient::connect(relay.local_addr()).await;
+    c.cmd("MAIL FROM:<a@example.com>", 250).await;
+    c.cmd("RCPT TO:<b@example.com>", 250).await;
+    c.cmd("DATA", 354).await;
+    let started = Instant::now();
+    loop {
+        if c.stream.write_all(b"x").await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if started.elapsed() > Duration::from_secs(4) {
             break;
         }
     }
-    assert!(saw_ok);
+    let r = c.reply().await;
+    assert!(r.starts_with("421 4.4.2"), "{r}");
     assert!(world.sandbox.messages().is_empty());
 }
 

@@ -1,20 +1,40 @@
-//! Delivery: what happens to a message once its body is in the spool.
+//! Delivery: what happens to a message once its body is in the spool (DESIGN §3).
 //!
-//! This version has the `direct` mode of DESIGN §3: the client waits while the relay tries
-//! Exchange once, and its DATA reply is Exchange's verdict. Nothing is kept after the answer:
-//! a transient failure becomes `451` so the client retries. The durable queue (`queue`,
-//! `hybrid`) plugs in here: [`Dispatcher::submit`] is the seam the listener calls.
+//! | mode | the client's DATA reply | transient trouble |
+//! |---|---|---|
+//! | `hybrid` | after one attempt (at most `try_now_timeout`) | fsync'd into the queue, `250` |
+//! | `queue` | right after the fsync | retried in the background |
+//! | `direct` | after the attempt | `451`, nothing kept |
+//!
+//! A `250` therefore always means "delivered" or "on disk and owned by the delivery loop".
+//! The loop ([`Delivery::run`]) takes due messages from the queue, paces them through the
+//! [`Governor`], sends them through the [`Upstream`] and records the outcome in the spool.
+//! `retry.rs` decides when to try again; `queue.rs` keeps the in-memory index; `notice.rs`
+//! writes the optional failure notice.
+
+pub mod notice;
+pub mod queue;
+pub mod retry;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::{DeliveryMode, EnvelopeSender};
-use crate::envelope::Envelope;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{DeliveryMode, EnvelopeSender, ValidDelivery};
+use crate::envelope::{Envelope, MessageId};
+use crate::governor::{split_batches, Governor, Permit};
 use crate::smtp::reply::Reply;
-use crate::spool::Spool;
-use crate::upstream::{Delivered, OutboundMessage, Upstream, UpstreamError, Verdict};
+use crate::spool::{now_unix, unix, QueueEntry, Spool};
+use crate::upstream::error::classify_reply;
+use crate::upstream::reply::UpstreamReply;
+use crate::upstream::{OutboundMessage, Upstream, UpstreamError, Verdict};
+use queue::Queue;
+use retry::{next_step, History, Step};
 
-/// A message whose body is complete on disk.
+/// A message whose body is complete on disk (in `incoming/`).
 #[derive(Debug, Clone)]
 pub struct Spooled {
     pub envelope: Envelope,
@@ -22,117 +42,763 @@ pub struct Spooled {
     pub size: u64,
 }
 
-/// Hands spooled messages to the upstream according to the delivery mode.
-pub struct Dispatcher {
+/// One recipient that was not delivered in an attempt.
+#[derive(Debug, Clone)]
+pub struct RcptFailure {
+    pub rcpt: String,
+    pub verdict: Verdict,
+    pub reason: String,
+    pub reply: Option<UpstreamReply>,
+}
+
+/// What one attempt achieved, recipient by recipient.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub delivered: Vec<String>,
+    /// The upstream's last `250` after DATA (carries Exchange's message id).
+    pub last_reply: Option<UpstreamReply>,
+    pub failed: Vec<RcptFailure>,
+    /// The first error that failed a whole batch, for the client's reply.
+    pub first_error: Option<UpstreamError>,
+}
+
+impl Report {
+    fn permanent(&self) -> impl Iterator<Item = &RcptFailure> {
+        self.failed
+            .iter()
+            .filter(|f| f.verdict == Verdict::Permanent)
+    }
+
+    fn transient(&self) -> impl Iterator<Item = &RcptFailure> {
+        self.failed
+            .iter()
+            .filter(|f| f.verdict != Verdict::Permanent)
+    }
+
+    /// The verdict that decides the retry timing when several recipients failed transiently:
+    /// configuration first (hold), then quota, throttling, plain transient.
+    fn retry_verdict(&self) -> Option<(Verdict, &str)> {
+        let rank = |v: Verdict| match v {
+            Verdict::Config => 0,
+            Verdict::Quota => 1,
+            Verdict::Throttled => 2,
+            _ => 3,
+        };
+        self.transient()
+            .min_by_key(|f| rank(f.verdict))
+            .map(|f| (f.verdict, f.reason.as_str()))
+    }
+
+    fn from_spool_error(rcpts: &[String], e: std::io::Error) -> Report {
+        let reason = format!("cannot read the spooled body: {e}");
+        Report {
+            failed: rcpts
+                .iter()
+                .map(|r| RcptFailure {
+                    rcpt: r.clone(),
+                    verdict: Verdict::Transient,
+                    reason: reason.clone(),
+                    reply: None,
+                })
+                .collect(),
+            first_error: Some(UpstreamError::Spool(e)),
+            ..Default::default()
+        }
+    }
+}
+
+/// An account held for a configuration error: new mail gets `451 4.7.0` with the advice for
+/// a short while (hybrid and direct); the next message after that tries again, so a fix is
+/// noticed without a restart.
+#[derive(Debug, Clone)]
+struct Hold {
+    advice: String,
+    until: Instant,
+}
+
+const HOLD_FOR: Duration = Duration::from_secs(60);
+
+/// Everything delivery needs, shared by the listener's sessions and the loop.
+pub struct Delivery {
     mode: DeliveryMode,
     envelope_sender: EnvelopeSender,
+    settings: ValidDelivery,
+    hostname: String,
     upstream: Arc<Upstream>,
+    governor: Arc<Governor>,
     spool: Spool,
+    queue: Queue,
+    hold: Mutex<Option<Hold>>,
     /// The last configuration problem logged at error level, so a storm of messages logs the
     /// advice once rather than once per message.
     last_config_problem: Mutex<Option<String>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
 }
 
-impl Dispatcher {
+/// Messages claimed from the queue at once (most of them wait for the governor).
+fn max_in_flight(governor: &Governor) -> usize {
+    match governor.limits().max_connections {
+        0 => 256,
+        n => (n as usize * 4).clamp(8, 256),
+    }
+}
+
+impl Delivery {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         mode: DeliveryMode,
         envelope_sender: EnvelopeSender,
+        settings: ValidDelivery,
+        hostname: String,
         upstream: Arc<Upstream>,
+        governor: Arc<Governor>,
         spool: Spool,
-    ) -> Self {
-        Dispatcher {
+        recovered: Vec<QueueEntry>,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        if !recovered.is_empty() {
+            tracing::info!(
+                queued = recovered.len(),
+                "resuming delivery of queued messages"
+            );
+        }
+        Arc::new(Delivery {
             mode,
             envelope_sender,
+            settings,
+            hostname,
             upstream,
+            governor,
             spool,
+            queue: Queue::new(recovered),
+            hold: Mutex::new(None),
             last_config_problem: Mutex::new(None),
-        }
+            tracker,
+            shutdown,
+        })
     }
 
     pub fn upstream(&self) -> &Arc<Upstream> {
         &self.upstream
     }
 
-    /// Delivers (direct mode) and returns the client's DATA reply. Always consumes the
-    /// spool file.
-    pub async fn submit(&self, msg: Spooled) -> Reply {
-        debug_assert_eq!(self.mode, DeliveryMode::Direct);
-        let env = &msg.envelope;
-        let outbound = OutboundMessage {
-            mail_from: upstream_sender(
-                self.envelope_sender,
-                &env.mail_from,
-                self.upstream.mailbox(),
-            ),
-            rcpt_to: env.rcpt_to.clone(),
-            body: msg.path.clone(),
-            size: msg.size,
-            body_8bit: env.body_8bit,
-            smtputf8: env.smtputf8,
-        };
-        let started = std::time::Instant::now();
-        let result = self.upstream.send(&outbound).await;
-        self.spool.discard(&msg.path).await;
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        match &result {
-            Ok(d) => {
-                self.clear_config_problem();
-                tracing::info!(
-                    id = %env.id,
-                    from = %env.mail_from,
-                    recipients = env.rcpt_to.len(),
-                    size = msg.size,
-                    client = %env.client,
-                    elapsed_ms,
-                    upstream = %d.reply,
-                    "delivered"
-                );
-                for (rcpt, reply) in &d.rejected {
-                    tracing::warn!(id = %env.id, recipient = %rcpt, upstream = %reply, "recipient refused by upstream; not delivered to it");
-                }
-            }
-            Err(e) => self.log_failure(env, msg.size, elapsed_ms, e),
-        }
-        direct_reply(&env.id.to_string(), &result)
+    pub fn governor(&self) -> &Arc<Governor> {
+        &self.governor
     }
 
-    fn log_failure(&self, env: &Envelope, size: u64, elapsed_ms: u64, e: &UpstreamError) {
-        let verdict = e.verdict();
-        if verdict == Verdict::Config {
-            let advice = e.advice().unwrap_or_else(|| "see the error above".into());
-            let key = format!("{e}");
-            let first = {
-                let mut last = self.last_config_problem.lock().expect("lock");
-                let first = last.as_deref() != Some(key.as_str());
-                *last = Some(key);
-                first
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    /// Messages in the queue (including those being attempted).
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// The advice of a current configuration hold, if any.
+    pub fn held(&self) -> Option<String> {
+        let hold = self.hold.lock().expect("hold lock");
+        hold.as_ref()
+            .filter(|h| h.until > Instant::now())
+            .map(|h| h.advice.clone())
+    }
+
+    /// Takes a received message and returns the client's DATA reply (DESIGN §3).
+    pub async fn submit(self: &Arc<Self>, msg: Spooled) -> Reply {
+        match self.mode {
+            DeliveryMode::Queue => self.submit_queue(msg).await,
+            DeliveryMode::Hybrid => self.submit_hybrid(msg).await,
+            DeliveryMode::Direct => self.submit_direct(msg).await,
+        }
+    }
+
+    fn new_entry(&self, msg: &Spooled) -> QueueEntry {
+        let env = &msg.envelope;
+        QueueEntry {
+            id: env.id.to_string(),
+            mail_from: env.mail_from.clone(),
+            rcpt_to: env.rcpt_to.clone(),
+            client: env.client.to_string(),
+            helo: env.helo.clone(),
+            body_8bit: env.body_8bit,
+            smtputf8: env.smtputf8,
+            mailbox: self.upstream.mailbox().to_string(),
+            size: msg.size,
+            received_at: unix(env.received_at),
+            attempts: 0,
+            next_attempt: now_unix(),
+            last_error: None,
+            notice: false,
+            failed_at: None,
+            failure_reason: None,
+            refused: Vec::new(),
+        }
+    }
+
+    /// Commits to the queue and hands the message to the loop. `Err` is the client's reply.
+    async fn enqueue(
+        &self,
+        path: &std::path::Path,
+        entry: QueueEntry,
+        claimed: bool,
+    ) -> Result<(), Reply> {
+        match self.spool.commit(path, &entry).await {
+            Ok(()) => {
+                self.queue.insert(entry, claimed);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(id = %entry.id, error = %e, "cannot commit the message to the spool");
+                self.spool.discard(path).await;
+                Err(crate::smtp::reply::local_error())
+            }
+        }
+    }
+
+    async fn submit_queue(self: &Arc<Self>, msg: Spooled) -> Reply {
+        let entry = self.new_entry(&msg);
+        let id = entry.id.clone();
+        if let Err(reply) = self.enqueue(&msg.path, entry, false).await {
+            return reply;
+        }
+        log_received(&msg, "queued");
+        queued_reply(&id, "queued for delivery")
+    }
+
+    async fn submit_direct(self: &Arc<Self>, msg: Spooled) -> Reply {
+        if let Some(advice) = self.held() {
+            self.spool.discard(&msg.path).await;
+            return held_reply(&advice);
+        }
+        let entry = self.new_entry(&msg);
+        let first = first_batch_len(&entry.rcpt_to, &self.governor);
+        let permit = tokio::select! {
+            p = self.governor.acquire(first) => p,
+            _ = tokio::time::sleep(self.settings.try_now_timeout) => {
+                self.spool.discard(&msg.path).await;
+                return Reply::new(451, "4.3.2", "the mailbox is at its sending limit, try again later");
+            }
+        };
+        let report = self.attempt_path(&entry, &msg.path, Some(permit)).await;
+        self.spool.discard(&msg.path).await;
+        self.note_outcome(&entry, &report);
+        client_reply(&entry.id, &report)
+    }
+
+    async fn submit_hybrid(self: &Arc<Self>, msg: Spooled) -> Reply {
+        if let Some(advice) = self.held() {
+            self.spool.discard(&msg.path).await;
+            return held_reply(&advice);
+        }
+        let mut entry = self.new_entry(&msg);
+        let id = entry.id.clone();
+        let first = first_batch_len(&entry.rcpt_to, &self.governor);
+        let permit = match self.governor.try_acquire(first) {
+            Ok(p) => p,
+            Err(_) => {
+                // No budget right now: don't make the client wait for the pacer.
+                if let Err(reply) = self.enqueue(&msg.path, entry, false).await {
+                    return reply;
+                }
+                log_received(&msg, "queued (mailbox is being paced)");
+                return queued_reply(&id, "queued: the mailbox is at its sending pace");
+            }
+        };
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        {
+            let me = self.clone();
+            let entry = entry.clone();
+            let path = msg.path.clone();
+            self.tracker.spawn(async move {
+                let report = me.attempt_path(&entry, &path, Some(permit)).await;
+                let _ = tx.send(report);
+            });
+        }
+        let report = match tokio::time::timeout(self.settings.try_now_timeout, &mut rx).await {
+            Ok(Ok(report)) => report,
+            Ok(Err(_)) => Report::from_spool_error(
+                &entry.rcpt_to,
+                std::io::Error::other("attempt ended abnormally"),
+            ),
+            Err(_) => {
+                // Still trying: make it durable, answer 250, and let the attempt finish in
+                // the background. It stays claimed so the loop doesn't start a second one.
+                if let Err(reply) = self.enqueue(&msg.path, entry.clone(), true).await {
+                    return reply;
+                }
+                log_received(&msg, "queued (first attempt still running)");
+                let me = self.clone();
+                self.tracker.spawn(async move {
+                    let report = rx.await.unwrap_or_else(|_| {
+                        Report::from_spool_error(
+                            &entry.rcpt_to,
+                            std::io::Error::other("attempt ended abnormally"),
+                        )
+                    });
+                    me.apply(entry, report).await;
+                });
+                return queued_reply(
+                    &id,
+                    "queued: Exchange is slow to answer, delivery continues",
+                );
+            }
+        };
+        self.note_outcome(&entry, &report);
+        let transient: Vec<String> = report.transient().map(|f| f.rcpt.clone()).collect();
+        if transient.is_empty() {
+            // Delivered and/or refused for good: nothing to keep; the client hears the truth.
+            self.spool.discard(&msg.path).await;
+            return client_reply(&id, &report);
+        }
+        if report.delivered.is_empty()
+            && report.retry_verdict().map(|v| v.0) == Some(Verdict::Config)
+        {
+            // Held for configuration: the app (and its admin) should see it now.
+            self.spool.discard(&msg.path).await;
+            return client_reply(&id, &report);
+        }
+        // Keep what is still to do; record what was refused for good.
+        entry.rcpt_to = transient;
+        entry.refused = report
+            .permanent()
+            .map(|f| format!("{}: {}", f.rcpt, f.reason))
+            .collect();
+        entry.attempts = 1;
+        let (verdict, reason) = report.retry_verdict().expect("transient failures present");
+        let reason = reason.to_string();
+        entry.last_error = Some(reason.clone());
+        match next_step(verdict, &reason, self.history(&entry)) {
+            Step::RetryAt(at) => entry.next_attempt = at,
+            Step::Fail(_) => entry.next_attempt = now_unix(),
+        }
+        if let Err(reply) = self.enqueue(&msg.path, entry, false).await {
+            return reply;
+        }
+        log_received(&msg, "queued after a transient failure");
+        queued_reply(&id, &format!("queued, will retry: {reason}"))
+    }
+
+    fn history(&self, entry: &QueueEntry) -> History {
+        let now = now_unix();
+        History {
+            attempts: entry.attempts,
+            received_at: entry.received_at,
+            now,
+            max_age: self.settings.max_age,
+            quota_frees_at: self.governor.snapshot().held_until.map(|until| {
+                now + until
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .as_secs()
+            }),
+            jitter: rand::random::<f64>(),
+        }
+    }
+
+    /// Opens the body and runs one attempt.
+    async fn attempt_path(
+        &self,
+        entry: &QueueEntry,
+        path: &std::path::Path,
+        first: Option<Permit>,
+    ) -> Report {
+        match tokio::fs::File::open(path).await {
+            Ok(mut file) => self.attempt(entry, &mut file, first).await,
+            Err(e) => Report::from_spool_error(&entry.rcpt_to, e),
+        }
+    }
+
+    /// One delivery attempt: every remaining recipient, in batches the governor allows, each
+    /// batch paced by it. `first` is a permit already held for the first batch.
+    async fn attempt(
+        &self,
+        entry: &QueueEntry,
+        body: &mut tokio::fs::File,
+        mut first: Option<Permit>,
+    ) -> Report {
+        // Direct mode keeps nothing, so it must not half-deliver, and must not start sending
+        // after its client may have given up.
+        let direct = self.mode == DeliveryMode::Direct;
+        let start_by = direct.then(|| tokio::time::Instant::now() + self.settings.try_now_timeout);
+        let mut report = Report::default();
+        let batch_size = self.governor.limits().max_recipients_per_message;
+        let batches: Vec<Vec<String>> = split_batches(&entry.rcpt_to, batch_size)
+            .into_iter()
+            .map(|b| b.to_vec())
+            .collect();
+        let mut stop: Option<(Verdict, String)> = None;
+        for batch in batches {
+            if let Some((verdict, reason)) = &stop {
+                report.failed.extend(batch.iter().map(|r| RcptFailure {
+                    rcpt: r.clone(),
+                    verdict: *verdict,
+                    reason: reason.clone(),
+                    reply: None,
+                }));
+                continue;
+            }
+            let permit = match first.take() {
+                Some(p) => p,
+                None => tokio::select! {
+                    p = self.governor.acquire(batch.len() as u32) => p,
+                    _ = self.shutdown.cancelled() => {
+                        stop = Some((Verdict::Transient, "relay shutting down".into()));
+                        report.failed.extend(batch.iter().map(|r| RcptFailure {
+                            rcpt: r.clone(),
+                            verdict: Verdict::Transient,
+                            reason: "relay shutting down".into(),
+                            reply: None,
+                        }));
+                        continue;
+                    }
+                },
             };
-            if first {
-                tracing::error!(id = %env.id, error = %e, advice = %advice, "relay configuration problem; mail is refused with 451 until it is fixed");
+            let msg = OutboundMessage {
+                mail_from: upstream_sender(
+                    self.envelope_sender,
+                    &entry.mail_from,
+                    self.upstream.mailbox(),
+                ),
+                rcpt_to: batch.clone(),
+                size: entry.size,
+                body_8bit: entry.body_8bit,
+                smtputf8: entry.smtputf8,
+                all_or_nothing: direct,
+                start_by,
+            };
+            let result = self.upstream.send(&msg, body).await;
+            drop(permit);
+            match result {
+                Ok(d) => {
+                    report.delivered.extend(d.accepted);
+                    for (rcpt, reply) in d.rejected {
+                        let verdict = classify_reply(&reply);
+                        self.governor_feedback(verdict);
+                        report.failed.push(RcptFailure {
+                            rcpt,
+                            verdict,
+                            reason: reply.to_string(),
+                            reply: Some(reply),
+                        });
+                    }
+                    report.last_reply = Some(d.reply);
+                }
+                Err(e) => {
+                    let verdict = e.verdict();
+                    self.governor_feedback(verdict);
+                    let reason = e.to_string();
+                    report.failed.extend(batch.iter().map(|r| RcptFailure {
+                        rcpt: r.clone(),
+                        verdict,
+                        reason: reason.clone(),
+                        reply: e.reply().cloned(),
+                    }));
+                    if verdict == Verdict::Config {
+                        self.set_hold(&e);
+                        stop = Some((verdict, reason));
+                    }
+                    if report.first_error.is_none() {
+                        report.first_error = Some(e);
+                    }
+                }
+            }
+        }
+        report
+    }
+
+    fn governor_feedback(&self, verdict: Verdict) {
+        match verdict {
+            Verdict::Throttled => self.governor.on_concurrency_throttle(),
+            Verdict::Quota => self.governor.on_quota_exceeded(),
+            _ => {}
+        }
+    }
+
+    fn set_hold(&self, e: &UpstreamError) {
+        let advice = e.advice().unwrap_or_else(|| e.to_string());
+        let key = e.to_string();
+        let first = {
+            let mut last = self.last_config_problem.lock().expect("lock");
+            let first = last.as_deref() != Some(key.as_str());
+            *last = Some(key);
+            first
+        };
+        if first {
+            tracing::error!(error = %e, advice = %advice, "relay configuration problem; new mail is refused with 451 (queued mail waits) until it is fixed");
+        } else {
+            tracing::debug!(error = %e, "same configuration problem as before");
+        }
+        *self.hold.lock().expect("hold lock") = Some(Hold {
+            advice,
+            until: Instant::now() + HOLD_FOR,
+        });
+    }
+
+    /// Logs an attempt's outcome and lifts a hold after a success.
+    fn note_outcome(&self, entry: &QueueEntry, report: &Report) {
+        if !report.delivered.is_empty() {
+            let had_hold = self.hold.lock().expect("hold lock").take().is_some();
+            let had_problem = self
+                .last_config_problem
+                .lock()
+                .expect("lock")
+                .take()
+                .is_some();
+            if had_hold || had_problem {
+                tracing::info!("upstream delivery works again");
+            }
+            tracing::info!(
+                id = %entry.id,
+                from = %entry.mail_from,
+                recipients = report.delivered.len(),
+                size = entry.size,
+                client = %entry.client,
+                attempt = entry.attempts + 1,
+                upstream = %report.last_reply.as_ref().map(|r| r.to_string()).unwrap_or_default(),
+                "delivered"
+            );
+        }
+        for f in &report.failed {
+            if f.verdict == Verdict::Config {
+                continue; // logged once by set_hold
+            }
+            tracing::warn!(
+                id = %entry.id,
+                recipient = %f.rcpt,
+                attempt = entry.attempts + 1,
+                verdict = ?f.verdict,
+                reason = %f.reason,
+                "not delivered"
+            );
+        }
+    }
+
+    /// Records an attempt on a queued message: done, retry later, or failed for good.
+    async fn apply(self: &Arc<Self>, mut entry: QueueEntry, report: Report) {
+        self.note_outcome(&entry, &report);
+        entry.attempts += 1;
+        entry.refused.extend(
+            report
+                .permanent()
+                .map(|f| format!("{}: {}", f.rcpt, f.reason)),
+        );
+        let transient: Vec<String> = report.transient().map(|f| f.rcpt.clone()).collect();
+        let retry = report.retry_verdict().map(|(v, r)| (v, r.to_string()));
+        if transient.is_empty() {
+            if entry.refused.is_empty() {
+                if let Err(e) = self.spool.complete(&entry.id).await {
+                    tracing::error!(id = %entry.id, error = %e, "delivered, but cannot remove it from the spool (it may be sent again)");
+                }
+                self.queue.remove(&entry.id);
             } else {
-                tracing::warn!(id = %env.id, error = %e, "refused: same configuration problem as before");
+                let reason = format!("refused by Exchange: {}", entry.refused.join("; "));
+                self.fail(entry, reason).await;
             }
             return;
         }
-        tracing::warn!(
-            id = %env.id,
-            from = %env.mail_from,
-            recipients = env.rcpt_to.len(),
-            size,
-            client = %env.client,
-            elapsed_ms,
-            verdict = ?verdict,
-            error = %e,
-            "not delivered"
-        );
-    }
-
-    fn clear_config_problem(&self) {
-        let mut last = self.last_config_problem.lock().expect("lock");
-        if last.take().is_some() {
-            tracing::info!("upstream delivery works again");
+        let (verdict, reason) = retry.expect("transient failures present");
+        entry.rcpt_to = transient;
+        entry.last_error = Some(reason.clone());
+        match next_step(verdict, &reason, self.history(&entry)) {
+            Step::RetryAt(at) => {
+                entry.next_attempt = at;
+                match self.spool.update(&entry).await {
+                    Ok(()) => self.queue.release(entry),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        tracing::info!(id = %entry.id, "message was deleted from the queue meanwhile");
+                        self.queue.remove(&entry.id);
+                    }
+                    Err(e) => {
+                        tracing::error!(id = %entry.id, error = %e, "cannot record the attempt in the spool; will retry");
+                        self.queue.release(entry);
+                    }
+                }
+            }
+            Step::Fail(reason) => {
+                for r in &entry.rcpt_to {
+                    entry.refused.push(format!("{r}: {reason}"));
+                }
+                self.fail(entry, reason).await;
+            }
         }
     }
+
+    /// Moves a message to `failed/`, logs one line, and optionally notifies the sender.
+    async fn fail(self: &Arc<Self>, mut entry: QueueEntry, reason: String) {
+        entry.failed_at = Some(now_unix());
+        entry.failure_reason = Some(reason.clone());
+        entry.rcpt_to = entry
+            .refused
+            .iter()
+            .map(|r| r.split(": ").next().unwrap_or(r).to_string())
+            .collect();
+        tracing::error!(
+            id = %entry.id,
+            from = %entry.mail_from,
+            recipients = %entry.rcpt_to.join(","),
+            attempts = entry.attempts,
+            reason = %reason,
+            "message failed permanently; kept in the spool's failed/ directory"
+        );
+        if let Err(e) = self.spool.fail(&entry).await {
+            tracing::error!(id = %entry.id, error = %e, "cannot move the message to failed/");
+        }
+        self.queue.remove(&entry.id);
+        if self.settings.failure_notice && !entry.notice && !entry.mail_from.is_empty() {
+            self.send_notice(&entry).await;
+        }
+    }
+
+    async fn send_notice(&self, failed: &QueueEntry) {
+        let id = MessageId::generate();
+        let body = notice::failure_notice(
+            failed,
+            self.upstream.mailbox(),
+            &failed.mail_from,
+            &self.hostname,
+            id.as_str(),
+            SystemTime::now(),
+        );
+        let path = self.spool.incoming_path(&id);
+        if let Err(e) = tokio::fs::write(&path, &body).await {
+            tracing::error!(error = %e, "cannot write the failure notice");
+            return;
+        }
+        let now = now_unix();
+        let entry = QueueEntry {
+            id: id.to_string(),
+            mail_from: String::new(),
+            rcpt_to: vec![failed.mail_from.clone()],
+            client: "relay".into(),
+            helo: self.hostname.clone(),
+            body_8bit: true,
+            smtputf8: false,
+            mailbox: self.upstream.mailbox().to_string(),
+            size: body.len() as u64,
+            received_at: now,
+            attempts: 0,
+            next_attempt: now,
+            last_error: None,
+            notice: true,
+            failed_at: None,
+            failure_reason: None,
+            refused: Vec::new(),
+        };
+        if self.enqueue(&path, entry, false).await.is_ok() {
+            tracing::info!(notice = %id, about = %failed.id, to = %failed.mail_from, "failure notice queued");
+        }
+    }
+
+    /// The delivery loop: claims due messages and delivers them until shutdown. Also picks up
+    /// `queue retry|delete` requests and purges old failures.
+    pub async fn run(self: Arc<Self>) {
+        let mut last_purge: Option<Instant> = None;
+        loop {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            if self.spool.take_rescan_request() {
+                match self.spool.list(crate::spool::Area::Queue) {
+                    Ok(entries) => {
+                        tracing::info!(
+                            queued = entries.len(),
+                            "re-read the queue after a queue command"
+                        );
+                        self.queue.sync_with_disk(entries);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot re-read the queue"),
+                }
+            }
+            if last_purge.is_none_or(|t| t.elapsed() > Duration::from_secs(3600)) {
+                last_purge = Some(Instant::now());
+                match self.spool.purge_failed(self.settings.failed_retention) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(purged = n, "removed expired failed messages"),
+                    Err(e) => tracing::warn!(error = %e, "cannot purge failed messages"),
+                }
+            }
+            let room = max_in_flight(&self.governor).saturating_sub(self.queue.claimed());
+            for entry in self.queue.claim_due(now_unix(), room) {
+                let me = self.clone();
+                self.tracker
+                    .spawn(async move { me.deliver_queued(entry).await });
+            }
+            let wait = match self.queue.next_due() {
+                Some(at) => Duration::from_secs(at.saturating_sub(now_unix()))
+                    .clamp(Duration::from_millis(50), Duration::from_secs(2)),
+                None => Duration::from_secs(2),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.queue.changed() => {}
+                _ = self.shutdown.cancelled() => break,
+            }
+        }
+        tracing::debug!("delivery loop stopped");
+    }
+
+    async fn deliver_queued(self: Arc<Self>, entry: QueueEntry) {
+        let first = first_batch_len(&entry.rcpt_to, &self.governor);
+        let permit = tokio::select! {
+            p = self.governor.acquire(first) => p,
+            _ = self.shutdown.cancelled() => {
+                // Not started: stays queued for the next start.
+                self.queue.release(entry);
+                return;
+            }
+        };
+        let path = self.spool.body_path(&entry.id);
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::info!(id = %entry.id, "message was deleted from the queue");
+                self.queue.remove(&entry.id);
+                return;
+            }
+            Err(e) => {
+                let report = Report::from_spool_error(&entry.rcpt_to, e);
+                self.apply(entry, report).await;
+                return;
+            }
+        };
+        let report = self.attempt(&entry, &mut file, Some(permit)).await;
+        self.apply(entry, report).await;
+    }
+}
+
+fn first_batch_len(rcpts: &[String], governor: &Governor) -> u32 {
+    let max = governor.limits().max_recipients_per_message;
+    let n = rcpts.len() as u32;
+    if max == 0 {
+        n
+    } else {
+        n.min(max)
+    }
+}
+
+fn log_received(msg: &Spooled, what: &str) {
+    let env = &msg.envelope;
+    tracing::info!(
+        id = %env.id,
+        from = %env.mail_from,
+        recipients = env.rcpt_to.len(),
+        size = msg.size,
+        client = %env.client,
+        "{what}"
+    );
+}
+
+fn queued_reply(id: &str, why: &str) -> Reply {
+    Reply::new(250, "2.0.0", format!("{id} {why}"))
+}
+
+fn held_reply(advice: &str) -> Reply {
+    Reply::new(
+        451,
+        "4.7.0",
+        format!("relay configuration problem, see the relay log: {advice}"),
+    )
 }
 
 /// The upstream `MAIL FROM` (see `account.envelope_sender`). The null sender always becomes
@@ -144,66 +810,94 @@ pub fn upstream_sender(policy: EnvelopeSender, client_sender: &str, mailbox: &st
     }
 }
 
-/// The client's DATA reply in direct mode (DESIGN §3): delivered → `250` with the
-/// upstream's id; permanent → the upstream's own 5xx; transient or unreachable → `451 4.4.x`;
-/// configuration → `451 4.7.0` with the advice.
-pub fn direct_reply(id: &str, result: &Result<Delivered, UpstreamError>) -> Reply {
-    match result {
-        Ok(d) => {
-            let mut text = format!("{id} delivered: {}", d.reply.text());
-            if !d.rejected.is_empty() {
-                text.push_str(&format!(
-                    " ({} of {} recipients refused upstream: {})",
-                    d.rejected.len(),
-                    d.rejected.len() + d.accepted.len(),
-                    d.rejected[0].1
-                ));
-            }
-            Reply::new(250, "2.0.0", text)
+/// The client's DATA reply after an attempt it waited for: delivered → `250` with the
+/// upstream's id; refused for good → the upstream's own 5xx; transient or unreachable →
+/// `451 4.4.x`; configuration → `451 4.7.0` with the advice.
+pub fn client_reply(id: &str, report: &Report) -> Reply {
+    if !report.delivered.is_empty() {
+        let upstream = report
+            .last_reply
+            .as_ref()
+            .map(|r| r.text())
+            .unwrap_or_default();
+        let mut text = format!("{id} delivered: {upstream}");
+        if let Some(first) = report.failed.first() {
+            text.push_str(&format!(
+                " ({} of {} recipients not delivered: {})",
+                report.failed.len(),
+                report.failed.len() + report.delivered.len(),
+                first.reason
+            ));
         }
-        Err(e) => match e.verdict() {
-            Verdict::Permanent => match e.reply() {
-                Some(r) => Reply::new(
-                    if r.code >= 500 { r.code } else { 554 },
-                    r.status().filter(|s| s.starts_with('5')).unwrap_or("5.0.0"),
-                    format!("upstream: {}", r.text()),
-                ),
-                None => Reply::new(554, "5.0.0", format!("upstream refused the message: {e}")),
-            },
-            Verdict::Transient => match e {
-                UpstreamError::Connect { .. } => {
-                    Reply::new(451, "4.4.1", "upstream unreachable, try again later")
-                }
-                UpstreamError::Timeout { .. } => {
-                    Reply::new(451, "4.4.2", "upstream timed out, try again later")
-                }
-                _ => match e.reply() {
-                    Some(r) => {
-                        Reply::new(451, "4.4.0", format!("upstream temporarily refused: {r}"))
-                    }
-                    None => Reply::new(
-                        451,
-                        "4.4.0",
-                        format!("upstream failed, try again later: {e}"),
-                    ),
-                },
-            },
-            Verdict::Config => Reply::new(
-                451,
-                "4.7.0",
-                format!(
-                    "relay configuration problem, see the relay log: {}",
-                    e.advice().unwrap_or_else(|| e.to_string())
-                ),
-            ),
+        return Reply::new(250, "2.0.0", text);
+    }
+    let Some(first) = report
+        .failed
+        .iter()
+        .find(|f| f.verdict != Verdict::Permanent)
+        .or(report.failed.first())
+    else {
+        return Reply::new(451, "4.3.0", "nothing was delivered, try again later");
+    };
+    if let Some(e) = &report.first_error {
+        if first.verdict == e.verdict() {
+            return error_reply(e);
+        }
+    }
+    match (first.verdict, &first.reply) {
+        (Verdict::Permanent, Some(r)) => permanent_reply(r),
+        (Verdict::Permanent, None) => Reply::new(
+            554,
+            "5.0.0",
+            format!("upstream refused the message: {}", first.reason),
+        ),
+        (_, Some(r)) => Reply::new(451, "4.4.0", format!("upstream temporarily refused: {r}")),
+        (_, None) => Reply::new(
+            451,
+            "4.4.0",
+            format!("upstream failed, try again later: {}", first.reason),
+        ),
+    }
+}
+
+fn permanent_reply(r: &UpstreamReply) -> Reply {
+    Reply::new(
+        if r.code >= 500 { r.code } else { 554 },
+        r.status().filter(|s| s.starts_with('5')).unwrap_or("5.0.0"),
+        format!("upstream: {}", r.text()),
+    )
+}
+
+/// The reply for an attempt that failed as a whole.
+pub fn error_reply(e: &UpstreamError) -> Reply {
+    match e.verdict() {
+        Verdict::Permanent => match e.reply() {
+            Some(r) => permanent_reply(r),
+            None => Reply::new(554, "5.0.0", format!("upstream refused the message: {e}")),
         },
+        Verdict::Transient | Verdict::Throttled | Verdict::Quota => match e {
+            UpstreamError::Connect { .. } => {
+                Reply::new(451, "4.4.1", "upstream unreachable, try again later")
+            }
+            UpstreamError::Timeout { .. } => {
+                Reply::new(451, "4.4.2", "upstream timed out, try again later")
+            }
+            _ => match e.reply() {
+                Some(r) => Reply::new(451, "4.4.0", format!("upstream temporarily refused: {r}")),
+                None => Reply::new(
+                    451,
+                    "4.4.0",
+                    format!("upstream failed, try again later: {e}"),
+                ),
+            },
+        },
+        Verdict::Config => held_reply(&e.advice().unwrap_or_else(|| e.to_string())),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::reply::UpstreamReply;
     use crate::upstream::Stage;
 
     fn reply(text: &str) -> UpstreamReply {
@@ -213,14 +907,31 @@ mod tests {
             .0
     }
 
+    fn failed_with(e: UpstreamError, rcpts: &[&str]) -> Report {
+        let verdict = e.verdict();
+        Report {
+            failed: rcpts
+                .iter()
+                .map(|r| RcptFailure {
+                    rcpt: r.to_string(),
+                    verdict,
+                    reason: e.to_string(),
+                    reply: e.reply().cloned(),
+                })
+                .collect(),
+            first_error: Some(e),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn delivered_carries_exchange_id() {
-        let d = Delivered {
-            reply: reply("250 2.0.0 OK <abc@prod.outlook.com> [Hostname=X]"),
-            accepted: vec!["a@b".into()],
-            rejected: vec![],
+        let report = Report {
+            delivered: vec!["a@b".into()],
+            last_reply: Some(reply("250 2.0.0 OK <abc@prod.outlook.com> [Hostname=X]")),
+            ..Default::default()
         };
-        let r = direct_reply("ID1", &Ok(d));
+        let r = client_reply("ID1", &report);
         assert_eq!(r.code, 250);
         assert!(r.lines[0].contains("<abc@prod.outlook.com>"));
         assert!(r.lines[0].contains("ID1"));
@@ -232,7 +943,7 @@ mod tests {
             stage: Stage::EndOfData,
             reply: reply("554 5.2.252 SendAsDenied; x not allowed"),
         };
-        let r = direct_reply("ID", &Err(e));
+        let r = client_reply("ID", &failed_with(e, &["a@b"]));
         assert_eq!((r.code, r.status.as_deref()), (554, Some("5.2.252")));
         assert!(r.lines[0].contains("SendAsDenied"));
     }
@@ -243,18 +954,28 @@ mod tests {
             stage: Stage::EndOfData,
             reply: reply("451 4.7.500 Access denied, please try again later"),
         };
-        let r = direct_reply("ID", &Err(e));
+        let r = client_reply("ID", &failed_with(e, &["a@b"]));
         assert_eq!((r.code, r.status.as_deref()), (451, Some("4.4.0")));
         assert!(r.lines[0].contains("4.7.500"));
         let e = UpstreamError::Connect {
             addr: "x:1".into(),
             source: std::io::ErrorKind::ConnectionRefused.into(),
         };
-        assert_eq!(direct_reply("ID", &Err(e)).status.as_deref(), Some("4.4.1"));
+        assert_eq!(
+            client_reply("ID", &failed_with(e, &["a"]))
+                .status
+                .as_deref(),
+            Some("4.4.1")
+        );
         let e = UpstreamError::Timeout {
             stage: Stage::EndOfData,
         };
-        assert_eq!(direct_reply("ID", &Err(e)).status.as_deref(), Some("4.4.2"));
+        assert_eq!(
+            client_reply("ID", &failed_with(e, &["a"]))
+                .status
+                .as_deref(),
+            Some("4.4.2")
+        );
     }
 
     #[test]
@@ -265,7 +986,7 @@ mod tests {
                 "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException",
             ),
         };
-        assert_eq!(direct_reply("ID", &Err(e)).code, 451);
+        assert_eq!(client_reply("ID", &failed_with(e, &["a"])).code, 451);
     }
 
     #[test]
@@ -274,9 +995,50 @@ mod tests {
             reply: reply("535 5.7.3 Authentication unsuccessful"),
             after_refresh: true,
         };
-        let r = direct_reply("ID", &Err(e));
+        let r = client_reply("ID", &failed_with(e, &["a"]));
         assert_eq!((r.code, r.status.as_deref()), (451, Some("4.7.0")));
         assert!(r.lines[0].contains("SMTP.SendAsApp"));
+    }
+
+    #[test]
+    fn partial_recipient_refusal_is_named_in_the_250() {
+        let report = Report {
+            delivered: vec!["ok@x".into()],
+            last_reply: Some(reply("250 2.0.0 OK <id@x>")),
+            failed: vec![RcptFailure {
+                rcpt: "bad@x".into(),
+                verdict: Verdict::Permanent,
+                reason: "550 5.1.10 not found".into(),
+                reply: Some(reply("550 5.1.10 not found")),
+            }],
+            first_error: None,
+        };
+        let r = client_reply("ID", &report);
+        assert_eq!(r.code, 250);
+        assert!(
+            r.lines[0].contains("1 of 2 recipients not delivered"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn retry_verdict_prefers_config_then_quota() {
+        let f = |v| RcptFailure {
+            rcpt: "r".into(),
+            verdict: v,
+            reason: format!("{v:?}"),
+            reply: None,
+        };
+        let report = Report {
+            failed: vec![
+                f(Verdict::Transient),
+                f(Verdict::Quota),
+                f(Verdict::Permanent),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(report.retry_verdict().unwrap().0, Verdict::Quota);
+        assert_eq!(report.transient().count(), 2);
     }
 
     #[test]

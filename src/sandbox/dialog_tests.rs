@@ -15,15 +15,15 @@ use tokio::net::TcpStream;
 
 use super::{Sandbox, SandboxOptions, TokenFailure};
 
-struct Fixture {
-    sandbox: Sandbox,
-    client: Arc<ClientConfig>,
-    _dir: tempfile::TempDir,
+pub(super) struct Fixture {
+    pub(super) sandbox: Sandbox,
+    pub(super) client: Arc<ClientConfig>,
+    pub(super) _dir: tempfile::TempDir,
 }
 
-const MAILBOX: &str = "relay@sandbox.example";
+pub(super) const MAILBOX: &str = "relay@sandbox.example";
 
-async fn start_with(configure: impl FnOnce(&mut SandboxOptions)) -> Fixture {
+pub(super) async fn start_with(configure: impl FnOnce(&mut SandboxOptions)) -> Fixture {
     crate::tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let mut opts = SandboxOptions::new(dir.path().join("store"));
@@ -38,7 +38,7 @@ async fn start_with(configure: impl FnOnce(&mut SandboxOptions)) -> Fixture {
     }
 }
 
-async fn start() -> Fixture {
+pub(super) async fn start() -> Fixture {
     start_with(|_| {}).await
 }
 
@@ -121,14 +121,14 @@ fn token_form(fx: &Fixture, scope: &str) -> String {
     ])
 }
 
-async fn token_for(fx: &Fixture, scope: &str) -> String {
+pub(super) async fn token_for(fx: &Fixture, scope: &str) -> String {
     let tenant = fx.sandbox.options().tenant.clone();
     let reply = post_token(fx, &tenant, &token_form(fx, scope), "").await;
     assert_eq!(reply.status, 200, "{}", reply.json);
     reply.json["access_token"].as_str().unwrap().to_string()
 }
 
-async fn token(fx: &Fixture) -> String {
+pub(super) async fn token(fx: &Fixture) -> String {
     token_for(fx, "https://outlook.office365.com/.default").await
 }
 
@@ -461,17 +461,17 @@ async fn reqwest_with_the_relay_tls_config_gets_a_token() {
 // ---------------------------------------------------------------------------------------
 // SMTP helpers
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(super) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-struct Client {
+pub(super) struct Client {
     io: Option<Box<dyn Io>>,
     tcp: Option<TcpStream>,
     buf: Vec<u8>,
 }
 
 impl Client {
-    async fn connect(fx: &Fixture) -> (Client, String) {
+    pub(super) async fn connect(fx: &Fixture) -> (Client, String) {
         let tcp = TcpStream::connect(fx.sandbox.smtp_addr()).await.unwrap();
         let mut client = Client {
             io: None,
@@ -490,14 +490,14 @@ impl Client {
         }
     }
 
-    async fn send(&mut self, bytes: &[u8]) {
+    pub(super) async fn send(&mut self, bytes: &[u8]) {
         let stream = self.stream();
         stream.write_all(bytes).await.unwrap();
         stream.flush().await.unwrap();
     }
 
     /// Reads one reply (all lines); returns its lines joined by '\n'.
-    async fn reply(&mut self) -> String {
+    pub(super) async fn reply(&mut self) -> String {
         let mut lines = Vec::new();
         loop {
             let pos = loop {
@@ -523,12 +523,12 @@ impl Client {
         }
     }
 
-    async fn cmd(&mut self, line: &str) -> String {
+    pub(super) async fn cmd(&mut self, line: &str) -> String {
         self.send(format!("{line}\r\n").as_bytes()).await;
         self.reply().await
     }
 
-    async fn starttls(&mut self, fx: &Fixture) {
+    pub(super) async fn starttls(&mut self, fx: &Fixture) {
         assert_eq!(self.cmd("STARTTLS").await, "220 2.0.0 SMTP server ready");
         assert!(self.buf.is_empty());
         let tcp = self.tcp.take().unwrap();
@@ -541,7 +541,7 @@ impl Client {
     }
 
     /// True if the server closed the connection (reads to EOF or error), with no reply.
-    async fn closed_without_reply(&mut self) -> bool {
+    pub(super) async fn closed_without_reply(&mut self) -> bool {
         let mut rest = Vec::new();
         let _ = tokio::time::timeout(
             Duration::from_secs(10),
@@ -553,12 +553,12 @@ impl Client {
     }
 }
 
-fn xoauth2(user: &str, token: &str) -> String {
+pub(super) fn xoauth2(user: &str, token: &str) -> String {
     STANDARD.encode(format!("user={user}\x01auth=Bearer {token}\x01\x01"))
 }
 
 /// Connects, upgrades to TLS and says EHLO; returns the client and the EHLO reply.
-async fn tls_session(fx: &Fixture) -> (Client, String) {
+pub(super) async fn tls_session(fx: &Fixture) -> (Client, String) {
     let (mut c, _) = Client::connect(fx).await;
     assert!(c.cmd("EHLO app.example").await.starts_with("250-"));
     c.starttls(fx).await;
@@ -566,7 +566,7 @@ async fn tls_session(fx: &Fixture) -> (Client, String) {
     (c, ehlo)
 }
 
-async fn authed_session(fx: &Fixture, token: &str) -> Client {
+pub(super) async fn authed_session(fx: &Fixture, token: &str) -> Client {
     let (mut c, _) = tls_session(fx).await;
     let reply = c
         .cmd(&format!("AUTH XOAUTH2 {}", xoauth2(MAILBOX, token)))
@@ -576,7 +576,7 @@ async fn authed_session(fx: &Fixture, token: &str) -> Client {
 }
 
 /// Sends one message with DATA; returns the final reply.
-async fn send_message(c: &mut Client, rcpts: &[&str], body: &[u8]) -> String {
+pub(super) async fn send_message(c: &mut Client, rcpts: &[&str], body: &[u8]) -> String {
     assert_eq!(
         c.cmd(&format!("MAIL FROM:<{MAILBOX}>")).await,
         "250 2.1.0 Sender OK"

@@ -14,12 +14,20 @@
 //! ```
 //!
 //! `tls.rs` makes the self-signed certificate both listeners use; `clock.rs` formats dates.
+//! Tests of the relay's queue and governor steer it at runtime: rate and concurrency limits
+//! (`set_rate_limit`, `set_concurrency_limit`), outages (`set_smtp_outage`,
+//! `set_token_failure`), the submission quota (`set_quota_exceeded`), and read back
+//! `message_times`, `rate_violations`, `concurrency_rejections`, `message_count` and
+//! `count_by_header` (duplicates). The store is plain files, so a sandbox started again on
+//! the same `store_dir` (and, if wanted, the same `smtp_port`) sees every earlier message.
 //! Everything binds loopback only: the sandbox accepts any client and stores mail on disk,
 //! so it must never be reachable from elsewhere. Tokens and secrets are never logged.
 
 mod clock;
 #[cfg(test)]
 mod dialog_tests;
+#[cfg(test)]
+mod limits_tests;
 mod smtp;
 mod store;
 mod tls;
@@ -30,14 +38,15 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use secrecy::SecretString;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -62,7 +71,14 @@ pub struct SandboxOptions {
     pub store_dir: PathBuf,
     /// Concurrent authenticated sessions per mailbox before MAIL gets `432 4.3.2`
     /// (Exchange Online: 3, reference §4.1). 0 = unlimited, for benchmarks.
+    /// `Sandbox::set_concurrency_limit` changes it at runtime.
     pub max_connections_per_mailbox: u32,
+    /// Messages (accepted `MAIL FROM`s) per mailbox within `rate_window` before `MAIL` gets
+    /// `451 4.7.500 Access denied, please try again later`, Exchange's throttling reply
+    /// (Exchange Online: 30 per minute, reference §4.1). 0 = off (the default).
+    pub rate_limit: u32,
+    /// The rolling window of `rate_limit` (default 60 s).
+    pub rate_window: Duration,
     /// Address to listen on. Must be loopback; `Sandbox::start` refuses anything else.
     pub listen_ip: IpAddr,
     /// SMTP port; 0 = ephemeral.
@@ -84,6 +100,8 @@ impl SandboxOptions {
             token_lifetime: Duration::from_secs(3599),
             store_dir,
             max_connections_per_mailbox: 3,
+            rate_limit: 0,
+            rate_window: Duration::from_secs(60),
             listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             smtp_port: 0,
             token_port: 0,
@@ -122,6 +140,21 @@ pub enum TokenFailure {
     TooMany429,
 }
 
+/// Ways to make the SMTP side unavailable on purpose, until cleared. Sessions already in
+/// progress are not cut off (only `Storm451` affects their later commands).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpOutage {
+    /// The listening socket is closed, so new connections are refused (`ECONNREFUSED`, not
+    /// a hang); when the outage ends the same port is bound again.
+    Refuse,
+    /// New connections are accepted, answered `421 4.3.2 Service not available, closing
+    /// transmission channel` instead of the greeting, and closed.
+    Greeting421,
+    /// `MAIL FROM` and the end of DATA get `451 4.7.500 Access denied, please try again
+    /// later`; nothing is stored.
+    Storm451,
+}
+
 /// Counters the tests and benchmarks read.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -129,6 +162,42 @@ pub(crate) struct Counters {
     pub tokens_issued: AtomicU64,
     pub auth_attempts: AtomicU64,
     pub auth_failures: AtomicU64,
+    /// `MAIL` refused with `451 4.7.500` by the message rate limit.
+    pub rate_violations: AtomicU64,
+    /// `MAIL` refused with `432 4.3.2` by the concurrency limit.
+    pub concurrency_rejections: AtomicU64,
+}
+
+/// The per-mailbox message rate limit and every accepted `MAIL FROM`'s time.
+#[derive(Debug)]
+struct Pacing {
+    limit: u32,
+    window: Duration,
+    /// Lowercased mailbox -> times of accepted `MAIL FROM`s, oldest first.
+    times: HashMap<String, Vec<Instant>>,
+}
+
+/// Rolling-window admission. `times` are earlier admissions, oldest first. Admits `now`
+/// (appending it) unless `limit` (0 = no limit) admissions already lie within `window`
+/// before it, i.e. in `(now - window, now]`.
+fn admit(times: &mut Vec<Instant>, now: Instant, limit: u32, window: Duration) -> bool {
+    if limit > 0 {
+        let in_window = match now.checked_sub(window) {
+            Some(since) => times.len() - times.partition_point(|&t| t <= since),
+            None => times.len(),
+        };
+        if in_window >= limit as usize {
+            return false;
+        }
+    }
+    times.push(now);
+    true
+}
+
+/// "Now" for pacing: tokio's clock, so a test running on a paused clock sees virtual time.
+/// Without a paused clock it is `std::time::Instant::now()`.
+fn pacing_now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// Authenticated sessions of one mailbox: now and the most seen at once.
@@ -152,6 +221,13 @@ pub(crate) struct Shared {
     pub store: store::Store,
     /// Cancelled on shutdown; every connection task races its I/O against it.
     pub cancel: CancellationToken,
+    /// The SMTP outage in force, if any.
+    smtp_outage: Mutex<Option<SmtpOutage>>,
+    /// End of DATA gets `554 5.2.0 ...SubmissionQuotaExceededException` while set.
+    pub quota_exceeded: AtomicBool,
+    /// The concurrency limit in force (starts as `max_connections_per_mailbox`).
+    pub max_connections: AtomicU32,
+    pacing: Mutex<Pacing>,
 }
 
 impl Shared {
@@ -173,6 +249,29 @@ impl Shared {
         let map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&mailbox.to_ascii_lowercase())
             .map_or(0, |s| s.active)
+    }
+
+    pub(crate) fn smtp_outage(&self) -> Option<SmtpOutage> {
+        *self.smtp_outage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies the message rate limit to a `MAIL FROM` of `mailbox`: records it and returns
+    /// true, or counts a violation and returns false.
+    pub(crate) fn admit_message(&self, mailbox: &str) -> bool {
+        let mut pacing = self.pacing.lock().unwrap_or_else(|p| p.into_inner());
+        let (limit, window) = (pacing.limit, pacing.window);
+        let times = pacing
+            .times
+            .entry(mailbox.to_ascii_lowercase())
+            .or_default();
+        // "Now" is taken under the lock, so every list stays in order.
+        let admitted = admit(times, pacing_now(), limit, window);
+        if !admitted {
+            self.counters
+                .rate_violations
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        admitted
     }
 }
 
@@ -206,6 +305,8 @@ pub struct Sandbox {
     shared: Arc<Shared>,
     smtp_addr: SocketAddr,
     token_addr: SocketAddr,
+    /// Closed and re-bound by `SmtpOutage::Refuse`.
+    smtp_listener: Arc<Listener>,
     ca_pem: String,
     tracker: TaskTracker,
 }
@@ -227,18 +328,28 @@ impl Sandbox {
         }
         let tls = tls::generate()?;
         let store = store::Store::open(&opts.store_dir)?;
-        let smtp_listener =
-            TcpListener::bind(SocketAddr::new(opts.listen_ip, opts.smtp_port)).await?;
-        let token_listener =
-            TcpListener::bind(SocketAddr::new(opts.listen_ip, opts.token_port)).await?;
-        let smtp_addr = smtp_listener.local_addr()?;
-        let token_addr = token_listener.local_addr()?;
+        let smtp_listener = Arc::new(Listener::bind(SocketAddr::new(
+            opts.listen_ip,
+            opts.smtp_port,
+        ))?);
+        let token_listener = Arc::new(Listener::bind(SocketAddr::new(
+            opts.listen_ip,
+            opts.token_port,
+        ))?);
+        let smtp_addr = smtp_listener.addr;
+        let token_addr = token_listener.addr;
 
         let tenant_id = if token::is_guid(&opts.tenant) {
             opts.tenant.to_ascii_lowercase()
         } else {
             token::random_guid()
         };
+        let pacing = Pacing {
+            limit: opts.rate_limit,
+            window: opts.rate_window,
+            times: HashMap::new(),
+        };
+        let max_connections = AtomicU32::new(opts.max_connections_per_mailbox);
         let shared = Arc::new(Shared {
             opts,
             tenant_id,
@@ -249,12 +360,16 @@ impl Sandbox {
             sessions: Mutex::new(HashMap::new()),
             store,
             cancel: CancellationToken::new(),
+            smtp_outage: Mutex::new(None),
+            quota_exceeded: AtomicBool::new(false),
+            max_connections,
+            pacing: Mutex::new(pacing),
         });
         let tracker = TaskTracker::new();
 
         let smtp_acceptor = tokio_rustls::TlsAcceptor::from(tls.smtp);
         tracker.spawn(accept_loop(
-            smtp_listener,
+            smtp_listener.clone(),
             shared.clone(),
             tracker.clone(),
             move |shared, tcp, peer| smtp::serve(shared, smtp_acceptor.clone(), tcp, peer),
@@ -271,6 +386,7 @@ impl Sandbox {
             shared,
             smtp_addr,
             token_addr,
+            smtp_listener,
             ca_pem: tls.ca_pem,
             tracker,
         })
@@ -355,9 +471,88 @@ impl Sandbox {
             .unwrap_or_else(|p| p.into_inner()) = failure;
     }
 
-    /// Every stored message, oldest first.
+    /// The most concurrent authenticated sessions allowed per mailbox from now on (`MAIL`
+    /// beyond it gets `432 4.3.2`); 0 = unlimited. Sessions already past `MAIL` keep going.
+    /// `options()` keeps showing the value the sandbox started with.
+    pub fn set_concurrency_limit(&self, n: u32) {
+        self.shared.max_connections.store(n, Ordering::Relaxed);
+    }
+
+    /// `MAIL` commands refused with `432 4.3.2` by the concurrency limit.
+    pub fn concurrency_rejections(&self) -> u64 {
+        self.shared
+            .counters
+            .concurrency_rejections
+            .load(Ordering::Relaxed)
+    }
+
+    /// Changes the message rate limit (`limit` per `window` and mailbox, 0 = off) from now
+    /// on; the times already recorded count towards it.
+    pub fn set_rate_limit(&self, limit: u32, window: Duration) {
+        let mut pacing = self.shared.pacing.lock().unwrap_or_else(|p| p.into_inner());
+        pacing.limit = limit;
+        pacing.window = window;
+    }
+
+    /// `MAIL` commands refused with `451 4.7.500` by the message rate limit.
+    pub fn rate_violations(&self) -> u64 {
+        self.shared.counters.rate_violations.load(Ordering::Relaxed)
+    }
+
+    /// When each `MAIL FROM` of `mailbox` (case-insensitive) was accepted, oldest first,
+    /// whatever became of the transaction. Taken from tokio's clock: on a paused clock these
+    /// are virtual instants (compare them with `tokio::time::Instant::now().into_std()`),
+    /// otherwise they are ordinary `std::time::Instant::now()` values.
+    pub fn message_times(&self, mailbox: &str) -> Vec<Instant> {
+        let pacing = self.shared.pacing.lock().unwrap_or_else(|p| p.into_inner());
+        pacing
+            .times
+            .get(&mailbox.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Puts the SMTP side into the given outage until called with `None` (see
+    /// [`SmtpOutage`]). `Refuse` closes the listening socket before this returns, so the
+    /// next connection attempt is refused; clearing it binds the same port again before this
+    /// returns (if that fails, the sandbox keeps retrying in the background).
+    pub fn set_smtp_outage(&self, outage: Option<SmtpOutage>) {
+        *self
+            .shared
+            .smtp_outage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = outage;
+        if outage == Some(SmtpOutage::Refuse) {
+            self.smtp_listener.close();
+        } else if let Err(e) = self.smtp_listener.reopen() {
+            tracing::warn!(error = %e, addr = %self.smtp_addr, "sandbox cannot bind its SMTP port again yet; retrying");
+        }
+    }
+
+    /// While on, the end of DATA gets Exchange's submission quota reply (`554 5.2.0
+    /// STOREDRV.Submission.Exception:SubmissionQuotaExceededException; ...`) and nothing is
+    /// stored.
+    pub fn set_quota_exceeded(&self, on: bool) {
+        self.shared.quota_exceeded.store(on, Ordering::Relaxed);
+    }
+
+    /// Every stored message, oldest first. Reads every body: for counts use
+    /// `message_count`, for duplicate checks `count_by_header`.
     pub fn messages(&self) -> Vec<StoredMessage> {
         self.shared.store.messages()
+    }
+
+    /// How many complete messages the store holds (counts `.json` files; reads nothing).
+    pub fn message_count(&self) -> usize {
+        self.shared.store.message_count()
+    }
+
+    /// For every stored message, the value of its first header field named `header`
+    /// (case-insensitive, unfolded, trimmed), counted: a value with a count above 1 was
+    /// stored more than once. Messages without the header are not counted. Reads only the
+    /// header section of each message.
+    pub fn count_by_header(&self, header: &str) -> HashMap<String, usize> {
+        self.shared.store.count_by_header(header)
     }
 
     /// Polls the store until at least `n` messages are there or `timeout` passes, then
@@ -365,9 +560,9 @@ impl Sandbox {
     pub async fn wait_for_messages(&self, n: usize, timeout: Duration) -> Vec<StoredMessage> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let messages = self.messages();
-            if messages.len() >= n || tokio::time::Instant::now() >= deadline {
-                return messages;
+            // Count first: reading every body each poll is slow with thousands of messages.
+            if self.message_count() >= n || tokio::time::Instant::now() >= deadline {
+                return self.messages();
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -387,12 +582,156 @@ impl Drop for Sandbox {
     }
 }
 
+/// A listening socket that can be closed and bound again on the same address at runtime
+/// (`SmtpOutage::Refuse`). Sockets are made with `SO_REUSEADDR`, so binding again works while
+/// connections accepted earlier are still open or in TIME_WAIT.
+struct Listener {
+    addr: SocketAddr,
+    state: Mutex<ListenerState>,
+    /// Woken whenever the socket is closed or replaced.
+    changed: Notify,
+    /// The runtime the sandbox started on: sockets register with its reactor.
+    runtime: tokio::runtime::Handle,
+}
+
+struct ListenerState {
+    socket: Option<TcpListener>,
+    /// False while an outage keeps the socket closed.
+    wanted: bool,
+    /// The accept loop ended (shutdown): never bind again.
+    retired: bool,
+}
+
+/// Backlog of the listening sockets.
+const BACKLOG: u32 = 1024;
+
+fn bind_reusable(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+impl Listener {
+    /// Binds `addr` (port 0 = ephemeral; the chosen port is kept for re-binding). Must run
+    /// inside a tokio runtime.
+    fn bind(addr: SocketAddr) -> io::Result<Listener> {
+        let socket = bind_reusable(addr)?;
+        Ok(Listener {
+            addr: socket.local_addr()?,
+            state: Mutex::new(ListenerState {
+                socket: Some(socket),
+                wanted: true,
+                retired: false,
+            }),
+            changed: Notify::new(),
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ListenerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Closes the socket now: connections not yet accepted are reset, new ones refused.
+    fn close(&self) {
+        let socket = {
+            let mut state = self.lock();
+            state.wanted = false;
+            state.socket.take()
+        };
+        drop(socket);
+        self.changed.notify_waiters();
+    }
+
+    /// Binds the address again if the socket is closed (no-op after shutdown).
+    fn reopen(&self) -> io::Result<()> {
+        let result = {
+            let mut state = self.lock();
+            if state.retired {
+                return Ok(());
+            }
+            state.wanted = true;
+            if state.socket.is_none() {
+                let _runtime = self.runtime.enter();
+                bind_reusable(self.addr).map(|socket| state.socket = Some(socket))
+            } else {
+                Ok(())
+            }
+        };
+        self.changed.notify_waiters();
+        result
+    }
+
+    /// For good: closes the socket and never binds again.
+    fn retire(&self) {
+        let socket = {
+            let mut state = self.lock();
+            state.retired = true;
+            state.wanted = false;
+            state.socket.take()
+        };
+        drop(socket);
+        self.changed.notify_waiters();
+    }
+
+    /// The next connection; `None` on shutdown. Waits while the socket is closed, and keeps
+    /// trying to bind again if it should be open but binding failed.
+    async fn accept(
+        &self,
+        cancel: &CancellationToken,
+    ) -> Option<io::Result<(TcpStream, SocketAddr)>> {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the state is looked at, so no change is missed.
+            changed.as_mut().enable();
+            let rebind = {
+                let state = self.lock();
+                state.wanted && state.socket.is_none()
+            };
+            let accept = std::future::poll_fn(|cx| match self.lock().socket.as_ref() {
+                Some(socket) => socket.poll_accept(cx),
+                None => Poll::Pending,
+            });
+            tokio::select! {
+                _ = cancel.cancelled() => return None,
+                _ = &mut changed => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)), if rebind => {
+                    if let Err(e) = self.reopen() {
+                        tracing::debug!(error = %e, addr = %self.addr, "sandbox re-bind failed");
+                    }
+                }
+                accepted = accept => return Some(accepted),
+            }
+        }
+    }
+}
+
 /// Accepts connections until shutdown, one tracked task each, at most `MAX_CONNECTIONS`
-/// at once (the permit is taken before `accept`, as in mini-redis).
+/// at once (the permit is taken before `accept`, as in mini-redis). On the way out the
+/// socket is closed for good.
 async fn accept_loop<F, Fut>(
-    listener: TcpListener,
+    listener: Arc<Listener>,
     shared: Arc<Shared>,
     tracker: TaskTracker,
+    handle: F,
+) where
+    F: Fn(Arc<Shared>, TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    serve_listener(&listener, &shared, &tracker, handle).await;
+    listener.retire();
+}
+
+async fn serve_listener<F, Fut>(
+    listener: &Listener,
+    shared: &Arc<Shared>,
+    tracker: &TaskTracker,
     handle: F,
 ) where
     F: Fn(Arc<Shared>, TcpStream, SocketAddr) -> Fut,
@@ -408,9 +747,8 @@ async fn accept_loop<F, Fut>(
                 Err(_) => return,
             },
         };
-        let accepted = tokio::select! {
-            _ = cancel.cancelled() => return,
-            accepted = listener.accept() => accepted,
+        let Some(accepted) = listener.accept(&cancel).await else {
+            return;
         };
         match accepted {
             Ok((tcp, peer)) => {
@@ -455,6 +793,52 @@ mod tests {
         let opts = SandboxOptions::new(PathBuf::from("/tmp/x"));
         let shown = format!("{opts:?}");
         assert!(!shown.contains(opts.client_secret.expose_secret()));
+    }
+
+    #[test]
+    fn admit_is_a_rolling_window() {
+        let t0 = Instant::now() + Duration::from_secs(1000);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let window = Duration::from_secs(10);
+        let mut times = Vec::new();
+        assert!(admit(&mut times, at(0), 2, window));
+        assert!(admit(&mut times, at(1_000), 2, window));
+        assert!(!admit(&mut times, at(5_000), 2, window));
+        assert!(!admit(&mut times, at(9_999), 2, window));
+        // Exactly one window after the first: it has left the window.
+        assert!(admit(&mut times, at(10_000), 2, window));
+        assert!(!admit(&mut times, at(10_500), 2, window));
+        assert!(admit(&mut times, at(11_000), 2, window));
+        assert_eq!(times, vec![at(0), at(1_000), at(10_000), at(11_000)]);
+        // 0 = no limit.
+        let mut unlimited = Vec::new();
+        assert!((0..1000).all(|ms| admit(&mut unlimited, at(ms), 0, window)));
+        // A window longer than the clock's history counts everything.
+        let mut early = vec![Instant::now()];
+        assert!(!admit(&mut early, Instant::now(), 1, Duration::MAX));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pacing_follows_a_paused_clock() {
+        crate::tls::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = SandboxOptions::new(dir.path().to_path_buf());
+        opts.rate_limit = 2;
+        let sandbox = Sandbox::start(opts).await.unwrap();
+        let shared = &sandbox.shared;
+        assert!(shared.admit_message("Relay@Sandbox.example"));
+        assert!(shared.admit_message("relay@sandbox.example"));
+        assert!(!shared.admit_message("relay@sandbox.example"));
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(!shared.admit_message("relay@sandbox.example"));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(shared.admit_message("relay@sandbox.example"));
+        assert_eq!(sandbox.rate_violations(), 2);
+        let times = sandbox.message_times("RELAY@sandbox.example");
+        assert_eq!(times.len(), 3);
+        // Virtual instants: 61 s apart although no real time passed.
+        assert_eq!(times[2] - times[0], Duration::from_secs(61));
+        sandbox.shutdown().await;
     }
 
     #[tokio::test]

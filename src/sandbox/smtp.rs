@@ -11,6 +11,13 @@
 //! test servers: `rcpt-perm`, `rcpt-temp`, `data-perm`, `data-temp`, `sendas-denied`,
 //! `slow-<N>`, `drop-data`, `drop-after-dot` (see [`Script`]).
 //!
+//! Limits and switches the relay's governor and retry tests need, with Exchange's replies:
+//! at `MAIL`, the per-mailbox concurrency limit (`432 4.3.2`, changeable at runtime) and
+//! message rate limit in a rolling window (`451 4.7.500`); `SmtpOutage::Greeting421` in
+//! place of the greeting, `SmtpOutage::Storm451` at `MAIL` and end of DATA, and the
+//! submission quota (`554 5.2.0`) at end of DATA. `SmtpOutage::Refuse` lives in the
+//! listener (`mod.rs`).
+//!
 //! Framing is done here, not by smtp-proto's `RequestReceiver`, because that receiver caps
 //! every line at 4 KiB while an `AUTH XOAUTH2 <blob>` line carries a 2-3 KB JWT in base64:
 //! command lines are capped at 4 KiB, AUTH lines and AUTH continuations at 12 KiB
@@ -38,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::clock::{unix_now, UtcTime};
 use super::store::Incoming;
-use super::{SessionGuard, Shared};
+use super::{SessionGuard, Shared, SmtpOutage};
 
 /// The front-end host name in greetings and bracketed diagnostics.
 const HOST: &str = "sandbox.outlook.office365.com";
@@ -58,6 +65,16 @@ const WRITE_CHUNK: usize = 64 * 1024;
 /// Leading message bytes kept to find the `From:` header for the 5.2.252 text.
 const HEAD_CAPTURE: usize = 8 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
+
+/// Exchange's throttling reply (reference §6): the rate limit, `SmtpOutage::Storm451` and
+/// the `data-temp` script.
+const ACCESS_DENIED_LATER: &str = "451 4.7.500 Access denied, please try again later";
+/// Instead of the greeting under `SmtpOutage::Greeting421`, and to idle sessions on shutdown.
+const SERVICE_NOT_AVAILABLE: &str = "421 4.3.2 Service not available, closing transmission channel";
+/// End of DATA while `Sandbox::set_quota_exceeded(true)` (reference §6).
+const QUOTA_EXCEEDED: &str = "554 5.2.0 STOREDRV.Submission.Exception:\
+    SubmissionQuotaExceededException; Failed to process message due to a permanent exception \
+    with message [BeginDiagnosticData]Cannot submit message.";
 
 // ---------------------------------------------------------------------------------------
 // Fault scripts (pure)
@@ -263,7 +280,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         };
         match read {
             None => {
-                self.reply("421 4.3.2 Service not available, closing transmission channel");
+                self.reply(SERVICE_NOT_AVAILABLE);
                 self.flush().await?;
                 Ok(false)
             }
@@ -414,6 +431,10 @@ pub(crate) async fn serve(
         txn: None,
     };
     let mut wire = Wire::new(tcp, cancel.clone());
+    if session.shared.smtp_outage() == Some(SmtpOutage::Greeting421) {
+        wire.reply(SERVICE_NOT_AVAILABLE);
+        return wire.close().await;
+    }
     wire.reply(&format!(
         "220 {HOST} Microsoft ESMTP MAIL Service ready at {} [{}]",
         UtcTime::now().rfc2822(),
@@ -589,15 +610,25 @@ impl Session {
             return "550 5.7.60 SMTP; Client does not have permissions to send as this sender"
                 .into();
         }
-        let limit = self.shared.opts.max_connections_per_mailbox;
+        if self.shared.smtp_outage() == Some(SmtpOutage::Storm451) {
+            return ACCESS_DENIED_LATER.into();
+        }
+        let limit = self.shared.max_connections.load(Ordering::Relaxed);
         let others = self
             .shared
             .active_sessions(auth.guard.mailbox_key())
             .saturating_sub(1);
         if limit > 0 && others >= limit {
+            self.shared
+                .counters
+                .concurrency_rejections
+                .fetch_add(1, Ordering::Relaxed);
             return "432 4.3.2 Concurrent connections limit exceeded. Visit \
                     https://aka.ms/concurrent_sending for more information."
                 .into();
+        }
+        if !self.shared.admit_message(auth.guard.mailbox_key()) {
+            return ACCESS_DENIED_LATER.into();
         }
         self.txn = Some(Txn::new(from.to_string()));
         "250 2.1.0 Sender OK".into()
@@ -749,6 +780,14 @@ impl Session {
             wire.reply("552 5.3.4 Message size exceeds fixed maximum message size");
             return Ok(Flow::Continue);
         }
+        if self.shared.smtp_outage() == Some(SmtpOutage::Storm451) {
+            wire.reply(ACCESS_DENIED_LATER);
+            return Ok(Flow::Continue);
+        }
+        if self.shared.quota_exceeded.load(Ordering::Relaxed) {
+            wire.reply(QUOTA_EXCEEDED);
+            return Ok(Flow::Continue);
+        }
         let auth_user = self
             .auth
             .as_ref()
@@ -760,7 +799,7 @@ impl Session {
                 return Ok(Flow::Continue);
             }
             Some(Script::DataTemp) => {
-                wire.reply("451 4.7.500 Access denied, please try again later");
+                wire.reply(ACCESS_DENIED_LATER);
                 return Ok(Flow::Continue);
             }
             Some(Script::SendAsDenied) => {
@@ -779,7 +818,7 @@ impl Session {
                 let cancel = self.shared.cancel.clone();
                 tokio::select! {
                     _ = cancel.cancelled() => {
-                        wire.reply("421 4.3.2 Service not available, closing transmission channel");
+                        wire.reply(SERVICE_NOT_AVAILABLE);
                         return Ok(Flow::Close);
                     }
                     _ = tokio::time::sleep(Duration::from_secs(secs)) => {}
@@ -1004,6 +1043,16 @@ mod tests {
             Some("plain@x".to_string())
         );
         assert_eq!(header_from(b"Subject: x\r\n\r\nFrom: <c@d>\r\n"), None);
+    }
+
+    #[test]
+    fn quota_reply_is_exchanges_text() {
+        assert_eq!(
+            QUOTA_EXCEEDED,
+            "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed \
+             to process message due to a permanent exception with message \
+             [BeginDiagnosticData]Cannot submit message."
+        );
     }
 
     #[test]

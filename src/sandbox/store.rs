@@ -7,7 +7,8 @@
 //! the `.json` last, so a reader that lists `*.json` only ever sees complete pairs. A message
 //! that is refused or cut off leaves nothing behind (`Incoming` deletes its file on drop).
 
-use std::io;
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -77,32 +78,104 @@ impl Store {
         })
     }
 
-    /// Every complete message in the store, oldest first. Unreadable entries are skipped.
-    pub(crate) fn messages(&self) -> Vec<StoredMessage> {
+    /// Ids of every complete message (those with a `.json`), unordered.
+    fn ids(&self) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
         };
-        let mut out: Vec<StoredMessage> = entries
+        entries
             .filter_map(Result::ok)
             .filter_map(|entry| {
                 let name = entry.file_name().into_string().ok()?;
                 let id = name.strip_suffix(".json")?;
-                if id.starts_with('.') {
-                    return None;
-                }
-                let json = std::fs::read(entry.path()).ok()?;
+                (!id.starts_with('.')).then(|| id.to_string())
+            })
+            .collect()
+    }
+
+    /// How many complete messages the store holds; reads only the directory.
+    pub(crate) fn message_count(&self) -> usize {
+        self.ids().len()
+    }
+
+    /// Every complete message in the store, oldest first. Unreadable entries are skipped.
+    pub(crate) fn messages(&self) -> Vec<StoredMessage> {
+        let mut out: Vec<StoredMessage> = self
+            .ids()
+            .into_iter()
+            .filter_map(|id| {
+                let json = std::fs::read(self.dir.join(format!("{id}.json"))).ok()?;
                 let envelope: StoredEnvelope = serde_json::from_slice(&json).ok()?;
                 let data = std::fs::read(self.dir.join(format!("{id}.eml"))).ok()?;
-                Some(StoredMessage {
-                    id: id.to_string(),
-                    data,
-                    envelope,
-                })
+                Some(StoredMessage { id, data, envelope })
             })
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
     }
+
+    /// For every complete message, the value of its first `name` header, counted. Reads
+    /// only each message's header section (at most `MAX_HEAD` bytes).
+    pub(crate) fn count_by_header(&self, name: &str) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for id in self.ids() {
+            let Ok(head) = read_head(&self.dir.join(format!("{id}.eml"))) else {
+                continue;
+            };
+            if let Some(value) = header_value(&head, name) {
+                *counts.entry(value).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+}
+
+/// Header bytes read per message by `count_by_header`.
+const MAX_HEAD: u64 = 256 * 1024;
+
+/// The header section of a message file: up to and including the first empty line, or at
+/// most `MAX_HEAD` bytes.
+fn read_head(path: &Path) -> io::Result<Vec<u8>> {
+    let file = std::fs::File::open(path)?;
+    let mut reader = BufReader::new(file.take(MAX_HEAD));
+    let mut head = Vec::new();
+    loop {
+        let start = head.len();
+        if reader.read_until(b'\n', &mut head)? == 0 {
+            return Ok(head);
+        }
+        let line = &head[start..];
+        if line == b"\r\n" || line == b"\n" {
+            return Ok(head);
+        }
+    }
+}
+
+/// The value of the first header field called `name` (case-insensitive) in a message head:
+/// folded lines joined (RFC 5322 §2.2.3), surrounding whitespace trimmed. Stops at the
+/// first empty line.
+pub(crate) fn header_value(head: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(head);
+    let mut value: Option<String> = None;
+    for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if let Some(value) = value.as_mut() {
+            if line.starts_with([' ', '\t']) {
+                value.push_str(line);
+                continue;
+            }
+            break;
+        }
+        if line.is_empty() {
+            break;
+        }
+        if let Some((field, rest)) = line.split_once(':') {
+            if field.trim_end().eq_ignore_ascii_case(name) {
+                value = Some(rest.to_string());
+            }
+        }
+    }
+    value.map(|v| v.trim().to_string())
 }
 
 /// `<unix millis>-<seq>-<random>`: sorts by arrival, unique across runs sharing a store.
@@ -182,6 +255,7 @@ impl Drop for Incoming {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn ids_sort_by_time_then_sequence() {
@@ -189,6 +263,85 @@ mod tests {
         let b = message_id(1_700_000_000_000, 10, 0);
         let c = message_id(1_700_000_000_001, 0, 0);
         assert!(a < b && b < c, "{a} {b} {c}");
+    }
+
+    #[test]
+    fn header_values_are_found_unfolded_and_only_in_the_head() {
+        let head =
+            b"Received: x\r\nmessage-id:  <a@b>\r\nX-Seq: 1\r\n\tand more\r\nX-Seq: 2\r\n\r\n";
+        assert_eq!(header_value(head, "Message-ID"), Some("<a@b>".to_string()));
+        assert_eq!(header_value(head, "x-seq"), Some("1\tand more".to_string()));
+        assert_eq!(header_value(head, "X-Se"), None);
+        assert_eq!(header_value(b"A: 1\n\nX-Seq: 3\n", "x-seq"), None);
+        assert_eq!(
+            header_value(b"X-Seq: 3\nB: 1\n", "x-seq"),
+            Some("3".to_string())
+        );
+        assert_eq!(header_value(b"X-Seq:\r\n", "x-seq"), Some(String::new()));
+        assert_eq!(header_value(b"\r\nX-Seq: 3\r\n", "x-seq"), None);
+    }
+
+    #[tokio::test]
+    async fn five_thousand_messages_count_and_read_back_quickly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
+        let mut tasks = tokio::task::JoinSet::new();
+        for worker in 0..8 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                for n in (worker..5000).step_by(8) {
+                    let mut incoming = store.begin().await.unwrap();
+                    let seq = if n == 4999 { 0 } else { n };
+                    let body = format!(
+                        "X-Test-Seq: {seq}\r\nSubject: s\r\n\r\n{}\r\n",
+                        "x".repeat(2000)
+                    );
+                    incoming.write(body.as_bytes()).await.unwrap();
+                    incoming
+                        .commit("a@x", &["b@y".to_string()], "a@x")
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+
+        let started = std::time::Instant::now();
+        assert_eq!(store.message_count(), 5000);
+        let count_took = started.elapsed();
+
+        let started = std::time::Instant::now();
+        let counts = store.count_by_header("X-Test-Seq");
+        let header_took = started.elapsed();
+        assert_eq!(counts.len(), 4999);
+        assert_eq!(counts.get("0"), Some(&2));
+        assert_eq!(counts.values().sum::<usize>(), 5000);
+
+        let started = std::time::Instant::now();
+        let all = store.messages();
+        let read_took = started.elapsed();
+        assert_eq!(all.len(), 5000);
+        assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+
+        // A reopened store (a restarted sandbox) sees the same messages, and new ids sort
+        // after the old ones.
+        let reopened = Store::open(dir.path()).unwrap();
+        let mut incoming = reopened.begin().await.unwrap();
+        incoming.write(b"X-Test-Seq: new\r\n\r\n").await.unwrap();
+        let id = incoming
+            .commit("a@x", &["b@y".to_string()], "a@x")
+            .await
+            .unwrap();
+        assert_eq!(reopened.message_count(), 5001);
+        assert!(all.iter().all(|m| m.id < id));
+
+        eprintln!("5000 messages: count {count_took:?}, count_by_header {header_took:?}, messages {read_took:?}");
+        // Generous bounds for a loaded debug build; typical figures are far lower.
+        assert!(count_took < Duration::from_secs(2), "{count_took:?}");
+        assert!(header_took < Duration::from_secs(10), "{header_took:?}");
+        assert!(read_took < Duration::from_secs(10), "{read_took:?}");
     }
 
     #[tokio::test]

@@ -1,18 +1,16 @@
 //! Decoding the DATA phase (RFC 5321 §4.1.1.4, §4.5.2): pure, chunk by chunk, bounded memory.
 //!
-//! smtp-proto's `DataReceiver` finds the end of data (only `CRLF . CRLF`, so `<LF>.<CR><LF>`
-//! and `<CR>.<CR><LF>` smuggling attempts stay inside the body) and removes dot-stuffing.
-//! Around it we fix two of its edges and add what Exchange needs:
-//! - it is primed with a CRLF, so a body whose very first line starts with a dot (or an empty
-//!   body) is recognised as being at the start of a line;
-//! - the last decoded byte is held back until the end, because the receiver pops the `\r` of
-//!   the terminating CRLF from its output buffer, which we may already have drained;
-//! - bare LF and bare CR are normalised to CRLF (Exchange rejects bare line feeds with
-//!   `554 5.6.0`, reference §4.1), never ending the message;
-//! - the size limit is enforced on the decoded bytes; beyond it, the rest of the body is
-//!   read and discarded so the session can answer `552 5.3.4` and continue.
-
-use smtp_proto::request::receiver::DataReceiver;
+//! Our own small state machine rather than smtp-proto's `DataReceiver`, which also ends the
+//! data on `<CRLF>.<CR><CR><LF>` (it stays in its after-dot state across repeated CRs), so a
+//! second message could be smuggled behind it. Here the data ends on exactly `CRLF . CRLF`;
+//! a dot after a bare LF or CR is body text (so `<LF>.<CR><LF>` and `<CR>.<CR><LF>` smuggling
+//! attempts stay inside the body), and a leading dot is removed only at the start of a line
+//! that followed a CRLF (or the start of the body).
+//!
+//! Around it: bare LF and bare CR are normalised to CRLF (Exchange rejects bare line feeds
+//! with `554 5.6.0`, reference §4.1), and the size limit is enforced on the decoded bytes;
+//! beyond it, the rest of the body is read and discarded so the session can answer
+//! `552 5.3.4` and continue.
 
 /// Turns bare LF and bare CR into CRLF; CRLF passes unchanged. Streaming: state survives
 /// chunk boundaries.
@@ -77,11 +75,26 @@ pub enum Progress {
     Done,
 }
 
-/// Decodes one message body. Feed it the bytes after `354`; it writes the decoded,
-/// normalised body into the caller's buffer (to be flushed to the spool file).
+/// Where the decoder is relative to lines and the terminator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// After CRLF (or at the start of the body): a dot here is stuffing or the terminator.
+    LineStart,
+    /// Saw `.` at a line start.
+    Dot,
+    /// Saw `.` CR at a line start: LF now ends the data.
+    DotCr,
+    /// Inside a line.
+    Mid,
+    /// Saw CR inside a line.
+    Cr,
+}
+
+/// Decodes one message body. Feed it the bytes after `354`; it appends the decoded,
+/// normalised body to the caller's buffer (to be flushed to the spool file).
 pub struct BodyDecoder {
-    receiver: DataReceiver,
-    decoded: Vec<u8>,
+    state: State,
+    unstuffed: Vec<u8>,
     normaliser: CrlfNormaliser,
     size: u64,
     max_size: u64,
@@ -90,13 +103,9 @@ pub struct BodyDecoder {
 
 impl BodyDecoder {
     pub fn new(max_size: u64) -> Self {
-        let mut receiver = DataReceiver::new();
-        let mut scratch = Vec::new();
-        // Prime: the body starts at the beginning of a line.
-        let _ = receiver.ingest(&mut b"\r\n".iter(), &mut scratch);
         BodyDecoder {
-            receiver,
-            decoded: Vec::with_capacity(64 * 1024),
+            state: State::LineStart,
+            unstuffed: Vec::with_capacity(64 * 1024),
             normaliser: CrlfNormaliser::default(),
             size: 0,
             max_size,
@@ -108,34 +117,75 @@ impl BodyDecoder {
     /// size limit was passed). On [`Progress::Done`], `input` is left at the first byte after
     /// the end of data (pipelined commands).
     pub fn ingest(&mut self, input: &mut std::slice::Iter<'_, u8>, out: &mut Vec<u8>) -> Progress {
-        let done = self.receiver.ingest(input, &mut self.decoded);
-        let keep = if done { 0 } else { 1 };
-        let ready = self.decoded.len().saturating_sub(keep);
-        if ready > 0 {
+        let bytes = input.as_slice();
+        let (used, done) = self.unstuff(bytes);
+        *input = bytes[used..].iter();
+        if !self.oversized {
             let start = out.len();
-            if self.oversized {
-                // Count nothing more; just drop.
-            } else {
-                self.normaliser.push(&self.decoded[..ready], out);
-                if done {
-                    self.normaliser.finish(out);
-                }
-                self.size += (out.len() - start) as u64;
-                if self.size > self.max_size {
-                    self.oversized = true;
-                    out.truncate(start);
-                }
+            self.normaliser.push(&self.unstuffed, out);
+            if done {
+                self.normaliser.finish(out);
             }
-            self.decoded.drain(..ready);
-        } else if done && !self.oversized {
-            let start = out.len();
-            self.normaliser.finish(out);
             self.size += (out.len() - start) as u64;
+            if self.size > self.max_size {
+                self.oversized = true;
+                out.truncate(start);
+            }
         }
+        self.unstuffed.clear();
         if done {
             Progress::Done
         } else {
             Progress::More
+        }
+    }
+
+    /// Runs the state machine over `bytes`, writing unstuffed body bytes to `self.unstuffed`.
+    /// Returns how many bytes were used and whether the terminator was seen.
+    fn unstuff(&mut self, bytes: &[u8]) -> (usize, bool) {
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.state == State::Mid {
+                // Fast path: copy up to the next line end in one go.
+                match memchr::memchr2(b'\r', b'\n', &bytes[i..]) {
+                    None => {
+                        self.unstuffed.extend_from_slice(&bytes[i..]);
+                        return (bytes.len(), false);
+                    }
+                    Some(n) => {
+                        self.unstuffed.extend_from_slice(&bytes[i..i + n]);
+                        i += n;
+                    }
+                }
+            }
+            let b = bytes[i];
+            i += 1;
+            self.state = match (self.state, b) {
+                (State::LineStart, b'.') => State::Dot,
+                (State::Dot, b'\r') => State::DotCr,
+                (State::DotCr, b'\n') => return (i, true),
+                (State::DotCr, _) => {
+                    // `.` CR x: the dot was stuffing; the CR is body text.
+                    self.unstuffed.push(b'\r');
+                    self.after(b)
+                }
+                (State::Cr, b'\n') => {
+                    self.unstuffed.push(b);
+                    State::LineStart
+                }
+                (_, _) => self.after(b),
+            };
+        }
+        (bytes.len(), false)
+    }
+
+    /// Emits a body byte inside a line and returns the next state.
+    fn after(&mut self, b: u8) -> State {
+        self.unstuffed.push(b);
+        if b == b'\r' {
+            State::Cr
+        } else {
+            State::Mid
         }
     }
 
@@ -279,6 +329,18 @@ mod tests {
                 "bare CR left: {text:?}"
             );
         }
+    }
+
+    #[test]
+    fn only_crlf_dot_crlf_ends_the_data() {
+        // smtp-proto 0.2.5 ends on <CRLF>.<CR><CR><LF>; we must not.
+        let wire = b"a\r\n.\r\r\nMAIL FROM:<evil@x>\r\n.\r\nQUIT\r\n";
+        let (body, rest) = decode_all_splits(wire);
+        assert_eq!(rest, b"QUIT\r\n");
+        assert_eq!(body, b"a\r\n\r\n\r\nMAIL FROM:<evil@x>\r\n");
+        // `.` followed by LF, or by text, at a line start: stuffing, not an end.
+        let (body, _) = decode_all_splits(b"a\r\n.\nb\r\n.x\r\n.\r\n");
+        assert_eq!(body, b"a\r\n\r\nb\r\nx\r\n");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use smtp_proto::Request;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
@@ -19,14 +19,14 @@ use super::data::{BodyDecoder, Progress};
 use super::reply::{self, Reply};
 use super::session::{Action, Session, SessionConfig, Transaction};
 use crate::config::ValidListen;
-use crate::delivery::{Dispatcher, Spooled};
+use crate::delivery::{Delivery, Spooled};
 use crate::envelope::{Envelope, MessageId};
 use crate::spool::Spool;
 
 /// What every connection task shares.
 pub struct ListenerContext {
     pub listen: ValidListen,
-    pub dispatcher: Arc<Dispatcher>,
+    pub delivery: Arc<Delivery>,
     pub spool: Spool,
     pub shutdown: CancellationToken,
 }
@@ -94,15 +94,19 @@ async fn handle(
     let mut lines = LineFramer::default();
     let mut input: Vec<u8> = Vec::with_capacity(8192);
     let mut chunk = vec![0u8; 64 * 1024];
+    // When the command line now being received started: the command timeout covers a whole
+    // line, so a client trickling one byte at a time cannot hold the connection forever.
+    let mut line_started: Option<Instant> = None;
     loop {
         // Answer every complete command already received, in order.
         let mut next = Next::Read;
         let mut consumed = 0;
-        while let Some(frame) = lines.next_line(&input[consumed..]) {
-            consumed += frame.used;
-            let action = match frame.line {
-                Some(line) => session.command(Request::parse(&mut line.iter())),
-                None => Action::Reply(reply::line_too_long()),
+        while let Some((frame, used)) = lines.next_line(&input[consumed..]) {
+            consumed += used;
+            let action = match frame {
+                Framed::Line(line) => session.command(Request::parse(&mut line.iter())),
+                Framed::TooLong => Action::Reply(reply::line_too_long()),
+                Framed::Skipped => continue,
             };
             match action {
                 Action::Reply(r) => r.write_to(&mut out),
@@ -127,7 +131,13 @@ async fn handle(
         }
         input.drain(..consumed);
         if !out.is_empty() {
-            socket.write_all(&out).await?;
+            send(
+                &mut socket,
+                &out,
+                listen.command_timeout,
+                Some(&ctx.shutdown),
+            )
+            .await?;
             out.clear();
         }
         match next {
@@ -148,27 +158,35 @@ async fn handle(
                 {
                     DataEnd::Reply(r) => r.write_to(&mut out),
                     DataEnd::Close(r) => {
-                        socket.write_all(&r.to_bytes()).await?;
+                        send(&mut socket, &r.to_bytes(), FAREWELL_TIMEOUT, None).await?;
                         return Ok(());
                     }
                 }
+                line_started = None;
                 continue;
             }
             Next::Read => {}
         }
+        let now = Instant::now();
+        let deadline = if lines.pending() {
+            *line_started.get_or_insert(now) + listen.command_timeout
+        } else {
+            line_started = None;
+            now + listen.command_timeout
+        };
         // Wait for more commands (or time out, or shut down).
         let read = tokio::select! {
-            r = tokio::time::timeout(listen.command_timeout, socket.read(&mut chunk)) => r,
+            r = tokio::time::timeout_at(deadline.into(), socket.read(&mut chunk)) => r,
             _ = ctx.shutdown.cancelled() => {
-                socket.write_all(&reply::shutting_down(&listen.hostname).to_bytes()).await?;
+                let bye = reply::shutting_down(&listen.hostname).to_bytes();
+                send(&mut socket, &bye, FAREWELL_TIMEOUT, None).await?;
                 return Ok(());
             }
         };
         match read {
             Err(_) => {
-                socket
-                    .write_all(&reply::timeout(&listen.hostname).to_bytes())
-                    .await?;
+                let bye = reply::timeout(&listen.hostname).to_bytes();
+                send(&mut socket, &bye, FAREWELL_TIMEOUT, None).await?;
                 return Ok(());
             }
             Ok(Ok(0)) => return Ok(()),
@@ -176,6 +194,32 @@ async fn handle(
             Ok(Err(e)) => return Err(e),
         }
     }
+}
+
+/// How long a last reply before closing (421, 221 after errors) may take to write.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The slowest body transfer we wait for: beyond `data_timeout` of silence at any point, the
+/// whole DATA phase may take at most `data_timeout` plus the largest message at this rate.
+const MIN_DATA_RATE: u64 = 32 * 1024;
+
+/// Writes to the client within `limit` (a client that never reads cannot pin the task), and,
+/// if `shutdown` is given, gives up when the relay is shutting down.
+async fn send(
+    socket: &mut TcpStream,
+    bytes: &[u8],
+    limit: Duration,
+    shutdown: Option<&CancellationToken>,
+) -> std::io::Result<()> {
+    let write = tokio::time::timeout(limit, socket.write_all(bytes));
+    let result = match shutdown {
+        Some(token) => tokio::select! {
+            r = write => r,
+            _ = token.cancelled() => return Err(std::io::ErrorKind::Interrupted.into()),
+        },
+        None => write.await,
+    };
+    result.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
 #[derive(PartialEq, Eq)]
@@ -212,12 +256,17 @@ async fn receive_message(
             None
         }
     };
+    let mut header_len = 0u64;
     if listen.received_header {
         let header = received_header(session, &transaction, &id, &listen.hostname, received_at);
         write_or_fail(&mut writer, header.as_bytes()).await;
+        header_len = header.len() as u64;
     }
     let mut decoder = BodyDecoder::new(listen.max_message_size);
     let mut decoded = Vec::with_capacity(64 * 1024);
+    let data_deadline = Instant::now()
+        + listen.data_timeout
+        + Duration::from_secs(listen.max_message_size / MIN_DATA_RATE);
     loop {
         let (progress, consumed) = {
             let mut iter = input.iter();
@@ -232,8 +281,10 @@ async fn receive_message(
         if progress == Progress::Done {
             break;
         }
-        // DATA in progress finishes even during shutdown; only a silent client times out.
-        match tokio::time::timeout(listen.data_timeout, socket.read(chunk)).await {
+        // DATA in progress finishes even during shutdown; a silent client times out, and so
+        // does one that trickles the body slower than MIN_DATA_RATE overall.
+        let deadline = (Instant::now() + listen.data_timeout).min(data_deadline);
+        match tokio::time::timeout_at(deadline.into(), socket.read(chunk)).await {
             Ok(Ok(0)) | Ok(Err(_)) => {
                 ctx.spool.discard(&path).await;
                 tracing::info!(id = %id, client = %session.peer(), "client went away during DATA; nothing accepted");
@@ -262,13 +313,7 @@ async fn receive_message(
         ctx.spool.discard(&path).await;
         return Ok(DataEnd::Reply(reply::local_error()));
     }
-    let size = match tokio::fs::metadata(&path).await {
-        Ok(m) => m.len(),
-        Err(_) => {
-            ctx.spool.discard(&path).await;
-            return Ok(DataEnd::Reply(reply::local_error()));
-        }
-    };
+    let size = header_len + decoder.size();
     let envelope = Envelope {
         id,
         mail_from: transaction.mail_from,
@@ -280,7 +325,7 @@ async fn receive_message(
         received_at,
     };
     let reply = ctx
-        .dispatcher
+        .delivery
         .submit(Spooled {
             envelope,
             path,
@@ -313,29 +358,32 @@ pub struct LineFramer {
     skipping: bool,
 }
 
-/// One framed line: `line` is `None` for an over-long line; `used` bytes of input were taken.
-pub struct Frame<'a> {
-    pub line: Option<std::borrow::Cow<'a, [u8]>>,
-    pub used: usize,
+/// What the framer found at the front of the input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Framed<'a> {
+    /// A complete command line, CRLF included.
+    Line(std::borrow::Cow<'a, [u8]>),
+    /// A line longer than the limit: refuse it.
+    TooLong,
+    /// The end of an over-long line that was already refused: nothing to answer.
+    Skipped,
 }
 
 impl LineFramer {
-    /// The next complete line in `input` (joined with any partial line kept from earlier).
-    pub fn next_line<'a>(&mut self, input: &'a [u8]) -> Option<Frame<'a>> {
-        let nl = input.iter().position(|&b| b == b'\n')?;
+    /// The next complete line in `input` (joined with any partial line kept from earlier),
+    /// and how many bytes of `input` it used.
+    pub fn next_line<'a>(&mut self, input: &'a [u8]) -> Option<(Framed<'a>, usize)> {
+        let nl = memchr::memchr(b'\n', input)?;
         let used = nl + 1;
         if self.skipping {
+            // The refusal was sent when the line passed the limit.
             self.skipping = false;
             self.partial.clear();
-            // The refusal was sent when the line passed the limit; go on with the next.
-            return self.next_line(&input[used..]).map(|f| Frame {
-                line: f.line,
-                used: f.used + used,
-            });
+            return Some((Framed::Skipped, used));
         }
         if self.partial.len() + used > MAX_COMMAND_LINE {
             self.partial.clear();
-            return Some(Frame { line: None, used });
+            return Some((Framed::TooLong, used));
         }
         let line = if self.partial.is_empty() {
             std::borrow::Cow::Borrowed(&input[..used])
@@ -344,10 +392,13 @@ impl LineFramer {
             whole.extend_from_slice(&input[..used]);
             std::borrow::Cow::Owned(whole)
         };
-        Some(Frame {
-            line: Some(line),
-            used,
-        })
+        Some((Framed::Line(line), used))
+    }
+
+    /// Whether part of a command line has been received (or an over-long one is being
+    /// skipped).
+    pub fn pending(&self) -> bool {
+        self.skipping || !self.partial.is_empty()
     }
 
     /// Keeps a trailing partial line (no LF in `input`); all of `input` is taken. Returns
@@ -403,12 +454,18 @@ fn format_ip(peer: SocketAddr) -> String {
 mod tests {
     use super::*;
 
+    /// Frames everything in `input`: the lines answered (None = refused as too long) and
+    /// whether the trailing partial line overflowed.
     fn frame_all(f: &mut LineFramer, input: &[u8]) -> (Vec<Option<Vec<u8>>>, bool) {
         let mut out = Vec::new();
         let mut pos = 0;
-        while let Some(frame) = f.next_line(&input[pos..]) {
-            pos += frame.used;
-            out.push(frame.line.map(|l| l.into_owned()));
+        while let Some((frame, used)) = f.next_line(&input[pos..]) {
+            pos += used;
+            match frame {
+                Framed::Line(l) => out.push(Some(l.into_owned())),
+                Framed::TooLong => out.push(None),
+                Framed::Skipped => {}
+            }
         }
         let overflow = f.absorb(&input[pos..]);
         (out, overflow)
@@ -440,11 +497,18 @@ mod tests {
             frame_all(&mut f, b"zz\r\nNOOP\r\n"),
             (vec![Some(b"NOOP\r\n".to_vec())], false)
         );
+        // The skipped end arriving alone, then the next command split across reads.
+        let (lines, overflow) = frame_all(&mut f, &vec![b'z'; MAX_COMMAND_LINE + 1]);
+        assert!(lines.is_empty() && overflow);
+        assert_eq!(frame_all(&mut f, b"zz\r\nNO"), (vec![], false));
+        assert_eq!(
+            frame_all(&mut f, b"OP\r\n"),
+            (vec![Some(b"NOOP\r\n".to_vec())], false)
+        );
         // Exactly at the limit is fine.
         let mut max = vec![b'a'; MAX_COMMAND_LINE - 2];
         max.extend_from_slice(b"\r\n");
-        assert_eq!(frame_all(&mut f, &max).0.len(), 1);
-        assert!(frame_all(&mut f, &max).0[0].is_some());
+        assert_eq!(frame_all(&mut f, &max).0, vec![Some(max.clone())]);
     }
 
     #[test]

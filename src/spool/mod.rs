@@ -1,31 +1,126 @@
-//! The spool directory: where message bodies are streamed while they arrive.
+//! The spool: the one place a message lives between "the client sent it" and "Exchange took
+//! it" (DESIGN §2: a `250` means delivered, or fsync'd here and owned by the delivery loop).
 //!
-//! In this version (direct mode) a body lives in `incoming/` only while its client waits for
-//! Exchange's verdict, and is removed afterwards. Files left there by a crash never got a
-//! `250`, so they are discarded at start-up. The durable queue (fsync, envelope files,
-//! restart recovery) builds on this layout.
+//! Layout under `delivery.spool_dir`:
+//! ```text
+//! incoming/<id>.tmp        body while it arrives (no 250 yet; discarded at start-up)
+//! incoming/<id>.json.tmp   envelope being written during commit (discarded at start-up)
+//! queue/<id>.eml           committed body
+//! queue/<id>.json          its envelope and delivery state; present = committed
+//! failed/<id>.eml|.json    permanent failures, with the reason, kept for a while
+//! control/rescan           dropped by `queue retry|delete` so a running relay re-reads queue/
+//! ```
+//! Commit: fsync the body, write and fsync the envelope, rename both into `queue/`, fsync the
+//! directory. Directory fsyncs are group-committed: concurrent commits share one fsync instead
+//! of queueing behind each other. Removal deletes the envelope first, so a crash can only
+//! leave a body without envelope, which recovery treats as never committed.
+
+mod group;
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
 
 use crate::envelope::MessageId;
+use group::GroupSync;
+
+/// The envelope file of a queued (or failed) message: everything needed to deliver it again
+/// after a restart, plus its delivery history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    pub id: String,
+    /// The client's reverse path (empty for `<>`).
+    pub mail_from: String,
+    /// Recipients still to deliver (delivered ones are removed as they succeed).
+    pub rcpt_to: Vec<String>,
+    pub client: String,
+    pub helo: String,
+    pub body_8bit: bool,
+    pub smtputf8: bool,
+    /// The mailbox (account) that sends it.
+    pub mailbox: String,
+    pub size: u64,
+    /// Unix seconds.
+    pub received_at: u64,
+    pub attempts: u32,
+    /// Unix seconds.
+    pub next_attempt: u64,
+    pub last_error: Option<String>,
+    /// A failure notice written by the relay itself: never answered with another notice.
+    #[serde(default)]
+    pub notice: bool,
+    /// Set when moved to `failed/`.
+    #[serde(default)]
+    pub failed_at: Option<u64>,
+    #[serde(default)]
+    pub failure_reason: Option<String>,
+    /// Recipients Exchange refused for good, as "address: reply", kept for the failure record.
+    #[serde(default)]
+    pub refused: Vec<String>,
+}
+
+/// Which part of the spool an entry is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Area {
+    Queue,
+    Failed,
+}
+
+impl Area {
+    fn dir(self) -> &'static str {
+        match self {
+            Area::Queue => "queue",
+            Area::Failed => "failed",
+        }
+    }
+}
+
+/// Unix seconds now.
+pub fn now_unix() -> u64 {
+    unix(SystemTime::now())
+}
+
+pub fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
 #[derive(Debug, Clone)]
 pub struct Spool {
     root: PathBuf,
     incoming: PathBuf,
+    queue: PathBuf,
+    failed: PathBuf,
+    control: PathBuf,
+    queue_sync: std::sync::Arc<GroupSync>,
+    failed_sync: std::sync::Arc<GroupSync>,
 }
 
 impl Spool {
-    /// Creates the layout if needed, proves it is writable and removes half-written files.
-    pub fn open(root: &Path) -> io::Result<Spool> {
-        let incoming = root.join("incoming");
-        std::fs::create_dir_all(&incoming).map_err(|e| with_path(e, &incoming))?;
-        let probe = incoming.join(".write-test");
-        std::fs::write(&probe, b"ok").map_err(|e| with_path(e, &incoming))?;
+    /// Creates the layout if needed, proves it is writable, removes half-written files, and
+    /// returns the committed queue (recovery after a restart or crash).
+    pub fn open(root: &Path) -> io::Result<(Spool, Vec<QueueEntry>)> {
+        let spool = Spool {
+            root: root.to_owned(),
+            incoming: root.join("incoming"),
+            queue: root.join("queue"),
+            failed: root.join("failed"),
+            control: root.join("control"),
+            queue_sync: std::sync::Arc::new(GroupSync::new(root.join("queue"))),
+            failed_sync: std::sync::Arc::new(GroupSync::new(root.join("failed"))),
+        };
+        for dir in [&spool.incoming, &spool.queue, &spool.failed, &spool.control] {
+            std::fs::create_dir_all(dir).map_err(|e| with_path(e, dir))?;
+        }
+        let probe = spool.incoming.join(".write-test");
+        std::fs::write(&probe, b"ok").map_err(|e| with_path(e, &spool.incoming))?;
         std::fs::remove_file(&probe).map_err(|e| with_path(e, &probe))?;
+
         let mut discarded = 0usize;
-        for entry in std::fs::read_dir(&incoming)? {
+        for entry in std::fs::read_dir(&spool.incoming)? {
             let path = entry?.path();
             if path.extension().is_some_and(|e| e == "tmp") {
                 std::fs::remove_file(&path).map_err(|e| with_path(e, &path))?;
@@ -35,23 +130,74 @@ impl Spool {
         if discarded > 0 {
             tracing::warn!(
                 discarded,
-                dir = %incoming.display(),
                 "removed half-received messages left by an earlier stop (their clients never got a 250)"
             );
         }
-        Ok(Spool {
-            root: root.to_owned(),
-            incoming,
-        })
+        let queued = spool.recover_queue()?;
+        Ok((spool, queued))
+    }
+
+    fn recover_queue(&self) -> io::Result<Vec<QueueEntry>> {
+        let mut entries = Vec::new();
+        for item in std::fs::read_dir(&self.queue)? {
+            let path = item?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if let Some(id) = name.strip_suffix(".eml") {
+                if !self.queue.join(format!("{id}.json")).exists() {
+                    // Body renamed, envelope not: the commit never finished, no 250 was sent.
+                    std::fs::remove_file(&path)?;
+                    tracing::warn!(id, "discarded a body whose commit did not finish");
+                }
+            } else if let Some(id) = name.strip_suffix(".json") {
+                if !self.queue.join(format!("{id}.eml")).exists() {
+                    std::fs::remove_file(&path)?;
+                    tracing::warn!(
+                        id,
+                        "discarded an envelope without body (commit did not finish)"
+                    );
+                    continue;
+                }
+                match read_entry(&path) {
+                    Ok(e) => entries.push(e),
+                    Err(e) => {
+                        tracing::error!(path = %path.display(), error = %e, "unreadable queue envelope; moving it to failed/");
+                        let _ = std::fs::rename(&path, self.failed.join(name));
+                        let eml = self.queue.join(format!("{id}.eml"));
+                        let _ = std::fs::rename(&eml, self.failed.join(format!("{id}.eml")));
+                    }
+                }
+            } else if name.ends_with(".tmp") {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        entries.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(entries)
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// Directory fsyncs run for the queue (group commit makes this far smaller than the
+    /// number of commits under concurrency).
+    pub fn queue_dir_fsyncs(&self) -> u64 {
+        self.queue_sync.fsyncs()
+    }
+
     /// Where the body of message `id` is written while it arrives.
     pub fn incoming_path(&self, id: &MessageId) -> PathBuf {
         self.incoming.join(format!("{id}.tmp"))
+    }
+
+    /// The committed body of a queued message.
+    pub fn body_path(&self, id: &str) -> PathBuf {
+        self.queue.join(format!("{id}.eml"))
+    }
+
+    fn path(&self, area: Area, id: &str, ext: &str) -> PathBuf {
+        self.root.join(area.dir()).join(format!("{id}.{ext}"))
     }
 
     /// Removes a body that is no longer needed. Missing files are fine.
@@ -62,6 +208,203 @@ impl Spool {
             }
         }
     }
+
+    /// Makes a received message durable: after this returns `Ok`, a `250` may be sent.
+    pub async fn commit(&self, incoming: &Path, entry: &QueueEntry) -> io::Result<()> {
+        let incoming = incoming.to_owned();
+        let json_tmp = self.incoming.join(format!("{}.json.tmp", entry.id));
+        let body = self.body_path(&entry.id);
+        let json = self.path(Area::Queue, &entry.id, "json");
+        let bytes = serde_json::to_vec_pretty(entry).map_err(io::Error::other)?;
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            std::fs::File::open(&incoming)?.sync_data()?;
+            write_synced(&json_tmp, &bytes)?;
+            std::fs::rename(&incoming, &body)?;
+            std::fs::rename(&json_tmp, &json)?;
+            Ok(())
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.queue_sync.sync().await
+    }
+
+    /// Rewrites a queued message's envelope (attempts, next attempt, remaining recipients).
+    /// Not followed by a directory fsync: losing an update in a crash only costs a retry.
+    pub async fn update(&self, entry: &QueueEntry) -> io::Result<()> {
+        let path = self.path(Area::Queue, &entry.id, "json");
+        let tmp = self.path(Area::Queue, &entry.id, "json.tmp");
+        let bytes = serde_json::to_vec_pretty(entry).map_err(io::Error::other)?;
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            if !path.exists() {
+                // Deleted meanwhile (`queue delete`): do not resurrect it.
+                return Err(io::ErrorKind::NotFound.into());
+            }
+            write_synced(&tmp, &bytes)?;
+            std::fs::rename(&tmp, &path)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    /// Removes a delivered message (envelope first).
+    pub async fn complete(&self, id: &str) -> io::Result<()> {
+        let json = self.path(Area::Queue, id, "json");
+        let eml = self.path(Area::Queue, id, "eml");
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            remove_if_exists(&json)?;
+            remove_if_exists(&eml)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.queue_sync.sync().await
+    }
+
+    /// Moves a message to `failed/` with its reason.
+    pub async fn fail(&self, entry: &QueueEntry) -> io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(entry).map_err(io::Error::other)?;
+        let failed_json = self.path(Area::Failed, &entry.id, "json");
+        let failed_eml = self.path(Area::Failed, &entry.id, "eml");
+        let queue_json = self.path(Area::Queue, &entry.id, "json");
+        let queue_eml = self.path(Area::Queue, &entry.id, "eml");
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            write_synced(&failed_json, &bytes)?;
+            remove_if_exists(&queue_json)?;
+            match std::fs::rename(&queue_eml, &failed_eml) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            }
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.failed_sync.sync().await?;
+        self.queue_sync.sync().await
+    }
+
+    /// Reads every envelope of an area (for `queue list` and rescans).
+    pub fn list(&self, area: Area) -> io::Result<Vec<QueueEntry>> {
+        let dir = self.root.join(area.dir());
+        let mut out = Vec::new();
+        for item in std::fs::read_dir(&dir)? {
+            let path = item?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                match read_entry(&path) {
+                    Ok(e) => out.push(e),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "unreadable envelope")
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Finds a message by id in either area.
+    pub fn find(&self, id: &str) -> io::Result<Option<(Area, QueueEntry)>> {
+        for area in [Area::Queue, Area::Failed] {
+            match read_entry(&self.path(area, id, "json")) {
+                Ok(e) => return Ok(Some((area, e))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The body file of a message in an area.
+    pub fn body_in(&self, area: Area, id: &str) -> PathBuf {
+        self.path(area, id, "eml")
+    }
+
+    /// `queue retry`: due now; a failed message goes back into the queue. Returns false if
+    /// the id is unknown.
+    pub fn retry(&self, id: &str) -> io::Result<bool> {
+        let Some((area, mut entry)) = self.find(id)? else {
+            return Ok(false);
+        };
+        entry.next_attempt = now_unix();
+        entry.failed_at = None;
+        entry.failure_reason = None;
+        if area == Area::Failed {
+            // Give it a fresh life: max_age counts from now.
+            entry.received_at = now_unix();
+            entry.attempts = 0;
+        }
+        let bytes = serde_json::to_vec_pretty(&entry).map_err(io::Error::other)?;
+        let queue_json = self.path(Area::Queue, id, "json");
+        if area == Area::Failed {
+            std::fs::rename(self.path(Area::Failed, id, "eml"), self.body_path(id))?;
+            write_synced(&self.path(Area::Queue, id, "json.tmp"), &bytes)?;
+            std::fs::rename(self.path(Area::Queue, id, "json.tmp"), &queue_json)?;
+            std::fs::remove_file(self.path(Area::Failed, id, "json"))?;
+        } else {
+            write_synced(&self.path(Area::Queue, id, "json.tmp"), &bytes)?;
+            std::fs::rename(self.path(Area::Queue, id, "json.tmp"), &queue_json)?;
+        }
+        sync_dir(&self.queue)?;
+        self.request_rescan()?;
+        Ok(true)
+    }
+
+    /// `queue delete`: removes a message from either area. Returns false if unknown.
+    pub fn delete(&self, id: &str) -> io::Result<bool> {
+        let Some((area, _)) = self.find(id)? else {
+            return Ok(false);
+        };
+        remove_if_exists(&self.path(area, id, "json"))?;
+        remove_if_exists(&self.path(area, id, "eml"))?;
+        sync_dir(&self.root.join(area.dir()))?;
+        self.request_rescan()?;
+        Ok(true)
+    }
+
+    /// Asks a running relay to re-read `queue/`.
+    pub fn request_rescan(&self) -> io::Result<()> {
+        std::fs::write(self.control.join("rescan"), b"")
+    }
+
+    /// Whether a rescan was requested since the last call (consumes the request).
+    pub fn take_rescan_request(&self) -> bool {
+        std::fs::remove_file(self.control.join("rescan")).is_ok()
+    }
+
+    /// Removes failed messages older than `retention`. Returns how many.
+    pub fn purge_failed(&self, retention: Duration) -> io::Result<usize> {
+        let cutoff = now_unix().saturating_sub(retention.as_secs());
+        let mut purged = 0;
+        for entry in self.list(Area::Failed)? {
+            if entry.failed_at.unwrap_or(0) < cutoff {
+                remove_if_exists(&self.path(Area::Failed, &entry.id, "json"))?;
+                remove_if_exists(&self.path(Area::Failed, &entry.id, "eml"))?;
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
+}
+
+fn read_entry(path: &Path) -> io::Result<QueueEntry> {
+    let bytes = std::fs::read(path)?;
+    serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_data()
+}
+
+fn remove_if_exists(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 fn with_path(e: io::Error, path: &Path) -> io::Error {
@@ -72,18 +415,148 @@ fn with_path(e: io::Error, path: &Path) -> io::Error {
 mod tests {
     use super::*;
 
-    #[test]
-    fn leftovers_are_discarded_and_others_kept() {
+    fn entry(id: &str) -> QueueEntry {
+        QueueEntry {
+            id: id.into(),
+            mail_from: "app@example.com".into(),
+            rcpt_to: vec!["a@example.com".into()],
+            client: "127.0.0.1:1".into(),
+            helo: "app".into(),
+            body_8bit: false,
+            smtputf8: false,
+            mailbox: "relay@example.com".into(),
+            size: 5,
+            received_at: now_unix(),
+            attempts: 0,
+            next_attempt: now_unix(),
+            last_error: None,
+            notice: false,
+            failed_at: None,
+            failure_reason: None,
+            refused: Vec::new(),
+        }
+    }
+
+    async fn receive(spool: &Spool, id: &str, body: &[u8]) -> PathBuf {
+        let path = spool.incoming.join(format!("{id}.tmp"));
+        tokio::fs::write(&path, body).await.unwrap();
+        path
+    }
+
+    #[tokio::test]
+    async fn commit_then_recover() {
         let dir = tempfile::tempdir().unwrap();
-        let incoming = dir.path().join("incoming");
-        std::fs::create_dir_all(&incoming).unwrap();
-        std::fs::write(incoming.join("x.tmp"), b"half").unwrap();
-        std::fs::write(incoming.join("keep.txt"), b"other").unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
-        assert!(!incoming.join("x.tmp").exists());
-        assert!(incoming.join("keep.txt").exists());
-        let id = MessageId::generate();
-        assert!(spool.incoming_path(&id).starts_with(&incoming));
+        let (spool, queued) = Spool::open(dir.path()).unwrap();
+        assert!(queued.is_empty());
+        let p = receive(&spool, "m1", b"hello").await;
+        spool.commit(&p, &entry("m1")).await.unwrap();
+        assert!(!p.exists());
+        assert_eq!(std::fs::read(spool.body_path("m1")).unwrap(), b"hello");
+        let (_, queued) = Spool::open(dir.path()).unwrap();
+        assert_eq!(queued, vec![entry_with_times("m1", &queued[0])]);
+    }
+
+    fn entry_with_times(id: &str, other: &QueueEntry) -> QueueEntry {
+        let mut e = entry(id);
+        e.received_at = other.received_at;
+        e.next_attempt = other.next_attempt;
+        e
+    }
+
+    #[tokio::test]
+    async fn crash_leftovers_are_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        // Half-received body, half-written envelope, body renamed without envelope, envelope
+        // without body: none of them got a 250.
+        receive(&spool, "a", b"x").await;
+        std::fs::write(spool.incoming.join("b.json.tmp"), b"{").unwrap();
+        std::fs::write(spool.body_path("c"), b"x").unwrap();
+        std::fs::write(
+            spool.queue.join("d.json"),
+            serde_json::to_vec(&entry("d")).unwrap(),
+        )
+        .unwrap();
+        let p = receive(&spool, "ok", b"body").await;
+        spool.commit(&p, &entry("ok")).await.unwrap();
+        let (_, queued) = Spool::open(dir.path()).unwrap();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].id, "ok");
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("queue"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("incoming"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn update_complete_fail_retry_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        for id in ["u", "c", "f"] {
+            let p = receive(&spool, id, b"b").await;
+            spool.commit(&p, &entry(id)).await.unwrap();
+        }
+        let mut u = entry("u");
+        u.attempts = 3;
+        u.last_error = Some("451 4.7.500 later".into());
+        spool.update(&u).await.unwrap();
+        assert_eq!(spool.find("u").unwrap().unwrap().1.attempts, 3);
+
+        spool.complete("c").await.unwrap();
+        assert!(spool.find("c").unwrap().is_none());
+        assert!(!spool.body_path("c").exists());
+
+        let mut f = entry("f");
+        f.failed_at = Some(now_unix());
+        f.failure_reason = Some("550 5.1.10 no such user".into());
+        spool.fail(&f).await.unwrap();
+        let (area, e) = spool.find("f").unwrap().unwrap();
+        assert_eq!(area, Area::Failed);
+        assert!(e.failure_reason.unwrap().contains("5.1.10"));
+        assert_eq!(spool.list(Area::Failed).unwrap().len(), 1);
+
+        // An update after deletion must not resurrect the message.
+        assert!(spool.delete("u").unwrap());
+        assert!(spool.update(&u).await.is_err());
+        assert!(spool.find("u").unwrap().is_none());
+        assert!(spool.take_rescan_request());
+        assert!(!spool.take_rescan_request());
+
+        // Retry brings a failed message back into the queue, due now.
+        assert!(spool.retry("f").unwrap());
+        let (area, e) = spool.find("f").unwrap().unwrap();
+        assert_eq!(area, Area::Queue);
+        assert!(e.failure_reason.is_none());
+        assert!(spool.body_path("f").exists());
+        assert!(!spool.retry("nope").unwrap());
+
+        let (_, queued) = Spool::open(dir.path()).unwrap();
+        assert_eq!(
+            queued.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            vec!["f"]
+        );
+    }
+
+    #[tokio::test]
+    async fn purge_keeps_recent_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        for (id, age) in [("old", 10_000u64), ("new", 10)] {
+            let p = receive(&spool, id, b"b").await;
+            spool.commit(&p, &entry(id)).await.unwrap();
+            let mut e = entry(id);
+            e.failed_at = Some(now_unix() - age);
+            spool.fail(&e).await.unwrap();
+        }
+        assert_eq!(spool.purge_failed(Duration::from_secs(1000)).unwrap(), 1);
+        assert_eq!(spool.list(Area::Failed).unwrap()[0].id, "new");
     }
 
     #[test]

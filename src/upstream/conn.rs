@@ -7,13 +7,12 @@
 //! from the spool file rather than held in memory, and dot-stuffing of a first line that
 //! starts with a dot.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tokio_rustls::client::TlsStream;
@@ -125,6 +124,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpStream<S> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Capabilities {
     pub pipelining: bool,
+    /// SIZE was advertised (RFC 1870), so `MAIL FROM` may carry `SIZE=`.
+    pub size_ext: bool,
     pub eight_bit: bool,
     pub smtputf8: bool,
     pub size: Option<u64>,
@@ -227,6 +228,7 @@ impl Connection {
         }
         let caps = Capabilities {
             pipelining: ehlo.ehlo_keyword("PIPELINING").is_some(),
+            size_ext: ehlo.ehlo_keyword("SIZE").is_some(),
             eight_bit: ehlo.ehlo_keyword("8BITMIME").is_some(),
             smtputf8: ehlo.ehlo_keyword("SMTPUTF8").is_some(),
             size: ehlo
@@ -269,6 +271,16 @@ async fn ehlo<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(reply)
 }
 
+fn redact(reply: &mut UpstreamReply, secrets: &[&str]) {
+    for line in &mut reply.lines {
+        for secret in secrets {
+            if !secret.is_empty() && line.contains(secret) {
+                *line = line.replace(secret, "<redacted>");
+            }
+        }
+    }
+}
+
 fn tls_error(e: std::io::Error) -> UpstreamError {
     let inner = e
         .get_ref()
@@ -292,14 +304,18 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     let mut token = tokens.get().await?;
     let mut refreshed = false;
     loop {
-        let line = format!("AUTH XOAUTH2 {}", xoauth2_response(mailbox, token.expose()));
-        let mut reply = s.command(&line, Stage::Auth).await?;
-        drop(line);
+        let blob = xoauth2_response(mailbox, token.expose());
+        let mut reply = s
+            .command(&format!("AUTH XOAUTH2 {blob}"), Stage::Auth)
+            .await?;
         if reply.code == 334 {
             // An error challenge (Google-style JSON); answer with an empty line to get the
             // final reply (reference §3.4).
             reply = s.command("", Stage::Auth).await?;
         }
+        // A server that echoes the credential must not get it into our logs or replies.
+        redact(&mut reply, &[&blob, token.expose()]);
+        drop(blob);
         if reply.code == 235 {
             return Ok(token);
         }
@@ -321,15 +337,22 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// One message for one transaction.
+/// One message (or one batch of its recipients) for one transaction. The body is passed
+/// separately as an open file, so it can be read again from the start.
 #[derive(Debug, Clone)]
 pub struct OutboundMessage {
     pub mail_from: String,
     pub rcpt_to: Vec<String>,
-    pub body: std::path::PathBuf,
     pub size: u64,
     pub body_8bit: bool,
     pub smtputf8: bool,
+    /// Direct mode, where nothing is kept: if any recipient is refused temporarily, send no
+    /// DATA at all (the client gets 451 and retries the whole message) rather than deliver
+    /// to some recipients and silently drop the others.
+    pub all_or_nothing: bool,
+    /// The envelope must have been accepted by then, or the attempt ends before any message
+    /// data is sent (`Timeout`), so a client that gave up cannot cause a duplicate.
+    pub start_by: Option<Instant>,
 }
 
 /// The upstream's verdict on a message it took.
@@ -348,6 +371,7 @@ impl Connection {
     pub async fn transact(
         &mut self,
         msg: &OutboundMessage,
+        body: &mut tokio::fs::File,
         data_timeout: Duration,
     ) -> Result<Delivered, UpstreamError> {
         let mut lines = Vec::with_capacity(msg.rcpt_to.len() + 2);
@@ -355,7 +379,10 @@ impl Connection {
         if reset {
             lines.push("RSET".to_string());
         }
-        let mut mail = format!("MAIL FROM:<{}> SIZE={}", msg.mail_from, msg.size);
+        let mut mail = format!("MAIL FROM:<{}>", msg.mail_from);
+        if self.caps.size_ext {
+            mail.push_str(&format!(" SIZE={}", msg.size));
+        }
         if msg.body_8bit && self.caps.eight_bit {
             mail.push_str(" BODY=8BITMIME");
         }
@@ -394,6 +421,21 @@ impl Connection {
                 rejected.push((rcpt.clone(), reply));
             }
         }
+        let transient = rejected.iter().find(|(_, r)| r.is_transient());
+        if msg.all_or_nothing {
+            if let Some((_, reply)) = transient {
+                // needs_reset stays set: the next transaction starts with RSET.
+                return Err(UpstreamError::Rejected {
+                    stage: Stage::RcptTo,
+                    reply: reply.clone(),
+                });
+            }
+        }
+        if msg.start_by.is_some_and(|t| Instant::now() > t) {
+            return Err(UpstreamError::Timeout {
+                stage: Stage::RcptTo,
+            });
+        }
         if accepted.is_empty() {
             // Prefer a transient refusal: the client should retry rather than give up.
             let reply = rejected
@@ -415,7 +457,7 @@ impl Connection {
                 reply,
             });
         }
-        let reply = match timeout(data_timeout, self.send_body(&msg.body)).await {
+        let reply = match timeout(data_timeout, self.send_body(body)).await {
             Err(_) => {
                 return Err(UpstreamError::Timeout {
                     stage: Stage::EndOfData,
@@ -456,8 +498,10 @@ impl Connection {
                 batch.extend_from_slice(b"\r\n");
             }
             self.stream.write_all(&batch, Stage::MailFrom).await?;
+            // One deadline for the whole envelope, however many recipients.
+            let deadline = Instant::now() + self.stream.command_timeout;
             for line in lines {
-                let limit = self.stream.command_timeout;
+                let limit = deadline.saturating_duration_since(Instant::now());
                 replies.push(self.stream.read_reply(stage_of(line), limit).await?);
             }
         } else {
@@ -480,9 +524,13 @@ impl Connection {
         Ok(replies)
     }
 
-    /// Streams the spooled body, dot-stuffed, then the terminator; returns the final reply.
-    async fn send_body(&mut self, path: &Path) -> Result<UpstreamReply, UpstreamError> {
-        let mut file = tokio::fs::File::open(path)
+    /// Streams the spooled body from its start, dot-stuffed, then the terminator; returns
+    /// the final reply.
+    async fn send_body(
+        &mut self,
+        file: &mut tokio::fs::File,
+    ) -> Result<UpstreamReply, UpstreamError> {
+        file.seek(std::io::SeekFrom::Start(0))
             .await
             .map_err(UpstreamError::Spool)?;
         let mut stuffer = DotStuffer::default();
@@ -539,6 +587,16 @@ mod tests {
             ),
             "dXNlcj10ZXN0QGNvbnRvc28ub25taWNyb3NvZnQuY29tAWF1dGg9QmVhcmVyIEV3QkFBbDNCQUFVRkZwVUFvN0ozVmUwYmpMQldaV0NjbFJDM0VvQUEBAQ=="
         );
+    }
+
+    #[test]
+    fn echoed_credentials_are_redacted() {
+        let mut r = UpstreamReply {
+            code: 535,
+            lines: vec!["5.7.3 you sent dXNlcj1h and tok".into()],
+        };
+        redact(&mut r, &["dXNlcj1h", "tok"]);
+        assert_eq!(r.lines[0], "5.7.3 you sent <redacted> and <redacted>");
     }
 
     #[tokio::test]

@@ -73,6 +73,12 @@ pub enum UpstreamError {
 pub enum Verdict {
     /// Try again later; the message is fine.
     Transient,
+    /// Exchange says the mailbox has too many sessions (`432 4.3.2`): retry soon, with fewer
+    /// connections.
+    Throttled,
+    /// The mailbox's 10,000 recipients / 24 h quota is used up (`554 5.2.0
+    /// …SubmissionQuotaExceeded`): defer until it frees, never bounce.
+    Quota,
     /// This message will never be accepted as it is.
     Permanent,
     /// The relay's setup (credential, permissions, mailbox switches) is wrong: an operator
@@ -206,8 +212,14 @@ pub fn classify_auth(reply: &UpstreamReply, after_refresh: bool) -> Verdict {
 pub fn classify_reply(reply: &UpstreamReply) -> Verdict {
     let status = reply.status().unwrap_or("");
     // 5xx that clears with time: the 10,000 recipients / 24 h submission quota.
-    if status == "5.2.0" && reply.mentions("SubmissionQuotaExceeded") {
-        return Verdict::Transient;
+    if reply.mentions("SubmissionQuotaExceeded") {
+        return Verdict::Quota;
+    }
+    // Too many concurrent sessions for the mailbox.
+    if status == "4.3.2"
+        && (reply.code == 432 || reply.mentions("concurrent") || reply.mentions("thread limit"))
+    {
+        return Verdict::Throttled;
     }
     // 4xx that never clears by itself: TLS too old.
     if status == "4.7.66" {
@@ -251,7 +263,7 @@ mod tests {
             ),
             (
                 "432 4.3.2 Concurrent connections limit exceeded.",
-                Verdict::Transient,
+                Verdict::Throttled,
             ),
             ("452 4.5.3 Too many recipients", Verdict::Transient),
             (
@@ -264,7 +276,7 @@ mod tests {
             ),
             (
                 "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException",
-                Verdict::Transient,
+                Verdict::Quota,
             ),
             (
                 "554 5.2.2 mailbox full; STOREDRV.Submission.Exception:QuotaExceededException",

@@ -103,14 +103,18 @@ impl Upstream {
     /// sessions run at once). A reused session that turns out to be dead before anything was
     /// sent is replaced once by a fresh one, so a server-side idle timeout never fails a
     /// message.
-    pub async fn send(&self, msg: &OutboundMessage) -> Result<Delivered, UpstreamError> {
+    pub async fn send(
+        &self,
+        msg: &OutboundMessage,
+        body: &mut tokio::fs::File,
+    ) -> Result<Delivered, UpstreamError> {
         let _permit = self
             .permits
             .acquire()
             .await
             .expect("semaphore never closed");
         if let Some(mut conn) = self.take_idle() {
-            match conn.transact(msg, self.settings.data_timeout).await {
+            match conn.transact(msg, body, self.settings.data_timeout).await {
                 Ok(d) => {
                     self.put_idle(conn);
                     return Ok(d);
@@ -125,7 +129,7 @@ impl Upstream {
             }
         }
         let mut conn = Connection::open(&self.params()).await?;
-        match conn.transact(msg, self.settings.data_timeout).await {
+        match conn.transact(msg, body, self.settings.data_timeout).await {
             Ok(d) => {
                 self.put_idle(conn);
                 Ok(d)
@@ -191,7 +195,9 @@ impl Upstream {
 /// was sent: safe to retry on a new session.
 fn stale_session(e: &UpstreamError) -> bool {
     match e {
-        UpstreamError::Io { stage, .. } | UpstreamError::Protocol { stage, .. } => {
+        UpstreamError::Io { stage, .. }
+        | UpstreamError::Protocol { stage, .. }
+        | UpstreamError::Timeout { stage } => {
             matches!(stage, Stage::MailFrom | Stage::RcptTo | Stage::Data)
         }
         UpstreamError::Rejected { stage, reply } => {

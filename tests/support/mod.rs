@@ -69,6 +69,8 @@ impl World {
                 "SMTP_OAUTH_RELAY_SPOOL_DIR",
                 self.dir.path().join("spool").display().to_string(),
             ),
+            // Tests that are not about pacing must not wait for Exchange's 30/min.
+            ("SMTP_OAUTH_RELAY_RATE_PER_MINUTE", "0".to_string()),
         ];
         pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
