@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{DeliveryMode, EnvelopeSender, ValidDelivery};
 use crate::envelope::{Envelope, MessageId};
-use crate::governor::{split_batches, Governor, Permit};
+use crate::governor::{split_batches, Decision, Governor, Permit};
 use crate::smtp::reply::Reply;
 use crate::spool::{now_unix, unix, QueueEntry, Spool};
 use crate::upstream::error::classify_reply;
@@ -295,16 +295,24 @@ impl Delivery {
         let mut entry = self.new_entry(&msg);
         let id = entry.id.clone();
         let first = first_batch_len(&entry.rcpt_to, &self.governor);
+        let deadline = tokio::time::Instant::now() + self.settings.try_now_timeout;
         let permit = match self.governor.try_acquire(first) {
-            Ok(p) => p,
-            Err(_) => {
-                // No budget right now: don't make the client wait for the pacer.
-                if let Err(reply) = self.enqueue(&msg.path, entry, false).await {
-                    return reply;
-                }
-                log_received(&msg, "queued (mailbox is being paced)");
-                return queued_reply(&id, "queued: the mailbox is at its sending pace");
+            Ok(p) => Some(p),
+            // All allowed sessions are busy: one frees within moments, worth a short wait.
+            Err(Decision::WaitForSlot) => {
+                tokio::time::timeout_at(deadline, self.governor.acquire(first))
+                    .await
+                    .ok()
             }
+            // Out of rate or daily budget: don't make the client wait for the pacer.
+            Err(_) => None,
+        };
+        let Some(permit) = permit else {
+            if let Err(reply) = self.enqueue(&msg.path, entry, false).await {
+                return reply;
+            }
+            log_received(&msg, "queued (mailbox is being paced)");
+            return queued_reply(&id, "queued: the mailbox is at its sending pace");
         };
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         {
@@ -316,7 +324,7 @@ impl Delivery {
                 let _ = tx.send(report);
             });
         }
-        let report = match tokio::time::timeout(self.settings.try_now_timeout, &mut rx).await {
+        let report = match tokio::time::timeout_at(deadline, &mut rx).await {
             Ok(Ok(report)) => report,
             Ok(Err(_)) => Report::from_spool_error(
                 &entry.rcpt_to,
@@ -403,7 +411,15 @@ impl Delivery {
         path: &std::path::Path,
         first: Option<Permit>,
     ) -> Report {
-        match tokio::fs::File::open(path).await {
+        let file = match tokio::fs::File::open(path).await {
+            // Hybrid mode: the client's wait ended and the body was committed to the queue
+            // before this attempt got to open it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tokio::fs::File::open(self.spool.body_path(&entry.id)).await
+            }
+            other => other,
+        };
+        match file {
             Ok(mut file) => self.attempt(entry, &mut file, first).await,
             Err(e) => Report::from_spool_error(&entry.rcpt_to, e),
         }
