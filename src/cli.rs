@@ -12,6 +12,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::app::Relay;
 use crate::config::{unknown_env_vars, Config, LogFormat, ValidConfig};
+use crate::queue_cmd::QueueCommand;
 use crate::sandbox::{Sandbox, SandboxOptions};
 
 pub const EXIT_CONFIG: u8 = 64;
@@ -35,6 +36,15 @@ pub struct Cli {
 pub enum Command {
     /// Run the relay (the default).
     Serve(ServeArgs),
+    /// Look at and act on the spool (safe while the relay runs); needs only
+    /// delivery.spool_dir from the configuration.
+    Queue(QueueArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct QueueArgs {
+    #[command(subcommand)]
+    pub command: QueueCommand,
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -52,7 +62,16 @@ pub struct ServeArgs {
 
 /// Parses the command line and runs the chosen command.
 pub fn run() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print and exit 0; a usage error exits 64 (DESIGN §8), not
+        // clap's 2.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let env: Vec<(String, String)> = std::env::vars().collect();
     match cli.command {
         None => serve(
@@ -65,7 +84,28 @@ pub fn run() -> ExitCode {
             },
         ),
         Some(Command::Serve(args)) => serve(cli.config.as_deref(), &env, args),
+        Some(Command::Queue(args)) => queue(cli.config.as_deref(), &env, args),
     }
+}
+
+/// `queue ...`: only `delivery.spool_dir` matters, so the account need not be configured
+/// (no `validate()`). Logs only warnings (e.g. an unreadable envelope) unless RUST_LOG says.
+fn queue(config_file: Option<&Path>, env: &[(String, String)], args: QueueArgs) -> ExitCode {
+    let config = match Config::load(config_file, env) {
+        Ok(c) => c,
+        Err(e) => return config_error(e),
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+    let spool_dir = &config.delivery.spool_dir;
+    if spool_dir.as_os_str().is_empty() {
+        return config_error("delivery.spool_dir: must not be empty");
+    }
+    crate::queue_cmd::run(args.command, spool_dir)
 }
 
 fn config_error(e: impl std::fmt::Display) -> ExitCode {

@@ -223,6 +223,20 @@ impl GovernorState {
         self.in_flight = self.in_flight.saturating_sub(1);
     }
 
+    /// Like [`finish`](Self::finish), and moves the send's rate entry from `started` to `now`.
+    /// Exchange counts a message when its MAIL FROM arrives, which is somewhere between the
+    /// permit and the end of the send (a new session first needs connect, TLS and AUTH);
+    /// counting it at the end means sends the governor spaced a window apart can never arrive
+    /// at Exchange inside one window.
+    pub fn finish_send(&mut self, started: Instant, now: Instant) {
+        self.finish();
+        if let Some(pos) = self.sends.iter().rposition(|&t| t == started) {
+            self.sends.remove(pos);
+            let at = self.sends.partition_point(|&t| t <= now);
+            self.sends.insert(at, now);
+        }
+    }
+
     /// Exchange said `432 4.3.2` (too many concurrent sessions, possibly some of them from
     /// other clients of the same mailbox): allow one connection fewer (never fewer than one)
     /// for [`THROTTLE_STEP`], then one more per further step until `max_connections`. Another
@@ -427,6 +441,7 @@ impl std::fmt::Debug for Governor {
 /// send keeps counting against the rate and the daily budget.
 pub struct Permit {
     governor: Arc<Governor>,
+    started: Instant,
 }
 
 impl std::fmt::Debug for Permit {
@@ -437,7 +452,9 @@ impl std::fmt::Debug for Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.governor.lock().finish();
+        self.governor
+            .lock()
+            .finish_send(self.started, Instant::now());
         self.governor.notify.notify_waiters();
     }
 }
@@ -461,6 +478,7 @@ impl Governor {
                 state.start(now, recipients);
                 Ok(Permit {
                     governor: Arc::clone(self),
+                    started: now,
                 })
             }
             other => Err(other),
@@ -870,6 +888,26 @@ mod tests {
         assert_eq!((snap.sends_in_window, snap.recipients_in_24h), (1, 30));
         let snap = s.snapshot(t0 + DAILY_WINDOW);
         assert_eq!((snap.sends_in_window, snap.recipients_in_24h), (0, 20));
+    }
+
+    #[test]
+    fn a_send_counts_from_when_it_finished() {
+        let t0 = Instant::now();
+        let mut s = GovernorState::new(Limits {
+            rate: 2,
+            rate_window: Duration::from_secs(10),
+            ..Limits::unlimited()
+        });
+        s.start(t0, 1);
+        s.start(t0 + Duration::from_secs(1), 1);
+        // The first send took 5 s (slow session set-up): it counts from t0 + 5 s.
+        s.finish_send(t0, t0 + Duration::from_secs(5));
+        assert_eq!(
+            s.check(t0 + Duration::from_secs(10), 1),
+            Decision::WaitUntil(t0 + Duration::from_secs(11))
+        );
+        // Counted from its start (t0) it would have left the window at t0 + 10 already.
+        assert_eq!(s.check(t0 + Duration::from_secs(11), 1), Decision::Go);
     }
 
     #[test]

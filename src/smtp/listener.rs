@@ -203,21 +203,25 @@ const FAREWELL_TIMEOUT: Duration = Duration::from_secs(5);
 /// whole DATA phase may take at most `data_timeout` plus the largest message at this rate.
 const MIN_DATA_RATE: u64 = 32 * 1024;
 
-/// Writes to the client within `limit` (a client that never reads cannot pin the task), and,
-/// if `shutdown` is given, gives up when the relay is shutting down.
+/// Writes to the client within `limit`, so a client that never reads cannot pin the task.
+/// Once the relay is shutting down (`shutdown` cancelled), the write gets at most
+/// [`FAREWELL_TIMEOUT`] more: replies already due (e.g. the `250` for a message that was
+/// committed during shutdown) are still delivered, never cut off at random.
 async fn send(
     socket: &mut TcpStream,
     bytes: &[u8],
     limit: Duration,
     shutdown: Option<&CancellationToken>,
 ) -> std::io::Result<()> {
-    let write = tokio::time::timeout(limit, socket.write_all(bytes));
+    let write = socket.write_all(bytes);
+    tokio::pin!(write);
     let result = match shutdown {
         Some(token) => tokio::select! {
-            r = write => r,
-            _ = token.cancelled() => return Err(std::io::ErrorKind::Interrupted.into()),
+            biased;
+            r = tokio::time::timeout(limit, &mut write) => r,
+            _ = token.cancelled() => tokio::time::timeout(FAREWELL_TIMEOUT, &mut write).await,
         },
-        None => write.await,
+        None => tokio::time::timeout(limit, &mut write).await,
     };
     result.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }

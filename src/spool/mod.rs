@@ -137,6 +137,34 @@ impl Spool {
         Ok((spool, queued))
     }
 
+    /// Opens an existing spool without creating, probing or cleaning anything: for the
+    /// `queue` commands, which run beside a live relay whose `incoming/*.tmp` files are
+    /// messages still arriving. Fails with `NotFound` if the layout is not there.
+    pub fn open_existing(root: &Path) -> io::Result<Spool> {
+        let spool = Spool {
+            root: root.to_owned(),
+            incoming: root.join("incoming"),
+            queue: root.join("queue"),
+            failed: root.join("failed"),
+            control: root.join("control"),
+            queue_sync: std::sync::Arc::new(GroupSync::new(root.join("queue"))),
+            failed_sync: std::sync::Arc::new(GroupSync::new(root.join("failed"))),
+        };
+        for dir in [&spool.queue, &spool.failed, &spool.control] {
+            if !dir.is_dir() {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "no spool at {} (missing {}): is delivery.spool_dir right?",
+                        root.display(),
+                        dir.display()
+                    ),
+                ));
+            }
+        }
+        Ok(spool)
+    }
+
     fn recover_queue(&self) -> io::Result<Vec<QueueEntry>> {
         let mut entries = Vec::new();
         for item in std::fs::read_dir(&self.queue)? {
@@ -267,12 +295,15 @@ impl Spool {
         let queue_json = self.path(Area::Queue, &entry.id, "json");
         let queue_eml = self.path(Area::Queue, &entry.id, "eml");
         tokio::task::spawn_blocking(move || -> io::Result<()> {
+            // Envelope, then body, then the queue envelope goes: a crash at any point leaves
+            // either a complete queued message or a complete failed one (recovery discards a
+            // queue envelope whose body has moved).
             write_synced(&failed_json, &bytes)?;
-            remove_if_exists(&queue_json)?;
             match std::fs::rename(&queue_eml, &failed_eml) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                other => other,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                other => other?,
             }
+            remove_if_exists(&queue_json)
         })
         .await
         .map_err(io::Error::other)??;
@@ -323,6 +354,11 @@ impl Spool {
         let Some((area, mut entry)) = self.find(id)? else {
             return Ok(false);
         };
+        if !self.body_in(area, id).exists() {
+            // Completed or failed by the relay since we read the envelope: nothing to retry,
+            // and writing the envelope back would leave one without a body.
+            return Ok(false);
+        }
         entry.next_attempt = now_unix();
         entry.failed_at = None;
         entry.failure_reason = None;
@@ -330,6 +366,9 @@ impl Spool {
             // Give it a fresh life: max_age counts from now.
             entry.received_at = now_unix();
             entry.attempts = 0;
+            // `rcpt_to` already holds the refused recipients (see `Delivery::fail`); keeping
+            // them in `refused` too would fail the message again after a good delivery.
+            entry.refused.clear();
         }
         let bytes = serde_json::to_vec_pretty(&entry).map_err(io::Error::other)?;
         let queue_json = self.path(Area::Queue, id, "json");
@@ -557,6 +596,26 @@ mod tests {
         }
         assert_eq!(spool.purge_failed(Duration::from_secs(1000)).unwrap(), 1);
         assert_eq!(spool.list(Area::Failed).unwrap()[0].id, "new");
+    }
+
+    #[tokio::test]
+    async fn open_existing_never_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = Spool::open_existing(&dir.path().join("nope")).unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+        assert!(missing.to_string().contains("no spool at"), "{missing}");
+        assert!(
+            !dir.path().join("nope").exists(),
+            "must not create anything"
+        );
+
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        let arriving = receive(&spool, "arriving", b"half").await;
+        let p = receive(&spool, "q", b"body").await;
+        spool.commit(&p, &entry("q")).await.unwrap();
+        let ro = Spool::open_existing(dir.path()).unwrap();
+        assert!(arriving.exists(), "a body still arriving must survive");
+        assert_eq!(ro.list(Area::Queue).unwrap().len(), 1);
     }
 
     #[test]

@@ -1,0 +1,926 @@
+//! `smtp-oauth-relay queue list|show|retry|delete` (DESIGN §8): look at and act on the spool,
+//! safe while the relay runs.
+//!
+//! The commands only need `delivery.spool_dir`. They open the spool read-only
+//! ([`Spool::open_existing`]: no start-up clean-up, so bodies still arriving are left alone)
+//! and change it only through the spool's own `retry` and `delete`, which drop
+//! `control/rescan` so a running relay re-reads its queue within a couple of seconds.
+//!
+//! Exit codes: 0 ok, 64 usage (unknown id, no spool at the configured directory), 1 I/O error.
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use clap::Subcommand;
+
+use crate::spool::{now_unix, Area, QueueEntry, Spool};
+
+/// Exit code for usage errors (same as the rest of the CLI's 64).
+pub const EXIT_USAGE: u8 = 64;
+/// Line width on a terminal when `COLUMNS` does not say (pipes get full lines).
+pub const DEFAULT_WIDTH: usize = 120;
+/// `show` reads at most this much of a body file looking for the end of the headers.
+pub const MAX_HEADER_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum QueueCommand {
+    /// List queued messages (or failed ones with --failed).
+    List {
+        /// List failed/ (with failure time and reason) instead of the queue.
+        #[arg(long)]
+        failed: bool,
+        /// One JSON object per line (the envelope plus "area") instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one message: its envelope in full, the header block (never the body), its files.
+    Show {
+        /// The message id (from `queue list`).
+        id: String,
+        /// The envelope as one JSON object (plus "area", "envelope_path", "body_path").
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a queued message due now, or move a failed one back into the queue.
+    Retry {
+        /// The message id (from `queue list`).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every queued message.
+        #[arg(long)]
+        all: bool,
+        /// With --all: failed messages too (they go back into the queue, attempts reset).
+        #[arg(long, requires = "all")]
+        failed: bool,
+    },
+    /// Remove a message (queued or failed) for good. Asks no questions.
+    Delete {
+        /// The message id (from `queue list`).
+        id: String,
+    },
+}
+
+/// Why a command failed; decides the exit code.
+#[derive(Debug)]
+enum Failure {
+    Usage(String),
+    Io(String),
+    /// stdout was closed (`queue list | head`): not an error of ours.
+    OutputClosed,
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            Failure::OutputClosed
+        } else {
+            Failure::Io(e.to_string())
+        }
+    }
+}
+
+/// Runs one queue command against the spool at `spool_dir`; output goes to stdout, errors to
+/// stderr.
+pub fn run(cmd: QueueCommand, spool_dir: &Path) -> ExitCode {
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    let result = run_to(cmd, spool_dir, &mut out, now_unix(), terminal_width());
+    let _ = out.flush();
+    match result {
+        Ok(()) | Err(Failure::OutputClosed) => ExitCode::SUCCESS,
+        Err(Failure::Usage(m)) => {
+            eprintln!("smtp-oauth-relay: {m}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(Failure::Io(m)) => {
+            eprintln!("smtp-oauth-relay: {m}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_to(
+    cmd: QueueCommand,
+    spool_dir: &Path,
+    out: &mut dyn Write,
+    now: u64,
+    width: usize,
+) -> Result<(), Failure> {
+    let spool = Spool::open_existing(spool_dir).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => Failure::Usage(e.to_string()),
+        _ => Failure::Io(format!("spool {}: {e}", spool_dir.display())),
+    })?;
+    match cmd {
+        QueueCommand::List { failed, json } => list(&spool, failed, json, out, now, width),
+        QueueCommand::Show { id, json } => show(&spool, &id, json, out, now),
+        QueueCommand::Retry { id, all, failed } => match id {
+            Some(id) => retry_one(&spool, &id, out, now),
+            None => {
+                debug_assert!(all, "clap requires an id or --all");
+                retry_all(&spool, failed, out, now)
+            }
+        },
+        QueueCommand::Delete { id } => delete(&spool, &id, out),
+    }
+}
+
+fn area_name(area: Area) -> &'static str {
+    match area {
+        Area::Queue => "queued",
+        Area::Failed => "failed",
+    }
+}
+
+fn area_dir(area: Area) -> &'static str {
+    match area {
+        Area::Queue => "queue/",
+        Area::Failed => "failed/",
+    }
+}
+
+/// Ids are file names inside the spool: nothing that could climb out of it.
+fn check_id(id: &str) -> Result<(), Failure> {
+    let ok = !id.is_empty()
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::Usage(format!(
+            "{id:?} is not a message id (ids look like 0191a2b3c4d-000001-1a2b3c4d; see `queue list`)"
+        )))
+    }
+}
+
+fn not_found(id: &str) -> Failure {
+    Failure::Usage(format!("no message {id} in the queue or failed/"))
+}
+
+fn find(spool: &Spool, id: &str) -> Result<(Area, QueueEntry), Failure> {
+    check_id(id)?;
+    spool.find(id)?.ok_or_else(|| not_found(id))
+}
+
+fn json_line(entry: &QueueEntry, area: Area, extra: &[(&str, String)]) -> String {
+    let mut value = serde_json::to_value(entry).expect("an envelope serialises");
+    if let Some(map) = value.as_object_mut() {
+        map.insert("area".into(), area_name(area).into());
+        for (k, v) in extra {
+            map.insert((*k).into(), v.clone().into());
+        }
+    }
+    value.to_string()
+}
+
+fn list(
+    spool: &Spool,
+    failed: bool,
+    json: bool,
+    out: &mut dyn Write,
+    now: u64,
+    width: usize,
+) -> Result<(), Failure> {
+    let area = if failed { Area::Failed } else { Area::Queue };
+    let entries = spool.list(area)?;
+    if json {
+        for e in &entries {
+            writeln!(out, "{}", json_line(e, area, &[]))?;
+        }
+        return Ok(());
+    }
+    if entries.is_empty() {
+        writeln!(
+            out,
+            "no {} messages in {}",
+            area_name(area),
+            spool.root().join(area_dir(area)).display()
+        )?;
+        return Ok(());
+    }
+    out.write_all(render_list(&entries, area, now, width).as_bytes())?;
+    let summary = match area {
+        Area::Queue => {
+            let due = entries.iter().filter(|e| e.next_attempt <= now).count();
+            format!("{} queued, {due} due now", entries.len())
+        }
+        Area::Failed => format!("{} failed", entries.len()),
+    };
+    writeln!(out, "{summary}")?;
+    Ok(())
+}
+
+/// The table of `queue list` (pure: `now` and the width are passed in).
+pub fn render_list(entries: &[QueueEntry], area: Area, now: u64, width: usize) -> String {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let mut row = vec![
+                e.id.clone(),
+                format_duration(now.saturating_sub(e.received_at)),
+                sender(&e.mail_from),
+                recipients_summary(&e.rcpt_to),
+                e.attempts.to_string(),
+            ];
+            match area {
+                Area::Queue => {
+                    row.push(format_next(now, e.next_attempt));
+                    row.push(e.last_error.clone().unwrap_or_else(|| "-".into()));
+                }
+                Area::Failed => {
+                    row.push(match e.failed_at {
+                        Some(t) => format!("{} ago", format_duration(now.saturating_sub(t))),
+                        None => "-".into(),
+                    });
+                    row.push(e.failure_reason.clone().unwrap_or_else(|| "-".into()));
+                }
+            }
+            row
+        })
+        .collect();
+    let (next, last) = match area {
+        Area::Queue => ("NEXT ATTEMPT", "LAST ERROR"),
+        Area::Failed => ("FAILED", "REASON"),
+    };
+    // Ids and times are never cut; addresses give way before the error does.
+    let columns = [
+        Column::fixed("ID"),
+        Column::fixed("AGE"),
+        Column::new("FROM", 16, 32),
+        Column::new("RECIPIENTS", 16, 40),
+        Column::fixed("ATTEMPTS"),
+        Column::fixed(next),
+        Column::new(last, 48, usize::MAX),
+    ];
+    render_table(&columns, &rows, width)
+}
+
+fn sender(mail_from: &str) -> String {
+    if mail_from.is_empty() {
+        "<>".into()
+    } else {
+        mail_from.to_string()
+    }
+}
+
+/// "count: first" (e.g. `3: a@example.com`), or `-` for none.
+pub fn recipients_summary(rcpts: &[String]) -> String {
+    match rcpts.first() {
+        None => "-".into(),
+        Some(first) => format!("{}: {first}", rcpts.len()),
+    }
+}
+
+/// A duration in the largest two units that matter: `45s`, `4m`, `2h05m`, `3d04h`.
+pub fn format_duration(secs: u64) -> String {
+    const MIN: u64 = 60;
+    const HOUR: u64 = 60 * MIN;
+    const DAY: u64 = 24 * HOUR;
+    if secs < MIN {
+        format!("{secs}s")
+    } else if secs < HOUR {
+        format!("{}m", secs / MIN)
+    } else if secs < DAY {
+        format!("{}h{:02}m", secs / HOUR, secs % HOUR / MIN)
+    } else {
+        format!("{}d{:02}h", secs / DAY, secs % DAY / HOUR)
+    }
+}
+
+/// When the next attempt is, relative to now: `due` or `in 4m`.
+pub fn format_next(now: u64, next_attempt: u64) -> String {
+    if next_attempt <= now {
+        "due".into()
+    } else {
+        format!("in {}", format_duration(next_attempt - now))
+    }
+}
+
+/// An absolute time for `show`: HTTP date plus how long ago / how far ahead.
+pub fn format_time(now: u64, t: u64) -> String {
+    let date = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(t));
+    if t <= now {
+        format!("{date} ({} ago)", format_duration(now - t))
+    } else {
+        format!("{date} (in {})", format_duration(t - now))
+    }
+}
+
+/// One line of at most `width` characters: control characters (CR, LF, tabs of multi-line
+/// replies) become spaces, runs of spaces collapse, and a cut is marked with `…`.
+pub fn truncate(text: &str, width: usize) -> String {
+    let mut flat = String::with_capacity(text.len());
+    for c in text.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if c == ' ' && (flat.is_empty() || flat.ends_with(' ')) {
+            continue;
+        }
+        flat.push(c);
+    }
+    let flat = flat.trim_end();
+    if flat.chars().count() <= width {
+        return flat.to_string();
+    }
+    if width == 0 {
+        return String::new();
+    }
+    let mut cut: String = flat.chars().take(width - 1).collect();
+    cut.push('…');
+    cut
+}
+
+/// One column of [`render_table`]: cells longer than `max` are cut; when the line is too
+/// long for the width, the column may shrink down to `min`.
+#[derive(Debug, Clone, Copy)]
+pub struct Column<'a> {
+    pub title: &'a str,
+    pub min: usize,
+    pub max: usize,
+}
+
+impl<'a> Column<'a> {
+    pub fn new(title: &'a str, min: usize, max: usize) -> Self {
+        Column { title, min, max }
+    }
+
+    /// Never cut or shrunk.
+    pub fn fixed(title: &'a str) -> Self {
+        Column::new(title, usize::MAX, usize::MAX)
+    }
+}
+
+/// A left-aligned table, columns two spaces apart, lines at most `width` characters where
+/// possible. The last column takes what is left: to give it up to its `min`, the other
+/// columns shrink (widest first, not below their `min`); it never gets less than 16. No
+/// trailing spaces.
+pub fn render_table(columns: &[Column], rows: &[Vec<String>], width: usize) -> String {
+    const GAP: usize = 2;
+    const MIN_LAST: usize = 16;
+    let n = columns.len();
+    let mut cells: Vec<Vec<String>> = Vec::with_capacity(rows.len() + 1);
+    cells.push(columns.iter().map(|c| c.title.to_string()).collect());
+    for row in rows {
+        let mut r: Vec<String> = row
+            .iter()
+            .take(n)
+            .enumerate()
+            .map(|(i, c)| truncate(c, columns[i].max))
+            .collect();
+        r.resize(n, String::new());
+        cells.push(r);
+    }
+    let mut widths = vec![0usize; n];
+    for r in &cells {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    if n > 0 {
+        let last = n - 1;
+        let wanted = widths[last].min(columns[last].min);
+        let used = |widths: &[usize]| -> usize { widths[..last].iter().map(|w| w + GAP).sum() };
+        while width.saturating_sub(used(&widths)) < wanted {
+            let shrinkable = (0..last)
+                .filter(|&i| widths[i] > columns[i].min.max(columns[i].title.chars().count()))
+                .max_by_key(|&i| widths[i]);
+            match shrinkable {
+                Some(i) => widths[i] -= 1,
+                None => break,
+            }
+        }
+        widths[last] = widths[last].min(width.saturating_sub(used(&widths)).max(MIN_LAST));
+    }
+    let mut text = String::new();
+    for r in &cells {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            let c = truncate(c, widths[i]);
+            if i + 1 < n {
+                let pad = widths[i] - c.chars().count() + GAP;
+                let _ = write!(line, "{c}{:pad$}", "");
+            } else {
+                line.push_str(&c);
+            }
+        }
+        text.push_str(line.trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// The header block of a message: everything before the first empty line. `complete` is
+/// false when no empty line was found in `bytes` (a message without body, or one whose
+/// headers go on past what was read).
+pub fn header_block(bytes: &[u8]) -> (&[u8], bool) {
+    let mut start = 0;
+    while start < bytes.len() {
+        let end = match bytes[start..].iter().position(|&b| b == b'\n') {
+            Some(i) => start + i + 1,
+            None => return (bytes, false),
+        };
+        let line = &bytes[start..end];
+        if line == b"\n" || line == b"\r\n" {
+            return (&bytes[..start], true);
+        }
+        start = end;
+    }
+    (bytes, false)
+}
+
+/// Reads the header block of a body file, never more than [`MAX_HEADER_BYTES`].
+fn read_headers(path: &Path) -> io::Result<(String, bool)> {
+    let mut buf = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_HEADER_BYTES as u64)
+        .read_to_end(&mut buf)?;
+    let at_eof = buf.len() < MAX_HEADER_BYTES;
+    let (block, complete) = header_block(&buf);
+    let text = String::from_utf8_lossy(block).replace("\r\n", "\n");
+    Ok((text, complete || at_eof))
+}
+
+fn show(spool: &Spool, id: &str, json: bool, out: &mut dyn Write, now: u64) -> Result<(), Failure> {
+    let (area, e) = find(spool, id)?;
+    let envelope_path = spool.root().join(area_dir(area)).join(format!("{id}.json"));
+    let body_path = spool.body_in(area, id);
+    if json {
+        let extra = [
+            ("envelope_path", envelope_path.display().to_string()),
+            ("body_path", body_path.display().to_string()),
+        ];
+        writeln!(out, "{}", json_line(&e, area, &extra))?;
+        return Ok(());
+    }
+    let mut t = String::new();
+    let field = |t: &mut String, name: &str, value: &str| {
+        let _ = writeln!(t, "{name:<14}{value}");
+    };
+    let list = |t: &mut String, name: &str, items: &[String]| {
+        if items.is_empty() {
+            field(t, name, "-");
+        }
+        for (i, item) in items.iter().enumerate() {
+            field(t, if i == 0 { name } else { "" }, item);
+        }
+    };
+    field(&mut t, "id", &e.id);
+    field(
+        &mut t,
+        "area",
+        &format!("{} ({})", area_name(area), area_dir(area)),
+    );
+    field(&mut t, "from", &sender(&e.mail_from));
+    list(&mut t, "recipients", &e.rcpt_to);
+    list(&mut t, "refused", &e.refused);
+    field(&mut t, "mailbox", &e.mailbox);
+    field(&mut t, "client", &format!("{} (helo {})", e.client, e.helo));
+    field(&mut t, "size", &format!("{} bytes", e.size));
+    let mut flags = Vec::new();
+    if e.body_8bit {
+        flags.push("BODY=8BITMIME");
+    }
+    if e.smtputf8 {
+        flags.push("SMTPUTF8");
+    }
+    if e.notice {
+        flags.push("failure notice written by the relay");
+    }
+    if !flags.is_empty() {
+        field(&mut t, "flags", &flags.join(", "));
+    }
+    field(&mut t, "received", &format_time(now, e.received_at));
+    field(&mut t, "attempts", &e.attempts.to_string());
+    if area == Area::Queue {
+        let next = if e.next_attempt <= now {
+            format!("due ({})", format_time(now, e.next_attempt))
+        } else {
+            format_time(now, e.next_attempt)
+        };
+        field(&mut t, "next attempt", &next);
+    }
+    field(&mut t, "last error", e.last_error.as_deref().unwrap_or("-"));
+    if let Some(at) = e.failed_at {
+        field(&mut t, "failed", &format_time(now, at));
+    }
+    if let Some(reason) = &e.failure_reason {
+        field(&mut t, "reason", reason);
+    }
+    field(&mut t, "envelope", &envelope_path.display().to_string());
+    field(&mut t, "body", &body_path.display().to_string());
+    t.push_str("\nheaders (the body is not shown):\n");
+    match read_headers(&body_path) {
+        Ok((headers, complete)) => {
+            t.push_str(&headers);
+            if !headers.is_empty() && !headers.ends_with('\n') {
+                t.push('\n');
+            }
+            if !complete {
+                let _ = writeln!(
+                    t,
+                    "(header block longer than {} KiB: cut here)",
+                    MAX_HEADER_BYTES / 1024
+                );
+            }
+        }
+        Err(err) => {
+            let _ = writeln!(t, "(cannot read {}: {err})", body_path.display());
+        }
+    }
+    out.write_all(t.as_bytes())?;
+    Ok(())
+}
+
+fn retry_one(spool: &Spool, id: &str, out: &mut dyn Write, now: u64) -> Result<(), Failure> {
+    let (area, e) = find(spool, id)?;
+    if !spool.retry(id)? {
+        // Delivered, failed or deleted between the two reads.
+        return Err(not_found(id));
+    }
+    writeln!(out, "{}", describe_retry(area, &e, now))?;
+    writeln!(out, "asked a running relay to re-read the queue")?;
+    Ok(())
+}
+
+fn describe_retry(area: Area, e: &QueueEntry, now: u64) -> String {
+    match area {
+        Area::Queue => format!(
+            "{}: due now (next attempt was {}, {} attempts so far)",
+            e.id,
+            format_next(now, e.next_attempt),
+            e.attempts
+        ),
+        Area::Failed => format!(
+            "{}: moved from failed/ back to the queue, due now, attempts reset (failed because: {})",
+            e.id,
+            truncate(e.failure_reason.as_deref().unwrap_or("unknown"), 200)
+        ),
+    }
+}
+
+fn retry_all(
+    spool: &Spool,
+    include_failed: bool,
+    out: &mut dyn Write,
+    now: u64,
+) -> Result<(), Failure> {
+    let mut areas = vec![Area::Queue];
+    if include_failed {
+        areas.push(Area::Failed);
+    }
+    let mut counts = [0usize; 2];
+    let mut errors = Vec::new();
+    for (i, &area) in areas.iter().enumerate() {
+        for e in spool.list(area)? {
+            match spool.retry(&e.id) {
+                Ok(true) => {
+                    counts[i] += 1;
+                    writeln!(out, "{}", describe_retry(area, &e, now))?;
+                }
+                // Gone meanwhile (delivered, failed or deleted): nothing to do.
+                Ok(false) => {}
+                Err(err) => errors.push(format!("{}: {err}", e.id)),
+            }
+        }
+    }
+    if counts == [0, 0] && errors.is_empty() {
+        let what = if include_failed {
+            "no queued or failed messages"
+        } else {
+            "no queued messages (failed ones need --all --failed)"
+        };
+        writeln!(out, "nothing to retry: {what}")?;
+        return Ok(());
+    }
+    let mut summary = format!("retried {} queued", counts[0]);
+    if include_failed {
+        let _ = write!(summary, " and {} failed", counts[1]);
+    }
+    summary.push_str(" message(s); asked a running relay to re-read the queue");
+    writeln!(out, "{summary}")?;
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Io(format!(
+            "could not retry {} message(s): {}",
+            errors.len(),
+            errors.join("; ")
+        )))
+    }
+}
+
+fn delete(spool: &Spool, id: &str, out: &mut dyn Write) -> Result<(), Failure> {
+    let (area, e) = find(spool, id)?;
+    let files: Vec<_> = [
+        spool.root().join(area_dir(area)).join(format!("{id}.json")),
+        spool.body_in(area, id),
+    ]
+    .into_iter()
+    .filter(|p| p.exists())
+    .collect();
+    if !spool.delete(id)? {
+        return Err(not_found(id));
+    }
+    writeln!(
+        out,
+        "removed {} message {id} (from {} to {}) from {}:",
+        area_name(area),
+        sender(&e.mail_from),
+        recipients_summary(&e.rcpt_to),
+        area_dir(area)
+    )?;
+    for f in files {
+        writeln!(out, "  {}", f.display())?;
+    }
+    Ok(())
+}
+
+/// `COLUMNS` if the shell exported it; else [`DEFAULT_WIDTH`] on a terminal, and no limit
+/// when stdout is a pipe or file (full lines for grep and less).
+fn terminal_width() -> usize {
+    let columns = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse::<usize>().ok())
+        .filter(|&w| w >= 40);
+    match columns {
+        Some(w) => w,
+        None if std::io::IsTerminal::is_terminal(&io::stdout()) => DEFAULT_WIDTH,
+        None => usize::MAX,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn entry(id: &str) -> QueueEntry {
+        QueueEntry {
+            id: id.into(),
+            mail_from: "app@example.com".into(),
+            rcpt_to: vec!["a@example.com".into(), "b@example.com".into()],
+            client: "127.0.0.1:1".into(),
+            helo: "app".into(),
+            body_8bit: false,
+            smtputf8: false,
+            mailbox: "relay@example.com".into(),
+            size: 5,
+            received_at: NOW - 300,
+            attempts: 2,
+            next_attempt: NOW + 240,
+            last_error: Some("connection refused by smtp.office365.com:587".into()),
+            notice: false,
+            failed_at: None,
+            failure_reason: None,
+            refused: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(format_duration(0), "0s");
+        assert_eq!(format_duration(59), "59s");
+        assert_eq!(format_duration(60), "1m");
+        assert_eq!(format_duration(3599), "59m");
+        assert_eq!(format_duration(3600 + 5 * 60 + 7), "1h05m");
+        assert_eq!(format_duration(86_400 * 3 + 3600 * 4 + 1), "3d04h");
+    }
+
+    #[test]
+    fn next_attempt_is_relative() {
+        assert_eq!(format_next(NOW, NOW + 240), "in 4m");
+        assert_eq!(format_next(NOW, NOW + 30), "in 30s");
+        assert_eq!(format_next(NOW, NOW), "due");
+        assert_eq!(format_next(NOW, NOW - 100), "due");
+        assert!(format_time(NOW, NOW - 90).ends_with("(1m ago)"));
+        assert!(format_time(NOW, NOW + 90).ends_with("(in 1m)"));
+        assert!(format_time(NOW, NOW).contains("GMT"));
+    }
+
+    #[test]
+    fn truncation() {
+        assert_eq!(truncate("short", 10), "short");
+        assert_eq!(truncate("exactly10!", 10), "exactly10!");
+        assert_eq!(truncate("longer than ten", 10), "longer th…");
+        assert_eq!(truncate("anything", 0), "");
+        assert_eq!(truncate("anything", 1), "…");
+        // Multi-line replies become one line.
+        assert_eq!(
+            truncate("451 4.7.500\r\n  try later\t", 40),
+            "451 4.7.500 try later"
+        );
+        // Counts characters, not bytes.
+        assert_eq!(truncate("ääääää", 4), "äää…");
+    }
+
+    #[test]
+    fn recipients() {
+        assert_eq!(recipients_summary(&[]), "-");
+        assert_eq!(recipients_summary(&["a@x".into()]), "1: a@x");
+        assert_eq!(
+            recipients_summary(&["a@x".into(), "b@x".into(), "c@x".into()]),
+            "3: a@x"
+        );
+    }
+
+    #[test]
+    fn table_fits_the_width() {
+        let rows = vec![
+            vec!["a".into(), "x".repeat(50), "a long error ".repeat(20)],
+            vec!["bb".into(), "y".into(), "short".into()],
+        ];
+        let cols = [
+            Column::fixed("ID"),
+            Column::new("MID", 8, 20),
+            Column::new("ERR", 30, usize::MAX),
+        ];
+        // Wide enough: MID is only cut at its max.
+        let text = render_table(&cols, &rows, 80);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0], "ID  MID                   ERR");
+        for l in &lines {
+            assert!(l.chars().count() <= 80, "{l:?}");
+            assert_eq!(l.trim_end(), *l, "no trailing spaces");
+        }
+        assert!(lines[1].starts_with("a   xxxxxxxxxxxxxxxxxxx…  a long error"));
+        assert!(lines[1].ends_with('…'));
+        assert_eq!(lines[2], "bb  y                     short");
+        // Narrower: MID gives way (down to its min) so ERR gets its 30.
+        let text = render_table(&cols, &rows, 46);
+        let row = text.lines().nth(1).unwrap();
+        assert_eq!(
+            row,
+            format!(
+                "a   xxxxxxxxx…  {}…",
+                "a long error ".repeat(3).get(..29).unwrap()
+            )
+        );
+        assert_eq!(row.chars().count(), 46);
+        // Very narrow: everything at its min, ERR still shows 16 characters.
+        let narrow = render_table(&cols, &rows, 10);
+        assert!(narrow
+            .lines()
+            .nth(1)
+            .unwrap()
+            .ends_with("  a long error a …"));
+        // Unlimited: nothing is cut.
+        let text = render_table(&cols, &rows, usize::MAX);
+        assert!(text.contains(&"a long error ".repeat(20).trim_end().to_string()));
+    }
+
+    #[test]
+    fn list_table_has_every_column() {
+        let mut other = entry("0000000000b-000002-00000002");
+        other.mail_from = String::new();
+        other.rcpt_to = vec!["only@example.com".into()];
+        other.next_attempt = NOW - 5;
+        other.last_error = None;
+        let text = render_list(
+            &[entry("0000000000a-000001-00000001"), other],
+            Area::Queue,
+            NOW,
+            usize::MAX,
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("ID "), "{text}");
+        for h in [
+            "AGE",
+            "FROM",
+            "RECIPIENTS",
+            "ATTEMPTS",
+            "NEXT ATTEMPT",
+            "LAST ERROR",
+        ] {
+            assert!(lines[0].contains(h), "{h} missing: {text}");
+        }
+        assert!(lines[1].contains("5m"), "{text}");
+        assert!(lines[1].contains("app@example.com"));
+        assert!(lines[1].contains("2: a@example.com"));
+        assert!(lines[1].contains("in 4m"));
+        assert!(lines[1].contains("connection refused"));
+        assert!(lines[2].contains("<>"));
+        assert!(lines[2].contains("1: only@example.com"));
+        assert!(lines[2].contains("due"));
+
+        // On a 120-column screen the addresses give way to the error.
+        let mut long = entry("0000000000a-000001-00000001");
+        long.mail_from = format!("{}@example.com", "x".repeat(40));
+        long.last_error = Some("451 4.7.500 Server busy. Please try again later. ".repeat(3));
+        let text = render_list(&[long], Area::Queue, NOW, 120);
+        for l in text.lines() {
+            assert!(l.chars().count() <= 120, "{l:?}");
+        }
+        let row = text.lines().nth(1).unwrap();
+        assert!(row.contains("451 4.7.500 Server busy"), "{row}");
+        assert!(row.contains("  in 4m  "), "{row}");
+
+        let mut failed = entry("f");
+        failed.failed_at = Some(NOW - 7200);
+        failed.failure_reason = Some("550 5.1.10 RESOLVER.ADR.RecipientNotFound".into());
+        let text = render_list(&[failed], Area::Failed, NOW, 200);
+        assert!(text.lines().next().unwrap().contains("REASON"));
+        assert!(text.contains("2h00m ago"), "{text}");
+        assert!(text.contains("5.1.10"));
+    }
+
+    #[test]
+    fn header_block_stops_at_the_empty_line() {
+        let msg = b"Subject: hi\r\nX-A: 1\r\n folded\r\n\r\nbody line\r\n\r\nmore\r\n";
+        let (h, complete) = header_block(msg);
+        assert!(complete);
+        assert_eq!(h, b"Subject: hi\r\nX-A: 1\r\n folded\r\n");
+        assert_eq!(header_block(b"A: 1\n\nbody"), (&b"A: 1\n"[..], true));
+        assert_eq!(header_block(b"\r\nbody"), (&b""[..], true));
+        assert_eq!(header_block(b"A: 1\r\nB: 2"), (&b"A: 1\r\nB: 2"[..], false));
+    }
+
+    #[test]
+    fn ids_cannot_leave_the_spool() {
+        assert!(check_id("0191a2b3c4d-000001-1a2b3c4d").is_ok());
+        for bad in ["", "../queue/x", "a/b", ".hidden", "a\\b", "x y"] {
+            assert!(matches!(check_id(bad), Err(Failure::Usage(_))), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn commands_against_a_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |cmd: QueueCommand| {
+            let mut out = Vec::new();
+            let r = run_to(cmd, dir.path(), &mut out, now_unix(), 120);
+            (r, String::from_utf8(out).unwrap())
+        };
+        let (r, _) = run(QueueCommand::List {
+            failed: false,
+            json: false,
+        });
+        assert!(matches!(r, Err(Failure::Usage(m)) if m.contains("no spool at")));
+
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        for id in ["q1", "f1"] {
+            let tmp = dir.path().join("incoming").join(format!("{id}.tmp"));
+            std::fs::write(&tmp, b"Subject: s\r\n\r\nSECRET BODY\r\n").unwrap();
+            let mut e = entry(id);
+            e.received_at = now_unix();
+            spool.commit(&tmp, &e).await.unwrap();
+        }
+        let mut f = entry("f1");
+        f.failed_at = Some(now_unix());
+        f.failure_reason = Some("550 5.1.10 no such user".into());
+        spool.fail(&f).await.unwrap();
+
+        let (r, text) = run(QueueCommand::List {
+            failed: false,
+            json: true,
+        });
+        assert!(r.is_ok());
+        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(v["id"], "q1");
+        assert_eq!(v["area"], "queued");
+
+        let (r, text) = run(QueueCommand::Show {
+            id: "f1".into(),
+            json: false,
+        });
+        assert!(r.is_ok());
+        assert!(text.contains("failed (failed/)"), "{text}");
+        assert!(text.contains("Subject: s"));
+        assert!(!text.contains("SECRET BODY"));
+
+        let (r, _) = run(QueueCommand::Delete { id: "zz".into() });
+        assert!(
+            matches!(r, Err(Failure::Usage(m)) if m == "no message zz in the queue or failed/")
+        );
+
+        let (r, text) = run(QueueCommand::Retry {
+            id: None,
+            all: true,
+            failed: false,
+        });
+        assert!(r.is_ok());
+        assert!(text.contains("retried 1 queued message(s)"), "{text}");
+        assert_eq!(spool.find("f1").unwrap().unwrap().0, Area::Failed);
+
+        let (r, text) = run(QueueCommand::Retry {
+            id: None,
+            all: true,
+            failed: true,
+        });
+        assert!(r.is_ok());
+        assert!(text.contains("retried 1 queued and 1 failed"), "{text}");
+        assert!(text.contains("f1: moved from failed/ back to the queue"));
+        assert_eq!(spool.find("f1").unwrap().unwrap().0, Area::Queue);
+
+        let (r, text) = run(QueueCommand::Delete { id: "q1".into() });
+        assert!(r.is_ok());
+        assert!(text.contains("removed queued message q1"), "{text}");
+        assert!(text.contains("q1.eml"));
+        assert!(spool.find("q1").unwrap().is_none());
+        assert!(!spool.body_path("q1").exists());
+    }
+}
