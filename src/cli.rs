@@ -12,6 +12,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::app::Relay;
 use crate::config::{unknown_env_vars, Config, LogFormat, ValidConfig};
+use crate::doctor::Doctor;
 use crate::queue_cmd::QueueCommand;
 use crate::sandbox::{Sandbox, SandboxOptions};
 
@@ -39,6 +40,23 @@ pub enum Command {
     /// Look at and act on the spool (safe while the relay runs); needs only
     /// delivery.spool_dir from the configuration.
     Queue(QueueArgs),
+    /// Check the set-up: configuration, token and its claims, STARTTLS + AUTH XOAUTH2 with
+    /// Exchange (nothing is sent). Exit 0 only if every step passes.
+    Check,
+    /// Fetch a token and print its expiry and claims (never the token itself).
+    Token,
+    /// Send one real test message through the full path and print each step with timings.
+    SendTest(SendTestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SendTestArgs {
+    /// Recipient of the test message.
+    #[arg(long)]
+    pub to: String,
+    /// Envelope and header sender (default: the mailbox).
+    #[arg(long)]
+    pub from: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,6 +103,16 @@ pub fn run() -> ExitCode {
         ),
         Some(Command::Serve(args)) => serve(cli.config.as_deref(), &env, args),
         Some(Command::Queue(args)) => queue(cli.config.as_deref(), &env, args),
+        Some(Command::Check) => doctor(cli.config.as_deref(), &env, Doctor::Check),
+        Some(Command::Token) => doctor(cli.config.as_deref(), &env, Doctor::Token),
+        Some(Command::SendTest(a)) => doctor(
+            cli.config.as_deref(),
+            &env,
+            Doctor::SendTest {
+                to: a.to,
+                from: a.from,
+            },
+        ),
     }
 }
 
@@ -106,6 +134,21 @@ fn queue(config_file: Option<&Path>, env: &[(String, String)], args: QueueArgs) 
         return config_error("delivery.spool_dir: must not be empty");
     }
     crate::queue_cmd::run(args.command, spool_dir)
+}
+
+fn doctor(config_file: Option<&Path>, env: &[(String, String)], which: Doctor) -> ExitCode {
+    let config = match Config::load(config_file, env) {
+        Ok(c) => c,
+        Err(e) => return config_error(e),
+    };
+    // Quiet logs: the command prints its own report. RUST_LOG still works.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+    crate::doctor::run(which, config)
 }
 
 fn config_error(e: impl std::fmt::Display) -> ExitCode {

@@ -673,8 +673,8 @@ fn validate_account(
         (_, Some(from_url)) => from_url,
         _ => required(&a.tenant, "account.tenant", "the Directory (tenant) ID")?.to_string(),
     };
-    if let Some(problem) = tenant_problem(&tenant) {
-        return Err(ConfigError::new("account.tenant", problem));
+    if let Some(a) = crate::diagnose::lint_tenant(&tenant) {
+        return Err(ConfigError::new("account.tenant", a.to_string()));
     }
     let client_id = required(
         &a.client_id,
@@ -692,8 +692,8 @@ fn validate_account(
         ));
     }
     let client_secret = resolve_secret(a)?;
-    if let Some(problem) = secret_shape_problem(client_secret.expose_secret()) {
-        return Err(ConfigError::new("account.client_secret", problem));
+    if let Some(a) = crate::diagnose::lint_secret(client_secret.expose_secret()) {
+        return Err(ConfigError::new("account.client_secret", a.to_string()));
     }
     let mailbox = required(&a.mailbox, "account.mailbox", "the mailbox to send as")?.to_string();
     if !mailbox.contains('@') || mailbox.chars().any(|c| c.is_whitespace() || c == '<') {
@@ -703,8 +703,8 @@ fn validate_account(
         ));
     }
     let scope = a.scope.trim().to_string();
-    if let Some(problem) = scope_problem(&scope) {
-        return Err(ConfigError::new("account.scope", problem));
+    if let Some(a) = crate::diagnose::lint_scope(&scope) {
+        return Err(ConfigError::new("account.scope", a.to_string()));
     }
     if a.refresh_margin_secs < 60 {
         warnings.push(format!(
@@ -825,70 +825,7 @@ fn is_loopback_host(host_port: &str) -> bool {
             .unwrap_or(false)
 }
 
-/// `8-4-4-4-12` hexadecimal.
-pub fn is_guid(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    parts.len() == 5
-        && parts
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(p, n)| p.len() == n && p.chars().all(|c| c.is_ascii_hexdigit()))
-}
-
-fn tenant_problem(tenant: &str) -> Option<String> {
-    let lower = tenant.to_ascii_lowercase();
-    if ["common", "organizations", "consumers"].contains(&lower.as_str()) {
-        return Some(format!(
-            "`{tenant}` is a multi-tenant alias that app-only tokens cannot use (AADSTS50194); \
-             use the Directory (tenant) ID GUID from the app registration's Overview page"
-        ));
-    }
-    if is_guid(tenant) || (tenant.contains('.') && !tenant.contains(char::is_whitespace)) {
-        return None;
-    }
-    Some(format!(
-        "`{tenant}` is neither a tenant GUID nor a domain such as contoso.onmicrosoft.com"
-    ))
-}
-
-/// Recognises values that cannot be a client secret value (reference §1.9).
-pub fn secret_shape_problem(secret: &str) -> Option<String> {
-    if is_guid(secret) {
-        return Some(
-            "this looks like the client secret ID (a GUID), not its value. In Entra admin center \
-             > App registrations > your app > Certificates & secrets, create a new secret and \
-             copy its Value column (it is shown only once)"
-                .into(),
-        );
-    }
-    if secret.starts_with("eyJ") && secret.matches('.').count() == 2 {
-        return Some(
-            "this looks like an access token (a JWT), not a client secret. Configure the \
-             client secret Value from Certificates & secrets; the relay fetches tokens itself"
-                .into(),
-        );
-    }
-    None
-}
-
-fn scope_problem(scope: &str) -> Option<String> {
-    if scope.is_empty() {
-        return Some(format!("is empty; use {DEFAULT_SCOPE}"));
-    }
-    if scope.contains("graph.microsoft.com") {
-        return Some(format!(
-            "`{scope}` is a Microsoft Graph scope; SMTP AUTH needs the Exchange Online \
-             resource: {DEFAULT_SCOPE}"
-        ));
-    }
-    if !scope.ends_with("/.default") || scope.contains(' ') {
-        return Some(format!(
-            "`{scope}` names a permission or several resources; client credentials need one \
-             resource followed by /.default (AADSTS1002012): {DEFAULT_SCOPE}"
-        ));
-    }
-    None
-}
+pub use crate::diagnose::is_guid;
 
 fn validate_upstream(u: &UpstreamConfig, hostname: &str) -> Result<ValidUpstream, ConfigError> {
     let (host, port) = split_host_port(&u.address).ok_or_else(|| {

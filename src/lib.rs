@@ -24,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod diagnose;
+pub mod doctor;
 pub mod envelope;
 pub mod governor;
 pub mod queue_cmd;

@@ -532,8 +532,11 @@ impl Delivery {
     }
 
     fn set_hold(&self, e: &UpstreamError) {
-        let advice = e.advice().unwrap_or_else(|| e.to_string());
-        let key = e.to_string();
+        let advice = e
+            .advice_for(self.upstream.mailbox())
+            .unwrap_or_else(|| e.to_string());
+        // Keyed by the advice, which is stable, not by the error text (trace ids differ).
+        let key = advice.clone();
         let first = {
             let mut last = self.last_config_problem.lock().expect("lock");
             let first = last.as_deref() != Some(key.as_str());

@@ -65,6 +65,10 @@ pub struct SandboxOptions {
     pub mailboxes: Vec<String>,
     /// Mailboxes whose SMTP AUTH switch is off: AUTH gets `535 5.7.139` (reference §3.5).
     pub smtp_auth_disabled: Vec<String>,
+    /// Application permissions granted (with admin consent) to the app: the `roles` of its
+    /// Exchange tokens. Empty reproduces "SMTP.SendAsApp was never added or consented",
+    /// which Exchange answers with `535 5.7.3`.
+    pub app_roles: Vec<String>,
     /// `expires_in` of issued tokens (Entra shows 3599 s for app-only tokens).
     pub token_lifetime: Duration,
     /// Where accepted messages are written (created if missing).
@@ -97,6 +101,7 @@ impl SandboxOptions {
             client_secret: SecretString::from(random_client_secret()),
             mailboxes: vec!["relay@sandbox.example".to_string()],
             smtp_auth_disabled: Vec::new(),
+            app_roles: vec![token::SMTP_ROLE.to_string()],
             token_lifetime: Duration::from_secs(3599),
             store_dir,
             max_connections_per_mailbox: 3,

@@ -356,7 +356,7 @@ fn key_thumbprint() -> &'static str {
 /// Builds a JWT-shaped access token with v1 claims (reference §1.10).
 fn mint(shared: &Shared, grant: &Grant, now: u64) -> (String, IssuedToken) {
     let (aud, roles) = match grant {
-        Grant::Exchange { aud } => (aud.clone(), vec![SMTP_ROLE.to_string()]),
+        Grant::Exchange { aud } => (aud.clone(), shared.opts.app_roles.clone()),
         Grant::Graph => (GRAPH_AUDIENCE.to_string(), vec!["Mail.Send".to_string()]),
     };
     let lifetime = shared.opts.token_lifetime.as_secs();

@@ -286,7 +286,7 @@ impl TokenCache {
                 tracing::warn!(
                     source = %inner.source.describe(),
                     %error,
-                    advice = error.advice().unwrap_or(""),
+                    advice = error.advice().unwrap_or_default(),
                     remaining_s = trigger.remaining().as_secs(),
                     "background token refresh failed; keeping the current token"
                 );

@@ -150,99 +150,28 @@ impl TokenError {
     }
 
     /// A plain-language fix for the mistakes we know (reference §1.8), or `None`.
-    pub fn advice(&self) -> Option<&'static str> {
+    pub fn advice(&self) -> Option<String> {
         if let Some(code) = self.aadsts() {
-            if let Some(advice) = advice_for_aadsts(code) {
-                return Some(advice);
+            if let Some(advice) = crate::diagnose::aadsts(code) {
+                return Some(advice.to_string());
             }
         }
-        match self {
-            TokenError::Http { status: 404, .. } => Some(
+        let text: &str = match self {
+            TokenError::Http { status: 404, .. } => {
                 "The token URL does not exist: check the authority (e.g. https://login.microsoftonline.com, \
-                 no path) and the tenant; the token URL must be {authority}/{tenant}/oauth2/v2.0/token.",
-            ),
-            TokenError::InvalidUrl { .. } => Some(
-                "Check the authority setting: it must be an https:// URL such as https://login.microsoftonline.com.",
-            ),
-            TokenError::Rejected { error, .. } if error == "invalid_scope" => Some(
+                 no path) and the tenant; the token URL must be {authority}/{tenant}/oauth2/v2.0/token."
+            }
+            TokenError::InvalidUrl { .. } => {
+                "Check the authority setting: it must be an https:// URL such as https://login.microsoftonline.com."
+            }
+            TokenError::Rejected { error, .. } if error == "invalid_scope" => {
                 "The scope is wrong: for SMTP use exactly https://outlook.office365.com/.default \
-                 (one resource, ending in /.default, not a permission name).",
-            ),
-            _ => None,
-        }
+                 (one resource, ending in /.default, not a permission name)."
+            }
+            _ => return None,
+        };
+        Some(text.to_string())
     }
-}
-
-/// The advice text for one AADSTS code, if we know that mistake.
-pub fn advice_for_aadsts(code: u32) -> Option<&'static str> {
-    Some(match code {
-        7000215 => {
-            "The client secret is wrong: you probably pasted the secret ID (a GUID) or an access token \
-             instead of the secret VALUE. In Entra admin center > App registrations > <app> > \
-             Certificates & secrets, create a new client secret, copy its Value column (shown only once) \
-             and configure that."
-        }
-        7000222 => {
-            "The client secret has expired. Create a new client secret in Entra admin center > \
-             App registrations > <app> > Certificates & secrets and configure its Value (or move to a \
-             certificate or workload identity federation)."
-        }
-        700016 => {
-            "Entra does not know this client ID in this tenant: use the Application (client) ID from the \
-             app registration's Overview page (not the Object ID or the secret ID), and check the tenant. \
-             A multi-tenant app must first be consented in this tenant."
-        }
-        90002 => {
-            "The tenant was not found: use the Directory (tenant) ID from the app registration's Overview \
-             page (not a subscription ID) or the tenant's domain, and check the cloud (global, usgov, china)."
-        }
-        900023 => {
-            "The tenant value has a bad shape: it must be a full tenant GUID or a domain name such as \
-             contoso.onmicrosoft.com, with no spaces."
-        }
-        70011 => {
-            "The scope is not valid: for SMTP use exactly https://outlook.office365.com/.default."
-        }
-        1002012 => {
-            "Client-credential scopes must be the resource followed by /.default: use \
-             https://outlook.office365.com/.default, not a permission name such as SMTP.SendAsApp, \
-             and do not URL-encode it yourself."
-        }
-        700022 => {
-            "The scope names more than one resource: request only https://outlook.office365.com/.default \
-             (Graph scopes do not work for SMTP)."
-        }
-        500011 => {
-            "The resource in the scope was not found in this tenant: check it is exactly \
-             https://outlook.office365.com/.default and that the tenant has Exchange Online."
-        }
-        7000218 => {
-            "No credential reached Entra: the client secret is empty. Configure the client secret value \
-             (or client_secret_file)."
-        }
-        700025 => {
-            "The app is registered as a public client, so it cannot use a client secret: in the app \
-             registration's Authentication page set \"Allow public client flows\" to No."
-        }
-        7000112 => {
-            "The application is disabled: enable its service principal in Entra admin center > \
-             Enterprise applications > <app> > Properties (\"Enabled for users to sign-in\")."
-        }
-        53003 => {
-            "A Conditional Access policy blocked the token: ask the Entra admin to exclude this \
-             application (workload identity) from the policy or allow the relay's network location."
-        }
-        50194 => {
-            "The app is single-tenant, so the token URL must name the tenant: set the tenant to its GUID \
-             or domain, not common or organizations."
-        }
-        50196 | 90055 => {
-            "Entra is throttling token requests for this app or tenant: something is requesting tokens \
-             far too often. The relay caches tokens and backs off; check that no other process uses the \
-             same app in a loop."
-        }
-        _ => return None,
-    })
 }
 
 /// HTTP statuses that say "try again later".
@@ -443,9 +372,12 @@ mod tests {
             7000215, 7000222, 700016, 90002, 900023, 70011, 1002012, 700022, 500011, 7000218,
             700025, 7000112, 53003, 50194, 50196, 90055,
         ] {
-            assert!(advice_for_aadsts(code).is_some(), "no advice for {code}");
+            assert!(
+                crate::diagnose::aadsts(code).is_some(),
+                "no advice for {code}"
+            );
         }
-        assert_eq!(advice_for_aadsts(1), None);
+        assert_eq!(crate::diagnose::aadsts(1), None);
         assert!(TokenError::Timeout.advice().is_none());
     }
 

@@ -126,8 +126,13 @@ impl UpstreamError {
 impl UpstreamError {
     /// One or two sentences an admin can act on, for configuration-class failures.
     pub fn advice(&self) -> Option<String> {
+        self.advice_for("<mailbox>")
+    }
+
+    /// [`advice`](Self::advice) naming the mailbox in the PowerShell commands.
+    pub fn advice_for(&self, mailbox: &str) -> Option<String> {
         match self {
-            UpstreamError::Token(e) => e.advice().map(str::to_string),
+            UpstreamError::Token(e) => e.advice(),
             UpstreamError::NoStartTls => Some(
                 "The upstream server does not offer STARTTLS. Point upstream.address at \
                  smtp.office365.com:587."
@@ -144,51 +149,8 @@ impl UpstreamError {
                  upstream.address and upstream.tls_server_name."
                     .into(),
             ),
-            UpstreamError::Auth { reply, .. } => {
-                if reply.has_status("5.7.139") && reply.mentions("disabled") {
-                    Some(
-                        "SMTP AUTH is switched off for this mailbox or tenant. In Exchange Online \
-                         PowerShell run: Set-CASMailbox -Identity <mailbox> \
-                         -SmtpClientAuthenticationDisabled $false"
-                            .into(),
-                    )
-                } else if reply.has_status("5.7.139") {
-                    Some(
-                        "A Conditional Access or authentication policy blocks SMTP AUTH for this \
-                         mailbox; ask the tenant admin to exclude the relay's app."
-                            .into(),
-                    )
-                } else if reply.has_status("5.7.3") {
-                    Some(
-                        "Exchange refused the token. Check that the app has the Office 365 Exchange \
-                         Online application permission SMTP.SendAsApp with admin consent, that \
-                         New-ServicePrincipal was run for it, and that Add-MailboxPermission \
-                         -AccessRights FullAccess was granted on account.mailbox."
-                            .into(),
-                    )
-                } else {
-                    None
-                }
-            }
-            UpstreamError::Rejected { reply, .. } => {
-                if reply.has_status("5.7.60") {
-                    Some(
-                        "Exchange does not let the mailbox send as this envelope sender. Set \
-                         account.envelope_sender = \"mailbox\", or grant SendAs with \
-                         Add-RecipientPermission."
-                            .into(),
-                    )
-                } else if reply.has_status("5.2.2") {
-                    Some(
-                        "The mailbox is full (Sent Items counts). Empty Sent Items or add a \
-                         retention policy."
-                            .into(),
-                    )
-                } else if reply.has_status("4.7.66") {
-                    Some("The upstream requires a newer TLS version than was negotiated.".into())
-                } else {
-                    None
-                }
+            UpstreamError::Auth { reply, .. } | UpstreamError::Rejected { reply, .. } => {
+                crate::diagnose::smtp_reply(reply, mailbox).map(|a| a.to_string())
             }
             _ => None,
         }

@@ -1,0 +1,346 @@
+//! `check`, `token` and `send-test`: the set-up diagnostics a new user runs first (the
+//! equivalent of an app's "Test Email" button, with the reason when it fails).
+//!
+//! Thin drivers: the advice itself comes from the pure `diagnose` room. Every step prints OK
+//! or the problem with its fix, and its time. Nothing printed contains the secret, the token
+//! or the XOAUTH2 string.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::cli::{EXIT_CONFIG, EXIT_UNAVAILABLE};
+use crate::config::{Config, ValidConfig};
+use crate::diagnose;
+use crate::token::{ClientSecretSettings, ClientSecretSource, TokenCache, TokenSource};
+use crate::upstream::conn::{ConnectParams, Connection, OutboundMessage};
+
+/// Which diagnostic to run.
+#[derive(Debug, Clone)]
+pub enum Doctor {
+    /// Lint, token, claims, STARTTLS + AUTH without sending.
+    Check,
+    /// Lint, token, claims; print them.
+    Token,
+    /// Everything, then one real message.
+    SendTest { to: String, from: Option<String> },
+}
+
+struct Report<W: Write> {
+    out: W,
+    failed: bool,
+}
+
+impl<W: Write> Report<W> {
+    fn ok(&mut self, step: &str, took: Option<Duration>, detail: &str) {
+        let _ = writeln!(
+            self.out,
+            "[ OK ] {step}{}{}",
+            timing(took),
+            detail_sep(detail)
+        );
+    }
+
+    fn fail(&mut self, step: &str, took: Option<Duration>, problem: &str, fix: Option<&str>) {
+        self.failed = true;
+        let _ = writeln!(self.out, "[FAIL] {step}{}: {problem}", timing(took));
+        if let Some(fix) = fix {
+            let _ = writeln!(self.out, "       fix: {fix}");
+        }
+    }
+
+    fn info(&mut self, line: &str) {
+        let _ = writeln!(self.out, "       {line}");
+    }
+}
+
+fn timing(took: Option<Duration>) -> String {
+    took.map(|d| format!(" ({} ms)", d.as_millis()))
+        .unwrap_or_default()
+}
+
+fn detail_sep(detail: &str) -> String {
+    if detail.is_empty() {
+        String::new()
+    } else {
+        format!(": {detail}")
+    }
+}
+
+/// Runs a diagnostic; prints to stdout. Exit 0 only if every step passed.
+pub fn run(which: Doctor, config: Config) -> ExitCode {
+    let mut report = Report {
+        out: std::io::stdout(),
+        failed: false,
+    };
+    let valid = match config.validate() {
+        Ok(v) => v,
+        Err(e) => {
+            report.fail(
+                &format!("configuration `{}`", e.key),
+                None,
+                &e.message,
+                None,
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    report.ok(
+        "configuration",
+        None,
+        &format!(
+            "tenant {}, app {}, mailbox {}, upstream {}:{}",
+            valid.account.tenant,
+            valid.account.client_id,
+            valid.account.mailbox,
+            valid.upstream.host,
+            valid.upstream.port
+        ),
+    );
+    for w in &valid.warnings {
+        report.info(&format!("note: {w}"));
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("smtp-oauth-relay: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(diagnose_online(which, valid, &mut report));
+    let _ = report.out.flush();
+    if report.failed {
+        ExitCode::from(EXIT_UNAVAILABLE)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn diagnose_online<W: Write>(which: Doctor, valid: ValidConfig, report: &mut Report<W>) {
+    let account = &valid.account;
+    let source = match ClientSecretSource::new(ClientSecretSettings {
+        token_url: account.token_url.clone(),
+        client_id: account.client_id.clone(),
+        client_secret: account.client_secret.clone(),
+        scope: account.scope.clone(),
+        extra_roots: valid.extra_roots.clone(),
+        timeout: account.token_timeout,
+    }) {
+        Ok(s) => Arc::new(s),
+        Err(e) => return report.fail("TLS set-up", None, &e.to_string(), None),
+    };
+
+    // Token.
+    let started = Instant::now();
+    let token = match source.fetch().await {
+        Ok(t) => t,
+        Err(e) => {
+            let advice = e.advice();
+            return report.fail(
+                &format!("token from {}", account.token_url),
+                Some(started.elapsed()),
+                &e.to_string(),
+                advice.as_deref(),
+            );
+        }
+    };
+    report.ok(
+        "token",
+        Some(started.elapsed()),
+        &format!("expires in {} s", token.expires_in()),
+    );
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    match diagnose::decode_claims(token.expose()) {
+        None => report.info("claims: the token is opaque (not a JWT); nothing to check"),
+        Some(claims) => {
+            report.info(&format!("aud:   {}", claims.aud));
+            report.info(&format!(
+                "roles: {}",
+                if claims.roles.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    claims.roles.join(", ")
+                }
+            ));
+            if let Some(scp) = &claims.scp {
+                report.info(&format!("scp:   {scp}"));
+            }
+            report.info(&format!(
+                "appid: {}",
+                claims.appid.as_deref().unwrap_or("-")
+            ));
+            report.info(&format!("tid:   {}", claims.tid.as_deref().unwrap_or("-")));
+            let problems = diagnose::check_claims(&claims, now, &account.client_id);
+            if problems.is_empty() {
+                report.ok(
+                    "token claims",
+                    None,
+                    "Exchange audience and SMTP.SendAsApp role",
+                );
+            }
+            for a in problems {
+                report.fail("token claims", None, &a.problem, Some(&a.fix));
+            }
+        }
+    }
+    if matches!(which, Doctor::Token) {
+        return;
+    }
+
+    // Upstream: connect, STARTTLS, AUTH XOAUTH2.
+    let tls = match crate::tls::client_config(&valid.extra_roots) {
+        Ok(t) => t,
+        Err(e) => return report.fail("TLS set-up", None, &e.to_string(), None),
+    };
+    let tokens = TokenCache::new(source, account.refresh_margin);
+    let server_name =
+        rustls_pki_types::ServerName::try_from(valid.upstream.tls_server_name.clone())
+            .expect("validated in config");
+    let started = Instant::now();
+    let conn = Connection::open(&ConnectParams {
+        host: &valid.upstream.host,
+        port: valid.upstream.port,
+        server_name: &server_name,
+        tls: &tls,
+        helo_name: &valid.upstream.helo_name,
+        connect_timeout: valid.upstream.connect_timeout,
+        command_timeout: valid.upstream.command_timeout,
+        mailbox: &account.mailbox,
+        tokens: &tokens,
+    })
+    .await;
+    let mut conn = match conn {
+        Ok(c) => c,
+        Err(e) => {
+            let advice = e.advice_for(&account.mailbox);
+            return report.fail(
+                &format!(
+                    "SMTP {}:{} (STARTTLS, AUTH XOAUTH2 as {})",
+                    valid.upstream.host, valid.upstream.port, account.mailbox
+                ),
+                Some(started.elapsed()),
+                &e.to_string(),
+                advice.as_deref(),
+            );
+        }
+    };
+    report.ok(
+        "SMTP",
+        Some(started.elapsed()),
+        &format!(
+            "{}:{} connect, EHLO, STARTTLS (TLS verified), EHLO, AUTH XOAUTH2 user={} <token redacted>: 235",
+            valid.upstream.host, valid.upstream.port, account.mailbox
+        ),
+    );
+    let Doctor::SendTest { to, from } = which else {
+        conn.quit().await;
+        return;
+    };
+
+    // One real message.
+    let from = from.unwrap_or_else(|| account.mailbox.clone());
+    let id = crate::envelope::MessageId::generate();
+    let body = test_message(&from, &to, id.as_str(), &valid.listen.hostname);
+    let path = std::env::temp_dir().join(format!("smtp-oauth-relay-send-test-{id}.eml"));
+    if let Err(e) = std::fs::write(&path, &body) {
+        return report.fail(
+            "send-test",
+            None,
+            &format!("cannot write a temporary file: {e}"),
+            None,
+        );
+    }
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => return report.fail("send-test", None, &e.to_string(), None),
+    };
+    let msg = OutboundMessage {
+        mail_from: from.clone(),
+        rcpt_to: vec![to.clone()],
+        size: body.len() as u64,
+        body_8bit: false,
+        smtputf8: false,
+        all_or_nothing: true,
+        start_by: None,
+    };
+    let started = Instant::now();
+    let result = conn
+        .transact(&msg, &mut file, valid.upstream.data_timeout)
+        .await;
+    let _ = std::fs::remove_file(&path);
+    match result {
+        Ok(d) => {
+            report.ok(
+                "send",
+                Some(started.elapsed()),
+                &format!(
+                    "MAIL FROM:<{from}> RCPT TO:<{to}> DATA ({} bytes): {}",
+                    body.len(),
+                    d.reply
+                ),
+            );
+            conn.quit().await;
+        }
+        Err(e) => {
+            let advice = e.advice_for(&account.mailbox);
+            report.fail(
+                &format!("send MAIL FROM:<{from}> RCPT TO:<{to}>"),
+                Some(started.elapsed()),
+                &e.to_string(),
+                advice.as_deref(),
+            );
+        }
+    }
+}
+
+/// The `send-test` message: plain text, CRLF line ends.
+pub fn test_message(from: &str, to: &str, id: &str, hostname: &str) -> Vec<u8> {
+    let date = httpdate::fmt_http_date(SystemTime::now()).replace(" GMT", " +0000");
+    format!(
+        "From: <{from}>\r\nTo: <{to}>\r\nSubject: smtp-oauth-relay test message\r\nDate: {date}\r\n\
+         Message-ID: <{id}@{hostname}>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+         This is a test message from smtp-oauth-relay on {hostname}.\r\n\
+         If you can read it, the relay can send through Exchange Online.\r\n"
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_lines() {
+        let mut r = Report {
+            out: Vec::new(),
+            failed: false,
+        };
+        r.ok(
+            "token",
+            Some(Duration::from_millis(12)),
+            "expires in 3599 s",
+        );
+        r.fail("SMTP", None, "refused", Some("do this"));
+        let text = String::from_utf8(r.out).unwrap();
+        assert_eq!(
+            text,
+            "[ OK ] token (12 ms): expires in 3599 s\n[FAIL] SMTP: refused\n       fix: do this\n"
+        );
+        assert!(r.failed);
+    }
+
+    #[test]
+    fn test_message_is_crlf_text() {
+        let m = String::from_utf8(test_message("a@x", "b@y", "id1", "host")).unwrap();
+        assert!(m.starts_with("From: <a@x>\r\nTo: <b@y>\r\n"));
+        assert!(!m.replace("\r\n", "").contains('\n'));
+        assert!(m.ends_with("\r\n"));
+    }
+}
