@@ -5,7 +5,10 @@
 //! Every wait is bounded; the child is killed when its handle drops. `std::process` is used
 //! with non-blocking `try_wait` polling (tokio's `process` feature is not enabled).
 
+#[path = "support/child.rs"]
+mod child;
 mod support;
+use child::{greets_220, strip_ansi};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,8 +18,6 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use support::{relay_binary, strip_received, RawClient, World};
 use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// How long the child may take to answer its first `220`.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -172,43 +173,6 @@ impl Drop for RelayProcess {
             let _ = self.child.wait();
         }
     }
-}
-
-/// Removes `ESC [ ... <letter>` sequences.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' && chars.peek() == Some(&'[') {
-            chars.next();
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Connects, reads the greeting and says QUIT. `Ok(true)` if the greeting was `220`.
-async fn greets_220(addr: SocketAddr) -> std::io::Result<bool> {
-    let mut s = TcpStream::connect(addr).await?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 512];
-    while !buf.ends_with(b"\r\n") {
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(false);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let ok = buf.starts_with(b"220 ");
-    let _ = s.write_all(b"QUIT\r\n").await;
-    let _ = s.read(&mut chunk).await;
-    Ok(ok)
 }
 
 fn body(subject: &str) -> Vec<u8> {

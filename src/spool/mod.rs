@@ -100,10 +100,9 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Creates the layout if needed, proves it is writable, removes half-written files, and
-    /// returns the committed queue (recovery after a restart or crash).
-    pub fn open(root: &Path) -> io::Result<(Spool, Vec<QueueEntry>)> {
-        let spool = Spool {
+    /// The paths under `root`; touches nothing on disk.
+    fn layout(root: &Path) -> Spool {
+        Spool {
             root: root.to_owned(),
             incoming: root.join("incoming"),
             queue: root.join("queue"),
@@ -111,7 +110,13 @@ impl Spool {
             control: root.join("control"),
             queue_sync: std::sync::Arc::new(GroupSync::new(root.join("queue"))),
             failed_sync: std::sync::Arc::new(GroupSync::new(root.join("failed"))),
-        };
+        }
+    }
+
+    /// Creates the layout if needed, proves it is writable, removes half-written files, and
+    /// returns the committed queue (recovery after a restart or crash).
+    pub fn open(root: &Path) -> io::Result<(Spool, Vec<QueueEntry>)> {
+        let spool = Spool::layout(root);
         for dir in [&spool.incoming, &spool.queue, &spool.failed, &spool.control] {
             std::fs::create_dir_all(dir).map_err(|e| with_path(e, dir))?;
         }
@@ -141,15 +146,7 @@ impl Spool {
     /// `queue` commands, which run beside a live relay whose `incoming/*.tmp` files are
     /// messages still arriving. Fails with `NotFound` if the layout is not there.
     pub fn open_existing(root: &Path) -> io::Result<Spool> {
-        let spool = Spool {
-            root: root.to_owned(),
-            incoming: root.join("incoming"),
-            queue: root.join("queue"),
-            failed: root.join("failed"),
-            control: root.join("control"),
-            queue_sync: std::sync::Arc::new(GroupSync::new(root.join("queue"))),
-            failed_sync: std::sync::Arc::new(GroupSync::new(root.join("failed"))),
-        };
+        let spool = Spool::layout(root);
         for dir in [&spool.queue, &spool.failed, &spool.control] {
             if !dir.is_dir() {
                 return Err(io::Error::new(

@@ -150,7 +150,7 @@ impl Drop for RelayChild {
 }
 
 /// Removes `ESC [ ... <letter>` sequences.
-fn strip_ansi(text: &str) -> String {
+pub fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
@@ -169,7 +169,7 @@ fn strip_ansi(text: &str) -> String {
 }
 
 /// Connects, reads the greeting and says QUIT. `Ok(true)` if the greeting was `220`.
-async fn greets_220(addr: SocketAddr) -> std::io::Result<bool> {
+pub async fn greets_220(addr: SocketAddr) -> std::io::Result<bool> {
     let mut s = TcpStream::connect(addr).await?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 512];
