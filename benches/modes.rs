@@ -275,6 +275,7 @@ impl World<'_> {
         let o = self.sandbox.options();
         [
             ("SMTP_OAUTH_RELAY_LISTEN", "127.0.0.1:0".to_string()),
+            ("SMTP_OAUTH_RELAY_ADMIN_LISTEN", "off".to_string()),
             ("SMTP_OAUTH_RELAY_TENANT", o.tenant.clone()),
             ("SMTP_OAUTH_RELAY_CLIENT_ID", o.client_id.clone()),
             (

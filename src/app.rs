@@ -29,7 +29,25 @@ pub enum StartError {
     },
     #[error("TLS setup: {0}")]
     Tls(#[from] crate::tls::TlsSetupError),
+    #[error("cannot listen on {addr} (admin.listen / SMTP_OAUTH_RELAY_ADMIN_LISTEN): {source}")]
+    AdminBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
+
+/// What SIGHUP did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reload {
+    /// The secret file was read again; `changed` says whether its value is new.
+    SecretReloaded { changed: bool },
+    /// The secret is not from a file: nothing to re-read.
+    NothingToReload,
+}
+
+/// How often the token keeper looks at the cached token when all is well (it refreshes ahead
+/// of expiry when due, see `TokenCache::keep_warm`).
+const KEEP_WARM_PERIOD: Duration = Duration::from_secs(60);
 
 /// A running relay.
 pub struct Relay {
@@ -38,6 +56,12 @@ pub struct Relay {
     tracker: TaskTracker,
     upstream: Arc<Upstream>,
     delivery: Arc<Delivery>,
+    tokens: TokenCache,
+    secret_source: Arc<ClientSecretSource>,
+    secret_file: Option<std::path::PathBuf>,
+    admin_addr: Option<SocketAddr>,
+    admin_stop: CancellationToken,
+    admin_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Relay {
@@ -58,12 +82,13 @@ impl Relay {
             extra_roots: config.extra_roots.clone(),
             timeout: account.token_timeout,
         })?;
-        let tokens = TokenCache::new(Arc::new(source), account.refresh_margin);
+        let source = Arc::new(source);
+        let tokens = TokenCache::new(source.clone(), account.refresh_margin);
         let tls = crate::tls::client_config(&config.extra_roots)?;
         let upstream = Arc::new(Upstream::new(
             config.upstream.clone(),
             tls,
-            tokens,
+            tokens.clone(),
             account.mailbox.clone(),
         ));
         let listener = TcpListener::bind(config.listen.address)
@@ -76,6 +101,14 @@ impl Relay {
             addr: config.listen.address,
             source,
         })?;
+        let admin_listener = match config.admin {
+            Some(addr) => Some(
+                crate::admin::bind(addr)
+                    .await
+                    .map_err(|source| StartError::AdminBind { addr, source })?,
+            ),
+            None => None,
+        };
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let governor = Governor::new(config.governor.clone());
@@ -91,11 +124,13 @@ impl Relay {
             tracker.clone(),
             shutdown.clone(),
         );
+        let accepting = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let ctx = Arc::new(ListenerContext {
             listen: config.listen.clone(),
             delivery: delivery.clone(),
             spool,
             shutdown: shutdown.clone(),
+            accepting: accepting.clone(),
         });
         tracker.spawn(listener::run(listener, ctx, tracker.clone()));
         tracker.spawn(delivery.clone().run());
@@ -104,8 +139,34 @@ impl Relay {
             shutdown.clone(),
             config.upstream.idle_timeout,
         ));
+        {
+            // Keep a token ready: the first message need not wait, and readiness tells
+            // the truth about the credentials.
+            let (tokens, delivery, stop) = (tokens.clone(), delivery.clone(), shutdown.clone());
+            tracker.spawn(async move {
+                tokens
+                    .keep_warm(KEEP_WARM_PERIOD, stop, || delivery.token_recovered())
+                    .await
+            });
+        }
+        let admin_stop = CancellationToken::new();
+        let mut admin_addr = None;
+        let admin_task = admin_listener.map(|l| {
+            admin_addr = l.local_addr().ok();
+            let health = Arc::new(crate::admin::Health {
+                listen: local_addr,
+                accepting,
+                draining: shutdown.clone(),
+                spool_dir: config.spool_dir.clone(),
+                tokens: tokens.clone(),
+                delivery: delivery.clone(),
+                mailbox: account.mailbox.clone(),
+            });
+            tokio::spawn(crate::admin::serve(l, health, admin_stop.clone()))
+        });
         tracing::info!(
             listen = %local_addr,
+            admin = %admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
             upstream = %format!("{}:{}", config.upstream.host, config.upstream.port),
             mailbox = %account.mailbox,
             token_url = %account.token_url,
@@ -118,11 +179,49 @@ impl Relay {
             tracker,
             upstream,
             delivery,
+            tokens,
+            secret_source: source,
+            secret_file: account.client_secret_file.clone(),
+            admin_addr,
+            admin_stop,
+            admin_task,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The admin HTTP address, unless `admin.listen = "off"`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn tokens(&self) -> &TokenCache {
+        &self.tokens
+    }
+
+    /// SIGHUP: reads the client secret file again (a rotated secret), checks its shape, and
+    /// uses it for the next token request. Connections and the current token are kept.
+    pub fn reload_secrets(&self) -> Result<Reload, crate::config::ConfigError> {
+        let Some(path) = &self.secret_file else {
+            return Ok(Reload::NothingToReload);
+        };
+        let secret = crate::config::read_secret_file(path)?;
+        if let Some(advice) =
+            crate::diagnose::lint_secret(secrecy::ExposeSecret::expose_secret(&secret))
+        {
+            return Err(crate::config::ConfigError {
+                key: "account.client_secret_file".into(),
+                message: advice.to_string(),
+            });
+        }
+        let changed = self.secret_source.replace_secret(secret);
+        if changed {
+            // A failure remembered for the old secret must not hold back the new one.
+            self.tokens.forget_failure();
+        }
+        Ok(Reload::SecretReloaded { changed })
     }
 
     pub fn upstream(&self) -> &Arc<Upstream> {
@@ -148,6 +247,10 @@ impl Relay {
             .await
             .is_ok();
         self.upstream.close_idle(true).await;
+        self.admin_stop.cancel();
+        if let Some(task) = self.admin_task {
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
         finished
     }
 }

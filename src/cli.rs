@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::app::Relay;
+use crate::app::{Relay, Reload};
 use crate::config::{unknown_env_vars, Config, LogFormat, ValidConfig};
 use crate::doctor::Doctor;
 use crate::queue_cmd::QueueCommand;
@@ -47,6 +47,21 @@ pub enum Command {
     Token,
     /// Send one real test message through the full path and print each step with timings.
     SendTest(SendTestArgs),
+    /// Ask a running relay's admin port whether it is alive (`/healthz`), or ready with
+    /// `--ready` (`/readyz`). Exit 0 if so, 1 if not. For Docker's HEALTHCHECK and exec
+    /// probes: needs no shell or curl.
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HealthcheckArgs {
+    /// Check readiness (`/readyz`) instead of liveness (`/healthz`).
+    #[arg(long)]
+    pub ready: bool,
+    /// Admin address to ask (default: admin.listen from the configuration; a wildcard
+    /// address such as 0.0.0.0 is asked on loopback).
+    #[arg(long)]
+    pub addr: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -73,9 +88,10 @@ pub struct ServeArgs {
     /// Where the sandbox stores the mail it receives.
     #[arg(long, default_value = "./sandbox-mail")]
     pub sandbox_dir: PathBuf,
-    /// Seconds to let in-flight messages finish after SIGTERM/SIGINT.
-    #[arg(long, default_value_t = 30)]
-    pub grace_secs: u64,
+    /// Seconds to let in-flight messages finish after SIGTERM/SIGINT (default:
+    /// shutdown.grace_secs, 30).
+    #[arg(long)]
+    pub grace_secs: Option<u64>,
 }
 
 /// Parses the command line and runs the chosen command.
@@ -97,7 +113,6 @@ pub fn run() -> ExitCode {
             &env,
             ServeArgs {
                 sandbox_dir: PathBuf::from("./sandbox-mail"),
-                grace_secs: 30,
                 ..Default::default()
             },
         ),
@@ -105,6 +120,7 @@ pub fn run() -> ExitCode {
         Some(Command::Queue(args)) => queue(cli.config.as_deref(), &env, args),
         Some(Command::Check) => doctor(cli.config.as_deref(), &env, Doctor::Check),
         Some(Command::Token) => doctor(cli.config.as_deref(), &env, Doctor::Token),
+        Some(Command::Healthcheck(a)) => healthcheck(cli.config.as_deref(), &env, a),
         Some(Command::SendTest(a)) => doctor(
             cli.config.as_deref(),
             &env,
@@ -149,6 +165,48 @@ fn doctor(config_file: Option<&Path>, env: &[(String, String)], which: Doctor) -
         .with_ansi(false)
         .try_init();
     crate::doctor::run(which, config)
+}
+
+/// `healthcheck`: exit 0 if the admin port answers 200.
+fn healthcheck(
+    config_file: Option<&Path>,
+    env: &[(String, String)],
+    args: HealthcheckArgs,
+) -> ExitCode {
+    let listen = match args.addr {
+        Some(a) => a,
+        None => match Config::load(config_file, env) {
+            Ok(c) => c.admin.listen,
+            Err(e) => return config_error(e),
+        },
+    };
+    let addr = match crate::config::validate_admin(&crate::config::AdminConfig { listen }) {
+        Ok(Some(a)) => a,
+        Ok(None) => return config_error("admin.listen is off: there is no admin port to ask"),
+        Err(e) => return config_error(e),
+    };
+    let addr = crate::admin::asked_address(addr);
+    let path = if args.ready { "/readyz" } else { "/healthz" };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("smtp-oauth-relay: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::admin::probe(addr, path, Duration::from_secs(5))) {
+        Ok(body) => {
+            println!("{body}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn config_error(e: impl std::fmt::Display) -> ExitCode {
@@ -216,6 +274,7 @@ fn serve(config_file: Option<&Path>, env: &[(String, String)], args: ServeArgs) 
         for w in &valid.warnings {
             tracing::warn!("{w}");
         }
+        let grace = valid.shutdown_grace;
         let relay = match Relay::start(valid).await {
             Ok(r) => r,
             Err(e) => {
@@ -232,14 +291,43 @@ fn serve(config_file: Option<&Path>, env: &[(String, String)], args: ServeArgs) 
             );
             let _ = s;
         }
-        wait_for_signal().await;
-        tracing::info!(grace_secs = args.grace_secs, "shutting down: no new connections, finishing messages in progress");
-        let shutdown = relay.shutdown(Duration::from_secs(args.grace_secs));
-        let finished = tokio::select! {
-            f = shutdown => f,
-            _ = wait_for_signal() => {
-                tracing::warn!("second signal: exiting now");
-                false
+        let grace = args.grace_secs.map(Duration::from_secs).unwrap_or(grace);
+        let mut signals = match Signals::new() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("smtp-oauth-relay: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        loop {
+            match signals.next().await {
+                Signal::Stop => break,
+                Signal::Reload => match relay.reload_secrets() {
+                    Ok(Reload::SecretReloaded { changed: true }) => {
+                        tracing::info!("SIGHUP: client secret file read again; the new secret is used from the next token request");
+                    }
+                    Ok(Reload::SecretReloaded { changed: false }) => {
+                        tracing::info!("SIGHUP: client secret file read again; unchanged");
+                    }
+                    Ok(Reload::NothingToReload) => {
+                        tracing::info!("SIGHUP: nothing to re-read (the client secret is not from a file; restart to change configuration)");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: cannot use the secret file; keeping the secret in use");
+                    }
+                },
+            }
+        }
+        tracing::info!(grace_secs = grace.as_secs(), "shutting down: no new connections, finishing messages in progress (a second signal exits at once)");
+        let shutdown = relay.shutdown(grace);
+        tokio::pin!(shutdown);
+        let finished = loop {
+            tokio::select! {
+                f = &mut shutdown => break f,
+                s = signals.next() => if s == Signal::Stop {
+                    tracing::warn!("second signal: exiting now; queued mail stays in the spool, a message still in DATA was not accepted");
+                    return ExitCode::FAILURE;
+                },
             }
         };
         if let Some(s) = sandbox {
@@ -284,19 +372,38 @@ async fn start_sandbox(config: &mut Config, dir: &Path) -> std::io::Result<Sandb
     Ok(sandbox)
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
+/// What a signal asks of `serve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// SIGTERM or SIGINT: drain and stop (a second one: stop now).
+    Stop,
+    /// SIGHUP: re-read secret files.
+    Reload,
+}
+
+/// The signals `serve` listens to, installed once so none is missed between waits.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
+        }
     }
 }
 

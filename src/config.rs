@@ -50,6 +50,8 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("RATE_PER_MINUTE", "governor.rate_per_minute"),
     ("MODE", "delivery.mode"),
     ("LOG_FORMAT", "log.format"),
+    ("ADMIN_LISTEN", "admin.listen"),
+    ("SHUTDOWN_GRACE_SECS", "shutdown.grace_secs"),
 ];
 
 /// Variables with our prefix that are read elsewhere (not configuration keys).
@@ -67,6 +69,41 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub governor: GovernorConfig,
     pub log: LogConfig,
+    pub admin: AdminConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+/// The admin HTTP server: `/healthz`, `/readyz`, `/metrics`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `host:port` for the admin HTTP server, or `off`. Loopback by default; in a Kubernetes
+    /// pod set `0.0.0.0:9325` so the kubelet's probes and Prometheus can reach it (it serves
+    /// no secrets and accepts no changes).
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9325".into(),
+        }
+    }
+}
+
+/// What SIGTERM/SIGINT do.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Seconds to let messages in DATA and deliveries in flight finish after SIGTERM/SIGINT.
+    /// A second signal exits at once. Queued mail stays in the spool either way.
+    pub grace_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { grace_secs: 30 }
+    }
 }
 
 /// The inbound SMTP listener: where legacy apps connect.
@@ -354,6 +391,9 @@ pub struct ValidConfig {
     pub delivery: ValidDelivery,
     pub governor: crate::governor::Limits,
     pub log_format: LogFormat,
+    /// Admin HTTP address; `None` when `admin.listen = "off"`.
+    pub admin: Option<SocketAddr>,
+    pub shutdown_grace: Duration,
     /// Things worth a log line but not worth refusing to start.
     pub warnings: Vec<String>,
 }
@@ -395,6 +435,8 @@ pub struct ValidAccount {
     pub refresh_margin: Duration,
     pub token_timeout: Duration,
     pub envelope_sender: EnvelopeSender,
+    /// Where the secret came from, if a file: SIGHUP reads it again.
+    pub client_secret_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ValidAccount {
@@ -447,7 +489,7 @@ impl Config {
             figment = figment.merge(Toml::file_exact(path));
         }
         for (key, value) in env_overrides(env) {
-            figment = figment.merge(Serialized::global(&key, Value::from(value)));
+            figment = figment.merge(Serialized::global(&key, env_value(&key, value)));
         }
         figment.extract_lossy::<Config>().map_err(|e| {
             let key = if e.path.is_empty() {
@@ -492,10 +534,38 @@ impl Config {
             delivery,
             governor,
             log_format: self.log.format,
+            admin: validate_admin(&self.admin)?,
+            shutdown_grace: Duration::from_secs(self.shutdown.grace_secs),
             warnings,
         })
     }
 }
+
+/// An environment value as configuration: a list (`["10.0.0.0/8", "::1/128"]` or
+/// `10.0.0.0/8,::1/128`) for a key that takes one, else the string as given (so an all-digit secret stays a string; serde
+/// turns strings into numbers and booleans where the key wants them).
+fn env_value(key: &str, value: String) -> Value {
+    if LIST_KEYS.contains(&key) {
+        if value.trim_start().starts_with('[') {
+            // figment parses a string into a value and never fails (at worst: a string).
+            let Ok(v) = value.parse::<Value>();
+            return v;
+        } else {
+            // Also `10.0.0.0/8,192.168.0.0/16`, the form people type into manifests.
+            let items: Vec<Value> = value
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(Value::from)
+                .collect();
+            return Value::from(items);
+        }
+    }
+    Value::from(value)
+}
+
+/// Keys whose value is a list.
+const LIST_KEYS: &[&str] = &["listen.allow"];
 
 /// Turns the environment into `(dotted.key, value)` overrides. Unknown variables with our
 /// prefix are reported as warnings by [`unknown_env_vars`].
@@ -533,6 +603,20 @@ pub fn unknown_env_vars(env: &[(String, String)]) -> Vec<String> {
             }
         })
         .collect()
+}
+
+/// `admin.listen`: `off` or a socket address (no name lookup: the admin port is local).
+pub fn validate_admin(a: &AdminConfig) -> Result<Option<SocketAddr>, ConfigError> {
+    let v = a.listen.trim();
+    if v.eq_ignore_ascii_case("off") || v.is_empty() {
+        return Ok(None);
+    }
+    v.parse::<SocketAddr>().map(Some).map_err(|_| {
+        ConfigError::new(
+            "admin.listen",
+            format!("`{v}` is not host:port with an IP address (e.g. 127.0.0.1:9325), or `off`"),
+        )
+    })
 }
 
 fn validate_delivery(d: &DeliveryConfig) -> Result<ValidDelivery, ConfigError> {
@@ -728,6 +812,7 @@ fn validate_account(
         refresh_margin: Duration::from_secs(a.refresh_margin_secs),
         token_timeout: Duration::from_secs(a.token_timeout_secs),
         envelope_sender: a.envelope_sender,
+        client_secret_file: a.client_secret_file.clone(),
     })
 }
 
@@ -744,22 +829,7 @@ fn resolve_secret(a: &AccountConfig) -> Result<SecretString, ConfigError> {
             }
             Ok(SecretString::from(trimmed.to_string()))
         }
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                ConfigError::new(
-                    "account.client_secret_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            let trimmed = text.trim();
-            if trimmed.is_empty() {
-                return Err(ConfigError::new(
-                    "account.client_secret_file",
-                    format!("{} is empty", path.display()),
-                ));
-            }
-            Ok(SecretString::from(trimmed.to_string()))
-        }
+        (None, Some(path)) => read_secret_file(path),
         (None, None) => Err(ConfigError::new(
             "account.client_secret",
             format!(
@@ -768,6 +838,21 @@ fn resolve_secret(a: &AccountConfig) -> Result<SecretString, ConfigError> {
             ),
         )),
     }
+}
+
+/// Reads a secret file (trailing newline ignored). Used at start-up and again on SIGHUP, when a rotated secret has been written to the file.
+pub fn read_secret_file(path: &Path) -> Result<SecretString, ConfigError> {
+    let key = "account.client_secret_file";
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(key, format!("cannot read {}: {e}", path.display())))?;
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(ConfigError::new(
+            key,
+            format!("{} is empty", path.display()),
+        ));
+    }
+    Ok(SecretString::from(trimmed.to_string()))
 }
 
 /// Splits an authority into base URL and, for a Jama/MSAL-style authority
@@ -1129,6 +1214,28 @@ mod tests {
         assert_eq!(split_host_port("[::1]:25"), Some(("::1".into(), 25)));
         assert_eq!(split_host_port("smtp.office365.com"), None);
         assert_eq!(split_host_port(":25"), None);
+    }
+
+    #[test]
+    fn list_keys_from_the_environment() {
+        for value in [
+            r#"["10.0.0.0/8", "192.168.1.0/24"]"#,
+            "10.0.0.0/8, 192.168.1.0/24",
+        ] {
+            let env = vec![(
+                "SMTP_OAUTH_RELAY__LISTEN__ALLOW".to_string(),
+                value.to_string(),
+            )];
+            let c = Config::load(None, &env).unwrap_or_else(|e| panic!("{value}: {e}"));
+            let got: Vec<String> = c.listen.allow.iter().map(|n| n.to_string()).collect();
+            assert_eq!(got, ["10.0.0.0/8", "192.168.1.0/24"], "{value}");
+        }
+        let env = vec![(
+            "SMTP_OAUTH_RELAY__LISTEN__ALLOW".to_string(),
+            "not-a-network".to_string(),
+        )];
+        let e = Config::load(None, &env).unwrap_err();
+        assert!(e.key.starts_with("listen.allow"), "{e}");
     }
 
     /// Every key of the configuration is documented in the example file, in its section.

@@ -51,6 +51,8 @@ pub struct Envelope {
     /// `SMTPUTF8` was declared.
     pub smtputf8: bool,
     pub received_at: SystemTime,
+    /// The message's `Message-ID` header (cleaned for logs), for the audit trail.
+    pub message_id: Option<String>,
 }
 
 #[cfg(test)]

@@ -488,12 +488,32 @@ impl Governor {
     /// Waits until the batch may go and takes a permit. Cancel-safe: dropping the future
     /// before it completes records nothing and holds nothing.
     pub async fn acquire(self: &Arc<Self>, recipients: u32) -> Permit {
+        let mut waited: Option<Instant> = None;
         loop {
             // Registered before the check, so a permit dropped in between still wakes us
             // (`notify_waiters` reaches every `Notified` created before the call).
             let notified = self.notify.notified();
-            let wake_at = match self.try_acquire(recipients) {
-                Ok(permit) => return permit,
+            let decision = self.try_acquire(recipients);
+            if let Err(d) = &decision {
+                if waited.is_none() {
+                    waited = Some(Instant::now());
+                    let reason = match d {
+                        Decision::WaitUntil(_) => "rate",
+                        Decision::HeldUntil(_) => "quota",
+                        _ => "connections",
+                    };
+                    metrics::counter!("smtp_oauth_relay_governor_waits_total", "reason" => reason)
+                        .increment(1);
+                }
+            }
+            let wake_at = match decision {
+                Ok(permit) => {
+                    if let Some(since) = waited {
+                        metrics::histogram!("smtp_oauth_relay_governor_wait_seconds")
+                            .record(since.elapsed().as_secs_f64());
+                    }
+                    return permit;
+                }
                 Err(Decision::WaitUntil(t) | Decision::HeldUntil(t)) => Some(t),
                 Err(Decision::WaitForSlot) => self.lock().next_restore(Instant::now()),
                 Err(Decision::Go) => unreachable!("try_acquire returns Go as Ok"),

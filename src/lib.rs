@@ -19,7 +19,9 @@
 //! Around them: [`config`] (load and validate once), [`app`] (wiring), [`cli`], [`tls`].
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod delivery;

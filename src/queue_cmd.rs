@@ -677,6 +677,7 @@ mod tests {
             failed_at: None,
             failure_reason: None,
             refused: Vec::new(),
+            message_id: None,
         }
     }
 

@@ -508,7 +508,13 @@ fn eml_files(dir: &Path) -> Vec<PathBuf> {
 async fn serve_sandbox_stores_mail_in_cwd_and_stops_on_sigterm() {
     let cwd = tempfile::tempdir().expect("tempdir");
     let addr = free_addr();
-    let env = vec![("SMTP_OAUTH_RELAY_LISTEN".to_string(), addr.to_string())];
+    let env = vec![
+        ("SMTP_OAUTH_RELAY_LISTEN".to_string(), addr.to_string()),
+        (
+            "SMTP_OAUTH_RELAY_ADMIN_LISTEN".to_string(),
+            "127.0.0.1:0".to_string(),
+        ),
+    ];
     let mut relay = RelayProcess::spawn(&["serve", "--sandbox"], &env, Some(cwd.path()));
     relay.wait_ready(addr).await;
 

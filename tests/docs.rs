@@ -37,3 +37,79 @@ fn ci_runs_the_readme_test_command() {
     let ci = read(".ci/run");
     assert!(ci.contains("cargo test --locked"));
 }
+
+/// The README's configuration table, as (key, env var, default) rows.
+fn readme_config_rows() -> Vec<(String, String, String)> {
+    let readme = read("README.md");
+    let section = readme
+        .split("## Configuration reference")
+        .nth(1)
+        .expect("README has a configuration reference")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<String> = l
+                .split('|')
+                .map(|c| c.trim().trim_matches('`').to_string())
+                .collect();
+            (cells[1].clone(), cells[2].clone(), cells[3].clone())
+        })
+        .collect()
+}
+
+/// Every key of the configuration structs with its default, rendered as TOML would show it
+/// (`—` for no default), from `Config::default()` itself.
+fn struct_keys() -> Vec<(String, String)> {
+    let value = serde_json::to_value(smtp_oauth_relay::config::Config::default()).unwrap();
+    let mut out = Vec::new();
+    for (section, keys) in value.as_object().unwrap() {
+        for (key, v) in keys.as_object().unwrap() {
+            let default = match v {
+                serde_json::Value::Null => "—".to_string(),
+                other => other.to_string(),
+            };
+            out.push((format!("{section}.{key}"), default));
+        }
+    }
+    out
+}
+
+#[test]
+fn readme_configuration_table_matches_the_structs() {
+    let rows = readme_config_rows();
+    let keys = struct_keys();
+    let documented: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    for (key, default) in &keys {
+        let row = rows
+            .iter()
+            .find(|r| &r.0 == key)
+            .unwrap_or_else(|| panic!("README configuration table lacks `{key}`"));
+        // Secrets serialize redacted; their default is "none" all the same.
+        let want = if default.contains("redacted") {
+            "—"
+        } else {
+            default.as_str()
+        };
+        assert_eq!(row.2, want, "README default of `{key}`");
+    }
+    for key in documented {
+        assert!(
+            keys.iter().any(|(k, _)| k == key),
+            "README documents `{key}`, which is not a configuration key"
+        );
+    }
+    for (key, env, _) in &rows {
+        let public = smtp_oauth_relay::config::ENV_KEYS
+            .iter()
+            .find(|(_, k)| k == key)
+            .map(|(n, _)| format!("SMTP_OAUTH_RELAY_{n}"));
+        match public {
+            Some(name) => assert_eq!(env, &name, "env var of `{key}`"),
+            None => assert_eq!(env, "—", "`{key}` has no short env name"),
+        }
+    }
+}

@@ -320,6 +320,7 @@ async fn failed_message(spool_dir: &Path) -> String {
         failed_at: None,
         failure_reason: None,
         refused: Vec::new(),
+        message_id: None,
     };
     spool.commit(&incoming, &entry).await.unwrap();
     entry.failed_at = Some(now - 60);

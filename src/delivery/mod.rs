@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::audit;
 use crate::config::{DeliveryMode, EnvelopeSender, ValidDelivery};
 use crate::envelope::{Envelope, MessageId};
 use crate::governor::{split_batches, Decision, Governor, Permit};
@@ -114,6 +115,8 @@ impl Report {
 struct Hold {
     advice: String,
     until: Instant,
+    /// The token endpoint refused us (not Exchange): a working token lifts it.
+    from_token: bool,
 }
 
 const HOLD_FOR: Duration = Duration::from_secs(60);
@@ -197,6 +200,21 @@ impl Delivery {
         self.queue.len()
     }
 
+    /// When the oldest queued message was received (unix seconds), if any.
+    pub fn oldest_queued(&self) -> Option<u64> {
+        self.queue.oldest_received_at()
+    }
+
+    /// Lifts a configuration hold that the token endpoint caused, once it issues tokens
+    /// again (a hold from Exchange's side stays until a delivery works).
+    pub fn token_recovered(&self) {
+        let mut hold = self.hold.lock().expect("hold lock");
+        if hold.as_ref().is_some_and(|h| h.from_token) {
+            *hold = None;
+            self.last_config_problem.lock().expect("lock").take();
+        }
+    }
+
     /// The advice of a current configuration hold, if any.
     pub fn held(&self) -> Option<String> {
         let hold = self.hold.lock().expect("hold lock");
@@ -207,6 +225,12 @@ impl Delivery {
 
     /// Takes a received message and returns the client's DATA reply (DESIGN §3).
     pub async fn submit(self: &Arc<Self>, msg: Spooled) -> Reply {
+        let mode = match self.mode {
+            DeliveryMode::Queue => "queue",
+            DeliveryMode::Hybrid => "hybrid",
+            DeliveryMode::Direct => "direct",
+        };
+        audit::received(&facts(&self.new_entry(&msg)), mode);
         match self.mode {
             DeliveryMode::Queue => self.submit_queue(msg).await,
             DeliveryMode::Hybrid => self.submit_hybrid(msg).await,
@@ -234,6 +258,7 @@ impl Delivery {
             failed_at: None,
             failure_reason: None,
             refused: Vec::new(),
+            message_id: env.message_id.clone(),
         }
     }
 
@@ -263,14 +288,12 @@ impl Delivery {
         if let Err(reply) = self.enqueue(&msg.path, entry, false).await {
             return reply;
         }
-        log_received(&msg, "queued");
         queued_reply(&id, "queued for delivery")
     }
 
     async fn submit_direct(self: &Arc<Self>, msg: Spooled) -> Reply {
         if let Some(advice) = self.held() {
-            self.spool.discard(&msg.path).await;
-            return held_reply(&advice);
+            return self.refuse_held(&msg, &advice).await;
         }
         let entry = self.new_entry(&msg);
         let first = first_batch_len(&entry.rcpt_to, &self.governor);
@@ -278,19 +301,50 @@ impl Delivery {
             p = self.governor.acquire(first) => p,
             _ = tokio::time::sleep(self.settings.try_now_timeout) => {
                 self.spool.discard(&msg.path).await;
-                return Reply::new(451, "4.3.2", "the mailbox is at its sending limit, try again later");
+                let reply = Reply::new(451, "4.3.2", "the mailbox is at its sending limit, try again later");
+                audit::refused(&facts(&entry), 0, "paced", &reply.to_string());
+                return reply;
             }
         };
         let report = self.attempt_path(&entry, &msg.path, Some(permit)).await;
         self.spool.discard(&msg.path).await;
         self.note_outcome(&entry, &report);
-        client_reply(&entry.id, &report)
+        let reply = client_reply(&entry.id, &report);
+        self.note_refusal(&entry, &report, &reply);
+        reply
+    }
+
+    /// A configuration hold: the client gets `451 4.7.0` with the advice, nothing is kept.
+    async fn refuse_held(&self, msg: &Spooled, advice: &str) -> Reply {
+        self.spool.discard(&msg.path).await;
+        let reply = held_reply(advice);
+        audit::refused(
+            &facts(&self.new_entry(msg)),
+            0,
+            "config",
+            &reply.to_string(),
+        );
+        reply
+    }
+
+    /// Records in the audit trail that recipients were refused back to the client (nothing
+    /// kept for them).
+    fn note_refusal(&self, entry: &QueueEntry, report: &Report, reply: &Reply) {
+        if let Some(f) = report.failed.first() {
+            let class = if report.permanent().next().is_some() {
+                Verdict::Permanent
+            } else {
+                f.verdict
+            };
+            let mut refused = facts(entry);
+            refused.recipients = report.failed.len();
+            audit::refused(&refused, 1, audit::class_label(class), &reply.to_string());
+        }
     }
 
     async fn submit_hybrid(self: &Arc<Self>, msg: Spooled) -> Reply {
         if let Some(advice) = self.held() {
-            self.spool.discard(&msg.path).await;
-            return held_reply(&advice);
+            return self.refuse_held(&msg, &advice).await;
         }
         let mut entry = self.new_entry(&msg);
         let id = entry.id.clone();
@@ -308,10 +362,17 @@ impl Delivery {
             Err(_) => None,
         };
         let Some(permit) = permit else {
+            let f = facts(&entry);
+            audit::deferred(
+                &f,
+                0,
+                "paced",
+                "the mailbox is at its sending pace",
+                entry.next_attempt,
+            );
             if let Err(reply) = self.enqueue(&msg.path, entry, false).await {
                 return reply;
             }
-            log_received(&msg, "queued (mailbox is being paced)");
             return queued_reply(&id, "queued: the mailbox is at its sending pace");
         };
         let (tx, mut rx) = tokio::sync::oneshot::channel();
@@ -336,7 +397,13 @@ impl Delivery {
                 if let Err(reply) = self.enqueue(&msg.path, entry.clone(), true).await {
                     return reply;
                 }
-                log_received(&msg, "queued (first attempt still running)");
+                audit::deferred(
+                    &facts(&entry),
+                    0,
+                    "slow",
+                    "first attempt still running when the client's wait ended",
+                    entry.next_attempt,
+                );
                 let me = self.clone();
                 self.tracker.spawn(async move {
                     let report = rx.await.unwrap_or_else(|_| {
@@ -355,17 +422,16 @@ impl Delivery {
         };
         self.note_outcome(&entry, &report);
         let transient: Vec<String> = report.transient().map(|f| f.rcpt.clone()).collect();
-        if transient.is_empty() {
-            // Delivered and/or refused for good: nothing to keep; the client hears the truth.
-            self.spool.discard(&msg.path).await;
-            return client_reply(&id, &report);
-        }
-        if report.delivered.is_empty()
-            && report.retry_verdict().map(|v| v.0) == Some(Verdict::Config)
+        if transient.is_empty()
+            || (report.delivered.is_empty()
+                && report.retry_verdict().map(|v| v.0) == Some(Verdict::Config))
         {
-            // Held for configuration: the app (and its admin) should see it now.
+            // Delivered and/or refused for good, or held for configuration: nothing to keep;
+            // the client (the app, and its admin) hears the truth now.
             self.spool.discard(&msg.path).await;
-            return client_reply(&id, &report);
+            let reply = client_reply(&id, &report);
+            self.note_refusal(&entry, &report, &reply);
+            return reply;
         }
         // Keep what is still to do; record what was refused for good.
         entry.rcpt_to = transient;
@@ -381,10 +447,16 @@ impl Delivery {
             Step::RetryAt(at) => entry.next_attempt = at,
             Step::Fail(_) => entry.next_attempt = now_unix(),
         }
+        audit::deferred(
+            &facts(&entry),
+            1,
+            audit::class_label(verdict),
+            &reason,
+            entry.next_attempt,
+        );
         if let Err(reply) = self.enqueue(&msg.path, entry, false).await {
             return reply;
         }
-        log_received(&msg, "queued after a transient failure");
         queued_reply(&id, &format!("queued, will retry: {reason}"))
     }
 
@@ -551,6 +623,7 @@ impl Delivery {
         *self.hold.lock().expect("hold lock") = Some(Hold {
             advice,
             until: Instant::now() + HOLD_FOR,
+            from_token: matches!(e, UpstreamError::Token(_)),
         });
     }
 
@@ -567,15 +640,19 @@ impl Delivery {
             if had_hold || had_problem {
                 tracing::info!("upstream delivery works again");
             }
-            tracing::info!(
-                id = %entry.id,
-                from = %entry.mail_from,
-                recipients = report.delivered.len(),
-                size = entry.size,
-                client = %entry.client,
-                attempt = entry.attempts + 1,
-                upstream = %report.last_reply.as_ref().map(|r| r.to_string()).unwrap_or_default(),
-                "delivered"
+            let latency = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH + Duration::from_secs(entry.received_at))
+                .unwrap_or_default();
+            audit::delivered(
+                &facts(entry),
+                entry.attempts + 1,
+                report.delivered.len(),
+                &report
+                    .last_reply
+                    .as_ref()
+                    .map(|r| r.to_string())
+                    .unwrap_or_default(),
+                latency,
             );
         }
         for f in &report.failed {
@@ -612,7 +689,7 @@ impl Delivery {
                 self.queue.remove(&entry.id);
             } else {
                 let reason = format!("refused by Exchange: {}", entry.refused.join("; "));
-                self.fail(entry, reason).await;
+                self.fail(entry, "permanent", reason).await;
             }
             return;
         }
@@ -622,6 +699,13 @@ impl Delivery {
         match next_step(verdict, &reason, self.history(&entry)) {
             Step::RetryAt(at) => {
                 entry.next_attempt = at;
+                audit::deferred(
+                    &facts(&entry),
+                    entry.attempts,
+                    audit::class_label(verdict),
+                    &reason,
+                    at,
+                );
                 match self.spool.update(&entry).await {
                     Ok(()) => self.queue.release(entry),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -638,13 +722,13 @@ impl Delivery {
                 for r in &entry.rcpt_to {
                     entry.refused.push(format!("{r}: {reason}"));
                 }
-                self.fail(entry, reason).await;
+                self.fail(entry, "expired", reason).await;
             }
         }
     }
 
     /// Moves a message to `failed/`, logs one line, and optionally notifies the sender.
-    async fn fail(self: &Arc<Self>, mut entry: QueueEntry, reason: String) {
+    async fn fail(self: &Arc<Self>, mut entry: QueueEntry, class: &'static str, reason: String) {
         entry.failed_at = Some(now_unix());
         entry.failure_reason = Some(reason.clone());
         entry.rcpt_to = entry
@@ -652,12 +736,10 @@ impl Delivery {
             .iter()
             .map(|r| r.split(": ").next().unwrap_or(r).to_string())
             .collect();
+        audit::failed(&facts(&entry), entry.attempts, class, &reason);
         tracing::error!(
             id = %entry.id,
-            from = %entry.mail_from,
             recipients = %entry.rcpt_to.join(","),
-            attempts = entry.attempts,
-            reason = %reason,
             "message failed permanently; kept in the spool's failed/ directory"
         );
         if let Err(e) = self.spool.fail(&entry).await {
@@ -703,6 +785,7 @@ impl Delivery {
             failed_at: None,
             failure_reason: None,
             refused: Vec::new(),
+            message_id: None,
         };
         if self.enqueue(&path, entry, false).await.is_ok() {
             tracing::info!(notice = %id, about = %failed.id, to = %failed.mail_from, "failure notice queued");
@@ -796,16 +879,17 @@ fn first_batch_len(rcpts: &[String], governor: &Governor) -> u32 {
     }
 }
 
-fn log_received(msg: &Spooled, what: &str) {
-    let env = &msg.envelope;
-    tracing::info!(
-        id = %env.id,
-        from = %env.mail_from,
-        recipients = env.rcpt_to.len(),
-        size = msg.size,
-        client = %env.client,
-        "{what}"
-    );
+/// What the audit trail says about a message.
+fn facts(e: &QueueEntry) -> audit::Facts<'_> {
+    audit::Facts {
+        id: &e.id,
+        message_id: e.message_id.as_deref(),
+        from: &e.mail_from,
+        recipients: e.rcpt_to.len(),
+        size: e.size,
+        client: &e.client,
+        account: &e.mailbox,
+    }
 }
 
 fn queued_reply(id: &str, why: &str) -> Reply {

@@ -77,6 +77,7 @@ mod tests {
             failed_at: Some(1),
             failure_reason: Some("gave up\r\nafter 5 days".into()),
             refused: vec!["x@y: 550 5.1.10 no such user".into()],
+            message_id: None,
         };
         let n = failure_notice(
             &entry,

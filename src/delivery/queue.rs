@@ -39,6 +39,12 @@ impl Queue {
         self.wake.notify_one();
     }
 
+    /// When the oldest message in the queue was received (unix seconds), if any.
+    pub fn oldest_received_at(&self) -> Option<u64> {
+        let slots = self.slots.lock().expect("queue lock");
+        slots.values().map(|s| s.entry.received_at).min()
+    }
+
     /// Claims up to `max` due, unclaimed messages, earliest first.
     pub fn claim_due(&self, now: u64, max: usize) -> Vec<QueueEntry> {
         let mut slots = self.slots.lock().expect("queue lock");
@@ -158,6 +164,7 @@ mod tests {
             failed_at: None,
             failure_reason: None,
             refused: Vec::new(),
+            message_id: None,
         }
     }
 

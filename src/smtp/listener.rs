@@ -29,12 +29,16 @@ pub struct ListenerContext {
     pub delivery: Arc<Delivery>,
     pub spool: Spool,
     pub shutdown: CancellationToken,
+    /// True while the accept loop runs (readiness).
+    pub accepting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Accepts connections until `shutdown` is cancelled. A permit is taken *before* accepting,
 /// so at most `max_connections` clients are served and the rest wait in the backlog.
 pub async fn run(listener: TcpListener, ctx: Arc<ListenerContext>, tracker: TaskTracker) {
     let limit = Arc::new(Semaphore::new(ctx.listen.max_connections));
+    ctx.accepting
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let mut backoff = Duration::from_millis(10);
     loop {
         let permit = tokio::select! {
@@ -59,14 +63,20 @@ pub async fn run(listener: TcpListener, ctx: Arc<ListenerContext>, tracker: Task
             }
         };
         let ctx = ctx.clone();
+        metrics::counter!("smtp_oauth_relay_inbound_connections_total").increment(1);
+        let active = metrics::gauge!("smtp_oauth_relay_inbound_connections_active");
+        active.increment(1.0);
         tracker.spawn(async move {
             let _ = socket.set_nodelay(true);
             if let Err(e) = handle(socket, peer, &ctx).await {
                 tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
             }
+            active.decrement(1.0);
             drop(permit);
         });
     }
+    ctx.accepting
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     tracing::info!("listener stopped accepting");
 }
 
@@ -79,6 +89,8 @@ async fn handle(
     let listen = &ctx.listen;
     if !listen.permits(peer.ip()) {
         tracing::warn!(client = %peer, "connection refused: not in listen.allow");
+        metrics::counter!("smtp_oauth_relay_inbound_connections_refused_total", "reason" => "not_allowed")
+            .increment(1);
         socket.write_all(&reply::access_denied().to_bytes()).await?;
         return Ok(());
     }
@@ -267,6 +279,7 @@ async fn receive_message(
         header_len = header.len() as u64;
     }
     let mut decoder = BodyDecoder::new(listen.max_message_size);
+    let mut sniffer = crate::audit::MessageIdSniffer::new();
     let mut decoded = Vec::with_capacity(64 * 1024);
     let data_deadline = Instant::now()
         + listen.data_timeout
@@ -279,6 +292,7 @@ async fn receive_message(
         };
         input.drain(..consumed);
         if !decoded.is_empty() {
+            sniffer.feed(&decoded);
             write_or_fail(&mut writer, &decoded).await;
             decoded.clear();
         }
@@ -327,6 +341,7 @@ async fn receive_message(
         body_8bit: transaction.body_8bit,
         smtputf8: transaction.smtputf8,
         received_at,
+        message_id: sniffer.message_id(),
     };
     let reply = ctx
         .delivery

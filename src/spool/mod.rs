@@ -59,6 +59,9 @@ pub struct QueueEntry {
     /// Recipients Exchange refused for good, as "address: reply", kept for the failure record.
     #[serde(default)]
     pub refused: Vec<String>,
+    /// The `Message-ID` header, for the audit trail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
 }
 
 /// Which part of the spool an entry is in.
@@ -470,6 +473,7 @@ mod tests {
             failed_at: None,
             failure_reason: None,
             refused: Vec::new(),
+            message_id: None,
         }
     }
 

@@ -77,6 +77,13 @@ pub fn error_hold(error: &TokenError) -> Duration {
         .min(MAX_ERROR_HOLD)
 }
 
+/// How long [`TokenCache::keep_warm`] waits after its `failures`-th failure in a row: the
+/// failure's hold, doubled for every further failure, at most [`MAX_ERROR_HOLD`].
+pub fn keep_warm_backoff(error: &TokenError, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(8);
+    (error_hold(error) * (1u32 << doublings)).min(MAX_ERROR_HOLD)
+}
+
 /// A shared, cheaply cloned token cache in front of one [`TokenSource`].
 #[derive(Clone)]
 pub struct TokenCache {
@@ -90,6 +97,12 @@ struct Inner {
     /// Held for the whole of every fetch: at most one request in flight per credential.
     fetch_lock: tokio::sync::Mutex<()>,
     fetches: AtomicU64,
+    /// Woken when a fetch fails, the token is invalidated or a failure is forgotten, so
+    /// [`TokenCache::keep_warm`] reacts at once instead of at its next period.
+    events: tokio::sync::Notify,
+    /// Woken by [`TokenCache::forget_failure`] (a reloaded secret): the keeper tries at once
+    /// even while it backs off.
+    reloaded: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -141,6 +154,7 @@ impl Inner {
                 st.token = Some(token.clone());
                 st.failure = None;
                 st.last_ok = true;
+                metrics::counter!("smtp_oauth_relay_token_refreshes_total").increment(1);
             }
             Err(error) => {
                 let hold = error_hold(error);
@@ -152,6 +166,14 @@ impl Inner {
                 );
                 st.failure = Some((error.clone(), now + hold));
                 st.last_ok = false;
+                let kind = if error.is_config() {
+                    "config"
+                } else {
+                    "transient"
+                };
+                metrics::counter!("smtp_oauth_relay_token_refresh_failures_total", "kind" => kind)
+                    .increment(1);
+                self.events.notify_waiters();
             }
         }
         result
@@ -177,6 +199,8 @@ impl TokenCache {
                 state: Mutex::new(State::default()),
                 fetch_lock: tokio::sync::Mutex::new(()),
                 fetches: AtomicU64::new(0),
+                events: tokio::sync::Notify::new(),
+                reloaded: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -232,6 +256,7 @@ impl TokenCache {
         if st.token.as_ref().is_some_and(|t| t.is_same(token)) {
             st.token = None;
             tracing::debug!(source = %self.inner.source.describe(), "cached access token invalidated");
+            self.inner.events.notify_waiters();
         }
     }
 
@@ -253,6 +278,69 @@ impl TokenCache {
     pub fn last_error(&self) -> Option<TokenError> {
         let st = self.inner.lock();
         st.failure.as_ref().map(|(e, _)| e.clone())
+    }
+
+    /// Forgets a remembered failure so the next [`get`](Self::get) asks the endpoint again
+    /// (after SIGHUP brought a rotated secret).
+    pub fn forget_failure(&self) {
+        self.inner.lock().failure = None;
+        self.inner.reloaded.notify_waiters();
+    }
+
+    /// Keeps a token ready so the first message after a quiet spell does not wait for one and
+    /// readiness tells the truth about the credentials: asks [`get`](Self::get) at least every
+    /// `period` (which refreshes ahead of expiry), and after a failure again when its hold
+    /// ends, backing off to [`MAX_ERROR_HOLD`]. `on_recovered` runs after a success that
+    /// follows a failure. Returns when `shutdown` is cancelled.
+    pub async fn keep_warm(
+        &self,
+        period: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+        on_recovered: impl Fn(),
+    ) {
+        let mut failures: u32 = 0;
+        loop {
+            // Registered before the fetch, so an event during it is not missed.
+            let event = self.inner.events.notified();
+            let reloaded = self.inner.reloaded.notified();
+            tokio::pin!(event, reloaded);
+            event.as_mut().enable();
+            reloaded.as_mut().enable();
+            let outcome = self.get().await;
+            let wait = match outcome {
+                Ok(token) => {
+                    if failures > 0 {
+                        tracing::info!(source = %self.describe(), "token endpoint works again");
+                        on_recovered();
+                    }
+                    failures = 0;
+                    period
+                        .min(token.remaining() / 2)
+                        .max(Duration::from_secs(1))
+                }
+                Err(error) => {
+                    if failures == 0 {
+                        tracing::warn!(
+                            source = %self.describe(),
+                            %error,
+                            advice = error.advice().unwrap_or_default(),
+                            "cannot obtain an access token; will keep trying"
+                        );
+                    }
+                    failures = failures.saturating_add(1);
+                    keep_warm_backoff(&error, failures)
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                // While all is well, a failure seen by a sender or an invalidated token means
+                // look again now; while failing, only a reloaded secret cuts the backoff
+                // short, so a failing endpoint is not asked in a loop.
+                _ = &mut event, if failures == 0 => {}
+                _ = &mut reloaded => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
     }
 
     /// Which credential this cache serves (no secrets).
@@ -631,6 +719,47 @@ mod tests {
         assert_eq!(waited_from.elapsed(), Duration::from_secs(5));
         assert_eq!(got.expose(), "tok-2");
         assert_eq!(cache.fetch_count(), 2);
+    }
+
+    #[test]
+    fn keep_warm_backs_off_from_the_hold() {
+        let e = config_error();
+        assert_eq!(keep_warm_backoff(&e, 1), CONFIG_ERROR_HOLD);
+        assert_eq!(keep_warm_backoff(&e, 2), CONFIG_ERROR_HOLD * 2);
+        assert_eq!(keep_warm_backoff(&e, 3), CONFIG_ERROR_HOLD * 4);
+        assert_eq!(keep_warm_backoff(&e, 40), MAX_ERROR_HOLD);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keep_warm_recovers_and_reports_it() {
+        let fake = Fake::new(0, 3600);
+        fake.then(Err(config_error()));
+        fake.then(Ok(3600));
+        let c = cache(&fake);
+        let recovered = Arc::new(AtomicU64::new(0));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = {
+            let (c, r, stop) = (c.clone(), recovered.clone(), stop.clone());
+            tokio::spawn(async move {
+                c.keep_warm(Duration::from_secs(60), stop, move || {
+                    r.fetch_add(1, Ordering::Relaxed);
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(c.last_error().is_some(), "the first fetch failed");
+        assert_eq!(recovered.load(Ordering::Relaxed), 0);
+        tokio::time::sleep(CONFIG_ERROR_HOLD).await;
+        assert!(
+            c.last_error().is_none(),
+            "fetched again once the hold ended"
+        );
+        assert!(c.expires_in().is_some());
+        assert_eq!(recovered.load(Ordering::Relaxed), 1);
+        assert_eq!(c.fetch_count(), 2);
+        stop.cancel();
+        task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -82,7 +82,8 @@ pub struct ClientSecretSource {
     url: Result<Url, String>,
     token_url: String,
     client_id: String,
-    client_secret: SecretString,
+    /// Replaced on SIGHUP when the secret file was rotated ([`Self::replace_secret`]).
+    client_secret: std::sync::RwLock<SecretString>,
     scope: String,
 }
 
@@ -122,7 +123,7 @@ impl ClientSecretSource {
             url,
             token_url: settings.token_url,
             client_id: settings.client_id,
-            client_secret: settings.client_secret,
+            client_secret: std::sync::RwLock::new(settings.client_secret),
             scope: settings.scope,
         })
     }
@@ -132,14 +133,34 @@ impl ClientSecretSource {
         &self.token_url
     }
 
+    /// Uses `secret` for every request from now on (a rotated secret). Returns whether it
+    /// differs from the one in use.
+    pub fn replace_secret(&self, secret: SecretString) -> bool {
+        let mut current = self
+            .client_secret
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let changed = current.expose_secret() != secret.expose_secret();
+        *current = secret;
+        changed
+    }
+
+    fn secret(&self) -> SecretString {
+        self.client_secret
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     async fn fetch_once(&self) -> Result<AccessToken, TokenError> {
         let url = self.url.clone().map_err(|reason| TokenError::InvalidUrl {
             url: self.token_url.clone(),
             reason,
         })?;
+        let secret = self.secret();
         let form = [
             ("client_id", self.client_id.as_str()),
-            ("client_secret", self.client_secret.expose_secret()),
+            ("client_secret", secret.expose_secret()),
             ("scope", self.scope.as_str()),
             ("grant_type", "client_credentials"),
         ];
@@ -181,7 +202,7 @@ impl ClientSecretSource {
                 Ok(AccessToken::new(grant.access_token, grant.expires_in))
             }
             Err(error) => {
-                let error = scrub_error(error, self.client_secret.expose_secret());
+                let error = scrub_error(error, secret.expose_secret());
                 if let TokenError::Rejected {
                     error: class,
                     codes,
@@ -221,7 +242,7 @@ impl ClientSecretSource {
         } else {
             TokenError::Network(error_chain(e))
         };
-        let error = scrub_error(error, self.client_secret.expose_secret());
+        let error = scrub_error(error, self.secret().expose_secret());
         tracing::debug!(source = %self.describe(), %error, "token request failed");
         error
     }

@@ -58,6 +58,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpStream<S> {
             match UpstreamReply::parse(&self.rbuf) {
                 Ok(Some((reply, used))) => {
                     self.rbuf.drain(..used);
+                    crate::audit::upstream_reply(reply.code);
                     return Ok(reply);
                 }
                 Ok(None) => {}

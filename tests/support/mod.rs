@@ -49,6 +49,8 @@ impl World {
         let o = self.sandbox.options();
         let pairs = [
             ("SMTP_OAUTH_RELAY_LISTEN", "127.0.0.1:0".to_string()),
+            // Any free port: tests run side by side.
+            ("SMTP_OAUTH_RELAY_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
             ("SMTP_OAUTH_RELAY_TENANT", o.tenant.clone()),
             ("SMTP_OAUTH_RELAY_CLIENT_ID", o.client_id.clone()),
             (

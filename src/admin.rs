@@ -1,0 +1,510 @@
+//! Admin HTTP on its own port (default `127.0.0.1:9325`, `admin.listen = "off"` disables it):
+//!
+//! - `/healthz`: the process is alive and serving (200 `ok`).
+//! - `/readyz`: 200 when the relay can do its job, else 503; the body lists every check and
+//!   says which failed: the SMTP listener accepts, the spool is writable, a valid token is in
+//!   hand (and the last token request did not fail for a configuration reason), and the
+//!   account is not held for a configuration error. While draining after SIGTERM it is 503.
+//! - `/metrics`: Prometheus text format, from the `metrics` facade's global recorder. Gauges
+//!   that describe state (spool depth, token expiry, governor window) are read at scrape
+//!   time, so they are never stale.
+//!
+//! The readiness decision ([`evaluate`]) is pure and tested below; the handlers only gather
+//! its inputs. Nothing here can change the relay, and nothing here shows a secret: token
+//! errors are already scrubbed, and no metric carries a secret or a message body.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::delivery::Delivery;
+use crate::spool::now_unix;
+use crate::token::TokenCache;
+
+/// What `/readyz` and the scrape-time gauges look at.
+pub struct Health {
+    pub listen: SocketAddr,
+    pub accepting: Arc<AtomicBool>,
+    pub draining: CancellationToken,
+    pub spool_dir: PathBuf,
+    pub tokens: TokenCache,
+    pub delivery: Arc<Delivery>,
+    pub mailbox: String,
+}
+
+/// The token's state as readiness sees it.
+#[derive(Debug, Clone, Default)]
+pub struct TokenState {
+    /// Time left on the cached token, if there is a usable one.
+    pub valid_for: Option<Duration>,
+    /// The last token request failed: (a configuration error?, what it said and the advice).
+    pub last_error: Option<(bool, String)>,
+}
+
+/// Everything readiness decides on.
+#[derive(Debug, Clone)]
+pub struct ReadyInputs {
+    pub draining: bool,
+    pub accepting: bool,
+    pub listen: SocketAddr,
+    /// `Err` says why the spool cannot be written.
+    pub spool: Result<(), String>,
+    pub token: TokenState,
+    /// The advice of a configuration hold on the account.
+    pub hold: Option<String>,
+}
+
+/// The verdict and one line per check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    pub ready: bool,
+    pub lines: Vec<String>,
+}
+
+impl Readiness {
+    pub fn body(&self) -> String {
+        let mut out = String::from(if self.ready { "ready\n" } else { "not ready\n" });
+        for l in &self.lines {
+            out.push_str(l);
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Decides readiness. Pure.
+pub fn evaluate(i: &ReadyInputs) -> Readiness {
+    let mut ready = true;
+    let mut lines = Vec::new();
+    let mut check = |ok: bool, line: String| {
+        ready &= ok;
+        lines.push(format!("{} {line}", if ok { "ok  " } else { "FAIL" }));
+    };
+    if i.draining {
+        check(false, "shutdown: draining after a stop signal".into());
+    }
+    check(
+        i.accepting && !i.draining,
+        if i.accepting && !i.draining {
+            format!("listener: accepting SMTP on {}", i.listen)
+        } else {
+            format!("listener: not accepting SMTP on {}", i.listen)
+        },
+    );
+    match &i.spool {
+        Ok(()) => check(true, "spool: writable".into()),
+        Err(e) => check(false, format!("spool: not writable: {e}")),
+    }
+    match (&i.token.valid_for, &i.token.last_error) {
+        (_, Some((true, e))) => check(
+            false,
+            format!("token: the token endpoint refused the credentials: {e}"),
+        ),
+        (Some(left), _) => check(
+            true,
+            format!("token: valid, expires in {} s", left.as_secs()),
+        ),
+        (None, Some((false, e))) => check(false, format!("token: cannot obtain one: {e}")),
+        (None, None) => check(false, "token: none obtained yet".into()),
+    }
+    match &i.hold {
+        None => check(true, "account: not held".into()),
+        Some(advice) => check(
+            false,
+            format!("account: held for a configuration error: {advice}"),
+        ),
+    }
+    Readiness { ready, lines }
+}
+
+impl Health {
+    fn inputs(&self) -> ReadyInputs {
+        let token = TokenState {
+            valid_for: self.tokens.expires_in(),
+            last_error: self.tokens.last_error().map(|e| {
+                let text = match e.advice() {
+                    Some(a) => format!("{e} ({a})"),
+                    None => e.to_string(),
+                };
+                (e.is_config(), text)
+            }),
+        };
+        ReadyInputs {
+            draining: self.draining.is_cancelled(),
+            accepting: self.accepting.load(Ordering::Relaxed),
+            listen: self.listen,
+            spool: probe_spool(&self.spool_dir),
+            token,
+            hold: self.delivery.held(),
+        }
+    }
+
+    /// Sets the gauges that describe current state, just before a scrape renders them.
+    fn set_gauges(&self) {
+        let queued = self.delivery.queued() as f64;
+        metrics::gauge!("smtp_oauth_relay_spool_messages").set(queued);
+        let oldest = self
+            .delivery
+            .oldest_queued()
+            .map(|t| now_unix().saturating_sub(t) as f64)
+            .unwrap_or(0.0);
+        metrics::gauge!("smtp_oauth_relay_spool_oldest_message_age_seconds").set(oldest);
+        let expiry = self
+            .tokens
+            .expires_in()
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        metrics::gauge!("smtp_oauth_relay_token_expiry_seconds").set(expiry);
+        let g = self.delivery.governor().snapshot();
+        let mailbox = self.mailbox.clone();
+        metrics::gauge!("smtp_oauth_relay_governor_sends_in_window", "mailbox" => mailbox.clone())
+            .set(f64::from(g.sends_in_window));
+        metrics::gauge!("smtp_oauth_relay_governor_sessions_in_flight", "mailbox" => mailbox.clone())
+            .set(f64::from(g.in_flight));
+        metrics::gauge!("smtp_oauth_relay_governor_recipients_24h", "mailbox" => mailbox.clone())
+            .set(g.recipients_in_24h as f64);
+        metrics::gauge!("smtp_oauth_relay_account_held", "mailbox" => mailbox).set(
+            if self.delivery.held().is_some() {
+                1.0
+            } else {
+                0.0
+            },
+        );
+    }
+}
+
+/// Creates and removes a small file in the spool's `incoming/` (where bodies are written).
+fn probe_spool(dir: &std::path::Path) -> Result<(), String> {
+    let probe = dir
+        .join("incoming")
+        .join(format!(".readyz-{}", std::process::id()));
+    std::fs::write(&probe, b"ok").map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::remove_file(&probe).map_err(|e| format!("{}: {e}", dir.display()))
+}
+
+/// The process-wide Prometheus recorder, installed on first use. One per process: several
+/// relays in one test process share it (their counters add up).
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Suffix("_seconds".into()),
+                &[
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    300.0, 3600.0,
+                ],
+            )
+            .expect("bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+        }
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    describe_counter!(
+        "smtp_oauth_relay_messages_received_total",
+        "Messages whose body arrived complete from a client"
+    );
+    describe_counter!(
+        "smtp_oauth_relay_messages_delivered_total",
+        "Messages Exchange accepted (per transaction)"
+    );
+    describe_counter!(
+        "smtp_oauth_relay_messages_deferred_total",
+        "Messages kept in the queue for a later attempt, by reply class"
+    );
+    describe_counter!(
+        "smtp_oauth_relay_messages_failed_total",
+        "Queued messages given up for good (moved to failed/), by class"
+    );
+    describe_counter!(
+        "smtp_oauth_relay_messages_refused_total",
+        "Messages refused back to the client with nothing kept, by class"
+    );
+    describe_counter!(
+        "smtp_oauth_relay_upstream_replies_total",
+        "Replies read from the upstream, by SMTP code"
+    );
+    describe_gauge!(
+        "smtp_oauth_relay_spool_messages",
+        "Messages in the spool's queue"
+    );
+    describe_gauge!(
+        "smtp_oauth_relay_spool_oldest_message_age_seconds",
+        Unit::Seconds,
+        "Age of the oldest queued message"
+    );
+    describe_counter!(
+        "smtp_oauth_relay_token_refreshes_total",
+        "Access tokens obtained from the token endpoint"
+    );
+    describe_counter!(
+        "smtp_oauth_relay_token_refresh_failures_total",
+        "Failed token requests, by kind (config or transient)"
+    );
+    describe_gauge!(
+        "smtp_oauth_relay_token_expiry_seconds",
+        Unit::Seconds,
+        "Seconds until the cached access token expires (0 when there is none)"
+    );
+    describe_counter!(
+        "smtp_oauth_relay_governor_waits_total",
+        "Sends that had to wait for the per-mailbox governor, by reason"
+    );
+    describe_histogram!(
+        "smtp_oauth_relay_governor_wait_seconds",
+        Unit::Seconds,
+        "How long sends waited for the governor"
+    );
+    describe_gauge!(
+        "smtp_oauth_relay_governor_sends_in_window",
+        "Sends in the current rate window (the mailbox's current rate)"
+    );
+    describe_gauge!(
+        "smtp_oauth_relay_governor_sessions_in_flight",
+        "Upstream sends in progress for the mailbox"
+    );
+    describe_gauge!(
+        "smtp_oauth_relay_governor_recipients_24h",
+        "Recipients sent in the last 24 hours"
+    );
+    describe_gauge!(
+        "smtp_oauth_relay_account_held",
+        "1 while the account is held for a configuration error"
+    );
+    describe_counter!(
+        "smtp_oauth_relay_inbound_connections_total",
+        "Inbound SMTP connections accepted"
+    );
+    describe_gauge!(
+        "smtp_oauth_relay_inbound_connections_active",
+        "Inbound SMTP connections open now"
+    );
+    describe_counter!(
+        "smtp_oauth_relay_inbound_connections_refused_total",
+        "Inbound SMTP connections refused, by reason"
+    );
+    describe_histogram!(
+        "smtp_oauth_relay_delivery_latency_seconds",
+        Unit::Seconds,
+        "From receipt to Exchange's acceptance"
+    );
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(h): State<Arc<Health>>) -> impl IntoResponse {
+    let h2 = h.clone();
+    // The spool probe touches the disk: keep it off the async workers.
+    let r = tokio::task::spawn_blocking(move || evaluate(&h2.inputs()))
+        .await
+        .unwrap_or_else(|_| Readiness {
+            ready: false,
+            lines: vec!["FAIL readiness check panicked".into()],
+        });
+    let status = if r.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        r.body(),
+    )
+}
+
+async fn metrics_text(State(h): State<Arc<Health>>) -> impl IntoResponse {
+    h.set_gauges();
+    let handle = prometheus();
+    handle.run_upkeep();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
+}
+
+/// The admin routes.
+pub fn router(health: Arc<Health>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(health)
+}
+
+/// Binds the admin port. Separate from [`serve`] so start-up fails before anything runs.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, health: Arc<Health>, stop: CancellationToken) {
+    prometheus();
+    let app = router(health);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "admin HTTP server failed");
+    }
+}
+
+/// The address to ask for `listen`: a wildcard (`0.0.0.0`, `::`) is asked on loopback.
+pub fn asked_address(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from(([127, 0, 0, 1], listen.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, listen.port()))
+        }
+        _ => listen,
+    }
+}
+
+/// `healthcheck`: GET `path` from the admin port and report whether it answered 200. Plain
+/// HTTP/1.0 over a TCP socket: no shell, no curl, so it works in a distroless image.
+pub async fn probe(addr: SocketAddr, path: &str, limit: Duration) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let work = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect to the admin port {addr}: {e}"))?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        s.take(64 * 1024)
+            .read_to_end(&mut buf)
+            .await
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text.split_whitespace().nth(1).unwrap_or("");
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.trim().to_string())
+            .unwrap_or_default();
+        if status == "200" {
+            Ok(body)
+        } else {
+            Err(format!("{path} answered {status}: {body}"))
+        }
+    };
+    tokio::time::timeout(limit, work)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer from {addr} within {limit:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs() -> ReadyInputs {
+        ReadyInputs {
+            draining: false,
+            accepting: true,
+            listen: "127.0.0.1:2525".parse().unwrap(),
+            spool: Ok(()),
+            token: TokenState {
+                valid_for: Some(Duration::from_secs(3000)),
+                last_error: None,
+            },
+            hold: None,
+        }
+    }
+
+    fn failed(r: &Readiness) -> Vec<&str> {
+        r.lines
+            .iter()
+            .filter(|l| l.starts_with("FAIL"))
+            .map(String::as_str)
+            .collect()
+    }
+
+    #[test]
+    fn all_good_is_ready() {
+        let r = evaluate(&inputs());
+        assert!(r.ready, "{r:?}");
+        assert!(failed(&r).is_empty());
+        assert!(r.body().starts_with("ready\n"));
+        assert!(r.body().contains("token: valid, expires in 3000 s"));
+    }
+
+    #[test]
+    fn each_failed_check_is_named() {
+        let mut i = inputs();
+        i.accepting = false;
+        let r = evaluate(&i);
+        assert!(!r.ready);
+        assert_eq!(failed(&r).len(), 1);
+        assert!(failed(&r)[0].contains("listener"), "{r:?}");
+
+        let mut i = inputs();
+        i.spool = Err("/spool: Read-only file system".into());
+        let r = evaluate(&i);
+        assert!(!r.ready);
+        assert!(failed(&r)[0].contains("spool: not writable: /spool: Read-only"));
+
+        let mut i = inputs();
+        i.hold = Some("grant SMTP.SendAsApp".into());
+        let r = evaluate(&i);
+        assert!(!r.ready);
+        assert!(failed(&r)[0].contains("held"));
+        assert!(r.body().starts_with("not ready\n"));
+    }
+
+    #[test]
+    fn token_rules() {
+        // A configuration error fails readiness even while an old token is still valid: the
+        // next refresh will fail too, and the operator must act.
+        let mut i = inputs();
+        i.token.last_error = Some((true, "invalid_client".into()));
+        let r = evaluate(&i);
+        assert!(!r.ready);
+        assert!(failed(&r)[0].contains("refused the credentials: invalid_client"));
+
+        // A transient failure with a valid token left is fine (refresh-ahead retries).
+        let mut i = inputs();
+        i.token.last_error = Some((false, "timeout".into()));
+        assert!(evaluate(&i).ready);
+
+        // No token at all: not ready, whatever the reason.
+        i.token.valid_for = None;
+        assert!(failed(&evaluate(&i))[0].contains("cannot obtain one: timeout"));
+        i.token.last_error = None;
+        assert!(failed(&evaluate(&i))[0].contains("none obtained yet"));
+    }
+
+    #[test]
+    fn draining_is_not_ready() {
+        let mut i = inputs();
+        i.draining = true;
+        let r = evaluate(&i);
+        assert!(!r.ready);
+        assert!(r.lines[0].contains("draining"));
+    }
+}
