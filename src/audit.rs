@@ -120,6 +120,24 @@ pub fn exchange_id(reply: &str) -> Option<&str> {
     (!id.is_empty() && id.contains('@')).then_some(id)
 }
 
+/// One audit line at `$level` with the fields every event shares, then the event's own.
+macro_rules! audit_line {
+    ($level:ident, $event:literal, $f:expr, recipients = $n:expr $(, $($rest:tt)+)?) => {
+        tracing::$level!(
+            target: "audit",
+            event = $event,
+            id = $f.id,
+            message_id = $f.message_id.unwrap_or(""),
+            from = $f.from,
+            recipients = $n,
+            size = $f.size,
+            client = $f.client,
+            $($($rest)+ ,)?
+            $event
+        )
+    };
+}
+
 /// What every event line says about the message.
 #[derive(Debug, Clone, Copy)]
 pub struct Facts<'a> {
@@ -138,18 +156,7 @@ pub struct Facts<'a> {
 pub fn received(f: &Facts, mode: &str) {
     metrics::counter!("smtp_oauth_relay_messages_received_total", "account" => f.account.to_string())
         .increment(1);
-    tracing::info!(
-        target: "audit",
-        event = "received",
-        id = f.id,
-        message_id = f.message_id.unwrap_or(""),
-        from = f.from,
-        recipients = f.recipients,
-        size = f.size,
-        client = f.client,
-        mode,
-        "received"
-    );
+    audit_line!(info, "received", f, recipients = f.recipients, mode);
 }
 
 /// Exchange accepted the message for `delivered` recipients.
@@ -159,20 +166,15 @@ pub fn delivered(f: &Facts, attempt: u32, delivered: usize, reply: &str, latency
         .increment(1);
     metrics::histogram!("smtp_oauth_relay_delivery_latency_seconds", "account" => account)
         .record(latency.as_secs_f64());
-    tracing::info!(
-        target: "audit",
-        event = "delivered",
-        id = f.id,
-        message_id = f.message_id.unwrap_or(""),
-        from = f.from,
+    audit_line!(
+        info,
+        "delivered",
+        f,
         recipients = delivered,
-        size = f.size,
-        client = f.client,
         attempt,
         upstream_reply = reply,
         exchange_id = exchange_id(reply).unwrap_or(""),
-        latency_ms = latency.as_millis() as u64,
-        "delivered"
+        latency_ms = latency.as_millis() as u64
     );
 }
 
@@ -185,20 +187,15 @@ pub fn deferred(f: &Facts, attempt: u32, class: &'static str, reason: &str, next
         "class" => class
     )
     .increment(1);
-    tracing::warn!(
-        target: "audit",
-        event = "deferred",
-        id = f.id,
-        message_id = f.message_id.unwrap_or(""),
-        from = f.from,
+    audit_line!(
+        warn,
+        "deferred",
+        f,
         recipients = f.recipients,
-        size = f.size,
-        client = f.client,
         attempt,
         class,
         upstream_reply = reason,
-        next_attempt,
-        "deferred"
+        next_attempt
     );
 }
 
@@ -211,19 +208,14 @@ pub fn failed(f: &Facts, attempt: u32, class: &'static str, reason: &str) {
         "class" => class
     )
     .increment(1);
-    tracing::error!(
-        target: "audit",
-        event = "failed",
-        id = f.id,
-        message_id = f.message_id.unwrap_or(""),
-        from = f.from,
+    audit_line!(
+        error,
+        "failed",
+        f,
         recipients = f.recipients,
-        size = f.size,
-        client = f.client,
         attempt,
         class,
-        upstream_reply = reason,
-        "failed"
+        upstream_reply = reason
     );
 }
 
@@ -237,19 +229,14 @@ pub fn refused(f: &Facts, attempt: u32, class: &'static str, reply: &str) {
         "class" => class
     )
     .increment(1);
-    tracing::warn!(
-        target: "audit",
-        event = "refused",
-        id = f.id,
-        message_id = f.message_id.unwrap_or(""),
-        from = f.from,
+    audit_line!(
+        warn,
+        "refused",
+        f,
         recipients = f.recipients,
-        size = f.size,
-        client = f.client,
         attempt,
         class,
-        reply,
-        "refused"
+        reply
     );
 }
 

@@ -187,15 +187,9 @@ fn healthcheck(
     };
     let addr = crate::admin::asked_address(addr);
     let path = if args.ready { "/readyz" } else { "/healthz" };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(false) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("smtp-oauth-relay: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(crate::admin::probe(addr, path, Duration::from_secs(5))) {
         Ok(body) => {
@@ -207,6 +201,20 @@ fn healthcheck(
             ExitCode::FAILURE
         }
     }
+}
+
+/// A tokio runtime (`multi`: one worker per core, for `serve`), or the exit code after saying
+/// why there is none.
+pub(crate) fn runtime(multi: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = if multi {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("smtp-oauth-relay: cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 fn config_error(e: impl std::fmt::Display) -> ExitCode {
@@ -236,15 +244,9 @@ fn serve(config_file: Option<&Path>, env: &[(String, String)], args: ServeArgs) 
     for name in unknown_env_vars(env) {
         tracing::warn!(variable = %name, "unknown environment variable ignored (a typo?)");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(true) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("smtp-oauth-relay: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let mut config = config;

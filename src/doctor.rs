@@ -101,15 +101,9 @@ pub fn run(which: Doctor, config: Config) -> ExitCode {
     for w in &valid.warnings {
         report.info(&format!("note: {w}"));
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::cli::runtime(false) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("smtp-oauth-relay: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(diagnose_online(which, valid, &mut report));
     let _ = report.out.flush();
