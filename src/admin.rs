@@ -132,7 +132,7 @@ pub fn evaluate(i: &ReadyInputs) -> Readiness {
 impl Health {
     fn inputs(&self) -> ReadyInputs {
         let token = TokenState {
-            valid_for: self.tokens.expires_in(),
+            valid_for: self.tokens.usable_for(),
             last_error: self.tokens.last_error().map(|e| {
                 let text = match e.advice() {
                     Some(a) => format!("{e} ({a})"),
@@ -187,9 +187,12 @@ impl Health {
 
 /// Creates and removes a small file in the spool's `incoming/` (where bodies are written).
 fn probe_spool(dir: &std::path::Path) -> Result<(), String> {
+    // One name per check: overlapping probes must not delete each other's file.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
     let probe = dir
         .join("incoming")
-        .join(format!(".readyz-{}", std::process::id()));
+        .join(format!(".readyz-{}-{n}", std::process::id()));
     std::fs::write(&probe, b"ok").map_err(|e| format!("{}: {e}", dir.display()))?;
     std::fs::remove_file(&probe).map_err(|e| format!("{}: {e}", dir.display()))
 }

@@ -68,6 +68,10 @@ impl Relay {
     /// Builds the rooms, binds the listener and starts accepting. Returns once the port is
     /// bound, so callers (tests, `serve`) can connect right away.
     pub async fn start(config: ValidConfig) -> Result<Relay, StartError> {
+        // Installed first, so the counters of recovery and the first messages are not lost.
+        if config.admin.is_some() {
+            crate::admin::prometheus();
+        }
         let (spool, recovered) =
             Spool::open(&config.spool_dir).map_err(|source| StartError::Spool {
                 dir: config.spool_dir.display().to_string(),

@@ -241,6 +241,11 @@ async fn metrics_parse_and_counters_move_with_the_mail() {
         .send_mail("app@example.com", &["data-perm@example.com"], &message(9))
         .await;
     assert!(r.starts_with('5'), "{r}");
+    // A temporary failure at the end of DATA: queued for a retry (hybrid), counted deferred.
+    let r = c
+        .send_mail("app@example.com", &["data-temp@example.com"], &message(10))
+        .await;
+    assert!(r.starts_with("250") && r.contains("will retry"), "{r}");
 
     let after = scrape(admin).await;
     let moved = |series: &str| value(&after, series) - value(&before, series);
@@ -263,6 +268,22 @@ async fn metrics_parse_and_counters_move_with_the_mail() {
         "{after:?}"
     );
     assert!(moved("smtp_oauth_relay_upstream_replies_total{code=\"250\"}") >= 3.0);
+    assert!(moved("smtp_oauth_relay_upstream_replies_total{code=\"451\"}") >= 1.0);
+    let deferred: f64 = after
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with(&format!(
+                "smtp_oauth_relay_messages_deferred_total{{account=\"{MAILBOX}\""
+            ))
+        })
+        .map(|(k, v)| v - value(&before, k))
+        .sum();
+    assert!(deferred >= 1.0, "deferred counter: {after:?}");
+    assert!(value(&after, "smtp_oauth_relay_token_refreshes_total") >= 1.0);
+    assert!(
+        value(&after, "smtp_oauth_relay_spool_messages") >= 1.0,
+        "one is queued"
+    );
     assert!(moved("smtp_oauth_relay_inbound_connections_total") >= 1.0);
     assert!(
         moved(&format!(

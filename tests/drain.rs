@@ -480,3 +480,57 @@ async fn sigterm_drains_data_in_progress_and_deliveries_in_flight() {
     }
     eprintln!("drain: test took {:?}", started.elapsed());
 }
+
+/// A second SIGTERM during the drain exits at once (code 1), and a message whose delivery
+/// was still running stays in the queue for the next start: nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn second_signal_exits_at_once_and_keeps_the_queue() {
+    let world = World::start().await;
+    let addr = free_addr();
+    let mut env = world.env();
+    for (k, v) in [
+        ("SMTP_OAUTH_RELAY_LISTEN", addr.to_string()),
+        (
+            "SMTP_OAUTH_RELAY__DELIVERY__TRY_NOW_TIMEOUT_SECS",
+            "1".into(),
+        ),
+        ("SMTP_OAUTH_RELAY_SHUTDOWN_GRACE_SECS", "60".into()),
+        ("SMTP_OAUTH_RELAY_ADMIN_LISTEN", "off".into()),
+    ] {
+        env.retain(|(name, _)| name != k);
+        env.push((k.to_string(), v));
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut relay = RelayChild::spawn(
+        relay_binary(),
+        &["serve"],
+        &env,
+        work.path(),
+        &work.path().join("relay.stderr"),
+    );
+    relay.wait_ready(addr, Duration::from_secs(20)).await;
+    // The sandbox takes 30 s to answer: the client gets 250 (queued) after 1 s.
+    let (_c, reply) = join(
+        send_in_task(addr, "slow", "slow-30@example.com", message("slow-30")),
+        "slow-30",
+    )
+    .await;
+    assert!(
+        reply.starts_with("250 ") && reply.contains("queued"),
+        "{reply}"
+    );
+    let id = reply_id(&reply);
+
+    relay.sigterm().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = Instant::now();
+    relay.sigterm().await;
+    let status = relay.wait_exit(Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(1), "{}", relay.stderr_tail(20));
+    assert!(t.elapsed() < Duration::from_secs(2), "exited at once");
+    assert!(relay.stderr().contains("second signal: exiting now"));
+    assert!(
+        queued_ids(&world.spool_dir()).contains(&id),
+        "the acknowledged message is still queued"
+    );
+}

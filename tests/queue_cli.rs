@@ -321,6 +321,7 @@ async fn failed_message(spool_dir: &Path) -> String {
         failure_reason: None,
         refused: Vec::new(),
         message_id: None,
+        received_at_ms: 0,
     };
     spool.commit(&incoming, &entry).await.unwrap();
     entry.failed_at = Some(now - 60);

@@ -259,6 +259,11 @@ impl Delivery {
             failure_reason: None,
             refused: Vec::new(),
             message_id: env.message_id.clone(),
+            received_at_ms: env
+                .received_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
         }
     }
 
@@ -277,7 +282,9 @@ impl Delivery {
             Err(e) => {
                 tracing::error!(id = %entry.id, error = %e, "cannot commit the message to the spool");
                 self.spool.discard(path).await;
-                Err(crate::smtp::reply::local_error())
+                let reply = crate::smtp::reply::local_error();
+                audit::refused(&facts(&entry), entry.attempts, "local", &reply.to_string());
+                Err(reply)
             }
         }
     }
@@ -362,17 +369,11 @@ impl Delivery {
             Err(_) => None,
         };
         let Some(permit) = permit else {
-            let f = facts(&entry);
-            audit::deferred(
-                &f,
-                0,
-                "paced",
-                "the mailbox is at its sending pace",
-                entry.next_attempt,
-            );
-            if let Err(reply) = self.enqueue(&msg.path, entry, false).await {
+            if let Err(reply) = self.enqueue(&msg.path, entry.clone(), false).await {
                 return reply;
             }
+            let why = "the mailbox is at its sending pace";
+            audit::deferred(&facts(&entry), 0, "paced", why, entry.next_attempt);
             return queued_reply(&id, "queued: the mailbox is at its sending pace");
         };
         let (tx, mut rx) = tokio::sync::oneshot::channel();
@@ -447,16 +448,11 @@ impl Delivery {
             Step::RetryAt(at) => entry.next_attempt = at,
             Step::Fail(_) => entry.next_attempt = now_unix(),
         }
-        audit::deferred(
-            &facts(&entry),
-            1,
-            audit::class_label(verdict),
-            &reason,
-            entry.next_attempt,
-        );
-        if let Err(reply) = self.enqueue(&msg.path, entry, false).await {
+        if let Err(reply) = self.enqueue(&msg.path, entry.clone(), false).await {
             return reply;
         }
+        let class = audit::class_label(verdict);
+        audit::deferred(&facts(&entry), 1, class, &reason, entry.next_attempt);
         queued_reply(&id, &format!("queued, will retry: {reason}"))
     }
 
@@ -640,8 +636,13 @@ impl Delivery {
             if had_hold || had_problem {
                 tracing::info!("upstream delivery works again");
             }
+            let received = if entry.received_at_ms > 0 {
+                Duration::from_millis(entry.received_at_ms)
+            } else {
+                Duration::from_secs(entry.received_at)
+            };
             let latency = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH + Duration::from_secs(entry.received_at))
+                .duration_since(std::time::UNIX_EPOCH + received)
                 .unwrap_or_default();
             audit::delivered(
                 &facts(entry),
@@ -786,6 +787,7 @@ impl Delivery {
             failure_reason: None,
             refused: Vec::new(),
             message_id: None,
+            received_at_ms: 0,
         };
         if self.enqueue(&path, entry, false).await.is_ok() {
             tracing::info!(notice = %id, about = %failed.id, to = %failed.mail_from, "failure notice queued");

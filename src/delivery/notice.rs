@@ -78,6 +78,7 @@ mod tests {
             failure_reason: Some("gave up\r\nafter 5 days".into()),
             refused: vec!["x@y: 550 5.1.10 no such user".into()],
             message_id: None,
+            received_at_ms: 0,
         };
         let n = failure_notice(
             &entry,

@@ -165,6 +165,7 @@ mod tests {
             failure_reason: None,
             refused: Vec::new(),
             message_id: None,
+            received_at_ms: 0,
         }
     }
 

@@ -62,6 +62,10 @@ pub struct QueueEntry {
     /// The `Message-ID` header, for the audit trail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_id: Option<String>,
+    /// `received_at` in unix milliseconds (0 in entries written before it existed), for the
+    /// delivery latency metric.
+    #[serde(default)]
+    pub received_at_ms: u64,
 }
 
 /// Which part of the spool an entry is in.
@@ -474,6 +478,7 @@ mod tests {
             failure_reason: None,
             refused: Vec::new(),
             message_id: None,
+            received_at_ms: 0,
         }
     }
 

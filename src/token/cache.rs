@@ -78,11 +78,17 @@ pub fn error_hold(error: &TokenError) -> Duration {
 }
 
 /// How long [`TokenCache::keep_warm`] waits after its `failures`-th failure in a row: the
-/// failure's hold, doubled for every further failure, at most [`MAX_ERROR_HOLD`].
+/// failure's hold, doubled for every further failure, at most [`KEEP_WARM_MAX_WAIT`] (or a
+/// longer `Retry-After`). A pod that is not ready gets no mail, so only the keeper notices a
+/// fix: it must not wait long.
 pub fn keep_warm_backoff(error: &TokenError, failures: u32) -> Duration {
     let doublings = failures.saturating_sub(1).min(8);
-    (error_hold(error) * (1u32 << doublings)).min(MAX_ERROR_HOLD)
+    let hold = error_hold(error);
+    (hold * (1u32 << doublings)).min(KEEP_WARM_MAX_WAIT.max(hold))
 }
+
+/// The longest the token keeper waits between tries while the endpoint fails.
+pub const KEEP_WARM_MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// A shared, cheaply cloned token cache in front of one [`TokenSource`].
 #[derive(Clone)]
@@ -97,6 +103,9 @@ struct Inner {
     /// Held for the whole of every fetch: at most one request in flight per credential.
     fetch_lock: tokio::sync::Mutex<()>,
     fetches: AtomicU64,
+    /// Bumped by [`TokenCache::forget_failure`]: a request started before it (with the old
+    /// secret) does not record its failure afterwards.
+    generation: AtomicU64,
     /// Woken when a fetch fails, the token is invalidated or a failure is forgotten, so
     /// [`TokenCache::keep_warm`] reacts at once instead of at its next period.
     events: tokio::sync::Notify,
@@ -140,6 +149,7 @@ impl Inner {
     /// One request to the source, with the fetch lock held by the caller; stores the outcome.
     async fn fetch_and_store(&self) -> Result<AccessToken, TokenError> {
         self.fetches.fetch_add(1, Ordering::Relaxed);
+        let generation = self.generation.load(Ordering::Relaxed);
         let result = self.source.fetch().await;
         let now = Instant::now();
         let mut st = self.lock();
@@ -155,6 +165,10 @@ impl Inner {
                 st.failure = None;
                 st.last_ok = true;
                 metrics::counter!("smtp_oauth_relay_token_refreshes_total").increment(1);
+            }
+            Err(_) if self.generation.load(Ordering::Relaxed) != generation => {
+                // Asked with a secret that has been replaced since: says nothing about the new one.
+                st.last_ok = false;
             }
             Err(error) => {
                 let hold = error_hold(error);
@@ -199,6 +213,7 @@ impl TokenCache {
                 state: Mutex::new(State::default()),
                 fetch_lock: tokio::sync::Mutex::new(()),
                 fetches: AtomicU64::new(0),
+                generation: AtomicU64::new(0),
                 events: tokio::sync::Notify::new(),
                 reloaded: tokio::sync::Notify::new(),
             }),
@@ -265,6 +280,16 @@ impl TokenCache {
         self.inner.fetches.load(Ordering::Relaxed)
     }
 
+    /// Time left on the cached token while [`get`](Self::get) would still hand it out
+    /// (readiness); `None` when there is none or it is about to expire.
+    pub fn usable_for(&self) -> Option<Duration> {
+        let st = self.inner.lock();
+        st.token
+            .as_ref()
+            .filter(|t| phase(t, Instant::now(), self.inner.refresh_margin) != Phase::Unusable)
+            .map(AccessToken::remaining)
+    }
+
     /// Time left on the cached token, `None` when there is none or it has expired.
     pub fn expires_in(&self) -> Option<Duration> {
         let st = self.inner.lock();
@@ -283,6 +308,7 @@ impl TokenCache {
     /// Forgets a remembered failure so the next [`get`](Self::get) asks the endpoint again
     /// (after SIGHUP brought a rotated secret).
     pub fn forget_failure(&self) {
+        self.inner.generation.fetch_add(1, Ordering::Relaxed);
         self.inner.lock().failure = None;
         self.inner.reloaded.notify_waiters();
     }
@@ -727,7 +753,7 @@ mod tests {
         assert_eq!(keep_warm_backoff(&e, 1), CONFIG_ERROR_HOLD);
         assert_eq!(keep_warm_backoff(&e, 2), CONFIG_ERROR_HOLD * 2);
         assert_eq!(keep_warm_backoff(&e, 3), CONFIG_ERROR_HOLD * 4);
-        assert_eq!(keep_warm_backoff(&e, 40), MAX_ERROR_HOLD);
+        assert_eq!(keep_warm_backoff(&e, 40), KEEP_WARM_MAX_WAIT);
     }
 
     #[tokio::test(start_paused = true)]
