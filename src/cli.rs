@@ -51,6 +51,64 @@ pub enum Command {
     /// `--ready` (`/readyz`). Exit 0 if so, 1 if not. For Docker's HEALTHCHECK and exec
     /// probes: needs no shell or curl.
     Healthcheck(HealthcheckArgs),
+    /// Benchmark load: send many messages over many connections to an SMTP server (the
+    /// relay, or the sandbox) and report messages/s, MB/s, latency percentiles and errors.
+    Loadgen(Box<LoadgenArgs>),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LoadgenArgs {
+    /// Server to send to, host:port (e.g. the relay at 127.0.0.1:2525).
+    #[arg(long)]
+    pub to: String,
+    /// Messages to send in all (default 1000 unless --duration is given).
+    #[arg(long)]
+    pub messages: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 10)]
+    pub concurrency: usize,
+    /// Message size in bytes: 5000, 5k, 1m; a range 1k-100k; or a mix 1k:70,10k:25,1m:5
+    /// (k = 1,000).
+    #[arg(long, default_value = "5000")]
+    pub size: String,
+    /// Recipients per message.
+    #[arg(long, default_value_t = 1)]
+    pub recipients: u32,
+    /// Envelope sender (default: --user when authenticating, which Exchange and the sandbox
+    /// require; else loadgen@loadgen.example).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Send each command and wait for its reply, even if the server offers PIPELINING.
+    #[arg(long)]
+    pub no_pipelining: bool,
+    /// Use STARTTLS (required before AUTH by most servers).
+    #[arg(long)]
+    pub starttls: bool,
+    /// Name to verify the server certificate against (default: the host of --to).
+    #[arg(long)]
+    pub tls_name: Option<String>,
+    /// PEM file of extra CAs to trust (e.g. the sandbox's sandbox-ca.pem).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// AUTH mechanism after STARTTLS: plain or xoauth2.
+    #[arg(long, value_parser = ["plain", "xoauth2"])]
+    pub auth: Option<String>,
+    /// AUTH user name (for xoauth2: the mailbox).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// File holding the AUTH password or the OAuth2 access token (never printed).
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Progress line on stderr every N seconds (default: every 5 s when stderr is a
+    /// terminal; 0 = never).
+    #[arg(long)]
+    pub progress: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -121,6 +179,7 @@ pub fn run() -> ExitCode {
         Some(Command::Check) => doctor(cli.config.as_deref(), &env, Doctor::Check),
         Some(Command::Token) => doctor(cli.config.as_deref(), &env, Doctor::Token),
         Some(Command::Healthcheck(a)) => healthcheck(cli.config.as_deref(), &env, a),
+        Some(Command::Loadgen(a)) => loadgen(*a),
         Some(Command::SendTest(a)) => doctor(
             cli.config.as_deref(),
             &env,
@@ -203,6 +262,117 @@ fn healthcheck(
     }
 }
 
+/// `loadgen`: builds the options (every mistake exits 64 with the reason), runs, reports.
+fn loadgen(a: LoadgenArgs) -> ExitCode {
+    match loadgen_options(&a) {
+        Ok(options) => {
+            let runtime = match runtime(true) {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            let report = runtime.block_on(crate::loadgen::run(options));
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("report serializes")
+                );
+            } else {
+                print!("{}", report.text());
+            }
+            if report.messages_ok == 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => config_error(format!("loadgen: {e}")),
+    }
+}
+
+fn loadgen_options(a: &LoadgenArgs) -> Result<crate::loadgen::Options, String> {
+    use crate::loadgen::{parse_size_spec, Auth, Options, Tls};
+    let (host, port) = crate::config::split_host_port(&a.to)
+        .ok_or_else(|| format!("--to `{}` is not host:port", a.to))?;
+    let target = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+        .map_err(|e| format!("--to {}: {e}", a.to))?
+        .next()
+        .ok_or_else(|| format!("--to {}: no address", a.to))?;
+    let mut o = Options::new(target);
+    o.messages = match (a.messages, a.duration) {
+        (Some(n), _) => Some(n),
+        (None, Some(_)) => None,
+        (None, None) => Some(1000),
+    };
+    if a.messages == Some(0) {
+        return Err("--messages must be at least 1".into());
+    }
+    o.duration = match a.duration {
+        Some(d) if !(d > 0.0 && d.is_finite()) => {
+            return Err("--duration must be a positive number of seconds".into())
+        }
+        Some(d) => Some(Duration::from_secs_f64(d)),
+        None => None,
+    };
+    if a.concurrency == 0 || a.concurrency > 10_000 {
+        return Err("--concurrency must be between 1 and 10000".into());
+    }
+    o.concurrency = a.concurrency;
+    o.size = parse_size_spec(&a.size).map_err(|e| format!("--size: {e}"))?;
+    if a.recipients == 0 || a.recipients > 1000 {
+        return Err("--recipients must be between 1 and 1000".into());
+    }
+    o.recipients = a.recipients;
+    if let Some(from) = a
+        .from
+        .clone()
+        .or_else(|| a.auth.as_ref().and(a.user.clone()))
+    {
+        o.from = from;
+    }
+    o.pipelining = !a.no_pipelining;
+    if a.starttls {
+        let roots = match &a.ca_file {
+            Some(p) => {
+                crate::tls::load_pem_certificates(p).map_err(|e| format!("--ca-file: {e}"))?
+            }
+            None => Vec::new(),
+        };
+        let config = crate::tls::client_config(&roots).map_err(|e| e.to_string())?;
+        o.tls = Some(Tls {
+            server_name: a.tls_name.clone().unwrap_or(host),
+            config,
+        });
+    } else if a.ca_file.is_some() || a.tls_name.is_some() {
+        return Err("--ca-file and --tls-name need --starttls".into());
+    }
+    if let Some(mech) = &a.auth {
+        let user = a.user.clone().ok_or("--auth needs --user")?;
+        let path = a.secret_file.as_ref().ok_or("--auth needs --secret-file")?;
+        let secret = crate::config::read_secret_file(path)
+            .map_err(|e| format!("--secret-file: {}", e.message))?;
+        o.auth = Some(match mech.as_str() {
+            "plain" => Auth::Plain {
+                user,
+                password: secret,
+            },
+            _ => Auth::XOAuth2 {
+                user,
+                token: secret,
+            },
+        });
+    } else if a.user.is_some() || a.secret_file.is_some() {
+        return Err("--user and --secret-file need --auth".into());
+    }
+    o.progress = match a.progress {
+        Some(0) => None,
+        Some(n) => Some(Duration::from_secs(n)),
+        None => {
+            std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| Duration::from_secs(5))
+        }
+    };
+    Ok(o)
+}
+
 /// A tokio runtime (`multi`: one worker per core, for `serve`), or the exit code after saying
 /// why there is none.
 pub(crate) fn runtime(multi: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -249,6 +419,15 @@ fn serve(config_file: Option<&Path>, env: &[(String, String)], args: ServeArgs) 
         Err(code) => return code,
     };
     runtime.block_on(async move {
+        // Before anything starts: a signal during start-up must drain (or be a reload), not
+        // kill the process with the default action.
+        let mut signals = match Signals::new() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("smtp-oauth-relay: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let mut config = config;
         let sandbox = if args.sandbox {
             match start_sandbox(&mut config, &args.sandbox_dir).await {
@@ -294,13 +473,6 @@ fn serve(config_file: Option<&Path>, env: &[(String, String)], args: ServeArgs) 
             let _ = s;
         }
         let grace = args.grace_secs.map(Duration::from_secs).unwrap_or(grace);
-        let mut signals = match Signals::new() {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("smtp-oauth-relay: cannot install signal handlers: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
         loop {
             match signals.next().await {
                 Signal::Stop => break,

@@ -242,19 +242,6 @@ async fn diagnose_online<W: Write>(which: Doctor, valid: ValidConfig, report: &m
     let from = from.unwrap_or_else(|| account.mailbox.clone());
     let id = crate::envelope::MessageId::generate();
     let body = test_message(&from, &to, id.as_str(), &valid.listen.hostname);
-    let path = std::env::temp_dir().join(format!("smtp-oauth-relay-send-test-{id}.eml"));
-    if let Err(e) = std::fs::write(&path, &body) {
-        return report.fail(
-            "send-test",
-            None,
-            &format!("cannot write a temporary file: {e}"),
-            None,
-        );
-    }
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(e) => return report.fail("send-test", None, &e.to_string(), None),
-    };
     let msg = OutboundMessage {
         mail_from: from.clone(),
         rcpt_to: vec![to.clone()],
@@ -266,9 +253,12 @@ async fn diagnose_online<W: Write>(which: Doctor, valid: ValidConfig, report: &m
     };
     let started = Instant::now();
     let result = conn
-        .transact(&msg, &mut file, valid.upstream.data_timeout)
+        .transact(
+            &msg,
+            &mut crate::delivery::body::BodyReader::Memory(&body),
+            valid.upstream.data_timeout,
+        )
         .await;
-    let _ = std::fs::remove_file(&path);
     match result {
         Ok(d) => {
             report.ok(

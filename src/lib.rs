@@ -29,6 +29,7 @@ pub mod diagnose;
 pub mod doctor;
 pub mod envelope;
 pub mod governor;
+pub mod loadgen;
 pub mod queue_cmd;
 pub mod sandbox;
 pub mod smtp;

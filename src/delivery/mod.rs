@@ -12,11 +12,11 @@
 //! `retry.rs` decides when to try again; `queue.rs` keeps the in-memory index; `notice.rs`
 //! writes the optional failure notice.
 
+pub mod body;
 pub mod notice;
 pub mod queue;
 pub mod retry;
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -32,6 +32,7 @@ use crate::spool::{now_unix, unix, QueueEntry, Spool};
 use crate::upstream::error::classify_reply;
 use crate::upstream::reply::UpstreamReply;
 use crate::upstream::{OutboundMessage, Upstream, UpstreamError, Verdict};
+use body::{Body, BodyReader, Lease, MemoryBudget};
 use queue::Queue;
 use retry::{next_step, History, Step};
 
@@ -39,7 +40,7 @@ use retry::{next_step, History, Step};
 #[derive(Debug, Clone)]
 pub struct Spooled {
     pub envelope: Envelope,
-    pub path: PathBuf,
+    pub body: Body,
     pub size: u64,
 }
 
@@ -135,6 +136,8 @@ pub struct Delivery {
     /// The last configuration problem logged at error level, so a storm of messages logs the
     /// advice once rather than once per message.
     last_config_problem: Mutex<Option<String>>,
+    /// What in-memory bodies may use (see `body.rs`).
+    memory: Arc<MemoryBudget>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -178,6 +181,7 @@ impl Delivery {
             queue: Queue::new(recovered),
             hold: Mutex::new(None),
             last_config_problem: Mutex::new(None),
+            memory: MemoryBudget::new(body::MEMORY_BUDGET),
             tracker,
             shutdown,
         })
@@ -268,12 +272,23 @@ impl Delivery {
     }
 
     /// Commits to the queue and hands the message to the loop. `Err` is the client's reply.
-    async fn enqueue(
-        &self,
-        path: &std::path::Path,
-        entry: QueueEntry,
-        claimed: bool,
-    ) -> Result<(), Reply> {
+    async fn enqueue(&self, body: &Body, entry: QueueEntry, claimed: bool) -> Result<(), Reply> {
+        let written;
+        let path = match body {
+            Body::File(path) => path,
+            Body::Memory(m) => {
+                // Kept after all: it gets a file, committed like any other.
+                written = self.spool.incoming_file(&entry.id);
+                if let Err(e) = tokio::fs::write(&written, m.bytes()).await {
+                    tracing::error!(id = %entry.id, error = %e, "cannot write the message to the spool");
+                    self.spool.discard(&written).await;
+                    let reply = crate::smtp::reply::local_error();
+                    audit::refused(&facts(&entry), entry.attempts, "local", &reply.to_string());
+                    return Err(reply);
+                }
+                &written
+            }
+        };
         match self.spool.commit(path, &entry).await {
             Ok(()) => {
                 self.queue.insert(entry, claimed);
@@ -292,7 +307,7 @@ impl Delivery {
     async fn submit_queue(self: &Arc<Self>, msg: Spooled) -> Reply {
         let entry = self.new_entry(&msg);
         let id = entry.id.clone();
-        if let Err(reply) = self.enqueue(&msg.path, entry, false).await {
+        if let Err(reply) = self.enqueue(&msg.body, entry, false).await {
             return reply;
         }
         queued_reply(&id, "queued for delivery")
@@ -307,14 +322,14 @@ impl Delivery {
         let permit = tokio::select! {
             p = self.governor.acquire(first) => p,
             _ = tokio::time::sleep(self.settings.try_now_timeout) => {
-                self.spool.discard(&msg.path).await;
+                self.discard(&msg.body).await;
                 let reply = Reply::new(451, "4.3.2", "the mailbox is at its sending limit, try again later");
                 audit::refused(&facts(&entry), 0, "paced", &reply.to_string());
                 return reply;
             }
         };
-        let report = self.attempt_path(&entry, &msg.path, Some(permit)).await;
-        self.spool.discard(&msg.path).await;
+        let report = self.attempt_body(&entry, &msg.body, Some(permit)).await;
+        self.discard(&msg.body).await;
         self.note_outcome(&entry, &report);
         let reply = client_reply(&entry.id, &report);
         self.note_refusal(&entry, &report, &reply);
@@ -323,7 +338,7 @@ impl Delivery {
 
     /// A configuration hold: the client gets `451 4.7.0` with the advice, nothing is kept.
     async fn refuse_held(&self, msg: &Spooled, advice: &str) -> Reply {
-        self.spool.discard(&msg.path).await;
+        self.discard(&msg.body).await;
         let reply = held_reply(advice);
         audit::refused(
             &facts(&self.new_entry(msg)),
@@ -369,7 +384,7 @@ impl Delivery {
             Err(_) => None,
         };
         let Some(permit) = permit else {
-            if let Err(reply) = self.enqueue(&msg.path, entry.clone(), false).await {
+            if let Err(reply) = self.enqueue(&msg.body, entry.clone(), false).await {
                 return reply;
             }
             let why = "the mailbox is at its sending pace";
@@ -380,9 +395,9 @@ impl Delivery {
         {
             let me = self.clone();
             let entry = entry.clone();
-            let path = msg.path.clone();
+            let body = msg.body.clone();
             self.tracker.spawn(async move {
-                let report = me.attempt_path(&entry, &path, Some(permit)).await;
+                let report = me.attempt_body(&entry, &body, Some(permit)).await;
                 let _ = tx.send(report);
             });
         }
@@ -395,7 +410,7 @@ impl Delivery {
             Err(_) => {
                 // Still trying: make it durable, answer 250, and let the attempt finish in
                 // the background. It stays claimed so the loop doesn't start a second one.
-                if let Err(reply) = self.enqueue(&msg.path, entry.clone(), true).await {
+                if let Err(reply) = self.enqueue(&msg.body, entry.clone(), true).await {
                     return reply;
                 }
                 audit::deferred(
@@ -429,7 +444,7 @@ impl Delivery {
         {
             // Delivered and/or refused for good, or held for configuration: nothing to keep;
             // the client (the app, and its admin) hears the truth now.
-            self.spool.discard(&msg.path).await;
+            self.discard(&msg.body).await;
             let reply = client_reply(&id, &report);
             self.note_refusal(&entry, &report, &reply);
             return reply;
@@ -448,7 +463,7 @@ impl Delivery {
             Step::RetryAt(at) => entry.next_attempt = at,
             Step::Fail(_) => entry.next_attempt = now_unix(),
         }
-        if let Err(reply) = self.enqueue(&msg.path, entry.clone(), false).await {
+        if let Err(reply) = self.enqueue(&msg.body, entry.clone(), false).await {
             return reply;
         }
         let class = audit::class_label(verdict);
@@ -472,13 +487,32 @@ impl Delivery {
         }
     }
 
+    /// A lease for a body kept in memory while it arrives, if this mode may deliver it
+    /// before it has to be on disk (not in `queue` mode) and the budget allows.
+    pub fn memory_lease(&self) -> Option<Lease> {
+        if self.mode == DeliveryMode::Queue {
+            return None;
+        }
+        self.memory.try_lease(body::MEMORY_BODY_MAX)
+    }
+
+    /// Drops a received body that is not kept.
+    async fn discard(&self, body: &Body) {
+        if let Body::File(path) = body {
+            self.spool.discard(path).await;
+        }
+    }
+
     /// Opens the body and runs one attempt.
-    async fn attempt_path(
-        &self,
-        entry: &QueueEntry,
-        path: &std::path::Path,
-        first: Option<Permit>,
-    ) -> Report {
+    async fn attempt_body(&self, entry: &QueueEntry, body: &Body, first: Option<Permit>) -> Report {
+        let path = match body {
+            Body::Memory(m) => {
+                return self
+                    .attempt(entry, &mut BodyReader::Memory(m.bytes()), first)
+                    .await
+            }
+            Body::File(path) => path,
+        };
         let file = match tokio::fs::File::open(path).await {
             // Hybrid mode: the client's wait ended and the body was committed to the queue
             // before this attempt got to open it.
@@ -488,7 +522,10 @@ impl Delivery {
             other => other,
         };
         match file {
-            Ok(mut file) => self.attempt(entry, &mut file, first).await,
+            Ok(file) => {
+                self.attempt(entry, &mut BodyReader::File(file), first)
+                    .await
+            }
             Err(e) => Report::from_spool_error(&entry.rcpt_to, e),
         }
     }
@@ -498,7 +535,7 @@ impl Delivery {
     async fn attempt(
         &self,
         entry: &QueueEntry,
-        body: &mut tokio::fs::File,
+        body: &mut BodyReader<'_>,
         mut first: Option<Permit>,
     ) -> Report {
         // Direct mode keeps nothing, so it must not half-deliver, and must not start sending
@@ -789,7 +826,7 @@ impl Delivery {
             message_id: None,
             received_at_ms: 0,
         };
-        if self.enqueue(&path, entry, false).await.is_ok() {
+        if self.enqueue(&Body::File(path), entry, false).await.is_ok() {
             tracing::info!(notice = %id, about = %failed.id, to = %failed.mail_from, "failure notice queued");
         }
     }
@@ -853,7 +890,7 @@ impl Delivery {
             }
         };
         let path = self.spool.body_path(&entry.id);
-        let mut file = match tokio::fs::File::open(&path).await {
+        let file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::info!(id = %entry.id, "message was deleted from the queue");
@@ -866,7 +903,9 @@ impl Delivery {
                 return;
             }
         };
-        let report = self.attempt(&entry, &mut file, Some(permit)).await;
+        let report = self
+            .attempt(&entry, &mut BodyReader::File(file), Some(permit))
+            .await;
         self.apply(entry, report).await;
     }
 }

@@ -5,11 +5,12 @@
 //! bytes, files and time.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use smtp_proto::Request;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +20,7 @@ use super::data::{BodyDecoder, Progress};
 use super::reply::{self, Reply};
 use super::session::{Action, Session, SessionConfig, Transaction};
 use crate::config::ValidListen;
+use crate::delivery::body::{Body, Lease, MemoryBody, MEMORY_BODY_MAX};
 use crate::delivery::{Delivery, Spooled};
 use crate::envelope::{Envelope, MessageId};
 use crate::spool::Spool;
@@ -265,17 +267,11 @@ async fn receive_message(
     let id = MessageId::generate();
     let received_at = SystemTime::now();
     let path = ctx.spool.incoming_path(&id);
-    let mut writer = match tokio::fs::File::create(&path).await {
-        Ok(f) => Some(BufWriter::with_capacity(256 * 1024, f)),
-        Err(e) => {
-            tracing::error!(path = %path.display(), error = %e, "cannot create spool file");
-            None
-        }
-    };
+    let mut sink = BodySink::new(path, ctx.delivery.memory_lease()).await;
     let mut header_len = 0u64;
     if listen.received_header {
         let header = received_header(session, &transaction, &id, &listen.hostname, received_at);
-        write_or_fail(&mut writer, header.as_bytes()).await;
+        sink.write(header.as_bytes()).await;
         header_len = header.len() as u64;
     }
     let mut decoder = BodyDecoder::new(listen.max_message_size);
@@ -293,7 +289,7 @@ async fn receive_message(
         input.drain(..consumed);
         if !decoded.is_empty() {
             sniffer.feed(&decoded);
-            write_or_fail(&mut writer, &decoded).await;
+            sink.write(&decoded).await;
             decoded.clear();
         }
         if progress == Progress::Done {
@@ -304,33 +300,27 @@ async fn receive_message(
         let deadline = (Instant::now() + listen.data_timeout).min(data_deadline);
         match tokio::time::timeout_at(deadline.into(), socket.read(chunk)).await {
             Ok(Ok(0)) | Ok(Err(_)) => {
-                ctx.spool.discard(&path).await;
+                sink.discard(&ctx.spool).await;
                 tracing::info!(id = %id, client = %session.peer(), "client went away during DATA; nothing accepted");
                 return Ok(DataEnd::Close(reply::timeout(&listen.hostname)));
             }
             Err(_) => {
-                ctx.spool.discard(&path).await;
+                sink.discard(&ctx.spool).await;
                 tracing::info!(id = %id, client = %session.peer(), "client timed out during DATA; nothing accepted");
                 return Ok(DataEnd::Close(reply::timeout(&listen.hostname)));
             }
             Ok(Ok(n)) => input.extend_from_slice(&chunk[..n]),
         }
     }
-    let flushed = match writer.as_mut() {
-        Some(w) => w.flush().await.is_ok(),
-        None => false,
-    };
-    drop(writer);
     if decoder.oversized() {
-        ctx.spool.discard(&path).await;
+        sink.discard(&ctx.spool).await;
         return Ok(DataEnd::Reply(reply::message_too_big(
             listen.max_message_size,
         )));
     }
-    if !flushed {
-        ctx.spool.discard(&path).await;
+    let Some(body) = sink.finish(&ctx.spool).await else {
         return Ok(DataEnd::Reply(reply::local_error()));
-    }
+    };
     let size = header_len + decoder.size();
     let envelope = Envelope {
         id,
@@ -347,20 +337,96 @@ async fn receive_message(
         .delivery
         .submit(Spooled {
             envelope,
-            path,
+            body,
             size,
         })
         .await;
     Ok(DataEnd::Reply(reply))
 }
 
-/// Writes to the spool file; after the first failure the rest of the body is only read and
-/// dropped, so the session can answer `451` at the end of DATA.
-async fn write_or_fail<W: AsyncWrite + Unpin>(writer: &mut Option<W>, bytes: &[u8]) {
-    if let Some(w) = writer.as_mut() {
-        if let Err(e) = w.write_all(bytes).await {
-            tracing::error!(error = %e, "spool write failed");
-            *writer = None;
+/// Where a body goes while it arrives: into memory while it is small and a lease was given
+/// (see `delivery::body`), else (or once it grows) into its file in `incoming/`. After the
+/// first write failure the rest of the body is only read and dropped, so the session can
+/// answer `451` at the end of DATA.
+struct BodySink {
+    path: PathBuf,
+    memory: Option<(Vec<u8>, Lease)>,
+    file: Option<BufWriter<tokio::fs::File>>,
+    failed: bool,
+}
+
+impl BodySink {
+    async fn new(path: PathBuf, lease: Option<Lease>) -> BodySink {
+        let mut sink = BodySink {
+            path,
+            memory: lease.map(|l| (Vec::with_capacity(16 * 1024), l)),
+            file: None,
+            failed: false,
+        };
+        if sink.memory.is_none() {
+            sink.open_file().await;
+        }
+        sink
+    }
+
+    async fn open_file(&mut self) {
+        match tokio::fs::File::create(&self.path).await {
+            Ok(f) => self.file = Some(BufWriter::with_capacity(256 * 1024, f)),
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "cannot create spool file");
+                self.failed = true;
+            }
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) {
+        if self.failed {
+            return;
+        }
+        if let Some((buf, _)) = &mut self.memory {
+            if buf.len() + bytes.len() <= MEMORY_BODY_MAX {
+                buf.extend_from_slice(bytes);
+                return;
+            }
+            // Too big for memory: from here on it streams to disk.
+            let (buf, _lease) = self.memory.take().expect("memory body");
+            self.open_file().await;
+            self.write_file(&buf).await;
+        }
+        self.write_file(bytes).await;
+    }
+
+    async fn write_file(&mut self, bytes: &[u8]) {
+        if let Some(w) = self.file.as_mut() {
+            if let Err(e) = w.write_all(bytes).await {
+                tracing::error!(error = %e, "spool write failed");
+                self.failed = true;
+            }
+        }
+    }
+
+    /// The complete body, or `None` (nothing kept) if it could not be written.
+    async fn finish(mut self, spool: &Spool) -> Option<Body> {
+        if let Some((bytes, lease)) = self.memory.take() {
+            return Some(Body::Memory(Arc::new(MemoryBody::new(bytes, lease))));
+        }
+        let flushed = match self.file.as_mut() {
+            Some(w) => w.flush().await.is_ok(),
+            None => false,
+        };
+        self.file = None;
+        if flushed && !self.failed {
+            Some(Body::File(self.path))
+        } else {
+            spool.discard(&self.path).await;
+            None
+        }
+    }
+
+    async fn discard(self, spool: &Spool) {
+        if self.memory.is_none() {
+            drop(self.file);
+            spool.discard(&self.path).await;
         }
     }
 }

@@ -223,6 +223,11 @@ impl Spool {
         self.incoming.join(format!("{id}.tmp"))
     }
 
+    /// Where the body of message `id` (given as text) is written before it is committed.
+    pub fn incoming_file(&self, id: &str) -> PathBuf {
+        self.incoming.join(format!("{id}.tmp"))
+    }
+
     /// The committed body of a queued message.
     pub fn body_path(&self, id: &str) -> PathBuf {
         self.queue.join(format!("{id}.eml"))

@@ -7,6 +7,7 @@
 //! from the spool file rather than held in memory, and dot-stuffing of a first line that
 //! starts with a dot.
 
+use crate::delivery::body::BodyReader;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -372,7 +373,7 @@ impl Connection {
     pub async fn transact(
         &mut self,
         msg: &OutboundMessage,
-        body: &mut tokio::fs::File,
+        body: &mut BodyReader<'_>,
         data_timeout: Duration,
     ) -> Result<Delivered, UpstreamError> {
         let mut lines = Vec::with_capacity(msg.rcpt_to.len() + 2);
@@ -529,22 +530,36 @@ impl Connection {
     /// the final reply.
     async fn send_body(
         &mut self,
-        file: &mut tokio::fs::File,
+        body: &mut BodyReader<'_>,
     ) -> Result<UpstreamReply, UpstreamError> {
-        file.seek(std::io::SeekFrom::Start(0))
-            .await
-            .map_err(UpstreamError::Spool)?;
+        const CHUNK: usize = 64 * 1024;
         let mut stuffer = DotStuffer::default();
-        let mut chunk = vec![0u8; 64 * 1024];
-        let mut out = Vec::with_capacity(66 * 1024);
-        loop {
-            let n = file.read(&mut chunk).await.map_err(UpstreamError::Spool)?;
-            if n == 0 {
-                break;
+        let mut out = Vec::new();
+        match body {
+            BodyReader::Memory(bytes) => {
+                out.reserve(bytes.len().min(CHUNK) + 1024);
+                for piece in bytes.chunks(CHUNK) {
+                    out.clear();
+                    stuffer.push(piece, &mut out);
+                    self.write_body(&out).await?;
+                }
             }
-            out.clear();
-            stuffer.push(&chunk[..n], &mut out);
-            self.write_body(&out).await?;
+            BodyReader::File(file) => {
+                file.seek(std::io::SeekFrom::Start(0))
+                    .await
+                    .map_err(UpstreamError::Spool)?;
+                let mut chunk = vec![0u8; CHUNK];
+                out.reserve(CHUNK + 2048);
+                loop {
+                    let n = file.read(&mut chunk).await.map_err(UpstreamError::Spool)?;
+                    if n == 0 {
+                        break;
+                    }
+                    out.clear();
+                    stuffer.push(&chunk[..n], &mut out);
+                    self.write_body(&out).await?;
+                }
+            }
         }
         out.clear();
         out.extend_from_slice(stuffer.terminator());

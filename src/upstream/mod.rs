@@ -12,6 +12,7 @@ pub mod conn;
 pub mod error;
 pub mod reply;
 
+use crate::delivery::body::BodyReader;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -106,7 +107,7 @@ impl Upstream {
     pub async fn send(
         &self,
         msg: &OutboundMessage,
-        body: &mut tokio::fs::File,
+        body: &mut BodyReader<'_>,
     ) -> Result<Delivered, UpstreamError> {
         let _permit = self
             .permits
