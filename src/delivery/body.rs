@@ -1,5 +1,5 @@
-//! A received message body: in memory when it is small and the mode may deliver it while the
-//! client waits (hybrid, direct), else a file in the spool's `incoming/`.
+//! A received message body: in memory when it is small, else a file in the spool's
+//! `incoming/`.
 //!
 //! Why: a 5 KB message delivered while the client waits never needs a file. Creating,
 //! writing, reading back and unlinking one per message cost more CPU than everything else
@@ -7,8 +7,9 @@
 //! blocking-pool hop per file operation). Memory stays bounded: a body lives in memory only
 //! up to [`MEMORY_BODY_MAX`] bytes and only while a [`Lease`] on the shared
 //! [`MemoryBudget`] can be had; a bigger body, or one arriving when the budget is spent,
-//! streams to disk as before. Whenever a body must be kept (queued), it is written to a
-//! file and committed (fsync) before the client hears `250`, exactly like a file body.
+//! streams to disk as before. Whenever a body must be kept (queued; in `queue` mode always),
+//! it is written to a file and committed (fsync) before the client hears `250`, exactly like
+//! a file body, in one trip to the blocking pool (`Spool::commit_bytes`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -273,30 +273,19 @@ impl Delivery {
 
     /// Commits to the queue and hands the message to the loop. `Err` is the client's reply.
     async fn enqueue(&self, body: &Body, entry: QueueEntry, claimed: bool) -> Result<(), Reply> {
-        let written;
-        let path = match body {
-            Body::File(path) => path,
-            Body::Memory(m) => {
-                // Kept after all: it gets a file, committed like any other.
-                written = self.spool.incoming_file(&entry.id);
-                if let Err(e) = tokio::fs::write(&written, m.bytes()).await {
-                    tracing::error!(id = %entry.id, error = %e, "cannot write the message to the spool");
-                    self.spool.discard(&written).await;
-                    let reply = crate::smtp::reply::local_error();
-                    audit::refused(&facts(&entry), entry.attempts, "local", &reply.to_string());
-                    return Err(reply);
-                }
-                &written
-            }
+        let committed = match body {
+            Body::File(path) => self.spool.commit(path, &entry).await,
+            // Kept after all: written and committed like any other.
+            Body::Memory(m) => self.spool.commit_bytes(m.bytes().to_vec(), &entry).await,
         };
-        match self.spool.commit(path, &entry).await {
+        match committed {
             Ok(()) => {
                 self.queue.insert(entry, claimed);
                 Ok(())
             }
             Err(e) => {
                 tracing::error!(id = %entry.id, error = %e, "cannot commit the message to the spool");
-                self.spool.discard(path).await;
+                self.discard(body).await;
                 let reply = crate::smtp::reply::local_error();
                 audit::refused(&facts(&entry), entry.attempts, "local", &reply.to_string());
                 Err(reply)
@@ -487,12 +476,10 @@ impl Delivery {
         }
     }
 
-    /// A lease for a body kept in memory while it arrives, if this mode may deliver it
-    /// before it has to be on disk (not in `queue` mode) and the budget allows.
+    /// A lease for a body kept in memory while it arrives, if the budget allows. (In `queue`
+    /// mode it saves the trips to the blocking pool for creating and writing the file: the
+    /// commit writes and fsyncs it in one.)
     pub fn memory_lease(&self) -> Option<Lease> {
-        if self.mode == DeliveryMode::Queue {
-            return None;
-        }
         self.memory.try_lease(body::MEMORY_BODY_MAX)
     }
 

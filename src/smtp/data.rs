@@ -21,37 +21,41 @@ pub struct CrlfNormaliser {
 
 impl CrlfNormaliser {
     pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        let mut start = 0;
-        for (i, &b) in input.iter().enumerate() {
-            match b {
-                b'\n' => {
-                    out.extend_from_slice(&input[start..i]);
-                    // A pending CR was already written: CRLF completes; a bare LF gains a CR.
-                    if self.pending_cr {
-                        out.push(b'\n');
-                    } else {
-                        out.extend_from_slice(b"\r\n");
-                    }
-                    self.pending_cr = false;
-                    start = i + 1;
-                }
-                _ if self.pending_cr => {
-                    // The CR before this byte was bare.
-                    out.extend_from_slice(&input[start..i]);
+        out.reserve(input.len() + 16);
+        let mut i = 0;
+        if self.pending_cr && !input.is_empty() {
+            // The CR was written; a LF completes it, anything else makes it a bare CR.
+            out.push(b'\n');
+            if input[0] == b'\n' {
+                i = 1;
+            }
+            self.pending_cr = false;
+        }
+        let mut start = i;
+        // Jump from line end to line end (memchr), not byte by byte.
+        while let Some(off) = memchr::memchr2(b'\r', b'\n', &input[i..]) {
+            let j = i + off;
+            if input[j] == b'\n' {
+                // A bare LF (a CRLF is stepped over whole below).
+                out.extend_from_slice(&input[start..j]);
+                out.extend_from_slice(b"\r\n");
+                i = j + 1;
+                start = i;
+                continue;
+            }
+            match input.get(j + 1) {
+                Some(b'\n') => i = j + 2,
+                Some(_) => {
+                    out.extend_from_slice(&input[start..=j]);
                     out.push(b'\n');
+                    i = j + 1;
                     start = i;
-                    self.pending_cr = b == b'\r';
-                    if self.pending_cr {
-                        out.push(b'\r');
-                        start = i + 1;
-                    }
                 }
-                b'\r' => {
-                    out.extend_from_slice(&input[start..=i]);
+                None => {
+                    out.extend_from_slice(&input[start..=j]);
                     self.pending_cr = true;
-                    start = i + 1;
+                    return;
                 }
-                _ => {}
             }
         }
         out.extend_from_slice(&input[start..]);
@@ -223,16 +227,26 @@ impl Default for DotStuffer {
 
 impl DotStuffer {
     pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        out.reserve(input.len() + input.len() / 64 + 4);
+        if self.at_line_start && input.first() == Some(&b'.') {
+            out.push(b'.');
+        }
         let mut start = 0;
-        for (i, &b) in input.iter().enumerate() {
-            if b == b'.' && self.at_line_start {
-                out.extend_from_slice(&input[start..i]);
+        let mut i = 0;
+        // Only bytes after a line end can need a dot: jump between them (memchr).
+        while let Some(off) = memchr::memchr2(b'\r', b'\n', &input[i..]) {
+            let j = i + off;
+            if input.get(j + 1) == Some(&b'.') {
+                out.extend_from_slice(&input[start..=j]);
                 out.push(b'.');
-                start = i;
+                start = j + 1;
             }
-            self.at_line_start = b == b'\r' || b == b'\n';
+            i = j + 1;
         }
         out.extend_from_slice(&input[start..]);
+        if let Some(&last) = input.last() {
+            self.at_line_start = last == b'\r' || last == b'\n';
+        }
         if let Some(&last) = input.last() {
             self.last_two = if input.len() >= 2 {
                 [input[input.len() - 2], last]
@@ -257,6 +271,79 @@ impl DotStuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The byte-at-a-time definitions the fast (memchr) versions must equal.
+    fn reference_crlf(input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < input.len() {
+            match input[i] {
+                b'\r' if input.get(i + 1) == Some(&b'\n') => {
+                    out.extend_from_slice(b"\r\n");
+                    i += 1;
+                }
+                b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        out
+    }
+
+    fn reference_stuff(input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut at_start = true;
+        for &b in input {
+            if b == b'.' && at_start {
+                out.push(b'.');
+            }
+            out.push(b);
+            at_start = b == b'\r' || b == b'\n';
+        }
+        out
+    }
+
+    #[test]
+    fn fast_paths_equal_the_byte_at_a_time_definitions_in_any_chunking() {
+        let alphabet = b"ab.\r\n";
+        let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..3000 {
+            let len = (next() % 40) as usize;
+            let input: Vec<u8> = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            let mut cuts: Vec<usize> = (0..(next() % 4)).map(|_| (next() as usize) % (len + 1)).collect();
+            cuts.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut at = 0;
+            for c in cuts {
+                pieces.push(&input[at..c]);
+                at = c;
+            }
+            pieces.push(&input[at..]);
+
+            let mut n = CrlfNormaliser::default();
+            let mut out = Vec::new();
+            for p in &pieces {
+                n.push(p, &mut out);
+            }
+            n.finish(&mut out);
+            assert_eq!(out, reference_crlf(&input), "crlf {:?} in {pieces:?}", input);
+
+            let mut d = DotStuffer::default();
+            let mut out = Vec::new();
+            for p in &pieces {
+                d.push(p, &mut out);
+            }
+            assert_eq!(out, reference_stuff(&input), "stuff {:?} in {pieces:?}", input);
+        }
+    }
 
     /// Decodes `wire` fed in chunks of `chunk` bytes; returns (body, rest after the end).
     fn decode(wire: &[u8], chunk: usize, max: u64) -> (Vec<u8>, Vec<u8>, bool) {

@@ -248,17 +248,43 @@ impl Spool {
 
     /// Makes a received message durable: after this returns `Ok`, a `250` may be sent.
     pub async fn commit(&self, incoming: &Path, entry: &QueueEntry) -> io::Result<()> {
-        let incoming = incoming.to_owned();
+        self.commit_body(Some(incoming.to_owned()), None, entry)
+            .await
+    }
+
+    /// [`commit`](Self::commit) for a body held in memory: written, fsync'd and committed in
+    /// one trip to the blocking pool. Leaves nothing behind when it fails.
+    pub async fn commit_bytes(&self, bytes: Vec<u8>, entry: &QueueEntry) -> io::Result<()> {
+        self.commit_body(None, Some(bytes), entry).await
+    }
+
+    async fn commit_body(
+        &self,
+        incoming: Option<PathBuf>,
+        bytes: Option<Vec<u8>>,
+        entry: &QueueEntry,
+    ) -> io::Result<()> {
+        let written = incoming.is_none();
+        let incoming = incoming.unwrap_or_else(|| self.incoming_file(&entry.id));
         let json_tmp = self.incoming.join(format!("{}.json.tmp", entry.id));
         let body = self.body_path(&entry.id);
         let json = self.path(Area::Queue, &entry.id, "json");
-        let bytes = serde_json::to_vec_pretty(entry).map_err(io::Error::other)?;
+        let envelope = serde_json::to_vec_pretty(entry).map_err(io::Error::other)?;
         tokio::task::spawn_blocking(move || -> io::Result<()> {
-            std::fs::File::open(&incoming)?.sync_data()?;
-            write_synced(&json_tmp, &bytes)?;
-            std::fs::rename(&incoming, &body)?;
-            std::fs::rename(&json_tmp, &json)?;
-            Ok(())
+            let result = (|| {
+                match &bytes {
+                    Some(b) => write_synced(&incoming, b)?,
+                    None => std::fs::File::open(&incoming)?.sync_data()?,
+                }
+                write_synced(&json_tmp, &envelope)?;
+                std::fs::rename(&incoming, &body)?;
+                std::fs::rename(&json_tmp, &json)
+            })();
+            if result.is_err() && written {
+                let _ = remove_if_exists(&incoming);
+                let _ = remove_if_exists(&json_tmp);
+            }
+            result
         })
         .await
         .map_err(io::Error::other)??;
