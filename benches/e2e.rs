@@ -19,6 +19,9 @@
 //! on `/dev/shm` (Exchange's disks are not ours); the relay's spool on the system temporary
 //! directory, since its fsyncs are part of what is measured.
 //!
+//! Each scenario runs `BENCH_ROUNDS` times (default 3), interleaved round by round; the
+//! summary shows each scenario's median round and the ratio of medians.
+//!
 //! Environment: `BENCH_MESSAGES` (5000), `BENCH_CONCURRENCY` (50), `BENCH_SIZE` (5k; any
 //! `loadgen --size` spec), `BENCH_SCENARIOS` (comma list, default all),
 //! `BENCH_MAX_CONNECTIONS` (the relay's upstream sessions, default 50), `BENCH_JSON` (also
@@ -415,20 +418,49 @@ fn main() {
         bench.max_connections,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    // Rounds, each running every scenario once, in order: this shared 2-core machine is noisy,
+    // so each figure is the median over the rounds, and each ratio compares medians.
+    let rounds: usize = env_or("BENCH_ROUNDS", 3).max(1);
+    let mut by_scenario: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+    for round in 1..=rounds {
+        println!("round {round} of {rounds}");
+        let mut ceiling = None;
+        for s in &scenarios {
+            let row = match s.as_str() {
+                "ceiling" => {
+                    let r = bench.ceiling();
+                    ceiling = Some(r.clone());
+                    r
+                }
+                "direct" | "hybrid" | "queue" => bench.relay(s, ceiling.as_ref()),
+                _ => continue,
+            };
+            print_row(&row);
+            by_scenario.entry(s.clone()).or_default().push(row);
+        }
+    }
     let mut rows: Vec<Row> = Vec::new();
-    let mut ceiling = None;
     for s in &scenarios {
-        let row = match s.as_str() {
-            "ceiling" => {
-                let r = bench.ceiling();
-                ceiling = Some(r.clone());
-                r
-            }
-            "direct" | "hybrid" | "queue" => bench.relay(s, ceiling.as_ref()),
-            _ => continue,
-        };
-        print_row(&row);
-        rows.push(row);
+        if let Some(list) = by_scenario.get(s) {
+            let mut list = list.clone();
+            list.sort_by(|a, b| {
+                a.report
+                    .messages_per_sec
+                    .total_cmp(&b.report.messages_per_sec)
+            });
+            rows.push(list[list.len() / 2].clone());
+        }
+    }
+    let ceiling_median = rows.iter().find(|r| r.scenario == "ceiling").cloned();
+    if let Some(c) = &ceiling_median {
+        for r in rows.iter_mut().filter(|r| r.scenario != "ceiling") {
+            r.ratio_to_ceiling = Some(r.report.messages_per_sec / c.report.messages_per_sec);
+            r.p99_added_ms = Some(r.report.latency_ms.p99 - c.report.latency_ms.p99);
+        }
+    }
+    println!("median of {rounds} rounds (ratios: median to median):");
+    for r in &rows {
+        print_row(r);
     }
     let memory = scenarios
         .iter()

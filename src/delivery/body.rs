@@ -17,6 +17,9 @@ use std::sync::Arc;
 
 /// The largest body kept in memory.
 pub const MEMORY_BODY_MAX: usize = 128 * 1024;
+/// What one in-memory body reserves: the limit plus one socket read, by which a body may
+/// pass the limit before it is moved to disk.
+pub const MEMORY_LEASE: usize = MEMORY_BODY_MAX + 64 * 1024;
 /// All in-memory bodies together (default budget).
 pub const MEMORY_BUDGET: usize = 32 * 1024 * 1024;
 

@@ -380,26 +380,22 @@ impl Delivery {
             audit::deferred(&facts(&entry), 0, "paced", why, entry.next_attempt);
             return queued_reply(&id, "queued: the mailbox is at its sending pace");
         };
-        let (tx, mut rx) = tokio::sync::oneshot::channel();
-        {
+        // The attempt runs here while the client waits (no task, no channel: most attempts
+        // finish in time); if the wait ends first, the same attempt moves to a task.
+        let mut attempt = {
             let me = self.clone();
             let entry = entry.clone();
             let body = msg.body.clone();
-            self.tracker.spawn(async move {
-                let report = me.attempt_body(&entry, &body, Some(permit)).await;
-                let _ = tx.send(report);
-            });
-        }
-        let report = match tokio::time::timeout_at(deadline, &mut rx).await {
-            Ok(Ok(report)) => report,
-            Ok(Err(_)) => Report::from_spool_error(
-                &entry.rcpt_to,
-                std::io::Error::other("attempt ended abnormally"),
-            ),
+            Box::pin(async move { me.attempt_body(&entry, &body, Some(permit)).await })
+        };
+        let report = match tokio::time::timeout_at(deadline, &mut attempt).await {
+            Ok(report) => report,
             Err(_) => {
                 // Still trying: make it durable, answer 250, and let the attempt finish in
                 // the background. It stays claimed so the loop doesn't start a second one.
                 if let Err(reply) = self.enqueue(&msg.body, entry.clone(), true).await {
+                    // Not kept: the attempt must not deliver what the client is told failed.
+                    drop(attempt);
                     return reply;
                 }
                 audit::deferred(
@@ -411,12 +407,7 @@ impl Delivery {
                 );
                 let me = self.clone();
                 self.tracker.spawn(async move {
-                    let report = rx.await.unwrap_or_else(|_| {
-                        Report::from_spool_error(
-                            &entry.rcpt_to,
-                            std::io::Error::other("attempt ended abnormally"),
-                        )
-                    });
+                    let report = attempt.await;
                     me.apply(entry, report).await;
                 });
                 return queued_reply(
@@ -480,7 +471,7 @@ impl Delivery {
     /// mode it saves the trips to the blocking pool for creating and writing the file: the
     /// commit writes and fsyncs it in one.)
     pub fn memory_lease(&self) -> Option<Lease> {
-        self.memory.try_lease(body::MEMORY_BODY_MAX)
+        self.memory.try_lease(body::MEMORY_LEASE)
     }
 
     /// Drops a received body that is not kept.

@@ -318,7 +318,9 @@ mod tests {
             let input: Vec<u8> = (0..len)
                 .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
                 .collect();
-            let mut cuts: Vec<usize> = (0..(next() % 4)).map(|_| (next() as usize) % (len + 1)).collect();
+            let mut cuts: Vec<usize> = (0..(next() % 4))
+                .map(|_| (next() as usize) % (len + 1))
+                .collect();
             cuts.sort_unstable();
             let mut pieces = Vec::new();
             let mut at = 0;
@@ -334,14 +336,24 @@ mod tests {
                 n.push(p, &mut out);
             }
             n.finish(&mut out);
-            assert_eq!(out, reference_crlf(&input), "crlf {:?} in {pieces:?}", input);
+            assert_eq!(
+                out,
+                reference_crlf(&input),
+                "crlf {:?} in {pieces:?}",
+                input
+            );
 
             let mut d = DotStuffer::default();
             let mut out = Vec::new();
             for p in &pieces {
                 d.push(p, &mut out);
             }
-            assert_eq!(out, reference_stuff(&input), "stuff {:?} in {pieces:?}", input);
+            assert_eq!(
+                out,
+                reference_stuff(&input),
+                "stuff {:?} in {pieces:?}",
+                input
+            );
         }
     }
 

@@ -276,22 +276,30 @@ async fn receive_message(
     }
     let mut decoder = BodyDecoder::new(listen.max_message_size);
     let mut sniffer = crate::audit::MessageIdSniffer::new();
-    let mut decoded = Vec::with_capacity(64 * 1024);
+    // Used only while the body goes to a file; a body in memory is decoded straight into it.
+    let mut decoded = Vec::new();
     let data_deadline = Instant::now()
         + listen.data_timeout
         + Duration::from_secs(listen.max_message_size / MIN_DATA_RATE);
     loop {
-        let (progress, consumed) = {
-            let mut iter = input.iter();
-            let progress = decoder.ingest(&mut iter, &mut decoded);
-            (progress, input.len() - iter.as_slice().len())
+        let mut iter = input.iter();
+        let progress = match sink.memory_buffer() {
+            Some(buf) => {
+                let start = buf.len();
+                let progress = decoder.ingest(&mut iter, buf);
+                sniffer.feed(&buf[start..]);
+                progress
+            }
+            None => decoder.ingest(&mut iter, &mut decoded),
         };
+        let consumed = input.len() - iter.as_slice().len();
         input.drain(..consumed);
         if !decoded.is_empty() {
             sniffer.feed(&decoded);
             sink.write(&decoded).await;
             decoded.clear();
         }
+        sink.spill_if_big().await;
         if progress == Progress::Done {
             break;
         }
@@ -379,19 +387,33 @@ impl BodySink {
         }
     }
 
+    /// The in-memory body, while there is one: the decoder appends to it directly.
+    fn memory_buffer(&mut self) -> Option<&mut Vec<u8>> {
+        self.memory.as_mut().map(|(buf, _)| buf)
+    }
+
+    /// Moves the body to its file once it is larger than [`MEMORY_BODY_MAX`]; from then on
+    /// it streams to disk. (One read past the limit at most: the lease covers it.)
+    async fn spill_if_big(&mut self) {
+        if self
+            .memory
+            .as_ref()
+            .is_some_and(|(buf, _)| buf.len() > MEMORY_BODY_MAX)
+        {
+            let (buf, _lease) = self.memory.take().expect("memory body");
+            self.open_file().await;
+            self.write_file(&buf).await;
+        }
+    }
+
     async fn write(&mut self, bytes: &[u8]) {
         if self.failed {
             return;
         }
         if let Some((buf, _)) = &mut self.memory {
-            if buf.len() + bytes.len() <= MEMORY_BODY_MAX {
-                buf.extend_from_slice(bytes);
-                return;
-            }
-            // Too big for memory: from here on it streams to disk.
-            let (buf, _lease) = self.memory.take().expect("memory body");
-            self.open_file().await;
-            self.write_file(&buf).await;
+            buf.extend_from_slice(bytes);
+            self.spill_if_big().await;
+            return;
         }
         self.write_file(bytes).await;
     }

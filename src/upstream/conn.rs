@@ -538,10 +538,14 @@ impl Connection {
         match body {
             BodyReader::Memory(bytes) => {
                 out.reserve(bytes.len().min(CHUNK) + 1024);
-                for piece in bytes.chunks(CHUNK) {
-                    out.clear();
+                let mut pieces = bytes.chunks(CHUNK).peekable();
+                while let Some(piece) = pieces.next() {
                     stuffer.push(piece, &mut out);
-                    self.write_body(&out).await?;
+                    // The last piece goes out together with the terminator: one write.
+                    if pieces.peek().is_some() {
+                        self.write_body(&out).await?;
+                        out.clear();
+                    }
                 }
             }
             BodyReader::File(file) => {
@@ -555,13 +559,12 @@ impl Connection {
                     if n == 0 {
                         break;
                     }
-                    out.clear();
                     stuffer.push(&chunk[..n], &mut out);
                     self.write_body(&out).await?;
+                    out.clear();
                 }
             }
         }
-        out.clear();
         out.extend_from_slice(stuffer.terminator());
         self.write_body(&out).await?;
         self.stream
