@@ -439,28 +439,36 @@ fn main() {
             by_scenario.entry(s.clone()).or_default().push(row);
         }
     }
+    // The summary: each scenario's median round by messages/s, with the median (and range)
+    // of its per-round ratios: each ratio compares with the ceiling of the same round.
     let mut rows: Vec<Row> = Vec::new();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    println!("median of {rounds} rounds (ratio: median of the per-round ratios, [min, max]):");
     for s in &scenarios {
-        if let Some(list) = by_scenario.get(s) {
-            let mut list = list.clone();
-            list.sort_by(|a, b| {
-                a.report
-                    .messages_per_sec
-                    .total_cmp(&b.report.messages_per_sec)
-            });
-            rows.push(list[list.len() / 2].clone());
+        let Some(list) = by_scenario.get(s) else {
+            continue;
+        };
+        let mut list = list.clone();
+        list.sort_by(|a, b| {
+            a.report
+                .messages_per_sec
+                .total_cmp(&b.report.messages_per_sec)
+        });
+        let mut row = list[list.len() / 2].clone();
+        let ratios: Vec<f64> = list.iter().filter_map(|r| r.ratio_to_ceiling).collect();
+        row.ratio_to_ceiling = median(ratios.clone());
+        row.p99_added_ms = median(list.iter().filter_map(|r| r.p99_added_ms).collect());
+        print_row(&row);
+        if let (Some(lo), Some(hi)) = (
+            ratios.iter().copied().reduce(f64::min),
+            ratios.iter().copied().reduce(f64::max),
+        ) {
+            println!("         ratio range over the rounds: [{lo:.2}, {hi:.2}]");
         }
-    }
-    let ceiling_median = rows.iter().find(|r| r.scenario == "ceiling").cloned();
-    if let Some(c) = &ceiling_median {
-        for r in rows.iter_mut().filter(|r| r.scenario != "ceiling") {
-            r.ratio_to_ceiling = Some(r.report.messages_per_sec / c.report.messages_per_sec);
-            r.p99_added_ms = Some(r.report.latency_ms.p99 - c.report.latency_ms.p99);
-        }
-    }
-    println!("median of {rounds} rounds (ratios: median to median):");
-    for r in &rows {
-        print_row(r);
+        rows.push(row);
     }
     let memory = scenarios
         .iter()
