@@ -530,6 +530,31 @@ impl Governor {
         }
     }
 
+    /// Waits for a session slot only: returns a permit once one frees, or `None` as soon as
+    /// the send would have to wait for the rate window, the daily budget or a quota hold
+    /// (hybrid mode queues then instead of keeping the client waiting).
+    pub async fn acquire_slot(self: &Arc<Self>, recipients: u32) -> Option<Permit> {
+        loop {
+            let notified = self.notify.notified();
+            match self.try_acquire(recipients) {
+                Ok(permit) => return Some(permit),
+                Err(Decision::WaitForSlot) => {
+                    let restore = self.lock().next_restore(Instant::now());
+                    match restore {
+                        Some(t) => {
+                            tokio::select! {
+                                () = tokio::time::sleep_until(t) => {}
+                                () = notified => {}
+                            }
+                        }
+                        None => notified.await,
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// Exchange said `432 4.3.2`; see [`GovernorState::on_concurrency_throttle`].
     pub fn on_concurrency_throttle(&self) {
         self.lock().on_concurrency_throttle(Instant::now());
@@ -956,6 +981,31 @@ mod tests {
     }
 
     // ---- async wrapper (paused clock: sleeps advance time instantly) ----
+
+    #[tokio::test(start_paused = true)]
+    async fn slot_wait_gives_up_when_the_rate_runs_out() {
+        // One session, two sends per window: the second waits for the slot, gets it; the
+        // third waits for the slot, but by then the window is spent: it gets None at once.
+        let g = Governor::new(limits(1, 2, 0));
+        let first = g.acquire(1).await;
+        let waiter = {
+            let g = g.clone();
+            tokio::spawn(async move { g.acquire_slot(1).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!waiter.is_finished(), "waits while the slot is busy");
+        drop(first);
+        let second = waiter.await.unwrap().expect("the slot freed");
+        let t0 = Instant::now();
+        let waiter = {
+            let g = g.clone();
+            tokio::spawn(async move { g.acquire_slot(1).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(second);
+        assert!(waiter.await.unwrap().is_none(), "rate spent: no long wait");
+        assert!(Instant::now() - t0 < Duration::from_secs(1));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn burst_of_rate_goes_without_waiting() {

@@ -364,10 +364,12 @@ impl Delivery {
         let permit = match self.governor.try_acquire(first) {
             Ok(p) => Some(p),
             // All allowed sessions are busy: one frees within moments, worth a short wait.
+            // If the rate or daily budget runs out meanwhile, queue at once (no long wait).
             Err(Decision::WaitForSlot) => {
-                tokio::time::timeout_at(deadline, self.governor.acquire(first))
+                tokio::time::timeout_at(deadline, self.governor.acquire_slot(first))
                     .await
                     .ok()
+                    .flatten()
             }
             // Out of rate or daily budget: don't make the client wait for the pacer.
             Err(_) => None,
