@@ -488,35 +488,58 @@ impl Governor {
     /// Waits until the batch may go and takes a permit. Cancel-safe: dropping the future
     /// before it completes records nothing and holds nothing.
     pub async fn acquire(self: &Arc<Self>, recipients: u32) -> Permit {
+        self.acquire_unless(recipients, |_| false)
+            .await
+            .expect("never gives up")
+    }
+
+    /// Waits for a session slot only: returns a permit once one frees, or `None` as soon as
+    /// the send would have to wait for the rate window, the daily budget or a quota hold
+    /// (hybrid mode queues then instead of keeping the client waiting).
+    pub async fn acquire_slot(self: &Arc<Self>, recipients: u32) -> Option<Permit> {
+        self.acquire_unless(recipients, |d| *d != Decision::WaitForSlot)
+            .await
+    }
+
+    /// Waits for a permit, or returns `None` as soon as `give_up` accepts the reason to wait.
+    /// Counts the waits (`smtp_oauth_relay_governor_wait*`).
+    async fn acquire_unless(
+        self: &Arc<Self>,
+        recipients: u32,
+        give_up: impl Fn(&Decision) -> bool,
+    ) -> Option<Permit> {
         let mut waited: Option<Instant> = None;
         loop {
             // Registered before the check, so a permit dropped in between still wakes us
             // (`notify_waiters` reaches every `Notified` created before the call).
             let notified = self.notify.notified();
-            let decision = self.try_acquire(recipients);
-            if let Err(d) = &decision {
-                if waited.is_none() {
-                    waited = Some(Instant::now());
-                    let reason = match d {
-                        Decision::WaitUntil(_) => "rate",
-                        Decision::HeldUntil(_) => "quota",
-                        _ => "connections",
-                    };
-                    metrics::counter!("smtp_oauth_relay_governor_waits_total", "reason" => reason)
-                        .increment(1);
-                }
-            }
-            let wake_at = match decision {
+            let decision = match self.try_acquire(recipients) {
                 Ok(permit) => {
                     if let Some(since) = waited {
                         metrics::histogram!("smtp_oauth_relay_governor_wait_seconds")
                             .record(since.elapsed().as_secs_f64());
                     }
-                    return permit;
+                    return Some(permit);
                 }
-                Err(Decision::WaitUntil(t) | Decision::HeldUntil(t)) => Some(t),
-                Err(Decision::WaitForSlot) => self.lock().next_restore(Instant::now()),
-                Err(Decision::Go) => unreachable!("try_acquire returns Go as Ok"),
+                Err(d) => d,
+            };
+            if give_up(&decision) {
+                return None;
+            }
+            if waited.is_none() {
+                waited = Some(Instant::now());
+                let reason = match decision {
+                    Decision::WaitUntil(_) => "rate",
+                    Decision::HeldUntil(_) => "quota",
+                    _ => "connections",
+                };
+                metrics::counter!("smtp_oauth_relay_governor_waits_total", "reason" => reason)
+                    .increment(1);
+            }
+            let wake_at = match decision {
+                Decision::WaitUntil(t) | Decision::HeldUntil(t) => Some(t),
+                Decision::WaitForSlot => self.lock().next_restore(Instant::now()),
+                Decision::Go => unreachable!("try_acquire returns Go as Ok"),
             };
             match wake_at {
                 Some(t) => {
@@ -526,31 +549,6 @@ impl Governor {
                     }
                 }
                 None => notified.await,
-            }
-        }
-    }
-
-    /// Waits for a session slot only: returns a permit once one frees, or `None` as soon as
-    /// the send would have to wait for the rate window, the daily budget or a quota hold
-    /// (hybrid mode queues then instead of keeping the client waiting).
-    pub async fn acquire_slot(self: &Arc<Self>, recipients: u32) -> Option<Permit> {
-        loop {
-            let notified = self.notify.notified();
-            match self.try_acquire(recipients) {
-                Ok(permit) => return Some(permit),
-                Err(Decision::WaitForSlot) => {
-                    let restore = self.lock().next_restore(Instant::now());
-                    match restore {
-                        Some(t) => {
-                            tokio::select! {
-                                () = tokio::time::sleep_until(t) => {}
-                                () = notified => {}
-                            }
-                        }
-                        None => notified.await,
-                    }
-                }
-                Err(_) => return None,
             }
         }
     }

@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use child::{free_addr, RelayChild};
-use secrecy::ExposeSecret;
 use smtp_oauth_relay::sandbox::TokenFailure;
 use support::{relay_binary, RawClient, World, MAILBOX};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -197,12 +196,7 @@ async fn readiness_flips_on_invalid_client_and_back() {
         "the failing check is named: {body}"
     );
     assert!(body.contains("ok   spool: writable"), "{body}");
-    let secret = world
-        .sandbox
-        .options()
-        .client_secret
-        .expose_secret()
-        .to_string();
+    let secret = world.secret();
     assert!(!body.contains(&secret), "no secret in /readyz");
 
     // Fixed in Entra: readiness comes back by itself, and mail flows again.
@@ -305,12 +299,7 @@ async fn metrics_parse_and_counters_move_with_the_mail() {
         "smtp_oauth_relay_governor_sends_in_window{{mailbox=\"{MAILBOX}\"}}"
     )));
     let (_, text) = get(admin, "/metrics").await;
-    let secret = world
-        .sandbox
-        .options()
-        .client_secret
-        .expose_secret()
-        .to_string();
+    let secret = world.secret();
     assert!(!text.contains(&secret), "no secret in /metrics");
 }
 
@@ -369,12 +358,7 @@ async fn sighup_rereads_a_rotated_secret_without_dropping_connections() {
     let mut c = RawClient::connect(listen).await;
     c.cmd("EHLO app", 250).await;
 
-    let right = world
-        .sandbox
-        .options()
-        .client_secret
-        .expose_secret()
-        .to_string();
+    let right = world.secret();
     std::fs::write(&secret_file, format!("{right}\n")).unwrap();
     let pid = relay.pid().to_string();
     let hup = std::process::Command::new("kill")

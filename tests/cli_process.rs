@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use secrecy::ExposeSecret;
 use support::{relay_binary, strip_received, RawClient, World};
 use tempfile::TempDir;
 
@@ -237,12 +236,7 @@ async fn env_only_child_relay_delivers_byte_exact() {
 #[tokio::test]
 async fn wrong_client_secret_gets_451_and_advice_without_the_secret() {
     let world = World::start().await;
-    let real_secret = world
-        .sandbox
-        .options()
-        .client_secret
-        .expose_secret()
-        .to_string();
+    let real_secret = world.secret();
     // Microsoft's value shape: 3 chars, a digit, `Q~`, 34 chars.
     let wrong = format!("xyz8Q~{}", "Wr0ngS3cretWr0ngS3cretWr0ngS3cret_");
     assert_eq!(wrong.len(), 40);
@@ -297,12 +291,7 @@ async fn wrong_client_secret_gets_451_and_advice_without_the_secret() {
 #[tokio::test]
 async fn trace_logging_never_shows_secret_or_tokens() {
     let world = World::start().await;
-    let secret = world
-        .sandbox
-        .options()
-        .client_secret
-        .expose_secret()
-        .to_string();
+    let secret = world.secret();
     let addr = free_addr();
     let mut env = world_env(&world, addr, &[]);
     env.push(("RUST_LOG".into(), "trace".into()));

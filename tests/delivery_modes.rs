@@ -17,12 +17,11 @@ mod child;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use child::{free_addr, RelayChild};
+use child::{files_in, free_addr, RelayChild};
 use smtp_oauth_relay::app::Relay;
 use smtp_oauth_relay::sandbox::{SmtpOutage, TokenFailure};
 use smtp_oauth_relay::spool::{now_unix, Area, QueueEntry, Spool};
@@ -75,19 +74,6 @@ async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 fn list(spool: &Spool, area: Area) -> Vec<QueueEntry> {
     spool.list(area).expect("list the spool")
-}
-
-/// Files in a spool sub-directory (anything at all: bodies, envelopes, temporary files).
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
 }
 
 /// Waits until the queue on disk holds `n` messages, each attempted at least once.

@@ -10,7 +10,6 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use secrecy::ExposeSecret;
 use support::{relay_binary, World, MAILBOX};
 
 /// How long one diagnostic run may take.
@@ -151,12 +150,7 @@ fn run_blocking(args: &[String], env: &[(String, String)]) -> Run {
 }
 
 fn secret_of(world: &World) -> String {
-    world
-        .sandbox
-        .options()
-        .client_secret
-        .expose_secret()
-        .to_string()
+    world.secret()
 }
 
 /// Neither the real secret (plain or form-encoded) nor a token or XOAUTH2 string.

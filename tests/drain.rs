@@ -33,7 +33,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use child::{free_addr, RelayChild};
+use child::{files_in, free_addr, RelayChild};
 use smtp_oauth_relay::spool::{Area, Spool};
 use support::{relay_binary, strip_received, RawClient, World};
 use tokio::net::TcpStream;
@@ -95,19 +95,6 @@ fn reply_id(reply: &str) -> String {
         .nth(2)
         .unwrap_or_else(|| panic!("no id in {reply:?}"))
         .to_string()
-}
-
-/// Files in a spool sub-directory (anything at all: bodies, envelopes, temporary files).
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
 }
 
 /// Ids of the queue entries on disk (`queue/<id>.json`), read without touching the spool

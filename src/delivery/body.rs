@@ -100,6 +100,12 @@ impl MemoryBody {
     }
 }
 
+impl AsRef<[u8]> for MemoryBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 /// Where a received body is.
 #[derive(Debug, Clone)]
 pub enum Body {

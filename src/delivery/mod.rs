@@ -234,11 +234,12 @@ impl Delivery {
             DeliveryMode::Hybrid => "hybrid",
             DeliveryMode::Direct => "direct",
         };
-        audit::received(&facts(&self.new_entry(&msg)), mode);
+        let entry = self.new_entry(&msg);
+        audit::received(&facts(&entry), mode);
         match self.mode {
-            DeliveryMode::Queue => self.submit_queue(msg).await,
-            DeliveryMode::Hybrid => self.submit_hybrid(msg).await,
-            DeliveryMode::Direct => self.submit_direct(msg).await,
+            DeliveryMode::Queue => self.submit_queue(msg, entry).await,
+            DeliveryMode::Hybrid => self.submit_hybrid(msg, entry).await,
+            DeliveryMode::Direct => self.submit_direct(msg, entry).await,
         }
     }
 
@@ -276,7 +277,7 @@ impl Delivery {
         let committed = match body {
             Body::File(path) => self.spool.commit(path, &entry).await,
             // Kept after all: written and committed like any other.
-            Body::Memory(m) => self.spool.commit_bytes(m.bytes().to_vec(), &entry).await,
+            Body::Memory(m) => self.spool.commit_bytes(m.clone(), &entry).await,
         };
         match committed {
             Ok(()) => {
@@ -293,8 +294,7 @@ impl Delivery {
         }
     }
 
-    async fn submit_queue(self: &Arc<Self>, msg: Spooled) -> Reply {
-        let entry = self.new_entry(&msg);
+    async fn submit_queue(self: &Arc<Self>, msg: Spooled, entry: QueueEntry) -> Reply {
         let id = entry.id.clone();
         if let Err(reply) = self.enqueue(&msg.body, entry, false).await {
             return reply;
@@ -302,11 +302,10 @@ impl Delivery {
         queued_reply(&id, "queued for delivery")
     }
 
-    async fn submit_direct(self: &Arc<Self>, msg: Spooled) -> Reply {
+    async fn submit_direct(self: &Arc<Self>, msg: Spooled, entry: QueueEntry) -> Reply {
         if let Some(advice) = self.held() {
-            return self.refuse_held(&msg, &advice).await;
+            return self.refuse_held(&msg, &entry, &advice).await;
         }
-        let entry = self.new_entry(&msg);
         let first = first_batch_len(&entry.rcpt_to, &self.governor);
         let permit = tokio::select! {
             p = self.governor.acquire(first) => p,
@@ -326,15 +325,10 @@ impl Delivery {
     }
 
     /// A configuration hold: the client gets `451 4.7.0` with the advice, nothing is kept.
-    async fn refuse_held(&self, msg: &Spooled, advice: &str) -> Reply {
+    async fn refuse_held(&self, msg: &Spooled, entry: &QueueEntry, advice: &str) -> Reply {
         self.discard(&msg.body).await;
         let reply = held_reply(advice);
-        audit::refused(
-            &facts(&self.new_entry(msg)),
-            0,
-            "config",
-            &reply.to_string(),
-        );
+        audit::refused(&facts(entry), 0, "config", &reply.to_string());
         reply
     }
 
@@ -353,11 +347,10 @@ impl Delivery {
         }
     }
 
-    async fn submit_hybrid(self: &Arc<Self>, msg: Spooled) -> Reply {
+    async fn submit_hybrid(self: &Arc<Self>, msg: Spooled, mut entry: QueueEntry) -> Reply {
         if let Some(advice) = self.held() {
-            return self.refuse_held(&msg, &advice).await;
+            return self.refuse_held(&msg, &entry, &advice).await;
         }
-        let mut entry = self.new_entry(&msg);
         let id = entry.id.clone();
         let first = first_batch_len(&entry.rcpt_to, &self.governor);
         let deadline = tokio::time::Instant::now() + self.settings.try_now_timeout;

@@ -19,6 +19,7 @@ mod group;
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -228,7 +229,7 @@ impl Spool {
 
     /// Where the body of message `id` is written while it arrives.
     pub fn incoming_path(&self, id: &MessageId) -> PathBuf {
-        self.incoming.join(format!("{id}.tmp"))
+        self.incoming_file(id.as_str())
     }
 
     /// Where the body of message `id` (given as text) is written before it is committed.
@@ -262,14 +263,18 @@ impl Spool {
 
     /// [`commit`](Self::commit) for a body held in memory: written, fsync'd and committed in
     /// one trip to the blocking pool. Leaves nothing behind when it fails.
-    pub async fn commit_bytes(&self, bytes: Vec<u8>, entry: &QueueEntry) -> io::Result<()> {
+    pub async fn commit_bytes(
+        &self,
+        bytes: Arc<dyn AsRef<[u8]> + Send + Sync>,
+        entry: &QueueEntry,
+    ) -> io::Result<()> {
         self.commit_body(None, Some(bytes), entry).await
     }
 
     async fn commit_body(
         &self,
         incoming: Option<PathBuf>,
-        bytes: Option<Vec<u8>>,
+        bytes: Option<Arc<dyn AsRef<[u8]> + Send + Sync>>,
         entry: &QueueEntry,
     ) -> io::Result<()> {
         let written = incoming.is_none();
@@ -288,7 +293,7 @@ impl Spool {
             let _permit = permit;
             let result = (|| {
                 match &bytes {
-                    Some(b) => write_synced(&incoming, b)?,
+                    Some(b) => write_synced(&incoming, b.as_ref().as_ref())?,
                     None => std::fs::File::open(&incoming)?.sync_data()?,
                 }
                 write_synced(&json_tmp, &envelope)?;

@@ -316,7 +316,7 @@ impl TokenCache {
     /// Keeps a token ready so the first message after a quiet spell does not wait for one and
     /// readiness tells the truth about the credentials: asks [`get`](Self::get) at least every
     /// `period` (which refreshes ahead of expiry), and after a failure again when its hold
-    /// ends, backing off to [`MAX_ERROR_HOLD`]. `on_recovered` runs after a success that
+    /// ends, backing off ([`keep_warm_backoff`]) to [`KEEP_WARM_MAX_WAIT`]. `on_recovered` runs after a success that
     /// follows a failure. Returns when `shutdown` is cancelled.
     pub async fn keep_warm(
         &self,

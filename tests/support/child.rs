@@ -185,3 +185,16 @@ pub async fn greets_220(addr: SocketAddr) -> std::io::Result<bool> {
     let _ = s.read(&mut chunk).await;
     Ok(ok)
 }
+
+/// Files in a spool sub-directory (anything at all: bodies, envelopes, temporary files).
+pub fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}

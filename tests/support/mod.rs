@@ -44,6 +44,15 @@ impl World {
         }
     }
 
+    /// The sandbox's client secret value (for checks that it never leaks).
+    pub fn secret(&self) -> String {
+        self.sandbox
+            .options()
+            .client_secret
+            .expose_secret()
+            .to_string()
+    }
+
     /// The environment a user would set to point the relay at this sandbox.
     pub fn env(&self) -> Vec<(String, String)> {
         let o = self.sandbox.options();
