@@ -30,6 +30,11 @@ use super::{AccessToken, TokenError, TokenSource};
 /// A token with less than this left is not handed out (connect + STARTTLS + AUTH must fit).
 /// Scaled down for very short-lived tokens, see [`phase`].
 pub const SAFETY_MARGIN: Duration = Duration::from_secs(30);
+/// The safety margin never shrinks below this (unless the token lives shorter): Entra's `exp`
+/// is whole Unix seconds counted from when it issued the token, while we count `expires_in`
+/// from when we read the response, so a token can stop working up to a second earlier than
+/// we think, and AUTH itself takes a moment.
+pub const MIN_SAFETY_MARGIN: Duration = Duration::from_secs(2);
 /// How long a configuration error is served from memory before Entra is asked again.
 pub const CONFIG_ERROR_HOLD: Duration = Duration::from_secs(10);
 /// How long a transient error is served from memory (unless `Retry-After` says longer).
@@ -49,11 +54,15 @@ pub enum Phase {
 }
 
 /// Classifies a token at `now`. The margins shrink for short-lived tokens (refresh at half
-/// the lifetime at the latest, unusable in the last quarter at the latest) so that a token
-/// living less than the refresh margin does not cause a refresh on every call.
+/// the lifetime at the latest, unusable in the last quarter at the latest, but never later
+/// than [`MIN_SAFETY_MARGIN`] before expiry) so that a token living less than the refresh
+/// margin does not cause a refresh on every call.
 pub fn phase(token: &AccessToken, now: Instant, refresh_margin: Duration) -> Phase {
     let lifetime = Duration::from_secs(token.expires_in());
-    let safety = SAFETY_MARGIN.min(lifetime / 4);
+    let safety = SAFETY_MARGIN
+        .min(lifetime / 4)
+        .max(MIN_SAFETY_MARGIN)
+        .min(lifetime);
     let margin = refresh_margin.min(lifetime / 2).max(safety);
     let remaining = token.remaining_at(now);
     if remaining <= safety {
@@ -524,6 +533,17 @@ mod tests {
         );
         let zero = AccessToken::new(SecretString::from("x"), 0);
         assert_eq!(phase(&zero, now, MARGIN), Phase::Unusable);
+        // A 3 s token: its whole-second `exp` may end a second early, so it is not handed
+        // out in its last 2 s (a quarter, 0.75 s, would be too little).
+        let tiny = AccessToken::new(SecretString::from("x"), 3);
+        assert_eq!(
+            phase(&tiny, now + Duration::from_millis(900), MARGIN),
+            Phase::Fresh
+        );
+        assert_eq!(
+            phase(&tiny, now + Duration::from_millis(1100), MARGIN),
+            Phase::Unusable
+        );
     }
 
     #[test]
