@@ -31,16 +31,16 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use secrecy::SecretString;
-use smtp_oauth_relay::audit::MessageIdSniffer;
 use smtp_oauth_relay::envelope::MessageId;
-use smtp_oauth_relay::smtp::data::{BodyDecoder, Progress};
 use smtp_oauth_relay::smtp::listener::{Framed, LineFramer};
 use smtp_oauth_relay::smtp::reply;
 use smtp_oauth_relay::smtp::session::{Action, Session, SessionConfig};
 use smtp_oauth_relay::spool::{now_unix, QueueEntry, Spool};
 use smtp_oauth_relay::token::{AccessToken, FetchFuture, TokenCache, TokenSource};
 use smtp_oauth_relay::upstream::error::classify_reply;
-use smtp_oauth_relay::upstream::reply::UpstreamReply;
+use smtp_oauth_relay::wire::data::{BodyDecoder, Progress};
+use smtp_oauth_relay::wire::header::MessageIdSniffer;
+use smtp_oauth_relay::wire::Reply as UpstreamReply;
 use smtp_proto::Request;
 
 /// The listener's read buffer.

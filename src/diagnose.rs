@@ -10,7 +10,7 @@
 use base64::Engine;
 use serde::Deserialize;
 
-use crate::upstream::reply::UpstreamReply;
+use crate::wire::Reply;
 
 /// A recognised mistake: what is wrong and exactly what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -328,7 +328,7 @@ pub fn check_claims(claims: &Claims, now_unix: u64, client_id: &str) -> Vec<Advi
 // ---- Exchange replies --------------------------------------------------------------------
 
 /// Advice for an Exchange reply (reference §3.5, §4, §6). `mailbox` is the XOAUTH2 user.
-pub fn smtp_reply(reply: &UpstreamReply, mailbox: &str) -> Option<Advice> {
+pub fn smtp_reply(reply: &Reply, mailbox: &str) -> Option<Advice> {
     let status = reply.status().unwrap_or("");
     let a = match status {
         "5.7.3" if reply.code == 535 => Advice::new(
@@ -420,8 +420,8 @@ pub fn smtp_reply(reply: &UpstreamReply, mailbox: &str) -> Option<Advice> {
 mod tests {
     use super::*;
 
-    fn reply(text: &str) -> UpstreamReply {
-        UpstreamReply::parse(format!("{text}\r\n").as_bytes())
+    fn reply(text: &str) -> Reply {
+        Reply::parse(format!("{text}\r\n").as_bytes())
             .unwrap()
             .unwrap()
             .0

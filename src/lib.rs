@@ -37,3 +37,4 @@ pub mod spool;
 pub mod tls;
 pub mod token;
 pub mod upstream;
+pub mod wire;

@@ -26,7 +26,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::upstream::reply::UpstreamReply;
+use crate::wire::Reply;
 
 /// Message sizes: one size, a uniform range, or a weighted mix.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,10 +151,7 @@ impl Auth {
             ),
             Auth::XOAuth2 { user, token } => format!(
                 "AUTH XOAUTH2 {}\r\n",
-                b64.encode(format!(
-                    "user={user}\x01auth=Bearer {}\x01\x01",
-                    token.expose_secret()
-                ))
+                crate::wire::xoauth2::encode(user, token.expose_secret())
             ),
         }
     }
@@ -347,10 +344,10 @@ enum Failure {
 }
 
 impl Conn {
-    async fn reply(&mut self) -> Result<UpstreamReply, Failure> {
+    async fn reply(&mut self) -> Result<Reply, Failure> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
-            match UpstreamReply::parse(&self.buf) {
+            match Reply::parse(&self.buf) {
                 Ok(Some((r, used))) => {
                     self.buf.drain(..used);
                     return Ok(r);
@@ -370,7 +367,7 @@ impl Conn {
         }
     }
 
-    async fn expect(&mut self, stage: &'static str, class: u16) -> Result<UpstreamReply, Failure> {
+    async fn expect(&mut self, stage: &'static str, class: u16) -> Result<Reply, Failure> {
         let r = self.reply().await?;
         if r.code / 100 != class {
             return Err(Failure::Refused(stage, r.code));
@@ -385,12 +382,7 @@ impl Conn {
             .map_err(|e| Failure::Io(e.to_string()))
     }
 
-    async fn cmd(
-        &mut self,
-        line: &str,
-        stage: &'static str,
-        class: u16,
-    ) -> Result<UpstreamReply, Failure> {
+    async fn cmd(&mut self, line: &str, stage: &'static str, class: u16) -> Result<Reply, Failure> {
         self.send(line.as_bytes()).await?;
         self.expect(stage, class).await
     }

@@ -27,11 +27,10 @@ use crate::audit;
 use crate::config::{DeliveryMode, EnvelopeSender, ValidDelivery};
 use crate::envelope::{Envelope, MessageId};
 use crate::governor::{split_batches, Decision, Governor, Permit};
-use crate::smtp::reply::Reply;
 use crate::spool::{now_unix, unix, QueueEntry, Spool};
 use crate::upstream::error::classify_reply;
-use crate::upstream::reply::UpstreamReply;
 use crate::upstream::{OutboundMessage, Upstream, UpstreamError, Verdict};
+use crate::wire::Reply;
 use body::{Body, BodyReader, Lease, MemoryBudget};
 use queue::Queue;
 use retry::{next_step, History, Step};
@@ -50,7 +49,7 @@ pub struct RcptFailure {
     pub rcpt: String,
     pub verdict: Verdict,
     pub reason: String,
-    pub reply: Option<UpstreamReply>,
+    pub reply: Option<Reply>,
 }
 
 /// What one attempt achieved, recipient by recipient.
@@ -58,7 +57,7 @@ pub struct RcptFailure {
 pub struct Report {
     pub delivered: Vec<String>,
     /// The upstream's last `250` after DATA (carries Exchange's message id).
-    pub last_reply: Option<UpstreamReply>,
+    pub last_reply: Option<Reply>,
     pub failed: Vec<RcptFailure>,
     /// The first error that failed a whole batch, for the client's reply.
     pub first_error: Option<UpstreamError>,
@@ -977,7 +976,7 @@ pub fn client_reply(id: &str, report: &Report) -> Reply {
     }
 }
 
-fn permanent_reply(r: &UpstreamReply) -> Reply {
+fn permanent_reply(r: &Reply) -> Reply {
     Reply::new(
         if r.code >= 500 { r.code } else { 554 },
         r.status().filter(|s| s.starts_with('5')).unwrap_or("5.0.0"),
@@ -1017,8 +1016,8 @@ mod tests {
     use super::*;
     use crate::upstream::Stage;
 
-    fn reply(text: &str) -> UpstreamReply {
-        UpstreamReply::parse(format!("{text}\r\n").as_bytes())
+    fn reply(text: &str) -> Reply {
+        Reply::parse(format!("{text}\r\n").as_bytes())
             .unwrap()
             .unwrap()
             .0
@@ -1061,7 +1060,7 @@ mod tests {
             reply: reply("554 5.2.252 SendAsDenied; x not allowed"),
         };
         let r = client_reply("ID", &failed_with(e, &["a@b"]));
-        assert_eq!((r.code, r.status.as_deref()), (554, Some("5.2.252")));
+        assert_eq!((r.code, r.status()), (554, Some("5.2.252")));
         assert!(r.lines[0].contains("SendAsDenied"));
     }
 
@@ -1072,25 +1071,21 @@ mod tests {
             reply: reply("451 4.7.500 Access denied, please try again later"),
         };
         let r = client_reply("ID", &failed_with(e, &["a@b"]));
-        assert_eq!((r.code, r.status.as_deref()), (451, Some("4.4.0")));
+        assert_eq!((r.code, r.status()), (451, Some("4.4.0")));
         assert!(r.lines[0].contains("4.7.500"));
         let e = UpstreamError::Connect {
             addr: "x:1".into(),
             source: std::io::ErrorKind::ConnectionRefused.into(),
         };
         assert_eq!(
-            client_reply("ID", &failed_with(e, &["a"]))
-                .status
-                .as_deref(),
+            client_reply("ID", &failed_with(e, &["a"])).status(),
             Some("4.4.1")
         );
         let e = UpstreamError::Timeout {
             stage: Stage::EndOfData,
         };
         assert_eq!(
-            client_reply("ID", &failed_with(e, &["a"]))
-                .status
-                .as_deref(),
+            client_reply("ID", &failed_with(e, &["a"])).status(),
             Some("4.4.2")
         );
     }
@@ -1113,7 +1108,7 @@ mod tests {
             after_refresh: true,
         };
         let r = client_reply("ID", &failed_with(e, &["a"]));
-        assert_eq!((r.code, r.status.as_deref()), (451, Some("4.7.0")));
+        assert_eq!((r.code, r.status()), (451, Some("4.7.0")));
         assert!(r.lines[0].contains("SMTP.SendAsApp"));
     }
 

@@ -99,7 +99,7 @@ fn human(d: Duration) -> String {
 mod tests {
     use super::*;
     use crate::upstream::error::{classify_auth, classify_reply};
-    use crate::upstream::reply::UpstreamReply;
+    use crate::wire::Reply;
 
     const DAY: u64 = 86_400;
 
@@ -162,8 +162,8 @@ mod tests {
         );
     }
 
-    fn reply(text: &str) -> UpstreamReply {
-        UpstreamReply::parse(format!("{text}\r\n").as_bytes())
+    fn reply(text: &str) -> Reply {
+        Reply::parse(format!("{text}\r\n").as_bytes())
             .unwrap()
             .unwrap()
             .0

@@ -554,7 +554,7 @@ impl Client {
 }
 
 pub(super) fn xoauth2(user: &str, token: &str) -> String {
-    STANDARD.encode(format!("user={user}\x01auth=Bearer {token}\x01\x01"))
+    crate::wire::xoauth2::encode(user, token)
 }
 
 /// Connects, upgrades to TLS and says EHLO; returns the client and the EHLO reply.

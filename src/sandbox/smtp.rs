@@ -34,8 +34,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD_PAD_INDIFFERENT;
-use base64::Engine as _;
 use smtp_proto::request::receiver::DataReceiver;
 use smtp_proto::{Error as ParseError, Request};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -150,22 +148,6 @@ fn drops_data(rcpts: &[String]) -> bool {
 
 // ---------------------------------------------------------------------------------------
 // Pure helpers
-
-/// Decodes a SASL XOAUTH2 initial response: base64 of
-/// `user=<mailbox>\x01auth=Bearer <token>\x01\x01` (reference §3.1). Returns (user, token).
-pub(crate) fn parse_xoauth2(blob: &str) -> Option<(String, String)> {
-    let raw = STANDARD_PAD_INDIFFERENT.decode(blob.trim()).ok()?;
-    let text = String::from_utf8(raw).ok()?;
-    let body = text.strip_suffix("\x01\x01")?;
-    let (user, auth) = body.split_once('\x01')?;
-    let user = user.strip_prefix("user=")?;
-    let auth = auth.strip_prefix("auth=")?;
-    let (scheme, token) = auth.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("Bearer") || user.is_empty() || token.is_empty() {
-        return None;
-    }
-    Some((user.to_string(), token.to_string()))
-}
 
 /// The address in the first `From:` header of a message head, if any.
 pub(crate) fn header_from(head: &[u8]) -> Option<String> {
@@ -939,7 +921,7 @@ impl Session {
                 self.id
             )
         };
-        let (user, token) = parse_xoauth2(blob).ok_or_else(failed)?;
+        let (user, token) = crate::wire::xoauth2::decode(blob).ok_or_else(failed)?;
         let opts = &self.shared.opts;
         if !opts.mailboxes.iter().any(|m| m.eq_ignore_ascii_case(&user)) {
             return Err(failed());
@@ -1012,26 +994,6 @@ mod tests {
         assert_eq!(end_of_data_script(&rcpts), Some(Script::DataTemp));
         assert!(drops_data(&rcpts));
         assert_eq!(end_of_data_script(&rcpts[..2]), None);
-    }
-
-    #[test]
-    fn xoauth2_reference_vector() {
-        // Microsoft's example (reference §3.1).
-        let blob = "dXNlcj10ZXN0QGNvbnRvc28ub25taWNyb3NvZnQuY29tAWF1dGg9QmVhcmVyIEV3QkFBbDNCQUFVRkZwVUFvN0ozVmUwYmpMQldaV0NjbFJDM0VvQUEBAQ==";
-        assert_eq!(
-            parse_xoauth2(blob),
-            Some((
-                "test@contoso.onmicrosoft.com".to_string(),
-                "EwBAAl3BAAUFFpUAo7J3Ve0bjLBWZWCclRC3EoAA".to_string()
-            ))
-        );
-        // Missing padding is tolerated; a missing terminator or scheme is not.
-        assert!(parse_xoauth2(blob.trim_end_matches('=')).is_some());
-        let enc = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        assert!(parse_xoauth2(&enc("user=a\x01auth=Bearer t\x01")).is_none());
-        assert!(parse_xoauth2(&enc("user=a\x01auth=t\x01\x01")).is_none());
-        assert!(parse_xoauth2(&enc("user=\x01auth=Bearer t\x01\x01")).is_none());
-        assert!(parse_xoauth2("not base64!").is_none());
     }
 
     #[test]

@@ -16,7 +16,6 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::data::{BodyDecoder, Progress};
 use super::reply::{self, Reply};
 use super::session::{Action, Session, SessionConfig, Transaction};
 use crate::config::ValidListen;
@@ -24,6 +23,7 @@ use crate::delivery::body::{Body, Lease, MemoryBody, MEMORY_BODY_MAX};
 use crate::delivery::{Delivery, Spooled};
 use crate::envelope::{Envelope, MessageId};
 use crate::spool::Spool;
+use crate::wire::data::{BodyDecoder, Progress};
 
 /// What every connection task shares.
 pub struct ListenerContext {
@@ -275,7 +275,7 @@ async fn receive_message(
         header_len = header.len() as u64;
     }
     let mut decoder = BodyDecoder::new(listen.max_message_size);
-    let mut sniffer = crate::audit::MessageIdSniffer::new();
+    let mut sniffer = crate::wire::header::MessageIdSniffer::new();
     // Used only while the body goes to a file; a body in memory is decoded straight into it.
     let mut decoded = Vec::new();
     let data_deadline = Instant::now()

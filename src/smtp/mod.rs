@@ -3,7 +3,6 @@
 //! `session` decides (pure state machine), `data` decodes the message body (pure), `reply`
 //! is our catalogue of answers, `listener` is the thin tokio driver around them.
 
-pub mod data;
 pub mod listener;
 pub mod reply;
 pub mod session;

@@ -1,96 +1,8 @@
 //! Our reply catalogue: every answer the relay gives a client, with its RFC 3463 enhanced
 //! status code (we advertise ENHANCEDSTATUSCODES, RFC 2034, so every reply but the greeting
-//! and EHLO carries one).
+//! and EHLO carries one). The reply type itself is the wire format's ([`crate::wire::Reply`]).
 
-use std::fmt;
-
-/// One SMTP reply, possibly multi-line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    pub code: u16,
-    /// Enhanced status code such as `2.0.0`; `None` for the greeting and EHLO.
-    pub status: Option<String>,
-    pub lines: Vec<String>,
-}
-
-impl Reply {
-    /// A one-line reply with an enhanced status code.
-    pub fn new(code: u16, status: &str, text: impl Into<String>) -> Self {
-        Reply {
-            code,
-            status: Some(status.to_string()),
-            lines: vec![sanitise(&text.into())],
-        }
-    }
-
-    /// A reply without an enhanced status code (greeting, EHLO).
-    pub fn plain(code: u16, lines: Vec<String>) -> Self {
-        Reply {
-            code,
-            status: None,
-            lines: lines.iter().map(|l| sanitise(l)).collect(),
-        }
-    }
-
-    pub fn is_positive(&self) -> bool {
-        (200..400).contains(&self.code)
-    }
-
-    pub fn is_transient(&self) -> bool {
-        (400..500).contains(&self.code)
-    }
-
-    /// Appends the wire form (`code[-| ][status ]text CRLF` per line) to `out`.
-    pub fn write_to(&self, out: &mut Vec<u8>) {
-        let last = self.lines.len().saturating_sub(1);
-        if self.lines.is_empty() {
-            out.extend_from_slice(format!("{}\r\n", self.code).as_bytes());
-            return;
-        }
-        for (i, line) in self.lines.iter().enumerate() {
-            let sep = if i == last { ' ' } else { '-' };
-            let text = match &self.status {
-                Some(s) => format!("{}{sep}{s} {line}\r\n", self.code),
-                None => format!("{}{sep}{line}\r\n", self.code),
-            };
-            out.extend_from_slice(text.as_bytes());
-        }
-    }
-
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.write_to(&mut out);
-        out
-    }
-}
-
-impl fmt::Display for Reply {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.code)?;
-        if let Some(s) = &self.status {
-            write!(f, " {s}")?;
-        }
-        write!(f, " {}", self.lines.join(" / "))
-    }
-}
-
-/// Replies must be one line each and free of control characters (upstream text is quoted).
-fn sanitise(text: &str) -> String {
-    let cleaned: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    const MAX: usize = 400;
-    if cleaned.len() > MAX {
-        let mut end = MAX;
-        while !cleaned.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}...", &cleaned[..end])
-    } else {
-        cleaned
-    }
-}
+pub use crate::wire::Reply;
 
 // The catalogue. Texts say what happened and, where it helps, what to do.
 
@@ -248,17 +160,5 @@ mod tests {
         let text = String::from_utf8(r.to_bytes()).unwrap();
         assert!(text.starts_with("250-relay.local Hello client\r\n250-PIPELINING\r\n"));
         assert!(text.ends_with("250 SMTPUTF8\r\n"));
-    }
-
-    #[test]
-    fn status_on_every_line_and_no_controls() {
-        let r = Reply::new(451, "4.4.0", "bad\r\nMAIL FROM:<x>");
-        assert_eq!(r.to_bytes(), b"451 4.4.0 bad  MAIL FROM:<x>\r\n");
-    }
-
-    #[test]
-    fn long_text_is_capped() {
-        let r = Reply::new(550, "5.0.0", "é".repeat(500));
-        assert!(r.lines[0].len() < 420);
     }
 }

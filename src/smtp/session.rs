@@ -13,6 +13,7 @@ use smtp_proto::{
 };
 
 use super::reply::{self, Reply};
+use crate::wire::address::{clean_host_name, is_safe_address};
 
 /// Limits and names a session needs; shared by all sessions of a listener.
 #[derive(Debug, Clone)]
@@ -95,7 +96,7 @@ impl Session {
         };
         match request {
             Request::Ehlo { host } => {
-                self.helo = Some(clean_name(&host));
+                self.helo = Some(clean_host_name(&host));
                 self.esmtp = true;
                 self.transaction = None;
                 Action::Reply(reply::ehlo(
@@ -105,7 +106,7 @@ impl Session {
                 ))
             }
             Request::Helo { host } => {
-                self.helo = Some(clean_name(&host));
+                self.helo = Some(clean_host_name(&host));
                 self.esmtp = false;
                 self.transaction = None;
                 Action::Reply(reply::helo(&self.config.hostname, &self.helo_name()))
@@ -145,7 +146,7 @@ impl Session {
             return Action::Reply(reply::message_too_big(self.config.max_message_size));
         }
         let address = from.address.as_ref();
-        if !address_is_sane(address) {
+        if !is_safe_address(address) {
             return Action::Reply(reply::bad_sender());
         }
         self.transaction = Some(Transaction {
@@ -163,7 +164,7 @@ impl Session {
         let Some(t) = self.transaction.as_mut() else {
             return Action::Reply(reply::need_mail());
         };
-        if address.is_empty() || !address_is_sane(address) {
+        if address.is_empty() || !is_safe_address(address) {
             return Action::Reply(reply::bad_recipient());
         }
         if t.rcpt_to.len() >= max {
@@ -192,29 +193,6 @@ pub fn parse_error_reply(e: &smtp_proto::Error) -> Reply {
         E::ResponseTooLong => reply::line_too_long(),
         E::NeedsMoreData { .. } | E::InvalidResponse { .. } => reply::unknown_command(),
     }
-}
-
-/// Host names from clients go into replies, logs and the `Received:` header: keep them
-/// printable and short.
-fn clean_name(name: &str) -> String {
-    let cleaned: String = name
-        .chars()
-        .filter(|c| c.is_ascii_graphic() || (!c.is_ascii() && !c.is_control()))
-        .take(255)
-        .collect();
-    if cleaned.is_empty() {
-        "unknown".into()
-    } else {
-        cleaned
-    }
-}
-
-/// Addresses go into upstream commands: no spaces, angle brackets or control characters.
-fn address_is_sane(address: &str) -> bool {
-    address.len() <= 512
-        && !address
-            .chars()
-            .any(|c| c.is_control() || c.is_whitespace() || c == '<' || c == '>')
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@ use crate::delivery::body::BodyReader;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -20,17 +19,9 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::error::{classify_auth, Stage, UpstreamError, Verdict};
-use super::reply::UpstreamReply;
-use crate::smtp::data::DotStuffer;
 use crate::token::{AccessToken, TokenCache};
-
-/// The SASL XOAUTH2 initial client response (reference §3.1): base64 (standard alphabet,
-/// padded, one line) of `user=<mailbox>^Aauth=Bearer <token>^A^A`. The result is a
-/// credential: it must never be logged.
-pub fn xoauth2_response(user: &str, token: &str) -> String {
-    let raw = format!("user={user}\x01auth=Bearer {token}\x01\x01");
-    base64::engine::general_purpose::STANDARD.encode(raw)
-}
+use crate::wire::data::DotStuffer;
+use crate::wire::{xoauth2, Reply};
 
 /// A byte stream with a read buffer and reply parsing.
 pub struct SmtpStream<S> {
@@ -53,10 +44,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpStream<S> {
         &mut self,
         stage: Stage,
         limit: Duration,
-    ) -> Result<UpstreamReply, UpstreamError> {
+    ) -> Result<Reply, UpstreamError> {
         let deadline = Instant::now() + limit;
         loop {
-            match UpstreamReply::parse(&self.rbuf) {
+            match Reply::parse(&self.rbuf) {
                 Ok(Some((reply, used))) => {
                     self.rbuf.drain(..used);
                     crate::audit::upstream_reply(reply.code);
@@ -100,11 +91,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpStream<S> {
     }
 
     /// Sends one command line (without CRLF) and reads its reply.
-    pub async fn command(
-        &mut self,
-        line: &str,
-        stage: Stage,
-    ) -> Result<UpstreamReply, UpstreamError> {
+    pub async fn command(&mut self, line: &str, stage: Stage) -> Result<Reply, UpstreamError> {
         let mut bytes = Vec::with_capacity(line.len() + 2);
         bytes.extend_from_slice(line.as_bytes());
         bytes.extend_from_slice(b"\r\n");
@@ -262,7 +249,7 @@ impl Connection {
 async fn ehlo<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut SmtpStream<S>,
     name: &str,
-) -> Result<UpstreamReply, UpstreamError> {
+) -> Result<Reply, UpstreamError> {
     let reply = s.command(&format!("EHLO {name}"), Stage::Ehlo).await?;
     if reply.code != 250 {
         return Err(UpstreamError::Rejected {
@@ -273,7 +260,7 @@ async fn ehlo<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(reply)
 }
 
-fn redact(reply: &mut UpstreamReply, secrets: &[&str]) {
+fn redact(reply: &mut Reply, secrets: &[&str]) {
     for line in &mut reply.lines {
         for secret in secrets {
             if !secret.is_empty() && line.contains(secret) {
@@ -306,7 +293,7 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     let mut token = tokens.get().await?;
     let mut refreshed = false;
     loop {
-        let blob = xoauth2_response(mailbox, token.expose());
+        let blob = xoauth2::encode(mailbox, token.expose());
         let mut reply = s
             .command(&format!("AUTH XOAUTH2 {blob}"), Stage::Auth)
             .await?;
@@ -361,10 +348,10 @@ pub struct OutboundMessage {
 #[derive(Debug, Clone)]
 pub struct Delivered {
     /// The final reply, e.g. `250 2.0.0 OK <id@...prod.outlook.com> [Hostname=...]`.
-    pub reply: UpstreamReply,
+    pub reply: Reply,
     pub accepted: Vec<String>,
     /// Recipients refused at RCPT, with the reply for each.
-    pub rejected: Vec<(String, UpstreamReply)>,
+    pub rejected: Vec<(String, Reply)>,
 }
 
 impl Connection {
@@ -484,7 +471,7 @@ impl Connection {
     }
 
     /// Sends the envelope commands, pipelined when the server allows it (RFC 2920).
-    async fn envelope(&mut self, lines: &[String]) -> Result<Vec<UpstreamReply>, UpstreamError> {
+    async fn envelope(&mut self, lines: &[String]) -> Result<Vec<Reply>, UpstreamError> {
         let stage_of = |line: &str| {
             if line.starts_with("RCPT") {
                 Stage::RcptTo
@@ -517,7 +504,7 @@ impl Connection {
             }
             // Keep one reply per command for the caller's bookkeeping.
             while replies.len() < lines.len() {
-                replies.push(UpstreamReply {
+                replies.push(Reply {
                     code: 503,
                     lines: vec!["5.5.1 not sent: MAIL FROM was refused".into()],
                 });
@@ -528,10 +515,7 @@ impl Connection {
 
     /// Streams the spooled body from its start, dot-stuffed, then the terminator; returns
     /// the final reply.
-    async fn send_body(
-        &mut self,
-        body: &mut BodyReader<'_>,
-    ) -> Result<UpstreamReply, UpstreamError> {
+    async fn send_body(&mut self, body: &mut BodyReader<'_>) -> Result<Reply, UpstreamError> {
         const CHUNK: usize = 64 * 1024;
         let mut stuffer = DotStuffer::default();
         let mut out = Vec::new();
@@ -597,20 +581,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn xoauth2_matches_microsofts_vector() {
-        // Reference §3.1, from Microsoft's documentation.
-        assert_eq!(
-            xoauth2_response(
-                "test@contoso.onmicrosoft.com",
-                "EwBAAl3BAAUFFpUAo7J3Ve0bjLBWZWCclRC3EoAA"
-            ),
-            "dXNlcj10ZXN0QGNvbnRvc28ub25taWNyb3NvZnQuY29tAWF1dGg9QmVhcmVyIEV3QkFBbDNCQUFVRkZwVUFvN0ozVmUwYmpMQldaV0NjbFJDM0VvQUEBAQ=="
-        );
-    }
-
-    #[test]
     fn echoed_credentials_are_redacted() {
-        let mut r = UpstreamReply {
+        let mut r = Reply {
             code: 535,
             lines: vec!["5.7.3 you sent dXNlcj1h and tok".into()],
         };

@@ -1,8 +1,8 @@
 //! The one place where what happened upstream becomes a verdict: delivered, retry, hold for
 //! configuration, or fail (DESIGN §4, reference §6 "Reply-code handbook").
 
-use super::reply::UpstreamReply;
 use crate::token::TokenError;
+use crate::wire::Reply;
 
 /// Where in the dialog a reply arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,12 +58,9 @@ pub enum UpstreamError {
     #[error("no access token: {0}")]
     Token(#[from] TokenError),
     #[error("upstream refused authentication{}: {reply}", if *after_refresh { " with a freshly fetched token" } else { "" })]
-    Auth {
-        reply: UpstreamReply,
-        after_refresh: bool,
-    },
+    Auth { reply: Reply, after_refresh: bool },
     #[error("upstream refused at {}: {reply}", stage.as_str())]
-    Rejected { stage: Stage, reply: UpstreamReply },
+    Rejected { stage: Stage, reply: Reply },
     #[error("cannot read the spooled message: {0}")]
     Spool(std::io::Error),
 }
@@ -113,7 +110,7 @@ impl UpstreamError {
     }
 
     /// The upstream's reply, when the failure is one.
-    pub fn reply(&self) -> Option<&UpstreamReply> {
+    pub fn reply(&self) -> Option<&Reply> {
         match self {
             UpstreamError::Auth { reply, .. } | UpstreamError::Rejected { reply, .. } => {
                 Some(reply)
@@ -159,7 +156,7 @@ impl UpstreamError {
 
 /// AUTH replies (reference §3.5): `535 5.7.3` is worth one fresh token, then configuration;
 /// `5.7.139` (SMTP AUTH switched off, Conditional Access) is configuration at once.
-pub fn classify_auth(reply: &UpstreamReply, after_refresh: bool) -> Verdict {
+pub fn classify_auth(reply: &Reply, after_refresh: bool) -> Verdict {
     if reply.is_transient() && !reply.has_status("4.7.66") {
         return Verdict::Transient;
     }
@@ -171,7 +168,7 @@ pub fn classify_auth(reply: &UpstreamReply, after_refresh: bool) -> Verdict {
 
 /// Replies to MAIL, RCPT, DATA and the final dot (reference §6). Classified by enhanced
 /// status code plus known text, not by the first digit alone.
-pub fn classify_reply(reply: &UpstreamReply) -> Verdict {
+pub fn classify_reply(reply: &Reply) -> Verdict {
     let status = reply.status().unwrap_or("");
     // 5xx that clears with time: the 10,000 recipients / 24 h submission quota.
     if reply.mentions("SubmissionQuotaExceeded") {
@@ -204,8 +201,8 @@ pub fn classify_reply(reply: &UpstreamReply) -> Verdict {
 mod tests {
     use super::*;
 
-    fn r(text: &str) -> UpstreamReply {
-        UpstreamReply::parse(format!("{text}\r\n").as_bytes())
+    fn r(text: &str) -> Reply {
+        Reply::parse(format!("{text}\r\n").as_bytes())
             .unwrap()
             .unwrap()
             .0

@@ -10,7 +10,6 @@
 
 pub mod conn;
 pub mod error;
-pub mod reply;
 
 use crate::delivery::body::BodyReader;
 use std::sync::{Arc, Mutex};

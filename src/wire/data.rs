@@ -1,4 +1,6 @@
-//! Decoding the DATA phase (RFC 5321 §4.1.1.4, §4.5.2): pure, chunk by chunk, bounded memory.
+//! The DATA phase (RFC 5321 §4.1.1.4, §4.5.2) both ways: decoding what a client sends
+//! ([`BodyDecoder`]) and encoding what we send ([`DotStuffer`]). Pure, chunk by chunk,
+//! bounded memory.
 //!
 //! Our own small state machine rather than smtp-proto's `DataReceiver`, which also ends the
 //! data on `<CRLF>.<CR><CR><LF>` (it stays in its after-dot state across repeated CRs), so a
