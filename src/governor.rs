@@ -45,9 +45,10 @@
 //! (tokio's `Instant` is monotonic).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::sync::Lock as _;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -575,7 +576,7 @@ impl Governor {
     /// The state has no invariant a panic elsewhere could break half-way (its methods do not
     /// panic), so a poisoned lock is still usable; this also keeps `Permit::drop` panic-free.
     fn lock(&self) -> MutexGuard<'_, GovernorState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.locked()
     }
 }
 

@@ -34,6 +34,7 @@ pub mod queue_cmd;
 pub mod sandbox;
 pub mod smtp;
 pub mod spool;
+pub mod sync;
 pub mod tls;
 pub mod token;
 pub mod upstream;

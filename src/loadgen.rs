@@ -26,6 +26,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::sync::Lock as _;
 use crate::wire::Reply;
 
 /// Message sizes: one size, a uniform range, or a weighted mix.
@@ -660,7 +661,7 @@ pub async fn run(o: Options) -> Report {
 
 fn report_once(said: &Mutex<std::collections::HashSet<String>>, f: &Failure) {
     if let Failure::Io(text) = f {
-        if said.lock().expect("lock").insert(text.clone()) {
+        if said.locked().insert(text.clone()) {
             eprintln!("loadgen: {text}");
         }
     }

@@ -28,6 +28,7 @@ use crate::config::{DeliveryMode, EnvelopeSender, ValidDelivery};
 use crate::envelope::{Envelope, MessageId};
 use crate::governor::{split_batches, Decision, Governor, Permit};
 use crate::spool::{now_unix, unix, QueueEntry, Spool};
+use crate::sync::Lock as _;
 use crate::upstream::error::classify_reply;
 use crate::upstream::{OutboundMessage, Upstream, UpstreamError, Verdict};
 use crate::wire::Reply;
@@ -211,16 +212,16 @@ impl Delivery {
     /// Lifts a configuration hold that the token endpoint caused, once it issues tokens
     /// again (a hold from Exchange's side stays until a delivery works).
     pub fn token_recovered(&self) {
-        let mut hold = self.hold.lock().expect("hold lock");
+        let mut hold = self.hold.locked();
         if hold.as_ref().is_some_and(|h| h.from_token) {
             *hold = None;
-            self.last_config_problem.lock().expect("lock").take();
+            self.last_config_problem.locked().take();
         }
     }
 
     /// The advice of a current configuration hold, if any.
     pub fn held(&self) -> Option<String> {
-        let hold = self.hold.lock().expect("hold lock");
+        let hold = self.hold.locked();
         hold.as_ref()
             .filter(|h| h.until > Instant::now())
             .map(|h| h.advice.clone())
@@ -615,7 +616,7 @@ impl Delivery {
         // Keyed by the advice, which is stable, not by the error text (trace ids differ).
         let key = advice.clone();
         let first = {
-            let mut last = self.last_config_problem.lock().expect("lock");
+            let mut last = self.last_config_problem.locked();
             let first = last.as_deref() != Some(key.as_str());
             *last = Some(key);
             first
@@ -625,7 +626,7 @@ impl Delivery {
         } else {
             tracing::debug!(error = %e, "same configuration problem as before");
         }
-        *self.hold.lock().expect("hold lock") = Some(Hold {
+        *self.hold.locked() = Some(Hold {
             advice,
             until: Instant::now() + HOLD_FOR,
             from_token: matches!(e, UpstreamError::Token(_)),
@@ -635,13 +636,8 @@ impl Delivery {
     /// Logs an attempt's outcome and lifts a hold after a success.
     fn note_outcome(&self, entry: &QueueEntry, report: &Report) {
         if !report.delivered.is_empty() {
-            let had_hold = self.hold.lock().expect("hold lock").take().is_some();
-            let had_problem = self
-                .last_config_problem
-                .lock()
-                .expect("lock")
-                .take()
-                .is_some();
+            let had_hold = self.hold.locked().take().is_some();
+            let had_problem = self.last_config_problem.locked().take().is_some();
             if had_hold || had_problem {
                 tracing::info!("upstream delivery works again");
             }

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use tokio::sync::Notify;
 
 use crate::spool::QueueEntry;
+use crate::sync::Lock as _;
 
 #[derive(Debug)]
 struct Slot {
@@ -33,21 +34,20 @@ impl Queue {
     /// Adds (or replaces) a message. `claimed` is true when an attempt is already running.
     pub fn insert(&self, entry: QueueEntry, claimed: bool) {
         self.slots
-            .lock()
-            .expect("queue lock")
+            .locked()
             .insert(entry.id.clone(), Slot { entry, claimed });
         self.wake.notify_one();
     }
 
     /// When the oldest message in the queue was received (unix seconds), if any.
     pub fn oldest_received_at(&self) -> Option<u64> {
-        let slots = self.slots.lock().expect("queue lock");
+        let slots = self.slots.locked();
         slots.values().map(|s| s.entry.received_at).min()
     }
 
     /// Claims up to `max` due, unclaimed messages, earliest first.
     pub fn claim_due(&self, now: u64, max: usize) -> Vec<QueueEntry> {
-        let mut slots = self.slots.lock().expect("queue lock");
+        let mut slots = self.slots.locked();
         let mut due: Vec<&mut Slot> = slots
             .values_mut()
             .filter(|s| !s.claimed && s.entry.next_attempt <= now)
@@ -66,7 +66,7 @@ impl Queue {
 
     /// Ends a claim with the message's new state (still queued).
     pub fn release(&self, entry: QueueEntry) {
-        let mut slots = self.slots.lock().expect("queue lock");
+        let mut slots = self.slots.locked();
         if let Some(slot) = slots.get_mut(&entry.id) {
             slot.entry = entry;
             slot.claimed = false;
@@ -77,15 +77,14 @@ impl Queue {
 
     /// Forgets a message (delivered, failed or deleted).
     pub fn remove(&self, id: &str) {
-        self.slots.lock().expect("queue lock").remove(id);
+        self.slots.locked().remove(id);
         self.wake.notify_one();
     }
 
     /// The earliest `next_attempt` among unclaimed messages.
     pub fn next_due(&self) -> Option<u64> {
         self.slots
-            .lock()
-            .expect("queue lock")
+            .locked()
             .values()
             .filter(|s| !s.claimed)
             .map(|s| s.entry.next_attempt)
@@ -93,7 +92,7 @@ impl Queue {
     }
 
     pub fn len(&self) -> usize {
-        self.slots.lock().expect("queue lock").len()
+        self.slots.locked().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -101,19 +100,14 @@ impl Queue {
     }
 
     pub fn claimed(&self) -> usize {
-        self.slots
-            .lock()
-            .expect("queue lock")
-            .values()
-            .filter(|s| s.claimed)
-            .count()
+        self.slots.locked().values().filter(|s| s.claimed).count()
     }
 
     /// Brings the index in line with the queue on disk (after `queue retry|delete`): new
     /// entries are added, unclaimed ones take the disk's state, unclaimed ones gone from disk
     /// are dropped. Claimed ones are left to their running attempt.
     pub fn sync_with_disk(&self, on_disk: Vec<QueueEntry>) {
-        let mut slots = self.slots.lock().expect("queue lock");
+        let mut slots = self.slots.locked();
         let ids: std::collections::HashSet<String> = on_disk.iter().map(|e| e.id.clone()).collect();
         slots.retain(|id, s| s.claimed || ids.contains(id));
         for e in on_disk {

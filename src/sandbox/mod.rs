@@ -43,6 +43,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use crate::sync::Lock as _;
 use rand::Rng;
 use secrecy::SecretString;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -239,7 +240,7 @@ impl Shared {
     /// Records that a session authenticated as `mailbox`; the guard undoes it when dropped.
     pub(crate) fn session_authenticated(self: &Arc<Self>, mailbox: &str) -> SessionGuard {
         let key = mailbox.to_ascii_lowercase();
-        let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.sessions.locked();
         let entry = map.entry(key.clone()).or_default();
         entry.active += 1;
         entry.peak = entry.peak.max(entry.active);
@@ -251,19 +252,19 @@ impl Shared {
 
     /// Authenticated sessions of `mailbox`, this one included.
     pub(crate) fn active_sessions(&self, mailbox: &str) -> u32 {
-        let map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.sessions.locked();
         map.get(&mailbox.to_ascii_lowercase())
             .map_or(0, |s| s.active)
     }
 
     pub(crate) fn smtp_outage(&self) -> Option<SmtpOutage> {
-        *self.smtp_outage.lock().unwrap_or_else(|p| p.into_inner())
+        *self.smtp_outage.locked()
     }
 
     /// Applies the message rate limit to a `MAIL FROM` of `mailbox`: records it and returns
     /// true, or counts a violation and returns false.
     pub(crate) fn admit_message(&self, mailbox: &str) -> bool {
-        let mut pacing = self.pacing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pacing = self.pacing.locked();
         let (limit, window) = (pacing.limit, pacing.window);
         let times = pacing
             .times
@@ -294,11 +295,7 @@ impl SessionGuard {
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        let mut map = self
-            .shared
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut map = self.shared.sessions.locked();
         if let Some(entry) = map.get_mut(&self.key) {
             entry.active = entry.active.saturating_sub(1);
         }
@@ -454,11 +451,7 @@ impl Sandbox {
 
     /// The most concurrent authenticated sessions seen for `mailbox` (case-insensitive).
     pub fn peak_sessions(&self, mailbox: &str) -> u32 {
-        let map = self
-            .shared
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let map = self.shared.sessions.locked();
         map.get(&mailbox.to_ascii_lowercase()).map_or(0, |s| s.peak)
     }
 
@@ -469,11 +462,7 @@ impl Sandbox {
 
     /// Makes the token endpoint fail in the given way until called with `None`.
     pub fn set_token_failure(&self, failure: Option<TokenFailure>) {
-        *self
-            .shared
-            .token_failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = failure;
+        *self.shared.token_failure.locked() = failure;
     }
 
     /// The most concurrent authenticated sessions allowed per mailbox from now on (`MAIL`
@@ -494,7 +483,7 @@ impl Sandbox {
     /// Changes the message rate limit (`limit` per `window` and mailbox, 0 = off) from now
     /// on; the times already recorded count towards it.
     pub fn set_rate_limit(&self, limit: u32, window: Duration) {
-        let mut pacing = self.shared.pacing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pacing = self.shared.pacing.locked();
         pacing.limit = limit;
         pacing.window = window;
     }
@@ -509,7 +498,7 @@ impl Sandbox {
     /// are virtual instants (compare them with `tokio::time::Instant::now().into_std()`),
     /// otherwise they are ordinary `std::time::Instant::now()` values.
     pub fn message_times(&self, mailbox: &str) -> Vec<Instant> {
-        let pacing = self.shared.pacing.lock().unwrap_or_else(|p| p.into_inner());
+        let pacing = self.shared.pacing.locked();
         pacing
             .times
             .get(&mailbox.to_ascii_lowercase())
@@ -522,11 +511,7 @@ impl Sandbox {
     /// next connection attempt is refused; clearing it binds the same port again before this
     /// returns (if that fails, the sandbox keeps retrying in the background).
     pub fn set_smtp_outage(&self, outage: Option<SmtpOutage>) {
-        *self
-            .shared
-            .smtp_outage
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = outage;
+        *self.shared.smtp_outage.locked() = outage;
         if outage == Some(SmtpOutage::Refuse) {
             self.smtp_listener.close();
         } else if let Err(e) = self.smtp_listener.reopen() {
@@ -639,7 +624,7 @@ impl Listener {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ListenerState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.locked()
     }
 
     /// Closes the socket now: connections not yet accepted are reset, new ones refused.

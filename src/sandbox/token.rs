@@ -27,6 +27,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::clock::{unix_now, UtcTime};
 use super::{Shared, TokenFailure};
+use crate::sync::Lock as _;
 
 /// Audiences Exchange accepts for SMTP AUTH (reference §1.2, §1.10).
 pub(crate) const EXCHANGE_AUDIENCES: [&str; 2] = [
@@ -74,7 +75,7 @@ pub(crate) struct Registry {
 
 impl Registry {
     fn insert(&self, token: String, issued: IssuedToken) {
-        let mut map = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.tokens.locked();
         if map.len() >= PRUNE_ABOVE {
             let now = unix_now();
             map.retain(|_, t| t.exp > now);
@@ -83,15 +84,12 @@ impl Registry {
     }
 
     pub(crate) fn lookup(&self, token: &str) -> Option<IssuedToken> {
-        let map = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.tokens.locked();
         map.get(token).cloned()
     }
 
     pub(crate) fn revoke_all(&self) {
-        self.tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.tokens.locked().clear();
     }
 }
 
@@ -640,10 +638,7 @@ fn handle(shared: &Shared, head: &Head, body: &[u8]) -> Response {
         .token_requests
         .fetch_add(1, Ordering::Relaxed);
 
-    let failure = *shared
-        .token_failure
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let failure = *shared.token_failure.locked();
     match failure {
         Some(TokenFailure::Unavailable503) => {
             return Response {

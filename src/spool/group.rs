@@ -7,6 +7,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use crate::sync::Lock as _;
 use tokio::sync::Notify;
 
 #[derive(Debug)]
@@ -39,7 +40,7 @@ impl GroupSync {
     /// Returns once an fsync of the directory that started after this call has finished.
     pub async fn sync(&self) -> io::Result<()> {
         let ticket = {
-            let mut s = self.state.lock().expect("lock");
+            let mut s = self.state.locked();
             s.requested += 1;
             s.requested
         };
@@ -47,7 +48,7 @@ impl GroupSync {
             // Registered before checking, so a wake-up between check and wait is not lost.
             let notified = self.done.notified();
             let target = {
-                let mut s = self.state.lock().expect("lock");
+                let mut s = self.state.locked();
                 if s.completed >= ticket {
                     return Ok(());
                 }
@@ -67,7 +68,7 @@ impl GroupSync {
                         .map_err(io::Error::other)
                         .and_then(|r| r);
                     {
-                        let mut s = self.state.lock().expect("lock");
+                        let mut s = self.state.locked();
                         s.running = false;
                         s.fsyncs += 1;
                         if result.is_ok() {
@@ -83,7 +84,7 @@ impl GroupSync {
 
     /// How many fsyncs ran.
     pub fn fsyncs(&self) -> u64 {
-        self.state.lock().expect("lock").fsyncs
+        self.state.locked().fsyncs
     }
 }
 

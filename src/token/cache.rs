@@ -26,6 +26,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{AccessToken, TokenError, TokenSource};
+use crate::sync::Lock as _;
 
 /// A token with less than this left is not handed out (connect + STARTTLS + AUTH must fit).
 /// Scaled down for very short-lived tokens, see [`phase`].
@@ -152,7 +153,7 @@ impl std::fmt::Debug for TokenCache {
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this short lock cannot leave State inconsistent.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.locked()
     }
 
     /// One request to the source, with the fetch lock held by the caller; stores the outcome.

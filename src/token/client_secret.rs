@@ -24,6 +24,7 @@ use serde_json::Value;
 
 use super::error::{first_line, single_line_excerpt};
 use super::{AccessToken, FetchFuture, TokenError, TokenSource};
+use crate::sync::RwLock as _;
 use crate::tls::TlsSetupError;
 
 /// Largest token response we read (tokens are 1.5-3 KB; error pages are small too).
@@ -136,20 +137,14 @@ impl ClientSecretSource {
     /// Uses `secret` for every request from now on (a rotated secret). Returns whether it
     /// differs from the one in use.
     pub fn replace_secret(&self, secret: SecretString) -> bool {
-        let mut current = self
-            .client_secret
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut current = self.client_secret.write_now();
         let changed = current.expose_secret() != secret.expose_secret();
         *current = secret;
         changed
     }
 
     fn secret(&self) -> SecretString {
-        self.client_secret
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.client_secret.read_now().clone()
     }
 
     async fn fetch_once(&self) -> Result<AccessToken, TokenError> {

@@ -23,6 +23,7 @@ pub use conn::{Delivered, OutboundMessage};
 pub use error::{Stage, UpstreamError, Verdict};
 
 use crate::config::ValidUpstream;
+use crate::sync::Lock as _;
 use crate::token::TokenCache;
 use conn::{ConnectParams, Connection};
 
@@ -150,7 +151,7 @@ impl Upstream {
     }
 
     fn take_idle(&self) -> Option<Connection> {
-        let mut idle = self.idle.lock().expect("pool lock");
+        let mut idle = self.idle.locked();
         let now = Instant::now();
         while let Some(conn) = idle.pop() {
             if self.reusable(&conn, now) {
@@ -169,7 +170,7 @@ impl Upstream {
 
     fn put_idle(&self, mut conn: Connection) {
         conn.last_used = Instant::now();
-        let mut idle = self.idle.lock().expect("pool lock");
+        let mut idle = self.idle.locked();
         if idle.len() < self.settings.max_connections {
             idle.push(conn);
         }
@@ -178,7 +179,7 @@ impl Upstream {
     /// Closes idle sessions that are too old (called periodically and at shutdown).
     pub async fn close_idle(&self, all: bool) {
         let retired: Vec<Connection> = {
-            let mut idle = self.idle.lock().expect("pool lock");
+            let mut idle = self.idle.locked();
             let now = Instant::now();
             let (keep, retire): (Vec<_>, Vec<_>) =
                 idle.drain(..).partition(|c| !all && self.reusable(c, now));
