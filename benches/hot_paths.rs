@@ -389,26 +389,22 @@ fn prepare(spool: &Spool, body: &[u8]) -> (PathBuf, QueueEntry) {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let entry = QueueEntry {
-        id: id.to_string(),
-        mail_from: "orders-noreply@app.example.com".into(),
-        rcpt_to: vec!["orders@customer.example.org".into()],
-        client: "10.20.30.47:51234".into(),
-        helo: "app-worker-7.internal.example.com".into(),
-        body_8bit: true,
-        smtputf8: false,
-        mailbox: "relay@tenant.example.com".into(),
-        size: body.len() as u64,
-        received_at: now,
-        attempts: 0,
-        next_attempt: now,
-        last_error: None,
-        notice: false,
-        failed_at: None,
-        failure_reason: None,
-        refused: Vec::new(),
-        message_id: Some(MESSAGE_ID.into()),
-        received_at_ms: now_ms,
+    let entry = {
+        let mut e = QueueEntry::new(
+            id.to_string(),
+            "orders-noreply@app.example.com".into(),
+            vec!["orders@customer.example.org".into()],
+            "relay@tenant.example.com".into(),
+            body.len() as u64,
+        );
+        e.client = "10.20.30.47:51234".into();
+        e.helo = "app-worker-7.internal.example.com".into();
+        e.body_8bit = true;
+        e.received_at = now;
+        e.next_attempt = now;
+        e.message_id = Some(MESSAGE_ID.into());
+        e.received_at_ms = now_ms;
+        e
     };
     (path, entry)
 }

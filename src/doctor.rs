@@ -255,7 +255,7 @@ async fn diagnose_online<W: Write>(which: Doctor, valid: ValidConfig, report: &m
     let result = conn
         .transact(
             &msg,
-            &mut crate::delivery::body::BodyReader::Memory(&body),
+            &mut crate::upstream::MessageBody::Bytes(&body),
             valid.upstream.data_timeout,
         )
         .await;

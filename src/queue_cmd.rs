@@ -475,7 +475,8 @@ fn show(spool: &Spool, id: &str, json: bool, out: &mut dyn Write, now: u64) -> R
     );
     field(&mut t, "from", &sender(&e.mail_from));
     list(&mut t, "recipients", &e.rcpt_to);
-    list(&mut t, "refused", &e.refused);
+    let refused: Vec<String> = e.refused.iter().map(|r| r.to_string()).collect();
+    list(&mut t, "refused", &refused);
     field(&mut t, "mailbox", &e.mailbox);
     field(&mut t, "client", &format!("{} (helo {})", e.client, e.helo));
     field(&mut t, "size", &format!("{} bytes", e.size));
@@ -659,27 +660,21 @@ mod tests {
     const NOW: u64 = 1_700_000_000;
 
     fn entry(id: &str) -> QueueEntry {
-        QueueEntry {
-            id: id.into(),
-            mail_from: "app@example.com".into(),
-            rcpt_to: vec!["a@example.com".into(), "b@example.com".into()],
-            client: "127.0.0.1:1".into(),
-            helo: "app".into(),
-            body_8bit: false,
-            smtputf8: false,
-            mailbox: "relay@example.com".into(),
-            size: 5,
-            received_at: NOW - 300,
-            attempts: 2,
-            next_attempt: NOW + 240,
-            last_error: Some("connection refused by smtp.office365.com:587".into()),
-            notice: false,
-            failed_at: None,
-            failure_reason: None,
-            refused: Vec::new(),
-            message_id: None,
-            received_at_ms: 0,
-        }
+        let mut e = QueueEntry::new(
+            id.into(),
+            "app@example.com".into(),
+            vec!["a@example.com".into(), "b@example.com".into()],
+            "relay@example.com".into(),
+            5,
+        );
+        e.client = "127.0.0.1:1".into();
+        e.helo = "app".into();
+        e.received_at = NOW - 300;
+        e.attempts = 2;
+        e.next_attempt = NOW + 240;
+        e.last_error = Some("connection refused by smtp.office365.com:587".into());
+        e.received_at_ms = 0;
+        e
     }
 
     #[test]

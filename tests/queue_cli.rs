@@ -14,7 +14,7 @@ use std::time::Duration;
 use smtp_oauth_relay::app::Relay;
 use smtp_oauth_relay::envelope::MessageId;
 use smtp_oauth_relay::sandbox::SmtpOutage;
-use smtp_oauth_relay::spool::{now_unix, Area, QueueEntry, Spool};
+use smtp_oauth_relay::spool::{now_unix, Area, QueueEntry, Refusal, Spool};
 use support::{relay_binary, RawClient, World, MAILBOX};
 
 /// How long one queue command may take.
@@ -302,31 +302,31 @@ async fn failed_message(spool_dir: &Path) -> String {
     let incoming = spool.incoming_path(&id);
     std::fs::write(&incoming, body).unwrap();
     let now = now_unix();
-    let mut entry = QueueEntry {
-        id: id.to_string(),
-        mail_from: "app@example.com".into(),
-        rcpt_to: vec!["again@example.com".into()],
-        client: "127.0.0.1:1".into(),
-        helo: "app.example".into(),
-        body_8bit: false,
-        smtputf8: false,
-        mailbox: MAILBOX.into(),
-        size: body.len() as u64,
-        received_at: now - 3600,
-        attempts: 7,
-        next_attempt: now,
-        last_error: Some("451 4.4.316 connection refused".into()),
-        notice: true, // no failure notice about this one
-        failed_at: None,
-        failure_reason: None,
-        refused: Vec::new(),
-        message_id: None,
-        received_at_ms: 0,
+    let mut entry = {
+        let mut e = QueueEntry::new(
+            id.to_string(),
+            "app@example.com".into(),
+            vec!["again@example.com".into()],
+            MAILBOX.into(),
+            body.len() as u64,
+        );
+        e.client = "127.0.0.1:1".into();
+        e.helo = "app.example".into();
+        e.received_at = now - 3600;
+        e.attempts = 7;
+        e.next_attempt = now;
+        e.last_error = Some("451 4.4.316 connection refused".into());
+        e.notice = true; // no failure notice about this one
+        e.received_at_ms = 0;
+        e
     };
     spool.commit(&incoming, &entry).await.unwrap();
     entry.failed_at = Some(now - 60);
     entry.failure_reason = Some("gave up after 5 days: 451 4.4.316 connection refused".into());
-    entry.refused = vec!["again@example.com: 451 4.4.316 connection refused".into()];
+    entry.refused = vec![Refusal {
+        rcpt: "again@example.com".into(),
+        reason: "451 4.4.316 connection refused".into(),
+    }];
     spool.fail(&entry).await.unwrap();
     id.to_string()
 }

@@ -12,7 +12,6 @@
 //! `retry.rs` decides when to try again; `queue.rs` keeps the in-memory index; `notice.rs`
 //! writes the optional failure notice.
 
-pub mod body;
 pub mod notice;
 pub mod queue;
 pub mod retry;
@@ -27,12 +26,12 @@ use crate::audit;
 use crate::config::{DeliveryMode, EnvelopeSender, ValidDelivery};
 use crate::envelope::{Envelope, MessageId};
 use crate::governor::{split_batches, Decision, Governor, Permit};
-use crate::spool::{now_unix, unix, QueueEntry, Spool};
+use crate::spool::body::Body;
+use crate::spool::{now_unix, QueueEntry, Refusal, Spool};
 use crate::sync::Lock as _;
 use crate::upstream::error::classify_reply;
-use crate::upstream::{OutboundMessage, Upstream, UpstreamError, Verdict};
+use crate::upstream::{MessageBody, OutboundMessage, Upstream, UpstreamError, Verdict};
 use crate::wire::Reply;
-use body::{Body, BodyReader, Lease, MemoryBudget};
 use queue::Queue;
 use retry::{next_step, History, Step};
 
@@ -51,6 +50,16 @@ pub struct RcptFailure {
     pub verdict: Verdict,
     pub reason: String,
     pub reply: Option<Reply>,
+}
+
+impl RcptFailure {
+    /// The record kept in the spool for a recipient refused for good.
+    fn refusal(&self) -> Refusal {
+        Refusal {
+            rcpt: self.rcpt.clone(),
+            reason: self.reason.clone(),
+        }
+    }
 }
 
 /// What one attempt achieved, recipient by recipient.
@@ -103,7 +112,7 @@ impl Report {
                     reply: None,
                 })
                 .collect(),
-            first_error: Some(UpstreamError::Spool(e)),
+            first_error: Some(UpstreamError::Body(e)),
             ..Default::default()
         }
     }
@@ -136,8 +145,6 @@ pub struct Delivery {
     /// The last configuration problem logged at error level, so a storm of messages logs the
     /// advice once rather than once per message.
     last_config_problem: Mutex<Option<String>>,
-    /// What in-memory bodies may use (see `body.rs`).
-    memory: Arc<MemoryBudget>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -181,7 +188,6 @@ impl Delivery {
             queue: Queue::new(recovered),
             hold: Mutex::new(None),
             last_config_problem: Mutex::new(None),
-            memory: MemoryBudget::new(body::MEMORY_BUDGET),
             tracker,
             shutdown,
         })
@@ -244,32 +250,7 @@ impl Delivery {
     }
 
     fn new_entry(&self, msg: &Spooled) -> QueueEntry {
-        let env = &msg.envelope;
-        QueueEntry {
-            id: env.id.to_string(),
-            mail_from: env.mail_from.clone(),
-            rcpt_to: env.rcpt_to.clone(),
-            client: env.client.to_string(),
-            helo: env.helo.clone(),
-            body_8bit: env.body_8bit,
-            smtputf8: env.smtputf8,
-            mailbox: self.upstream.mailbox().to_string(),
-            size: msg.size,
-            received_at: unix(env.received_at),
-            attempts: 0,
-            next_attempt: now_unix(),
-            last_error: None,
-            notice: false,
-            failed_at: None,
-            failure_reason: None,
-            refused: Vec::new(),
-            message_id: env.message_id.clone(),
-            received_at_ms: env
-                .received_at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
-        }
+        QueueEntry::from_envelope(&msg.envelope, self.upstream.mailbox(), msg.size)
     }
 
     /// Commits to the queue and hands the message to the loop. `Err` is the client's reply.
@@ -426,10 +407,7 @@ impl Delivery {
         }
         // Keep what is still to do; record what was refused for good.
         entry.rcpt_to = transient;
-        entry.refused = report
-            .permanent()
-            .map(|f| format!("{}: {}", f.rcpt, f.reason))
-            .collect();
+        entry.refused = report.permanent().map(RcptFailure::refusal).collect();
         entry.attempts = 1;
         let (verdict, reason) = report.retry_verdict().expect("transient failures present");
         let reason = reason.to_string();
@@ -462,13 +440,6 @@ impl Delivery {
         }
     }
 
-    /// A lease for a body kept in memory while it arrives, if the budget allows. (In `queue`
-    /// mode it saves the trips to the blocking pool for creating and writing the file: the
-    /// commit writes and fsyncs it in one.)
-    pub fn memory_lease(&self) -> Option<Lease> {
-        self.memory.try_lease(body::MEMORY_LEASE)
-    }
-
     /// Drops a received body that is not kept.
     async fn discard(&self, body: &Body) {
         if let Body::File(path) = body {
@@ -481,7 +452,7 @@ impl Delivery {
         let path = match body {
             Body::Memory(m) => {
                 return self
-                    .attempt(entry, &mut BodyReader::Memory(m.bytes()), first)
+                    .attempt(entry, &mut MessageBody::Bytes(m.bytes()), first)
                     .await
             }
             Body::File(path) => path,
@@ -495,8 +466,8 @@ impl Delivery {
             other => other,
         };
         match file {
-            Ok(file) => {
-                self.attempt(entry, &mut BodyReader::File(file), first)
+            Ok(mut file) => {
+                self.attempt(entry, &mut MessageBody::Stream(&mut file), first)
                     .await
             }
             Err(e) => Report::from_spool_error(&entry.rcpt_to, e),
@@ -508,7 +479,7 @@ impl Delivery {
     async fn attempt(
         &self,
         entry: &QueueEntry,
-        body: &mut BodyReader<'_>,
+        body: &mut MessageBody<'_>,
         mut first: Option<Permit>,
     ) -> Report {
         // Direct mode keeps nothing, so it must not half-deliver, and must not start sending
@@ -680,11 +651,9 @@ impl Delivery {
     async fn apply(self: &Arc<Self>, mut entry: QueueEntry, report: Report) {
         self.note_outcome(&entry, &report);
         entry.attempts += 1;
-        entry.refused.extend(
-            report
-                .permanent()
-                .map(|f| format!("{}: {}", f.rcpt, f.reason)),
-        );
+        entry
+            .refused
+            .extend(report.permanent().map(RcptFailure::refusal));
         let transient: Vec<String> = report.transient().map(|f| f.rcpt.clone()).collect();
         let retry = report.retry_verdict().map(|(v, r)| (v, r.to_string()));
         if transient.is_empty() {
@@ -694,7 +663,8 @@ impl Delivery {
                 }
                 self.queue.remove(&entry.id);
             } else {
-                let reason = format!("refused by Exchange: {}", entry.refused.join("; "));
+                let refused: Vec<String> = entry.refused.iter().map(Refusal::to_string).collect();
+                let reason = format!("refused by Exchange: {}", refused.join("; "));
                 self.fail(entry, "permanent", reason).await;
             }
             return;
@@ -726,7 +696,10 @@ impl Delivery {
             }
             Step::Fail(reason) => {
                 for r in &entry.rcpt_to {
-                    entry.refused.push(format!("{r}: {reason}"));
+                    entry.refused.push(Refusal {
+                        rcpt: r.clone(),
+                        reason: reason.clone(),
+                    });
                 }
                 self.fail(entry, "expired", reason).await;
             }
@@ -737,11 +710,7 @@ impl Delivery {
     async fn fail(self: &Arc<Self>, mut entry: QueueEntry, class: &'static str, reason: String) {
         entry.failed_at = Some(now_unix());
         entry.failure_reason = Some(reason.clone());
-        entry.rcpt_to = entry
-            .refused
-            .iter()
-            .map(|r| r.split(": ").next().unwrap_or(r).to_string())
-            .collect();
+        entry.rcpt_to = entry.refused.iter().map(|r| r.rcpt.clone()).collect();
         audit::failed(&facts(&entry), entry.attempts, class, &reason);
         tracing::error!(
             id = %entry.id,
@@ -772,28 +741,17 @@ impl Delivery {
             tracing::error!(error = %e, "cannot write the failure notice");
             return;
         }
-        let now = now_unix();
-        let entry = QueueEntry {
-            id: id.to_string(),
-            mail_from: String::new(),
-            rcpt_to: vec![failed.mail_from.clone()],
-            client: "relay".into(),
-            helo: self.hostname.clone(),
-            body_8bit: true,
-            smtputf8: false,
-            mailbox: self.upstream.mailbox().to_string(),
-            size: body.len() as u64,
-            received_at: now,
-            attempts: 0,
-            next_attempt: now,
-            last_error: None,
-            notice: true,
-            failed_at: None,
-            failure_reason: None,
-            refused: Vec::new(),
-            message_id: None,
-            received_at_ms: 0,
-        };
+        let mut entry = QueueEntry::new(
+            id.to_string(),
+            String::new(),
+            vec![failed.mail_from.clone()],
+            self.upstream.mailbox().to_string(),
+            body.len() as u64,
+        );
+        entry.client = "relay".into();
+        entry.helo = self.hostname.clone();
+        entry.body_8bit = true;
+        entry.notice = true;
         if self.enqueue(&Body::File(path), entry, false).await.is_ok() {
             tracing::info!(notice = %id, about = %failed.id, to = %failed.mail_from, "failure notice queued");
         }
@@ -858,7 +816,7 @@ impl Delivery {
             }
         };
         let path = self.spool.body_path(&entry.id);
-        let file = match tokio::fs::File::open(&path).await {
+        let mut file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::info!(id = %entry.id, "message was deleted from the queue");
@@ -872,7 +830,7 @@ impl Delivery {
             }
         };
         let report = self
-            .attempt(&entry, &mut BodyReader::File(file), Some(permit))
+            .attempt(&entry, &mut MessageBody::Stream(&mut file), Some(permit))
             .await;
         self.apply(entry, report).await;
     }

@@ -6,7 +6,7 @@
 
 use std::time::SystemTime;
 
-use crate::spool::QueueEntry;
+use crate::spool::{QueueEntry, Refusal};
 
 /// The notice's body (RFC 5322 message, CRLF line ends), from `mailbox` to `to`.
 pub fn failure_notice(
@@ -33,10 +33,10 @@ pub fn failure_notice(
         id = entry.id,
         client = entry.client,
     );
-    let reasons: Vec<&str> = if entry.refused.is_empty() {
-        entry.rcpt_to.iter().map(|r| r.as_str()).collect()
+    let reasons: Vec<String> = if entry.refused.is_empty() {
+        entry.rcpt_to.clone()
     } else {
-        entry.refused.iter().map(|r| r.as_str()).collect()
+        entry.refused.iter().map(Refusal::to_string).collect()
     };
     for line in reasons {
         text.push_str("  ");
@@ -59,26 +59,27 @@ mod tests {
 
     #[test]
     fn notice_names_the_recipients_and_reason_in_crlf_text() {
-        let entry = QueueEntry {
-            id: "abc".into(),
-            mail_from: "app@example.com".into(),
-            rcpt_to: vec![],
-            client: "127.0.0.1:5".into(),
-            helo: "app".into(),
-            body_8bit: false,
-            smtputf8: false,
-            mailbox: "relay@contoso.com".into(),
-            size: 1,
-            received_at: 0,
-            attempts: 3,
-            next_attempt: 0,
-            last_error: None,
-            notice: false,
-            failed_at: Some(1),
-            failure_reason: Some("gave up\r\nafter 5 days".into()),
-            refused: vec!["x@y: 550 5.1.10 no such user".into()],
-            message_id: None,
-            received_at_ms: 0,
+        let entry = {
+            let mut e = QueueEntry::new(
+                "abc".into(),
+                "app@example.com".into(),
+                vec![],
+                "relay@contoso.com".into(),
+                1,
+            );
+            e.client = "127.0.0.1:5".into();
+            e.helo = "app".into();
+            e.received_at = 0;
+            e.attempts = 3;
+            e.next_attempt = 0;
+            e.failed_at = Some(1);
+            e.failure_reason = Some("gave up\r\nafter 5 days".into());
+            e.refused = vec![Refusal {
+                rcpt: "x@y".into(),
+                reason: "550 5.1.10 no such user".into(),
+            }];
+            e.received_at_ms = 0;
+            e
         };
         let n = failure_notice(
             &entry,

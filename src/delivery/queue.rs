@@ -140,27 +140,17 @@ mod tests {
     use super::*;
 
     fn e(id: &str, next: u64) -> QueueEntry {
-        QueueEntry {
-            id: id.into(),
-            mail_from: String::new(),
-            rcpt_to: vec!["r@x".into()],
-            client: String::new(),
-            helo: String::new(),
-            body_8bit: false,
-            smtputf8: false,
-            mailbox: String::new(),
-            size: 0,
-            received_at: 0,
-            attempts: 0,
-            next_attempt: next,
-            last_error: None,
-            notice: false,
-            failed_at: None,
-            failure_reason: None,
-            refused: Vec::new(),
-            message_id: None,
-            received_at_ms: 0,
-        }
+        let mut e = QueueEntry::new(
+            id.into(),
+            String::new(),
+            vec!["r@x".into()],
+            String::new(),
+            0,
+        );
+        e.received_at = 0;
+        e.next_attempt = next;
+        e.received_at_ms = 0;
+        e
     }
 
     #[test]

@@ -5,12 +5,11 @@
 //! bytes, files and time.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use smtp_proto::Request;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -19,9 +18,9 @@ use tokio_util::task::TaskTracker;
 use super::reply::{self, Reply};
 use super::session::{Action, Session, SessionConfig, Transaction};
 use crate::config::ValidListen;
-use crate::delivery::body::{Body, Lease, MemoryBody, MEMORY_BODY_MAX};
 use crate::delivery::{Delivery, Spooled};
 use crate::envelope::{Envelope, MessageId};
+use crate::spool::sink::BodySink;
 use crate::spool::Spool;
 use crate::wire::data::{BodyDecoder, Progress};
 
@@ -266,8 +265,7 @@ async fn receive_message(
     // 354 was sent; the client may already be streaming.
     let id = MessageId::generate();
     let received_at = SystemTime::now();
-    let path = ctx.spool.incoming_path(&id);
-    let mut sink = BodySink::new(path, ctx.delivery.memory_lease()).await;
+    let mut sink = BodySink::new(&ctx.spool, &id).await;
     let mut header_len = 0u64;
     if listen.received_header {
         let header = received_header(session, &transaction, &id, &listen.hostname, received_at);
@@ -350,107 +348,6 @@ async fn receive_message(
         })
         .await;
     Ok(DataEnd::Reply(reply))
-}
-
-/// Where a body goes while it arrives: into memory while it is small and a lease was given
-/// (see `delivery::body`), else (or once it grows) into its file in `incoming/`. After the
-/// first write failure the rest of the body is only read and dropped, so the session can
-/// answer `451` at the end of DATA.
-struct BodySink {
-    path: PathBuf,
-    memory: Option<(Vec<u8>, Lease)>,
-    file: Option<BufWriter<tokio::fs::File>>,
-    failed: bool,
-}
-
-impl BodySink {
-    async fn new(path: PathBuf, lease: Option<Lease>) -> BodySink {
-        let mut sink = BodySink {
-            path,
-            memory: lease.map(|l| (Vec::with_capacity(16 * 1024), l)),
-            file: None,
-            failed: false,
-        };
-        if sink.memory.is_none() {
-            sink.open_file().await;
-        }
-        sink
-    }
-
-    async fn open_file(&mut self) {
-        match tokio::fs::File::create(&self.path).await {
-            Ok(f) => self.file = Some(BufWriter::with_capacity(256 * 1024, f)),
-            Err(e) => {
-                tracing::error!(path = %self.path.display(), error = %e, "cannot create spool file");
-                self.failed = true;
-            }
-        }
-    }
-
-    /// The in-memory body, while there is one: the decoder appends to it directly.
-    fn memory_buffer(&mut self) -> Option<&mut Vec<u8>> {
-        self.memory.as_mut().map(|(buf, _)| buf)
-    }
-
-    /// Moves the body to its file once it is larger than [`MEMORY_BODY_MAX`]; from then on
-    /// it streams to disk. (One read past the limit at most: the lease covers it.)
-    async fn spill_if_big(&mut self) {
-        if self
-            .memory
-            .as_ref()
-            .is_some_and(|(buf, _)| buf.len() > MEMORY_BODY_MAX)
-        {
-            let (buf, _lease) = self.memory.take().expect("memory body");
-            self.open_file().await;
-            self.write_file(&buf).await;
-        }
-    }
-
-    async fn write(&mut self, bytes: &[u8]) {
-        if self.failed {
-            return;
-        }
-        if let Some((buf, _)) = &mut self.memory {
-            buf.extend_from_slice(bytes);
-            self.spill_if_big().await;
-            return;
-        }
-        self.write_file(bytes).await;
-    }
-
-    async fn write_file(&mut self, bytes: &[u8]) {
-        if let Some(w) = self.file.as_mut() {
-            if let Err(e) = w.write_all(bytes).await {
-                tracing::error!(error = %e, "spool write failed");
-                self.failed = true;
-            }
-        }
-    }
-
-    /// The complete body, or `None` (nothing kept) if it could not be written.
-    async fn finish(mut self, spool: &Spool) -> Option<Body> {
-        if let Some((bytes, lease)) = self.memory.take() {
-            return Some(Body::Memory(Arc::new(MemoryBody::new(bytes, lease))));
-        }
-        let flushed = match self.file.as_mut() {
-            Some(w) => w.flush().await.is_ok(),
-            None => false,
-        };
-        self.file = None;
-        if flushed && !self.failed {
-            Some(Body::File(self.path))
-        } else {
-            spool.discard(&self.path).await;
-            None
-        }
-    }
-
-    async fn discard(self, spool: &Spool) {
-        if self.memory.is_none() {
-            drop(self.file);
-            spool.discard(&self.path).await;
-        }
-    }
 }
 
 /// Longest command line we accept, CRLF included (RFC 5321 §4.5.3.1.4 asks for 512; we allow

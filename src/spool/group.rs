@@ -62,6 +62,7 @@ impl GroupSync {
             match target {
                 None => notified.await,
                 Some(target) => {
+                    let lead = Lead { group: self };
                     let dir = self.dir.clone();
                     let result = tokio::task::spawn_blocking(move || super::sync_dir(&dir))
                         .await
@@ -69,13 +70,12 @@ impl GroupSync {
                         .and_then(|r| r);
                     {
                         let mut s = self.state.locked();
-                        s.running = false;
                         s.fsyncs += 1;
                         if result.is_ok() {
                             s.completed = s.completed.max(target);
                         }
                     }
-                    self.done.notify_waiters();
+                    drop(lead);
                     result?;
                 }
             }
@@ -88,10 +88,27 @@ impl GroupSync {
     }
 }
 
+/// The leader's duty to hand the lead back, however its future ends. Dropped mid-fsync (its
+/// client went away, its task was aborted), the leader would otherwise leave `running` set,
+/// and every later commit would wait forever for an fsync nobody runs. The waiters it wakes
+/// elect a new leader, whose fsync covers them all.
+struct Lead<'a> {
+    group: &'a GroupSync,
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        self.group.state.locked().running = false;
+        self.group.done.notify_waiters();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
     use std::sync::Arc;
+    use std::time::Duration;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_callers_share_fsyncs() {
@@ -116,6 +133,34 @@ mod tests {
         g.sync().await.unwrap();
         g.sync().await.unwrap();
         assert_eq!(g.fsyncs(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_leader_dropped_mid_fsync_hands_the_lead_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Arc::new(GroupSync::new(dir.path().to_owned()));
+        // Poll a caller once: it becomes the leader and waits for its fsync. Then drop it.
+        let mut leader = Box::pin(g.sync());
+        let first = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(leader.as_mut().poll(cx).is_pending())
+        })
+        .await;
+        assert!(first, "the leader is waiting for its fsync");
+        assert!(g.state.locked().running);
+        // A follower that arrived meanwhile, and one that arrives after the drop.
+        let follower = tokio::spawn({
+            let g = g.clone();
+            async move { g.sync().await }
+        });
+        tokio::task::yield_now().await;
+        drop(leader);
+        let later = tokio::time::timeout(Duration::from_secs(10), g.sync()).await;
+        assert!(matches!(later, Ok(Ok(()))), "a later commit must not hang");
+        let followed = tokio::time::timeout(Duration::from_secs(10), follower).await;
+        assert!(
+            matches!(followed, Ok(Ok(Ok(())))),
+            "a waiting commit must not hang"
+        );
     }
 
     #[tokio::test]

@@ -15,59 +15,20 @@
 //! of queueing behind each other. Removal deletes the envelope first, so a crash can only
 //! leave a body without envelope, which recovery treats as never committed.
 
+pub mod body;
+mod entry;
 mod group;
+pub mod sink;
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 use crate::envelope::MessageId;
+use body::{Lease, MemoryBudget};
+pub use entry::{now_unix, unix, QueueEntry, Refusal};
 use group::GroupSync;
-
-/// The envelope file of a queued (or failed) message: everything needed to deliver it again
-/// after a restart, plus its delivery history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueueEntry {
-    pub id: String,
-    /// The client's reverse path (empty for `<>`).
-    pub mail_from: String,
-    /// Recipients still to deliver (delivered ones are removed as they succeed).
-    pub rcpt_to: Vec<String>,
-    pub client: String,
-    pub helo: String,
-    pub body_8bit: bool,
-    pub smtputf8: bool,
-    /// The mailbox (account) that sends it.
-    pub mailbox: String,
-    pub size: u64,
-    /// Unix seconds.
-    pub received_at: u64,
-    pub attempts: u32,
-    /// Unix seconds.
-    pub next_attempt: u64,
-    pub last_error: Option<String>,
-    /// A failure notice written by the relay itself: never answered with another notice.
-    #[serde(default)]
-    pub notice: bool,
-    /// Set when moved to `failed/`.
-    #[serde(default)]
-    pub failed_at: Option<u64>,
-    #[serde(default)]
-    pub failure_reason: Option<String>,
-    /// Recipients Exchange refused for good, as "address: reply", kept for the failure record.
-    #[serde(default)]
-    pub refused: Vec<String>,
-    /// The `Message-ID` header, for the audit trail.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message_id: Option<String>,
-    /// `received_at` in unix milliseconds (0 in entries written before it existed), for the
-    /// delivery latency metric.
-    #[serde(default)]
-    pub received_at_ms: u64,
-}
 
 /// Which part of the spool an entry is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,17 +46,6 @@ impl Area {
     }
 }
 
-/// Unix seconds now.
-pub fn now_unix() -> u64 {
-    unix(SystemTime::now())
-}
-
-pub fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 #[derive(Debug, Clone)]
 pub struct Spool {
     root: PathBuf,
@@ -109,6 +59,8 @@ pub struct Spool {
     /// (seen with perf: a quarter of the relay's CPU at 50 concurrent commits); the fsyncs of
     /// these few still share journal commits, and the directory fsync is grouped anyway.
     committers: std::sync::Arc<tokio::sync::Semaphore>,
+    /// What bodies held in memory may use, shared by every connection (see [`body`]).
+    memory: Arc<MemoryBudget>,
 }
 
 /// See `Spool::committers`.
@@ -126,6 +78,7 @@ impl Spool {
             queue_sync: std::sync::Arc::new(GroupSync::new(root.join("queue"))),
             committers: std::sync::Arc::new(tokio::sync::Semaphore::new(COMMITTERS)),
             failed_sync: std::sync::Arc::new(GroupSync::new(root.join("failed"))),
+            memory: MemoryBudget::new(body::MEMORY_BUDGET),
         }
     }
 
@@ -225,6 +178,13 @@ impl Spool {
     /// number of commits under concurrency).
     pub fn queue_dir_fsyncs(&self) -> u64 {
         self.queue_sync.fsyncs()
+    }
+
+    /// A lease for a body kept in memory while it arrives, if the budget allows. (In `queue`
+    /// mode it saves the trips to the blocking pool for creating and writing the file: the
+    /// commit writes and fsyncs it in one.)
+    pub fn memory_lease(&self) -> Option<Lease> {
+        self.memory.try_lease(body::MEMORY_LEASE)
     }
 
     /// Where the body of message `id` is written while it arrives.
@@ -510,27 +470,17 @@ mod tests {
     use super::*;
 
     fn entry(id: &str) -> QueueEntry {
-        QueueEntry {
-            id: id.into(),
-            mail_from: "app@example.com".into(),
-            rcpt_to: vec!["a@example.com".into()],
-            client: "127.0.0.1:1".into(),
-            helo: "app".into(),
-            body_8bit: false,
-            smtputf8: false,
-            mailbox: "relay@example.com".into(),
-            size: 5,
-            received_at: now_unix(),
-            attempts: 0,
-            next_attempt: now_unix(),
-            last_error: None,
-            notice: false,
-            failed_at: None,
-            failure_reason: None,
-            refused: Vec::new(),
-            message_id: None,
-            received_at_ms: 0,
-        }
+        let mut e = QueueEntry::new(
+            id.into(),
+            "app@example.com".into(),
+            vec!["a@example.com".into()],
+            "relay@example.com".into(),
+            5,
+        );
+        e.client = "127.0.0.1:1".into();
+        e.helo = "app".into();
+        e.received_at_ms = 0;
+        e
     }
 
     async fn receive(spool: &Spool, id: &str, body: &[u8]) -> PathBuf {

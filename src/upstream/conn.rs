@@ -7,12 +7,11 @@
 //! from the spool file rather than held in memory, and dot-stuffing of a first line that
 //! starts with a dot.
 
-use crate::delivery::body::BodyReader;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tokio_rustls::client::TlsStream;
@@ -326,8 +325,23 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// A message body as the upstream reads it. It may be read more than once: a pooled session
+/// that turns out dead before any data was sent is replaced, and the body sent again from
+/// its start.
+pub enum MessageBody<'a> {
+    /// The whole body in memory: sent without copying it into a read buffer.
+    Bytes(&'a [u8]),
+    /// A body to stream (a spool file), read from its start each time.
+    Stream(&'a mut (dyn BodyStream + 'a)),
+}
+
+/// What [`MessageBody::Stream`] reads from: anything that can be read and rewound.
+pub trait BodyStream: AsyncRead + AsyncSeek + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncSeek + Unpin + Send> BodyStream for T {}
+
 /// One message (or one batch of its recipients) for one transaction. The body is passed
-/// separately as an open file, so it can be read again from the start.
+/// separately ([`MessageBody`]), so it can be read again from the start.
 #[derive(Debug, Clone)]
 pub struct OutboundMessage {
     pub mail_from: String,
@@ -360,7 +374,7 @@ impl Connection {
     pub async fn transact(
         &mut self,
         msg: &OutboundMessage,
-        body: &mut BodyReader<'_>,
+        body: &mut MessageBody<'_>,
         data_timeout: Duration,
     ) -> Result<Delivered, UpstreamError> {
         let mut lines = Vec::with_capacity(msg.rcpt_to.len() + 2);
@@ -515,12 +529,12 @@ impl Connection {
 
     /// Streams the spooled body from its start, dot-stuffed, then the terminator; returns
     /// the final reply.
-    async fn send_body(&mut self, body: &mut BodyReader<'_>) -> Result<Reply, UpstreamError> {
+    async fn send_body(&mut self, body: &mut MessageBody<'_>) -> Result<Reply, UpstreamError> {
         const CHUNK: usize = 64 * 1024;
         let mut stuffer = DotStuffer::default();
         let mut out = Vec::new();
         match body {
-            BodyReader::Memory(bytes) => {
+            MessageBody::Bytes(bytes) => {
                 out.reserve(bytes.len().min(CHUNK) + 1024);
                 let mut pieces = bytes.chunks(CHUNK).peekable();
                 while let Some(piece) = pieces.next() {
@@ -532,14 +546,15 @@ impl Connection {
                     }
                 }
             }
-            BodyReader::File(file) => {
-                file.seek(std::io::SeekFrom::Start(0))
+            MessageBody::Stream(stream) => {
+                stream
+                    .seek(std::io::SeekFrom::Start(0))
                     .await
-                    .map_err(UpstreamError::Spool)?;
+                    .map_err(UpstreamError::Body)?;
                 let mut chunk = vec![0u8; CHUNK];
                 out.reserve(CHUNK + 2048);
                 loop {
-                    let n = file.read(&mut chunk).await.map_err(UpstreamError::Spool)?;
+                    let n = stream.read(&mut chunk).await.map_err(UpstreamError::Body)?;
                     if n == 0 {
                         break;
                     }

@@ -62,7 +62,7 @@ pub enum UpstreamError {
     #[error("upstream refused at {}: {reply}", stage.as_str())]
     Rejected { stage: Stage, reply: Reply },
     #[error("cannot read the spooled message: {0}")]
-    Spool(std::io::Error),
+    Body(std::io::Error),
 }
 
 /// What a failure means for the message and the account.
@@ -90,7 +90,7 @@ impl UpstreamError {
             | UpstreamError::Timeout { .. }
             | UpstreamError::Io { .. }
             | UpstreamError::Protocol { .. }
-            | UpstreamError::Spool(_) => Verdict::Transient,
+            | UpstreamError::Body(_) => Verdict::Transient,
             UpstreamError::Tls(_) | UpstreamError::NoStartTls | UpstreamError::NoXoauth2 { .. } => {
                 Verdict::Config
             }

@@ -11,7 +11,6 @@
 pub mod conn;
 pub mod error;
 
-use crate::delivery::body::BodyReader;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use rustls_pki_types::ServerName;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-pub use conn::{Delivered, OutboundMessage};
+pub use conn::{BodyStream, Delivered, MessageBody, OutboundMessage};
 pub use error::{Stage, UpstreamError, Verdict};
 
 use crate::config::ValidUpstream;
@@ -107,7 +106,7 @@ impl Upstream {
     pub async fn send(
         &self,
         msg: &OutboundMessage,
-        body: &mut BodyReader<'_>,
+        body: &mut MessageBody<'_>,
     ) -> Result<Delivered, UpstreamError> {
         let _permit = self
             .permits

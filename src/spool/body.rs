@@ -1,5 +1,5 @@
 //! A received message body: in memory when it is small, else a file in the spool's
-//! `incoming/`.
+//! `incoming/`. The [`super::sink`] puts it there while it arrives.
 //!
 //! Why: a 5 KB message delivered while the client waits never needs a file. Creating,
 //! writing, reading back and unlinking one per message cost more CPU than everything else
@@ -10,6 +10,9 @@
 //! streams to disk as before. Whenever a body must be kept (queued; in `queue` mode always),
 //! it is written to a file and committed (fsync) before the client hears `250`, exactly like
 //! a file body, in one trip to the blocking pool (`Spool::commit_bytes`).
+//!
+//! The budget belongs to the spool ([`super::Spool::memory_lease`]), so every connection of a
+//! listener draws on one pool of memory.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -112,12 +115,6 @@ pub enum Body {
     Memory(Arc<MemoryBody>),
     /// A file in `incoming/` (not yet committed).
     File(PathBuf),
-}
-
-/// The body as the upstream reads it.
-pub enum BodyReader<'a> {
-    Memory(&'a [u8]),
-    File(tokio::fs::File),
 }
 
 #[cfg(test)]

@@ -1,0 +1,187 @@
+//! Streaming a message body into the spool while it arrives (DATA): the sink decides between
+//! memory and an `incoming/` file, and hands over a complete [`Body`] or nothing.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::io::{AsyncWriteExt, BufWriter};
+
+use super::body::{Body, Lease, MemoryBody, MEMORY_BODY_MAX};
+use super::Spool;
+use crate::envelope::MessageId;
+
+/// Where a body goes while it arrives: into memory while it is small and the spool's memory
+/// budget allows (see [`super::body`]), else (or once it grows) into its file in `incoming/`.
+/// After the first write failure the rest of the body is only read and dropped, so the
+/// session can answer `451` at the end of DATA.
+pub struct BodySink {
+    path: PathBuf,
+    memory: Option<(Vec<u8>, Lease)>,
+    file: Option<BufWriter<tokio::fs::File>>,
+    failed: bool,
+}
+
+impl BodySink {
+    /// A sink for message `id`: in memory if the budget allows, else its incoming file.
+    pub async fn new(spool: &Spool, id: &MessageId) -> BodySink {
+        let mut sink = BodySink {
+            path: spool.incoming_path(id),
+            memory: spool
+                .memory_lease()
+                .map(|l| (Vec::with_capacity(16 * 1024), l)),
+            file: None,
+            failed: false,
+        };
+        if sink.memory.is_none() {
+            sink.open_file().await;
+        }
+        sink
+    }
+
+    async fn open_file(&mut self) {
+        match tokio::fs::File::create(&self.path).await {
+            Ok(f) => self.file = Some(BufWriter::with_capacity(256 * 1024, f)),
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "cannot create spool file");
+                self.failed = true;
+            }
+        }
+    }
+
+    /// The in-memory body, while there is one: the decoder appends to it directly.
+    pub fn memory_buffer(&mut self) -> Option<&mut Vec<u8>> {
+        self.memory.as_mut().map(|(buf, _)| buf)
+    }
+
+    /// Moves the body to its file once it is larger than [`MEMORY_BODY_MAX`]; from then on
+    /// it streams to disk. (One read past the limit at most: the lease covers it.)
+    pub async fn spill_if_big(&mut self) {
+        if let Some((buf, _lease)) = self.memory.take_if(|(buf, _)| buf.len() > MEMORY_BODY_MAX) {
+            self.open_file().await;
+            self.write_file(&buf).await;
+        }
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) {
+        if self.failed {
+            return;
+        }
+        if let Some((buf, _)) = &mut self.memory {
+            buf.extend_from_slice(bytes);
+            self.spill_if_big().await;
+            return;
+        }
+        self.write_file(bytes).await;
+    }
+
+    async fn write_file(&mut self, bytes: &[u8]) {
+        if let Some(w) = self.file.as_mut() {
+            if let Err(e) = w.write_all(bytes).await {
+                tracing::error!(error = %e, "spool write failed");
+                self.failed = true;
+            }
+        }
+    }
+
+    /// The complete body, or `None` (nothing kept) if it could not be written.
+    pub async fn finish(mut self, spool: &Spool) -> Option<Body> {
+        if let Some((bytes, lease)) = self.memory.take() {
+            return Some(Body::Memory(Arc::new(MemoryBody::new(bytes, lease))));
+        }
+        let flushed = match self.file.as_mut() {
+            Some(w) => w.flush().await.is_ok(),
+            None => false,
+        };
+        self.file = None;
+        if flushed && !self.failed {
+            Some(Body::File(self.path))
+        } else {
+            spool.discard(&self.path).await;
+            None
+        }
+    }
+
+    pub async fn discard(self, spool: &Spool) {
+        if self.memory.is_none() {
+            drop(self.file);
+            spool.discard(&self.path).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn spool() -> (tempfile::TempDir, Spool) {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        (dir, spool)
+    }
+
+    fn incoming_files(spool: &Spool) -> usize {
+        std::fs::read_dir(spool.root().join("incoming"))
+            .unwrap()
+            .count()
+    }
+
+    #[tokio::test]
+    async fn a_small_body_stays_in_memory() {
+        let (_d, spool) = spool().await;
+        let mut sink = BodySink::new(&spool, &MessageId::generate()).await;
+        sink.write(b"Subject: hi\r\n\r\nhello\r\n").await;
+        sink.spill_if_big().await;
+        assert_eq!(incoming_files(&spool), 0, "no file for a small body");
+        match sink.finish(&spool).await {
+            Some(Body::Memory(m)) => assert_eq!(m.bytes(), b"Subject: hi\r\n\r\nhello\r\n"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_body_spills_to_its_file_whole() {
+        let (_d, spool) = spool().await;
+        let id = MessageId::generate();
+        let mut sink = BodySink::new(&spool, &id).await;
+        let line = vec![b'x'; 1000];
+        let mut expected = Vec::new();
+        for _ in 0..(MEMORY_BODY_MAX / 1000 + 10) {
+            sink.write(&line).await;
+            expected.extend_from_slice(&line);
+        }
+        assert!(
+            sink.memory_buffer().is_none(),
+            "moved to disk past the limit"
+        );
+        match sink.finish(&spool).await {
+            Some(Body::File(path)) => {
+                assert_eq!(path, spool.incoming_path(&id));
+                assert_eq!(std::fs::read(&path).unwrap(), expected);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_discarded_body_leaves_nothing() {
+        let (_d, spool) = spool().await;
+        let mut sink = BodySink::new(&spool, &MessageId::generate()).await;
+        sink.write(&vec![b'y'; MEMORY_BODY_MAX + 1]).await;
+        assert_eq!(incoming_files(&spool), 1);
+        sink.discard(&spool).await;
+        assert_eq!(incoming_files(&spool), 0);
+    }
+
+    #[tokio::test]
+    async fn without_memory_budget_the_body_goes_to_a_file() {
+        let (_d, spool) = spool().await;
+        // Take the whole budget, as many large bodies arriving at once would.
+        let leases: Vec<Lease> = std::iter::from_fn(|| spool.memory_lease()).collect();
+        assert!(!leases.is_empty());
+        let mut sink = BodySink::new(&spool, &MessageId::generate()).await;
+        sink.write(b"small").await;
+        assert!(matches!(sink.finish(&spool).await, Some(Body::File(_))));
+        drop(leases);
+        assert!(spool.memory_lease().is_some(), "leases come back");
+    }
+}
