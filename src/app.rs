@@ -12,7 +12,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::ValidConfig;
 use crate::delivery::Delivery;
 use crate::governor::Governor;
+use crate::ops::admin;
 use crate::smtp::listener::{self, ListenerContext};
+use crate::spool::now_unix;
 use crate::spool::Spool;
 use crate::token::{ClientSecretSettings, ClientSecretSource, TokenCache};
 use crate::upstream::Upstream;
@@ -70,7 +72,7 @@ impl Relay {
     pub async fn start(config: ValidConfig) -> Result<Relay, StartError> {
         // Installed first, so the counters of recovery and the first messages are not lost.
         if config.admin.is_some() {
-            crate::admin::prometheus();
+            crate::ops::metrics::prometheus();
         }
         let (spool, recovered) =
             Spool::open(&config.spool_dir).map_err(|source| StartError::Spool {
@@ -107,7 +109,7 @@ impl Relay {
         })?;
         let admin_listener = match config.admin {
             Some(addr) => Some(
-                crate::admin::bind(addr)
+                crate::ops::admin::bind(addr)
                     .await
                     .map_err(|source| StartError::AdminBind { addr, source })?,
             ),
@@ -157,16 +159,18 @@ impl Relay {
         let mut admin_addr = None;
         let admin_task = admin_listener.map(|l| {
             admin_addr = l.local_addr().ok();
-            let health = Arc::new(crate::admin::Health {
+            let health = Arc::new(admin::Health {
                 listen: local_addr,
                 accepting,
                 draining: shutdown.clone(),
                 spool_dir: config.spool_dir.clone(),
-                tokens: tokens.clone(),
-                delivery: delivery.clone(),
-                mailbox: account.mailbox.clone(),
+                state: Arc::new(Observed {
+                    tokens: tokens.clone(),
+                    delivery: delivery.clone(),
+                    mailbox: account.mailbox.clone(),
+                }),
             });
-            tokio::spawn(crate::admin::serve(l, health, admin_stop.clone()))
+            tokio::spawn(admin::serve(l, health, admin_stop.clone()))
         });
         tracing::info!(
             listen = %local_addr,
@@ -256,6 +260,54 @@ impl Relay {
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }
         finished
+    }
+}
+
+/// The relay's state as the admin port reports it.
+struct Observed {
+    tokens: TokenCache,
+    delivery: Arc<Delivery>,
+    mailbox: String,
+}
+
+impl admin::RelayState for Observed {
+    fn token(&self) -> admin::TokenState {
+        admin::TokenState {
+            valid_for: self.tokens.usable_for(),
+            last_error: self.tokens.last_error().map(|e| {
+                let text = match e.advice() {
+                    Some(a) => format!("{e} ({a})"),
+                    None => e.to_string(),
+                };
+                (e.is_config(), text)
+            }),
+        }
+    }
+
+    fn held(&self) -> Option<String> {
+        self.delivery.held()
+    }
+
+    fn gauges(&self) -> admin::Gauges {
+        let governor = self.delivery.governor().snapshot();
+        admin::Gauges {
+            mailbox: self.mailbox.clone(),
+            queued: self.delivery.queued(),
+            oldest_queued_secs: self
+                .delivery
+                .oldest_queued()
+                .map(|t| now_unix().saturating_sub(t))
+                .unwrap_or(0),
+            token_expiry_secs: self
+                .tokens
+                .expires_in()
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+            sends_in_window: governor.sends_in_window,
+            sessions_in_flight: governor.in_flight,
+            recipients_24h: governor.recipients_in_24h,
+            held: self.delivery.held().is_some(),
+        }
     }
 }
 

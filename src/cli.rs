@@ -244,13 +244,13 @@ fn healthcheck(
         Ok(None) => return config_error("admin.listen is off: there is no admin port to ask"),
         Err(e) => return config_error(e),
     };
-    let addr = crate::admin::asked_address(addr);
+    let addr = crate::ops::admin::asked_address(addr);
     let path = if args.ready { "/readyz" } else { "/healthz" };
     let runtime = match runtime(false) {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match runtime.block_on(crate::admin::probe(addr, path, Duration::from_secs(5))) {
+    match runtime.block_on(crate::ops::admin::probe(addr, path, Duration::from_secs(5))) {
         Ok(body) => {
             println!("{body}");
             ExitCode::SUCCESS

@@ -766,14 +766,8 @@ fn validate_account(
         "the Application (client) ID",
     )?
     .to_string();
-    if !is_guid(&client_id) {
-        return Err(ConfigError::new(
-            "account.client_id",
-            format!(
-                "`{client_id}` is not a GUID; use the Application (client) ID from the app \
-                 registration's Overview page"
-            ),
-        ));
+    if let Some(a) = crate::diagnose::lint_client_id(&client_id) {
+        return Err(ConfigError::new("account.client_id", a.to_string()));
     }
     let client_secret = resolve_secret(a)?;
     if let Some(a) = crate::diagnose::lint_secret(client_secret.expose_secret()) {
@@ -909,8 +903,6 @@ fn is_loopback_host(host_port: &str) -> bool {
             .map(|ip| ip.is_loopback())
             .unwrap_or(false)
 }
-
-pub use crate::diagnose::is_guid;
 
 fn validate_upstream(u: &UpstreamConfig, hostname: &str) -> Result<ValidUpstream, ConfigError> {
     let (host, port) = split_host_port(&u.address).ok_or_else(|| {

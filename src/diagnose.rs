@@ -232,6 +232,66 @@ pub fn aadsts(code: u32) -> Option<Advice> {
     Some(Advice::new(rule, problem, fix))
 }
 
+/// The token URL answered 404: the authority or tenant is wrong.
+pub fn token_url_not_found() -> Advice {
+    Advice::new(
+        "token-url-404",
+        "The token URL does not exist:",
+        "check the authority (e.g. https://login.microsoftonline.com, no path) and the tenant; \
+         the token URL must be {authority}/{tenant}/oauth2/v2.0/token.",
+    )
+}
+
+/// The configured token URL is not a URL at all.
+pub fn token_url_invalid() -> Advice {
+    Advice::new(
+        "token-url-invalid",
+        "The token URL is not a valid URL.",
+        "Check the authority setting: it must be an https:// URL such as \
+         https://login.microsoftonline.com.",
+    )
+}
+
+/// The endpoint said `invalid_scope` without an AADSTS code we know.
+pub fn scope_rejected() -> Advice {
+    Advice::new(
+        "scope-rejected",
+        "The scope is wrong:",
+        "for SMTP use exactly https://outlook.office365.com/.default (one resource, ending in \
+         /.default, not a permission name).",
+    )
+}
+
+// ---- Upstream connection -----------------------------------------------------------------
+
+/// The upstream does not offer STARTTLS (the relay never sends credentials without TLS).
+pub fn no_starttls() -> Advice {
+    Advice::new(
+        "upstream-no-starttls",
+        "The upstream server does not offer STARTTLS.",
+        "Point upstream.address at smtp.office365.com:587.",
+    )
+}
+
+/// The upstream offers no XOAUTH2 after STARTTLS.
+pub fn no_xoauth2() -> Advice {
+    Advice::new(
+        "upstream-no-xoauth2",
+        "The upstream server does not offer AUTH XOAUTH2 after STARTTLS.",
+        "Point upstream.address at smtp.office365.com:587.",
+    )
+}
+
+/// The upstream's certificate did not verify.
+pub fn tls_unverified() -> Advice {
+    Advice::new(
+        "upstream-tls",
+        "The upstream's TLS certificate could not be verified.",
+        "If a corporate TLS proxy intercepts traffic, put its CA in tls.extra_ca_file; \
+         otherwise check upstream.address and upstream.tls_server_name.",
+    )
+}
+
 // ---- Token claims ------------------------------------------------------------------------
 
 /// The claims that matter for SMTP (reference §1.10). Decoded, never validated.

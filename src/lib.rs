@@ -19,9 +19,7 @@
 //! Around them: [`config`] (load and validate once), [`app`] (wiring), [`cli`], [`tls`].
 #![forbid(unsafe_code)]
 
-pub mod admin;
 pub mod app;
-pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod delivery;
@@ -30,6 +28,7 @@ pub mod doctor;
 pub mod envelope;
 pub mod governor;
 pub mod loadgen;
+pub mod ops;
 pub mod queue_cmd;
 pub mod sandbox;
 pub mod smtp;

@@ -22,10 +22,10 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit;
 use crate::config::{DeliveryMode, EnvelopeSender, ValidDelivery};
 use crate::envelope::{Envelope, MessageId};
 use crate::governor::{split_batches, Decision, Governor, Permit};
+use crate::ops::audit;
 use crate::spool::body::Body;
 use crate::spool::{now_unix, QueueEntry, Refusal, Spool};
 use crate::sync::Lock as _;
@@ -324,7 +324,7 @@ impl Delivery {
             };
             let mut refused = facts(entry);
             refused.recipients = report.failed.len();
-            audit::refused(&refused, 1, audit::class_label(class), &reply.to_string());
+            audit::refused(&refused, 1, class.label(), &reply.to_string());
         }
     }
 
@@ -419,7 +419,7 @@ impl Delivery {
         if let Err(reply) = self.enqueue(&msg.body, entry.clone(), false).await {
             return reply;
         }
-        let class = audit::class_label(verdict);
+        let class = verdict.label();
         audit::deferred(&facts(&entry), 1, class, &reason, entry.next_attempt);
         queued_reply(&id, &format!("queued, will retry: {reason}"))
     }
@@ -675,13 +675,7 @@ impl Delivery {
         match next_step(verdict, &reason, self.history(&entry)) {
             Step::RetryAt(at) => {
                 entry.next_attempt = at;
-                audit::deferred(
-                    &facts(&entry),
-                    entry.attempts,
-                    audit::class_label(verdict),
-                    &reason,
-                    at,
-                );
+                audit::deferred(&facts(&entry), entry.attempts, verdict.label(), &reason, at);
                 match self.spool.update(&entry).await {
                     Ok(()) => self.queue.release(entry),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

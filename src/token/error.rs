@@ -14,6 +14,8 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::diagnose;
+
 /// A failed attempt to get an access token. `Clone` so the cache can hand one failure to
 /// every caller that waited on the same request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -152,25 +154,19 @@ impl TokenError {
     /// A plain-language fix for the mistakes we know (reference §1.8), or `None`.
     pub fn advice(&self) -> Option<String> {
         if let Some(code) = self.aadsts() {
-            if let Some(advice) = crate::diagnose::aadsts(code) {
+            if let Some(advice) = diagnose::aadsts(code) {
                 return Some(advice.to_string());
             }
         }
-        let text: &str = match self {
-            TokenError::Http { status: 404, .. } => {
-                "The token URL does not exist: check the authority (e.g. https://login.microsoftonline.com, \
-                 no path) and the tenant; the token URL must be {authority}/{tenant}/oauth2/v2.0/token."
-            }
-            TokenError::InvalidUrl { .. } => {
-                "Check the authority setting: it must be an https:// URL such as https://login.microsoftonline.com."
-            }
+        let advice = match self {
+            TokenError::Http { status: 404, .. } => diagnose::token_url_not_found(),
+            TokenError::InvalidUrl { .. } => diagnose::token_url_invalid(),
             TokenError::Rejected { error, .. } if error == "invalid_scope" => {
-                "The scope is wrong: for SMTP use exactly https://outlook.office365.com/.default \
-                 (one resource, ending in /.default, not a permission name)."
+                diagnose::scope_rejected()
             }
             _ => return None,
         };
-        Some(text.to_string())
+        Some(advice.to_string())
     }
 }
 

@@ -49,7 +49,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpStream<S> {
             match Reply::parse(&self.rbuf) {
                 Ok(Some((reply, used))) => {
                     self.rbuf.drain(..used);
-                    crate::audit::upstream_reply(reply.code);
+                    crate::ops::audit::upstream_reply(reply.code);
                     return Ok(reply);
                 }
                 Ok(None) => {}

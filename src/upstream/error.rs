@@ -1,6 +1,7 @@
 //! The one place where what happened upstream becomes a verdict: delivered, retry, hold for
 //! configuration, or fail (DESIGN §4, reference §6 "Reply-code handbook").
 
+use crate::diagnose;
 use crate::token::TokenError;
 use crate::wire::Reply;
 
@@ -83,6 +84,19 @@ pub enum Verdict {
     Config,
 }
 
+impl Verdict {
+    /// The verdict as a label in metrics and the audit trail.
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Transient => "transient",
+            Verdict::Throttled => "throttled",
+            Verdict::Quota => "quota",
+            Verdict::Permanent => "permanent",
+            Verdict::Config => "config",
+        }
+    }
+}
+
 impl UpstreamError {
     pub fn verdict(&self) -> Verdict {
         match self {
@@ -130,24 +144,11 @@ impl UpstreamError {
     pub fn advice_for(&self, mailbox: &str) -> Option<String> {
         match self {
             UpstreamError::Token(e) => e.advice(),
-            UpstreamError::NoStartTls => Some(
-                "The upstream server does not offer STARTTLS. Point upstream.address at \
-                 smtp.office365.com:587."
-                    .into(),
-            ),
-            UpstreamError::NoXoauth2 { .. } => Some(
-                "The upstream server does not offer AUTH XOAUTH2 after STARTTLS. Point \
-                 upstream.address at smtp.office365.com:587."
-                    .into(),
-            ),
-            UpstreamError::Tls(_) => Some(
-                "The upstream's TLS certificate could not be verified. If a corporate TLS proxy \
-                 intercepts traffic, put its CA in tls.extra_ca_file; otherwise check \
-                 upstream.address and upstream.tls_server_name."
-                    .into(),
-            ),
+            UpstreamError::NoStartTls => Some(diagnose::no_starttls().to_string()),
+            UpstreamError::NoXoauth2 { .. } => Some(diagnose::no_xoauth2().to_string()),
+            UpstreamError::Tls(_) => Some(diagnose::tls_unverified().to_string()),
             UpstreamError::Auth { reply, .. } | UpstreamError::Rejected { reply, .. } => {
-                crate::diagnose::smtp_reply(reply, mailbox).map(|a| a.to_string())
+                diagnose::smtp_reply(reply, mailbox).map(|a| a.to_string())
             }
             _ => None,
         }

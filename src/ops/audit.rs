@@ -12,8 +12,6 @@
 
 use std::time::Duration;
 
-use crate::upstream::Verdict;
-
 /// Exchange's id for a message, from its reply to the end of data:
 /// `250 2.0.0 OK <BN8PR...@BN8PR....prod.outlook.com> [Hostname=...]` gives the part in `<>`.
 pub fn exchange_id(reply: &str) -> Option<&str> {
@@ -82,7 +80,8 @@ pub fn delivered(f: &Facts, attempt: u32, delivered: usize, reply: &str, latency
 }
 
 /// Not delivered this time and kept in the queue; tried again at `next_attempt` (unix
-/// seconds). `class` is a [`class_label`], or `paced` / `slow` for hybrid mode's queueing.
+/// seconds). `class` is the reply class (`transient`, `throttled`, `quota`, `config`), or
+/// `paced` / `slow` for hybrid mode's queueing.
 pub fn deferred(f: &Facts, attempt: u32, class: &'static str, reason: &str, next_attempt: u64) {
     metrics::counter!(
         "smtp_oauth_relay_messages_deferred_total",
@@ -147,17 +146,6 @@ pub fn refused(f: &Facts, attempt: u32, class: &'static str, reply: &str) {
 pub fn upstream_reply(code: u16) {
     metrics::counter!("smtp_oauth_relay_upstream_replies_total", "code" => code.to_string())
         .increment(1);
-}
-
-/// The reply class as a metrics label.
-pub fn class_label(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Transient => "transient",
-        Verdict::Throttled => "throttled",
-        Verdict::Quota => "quota",
-        Verdict::Permanent => "permanent",
-        Verdict::Config => "config",
-    }
 }
 
 #[cfg(test)]

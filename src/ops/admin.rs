@@ -16,7 +16,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -24,24 +24,46 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::Delivery;
-use crate::spool::now_unix;
-use crate::token::TokenCache;
+use super::metrics::prometheus;
 
-/// What `/readyz` and the scrape-time gauges look at.
+/// What `/readyz` and the scrape-time gauges look at. The relay's own state comes through
+/// [`RelayState`], so this room needs none of the others.
 pub struct Health {
     pub listen: SocketAddr,
     pub accepting: Arc<AtomicBool>,
     pub draining: CancellationToken,
     pub spool_dir: PathBuf,
-    pub tokens: TokenCache,
-    pub delivery: Arc<Delivery>,
+    pub state: Arc<dyn RelayState>,
+}
+
+/// The running relay as the admin port sees it (implemented in `app`).
+pub trait RelayState: Send + Sync + 'static {
+    /// The token's state for readiness.
+    fn token(&self) -> TokenState;
+    /// The advice of a configuration hold on the account, if there is one.
+    fn held(&self) -> Option<String>;
+    /// The state gauges, read just before a scrape renders them.
+    fn gauges(&self) -> Gauges;
+}
+
+/// The gauges that describe current state (never stale: read at scrape time).
+#[derive(Debug, Clone, Default)]
+pub struct Gauges {
+    /// The mailbox the governor figures are for (the label).
     pub mailbox: String,
+    /// Messages in the spool's queue.
+    pub queued: usize,
+    /// Age of the oldest queued message, in seconds (0 when the queue is empty).
+    pub oldest_queued_secs: u64,
+    /// Seconds until the cached token expires (0 when there is none).
+    pub token_expiry_secs: f64,
+    pub sends_in_window: u32,
+    pub sessions_in_flight: u32,
+    pub recipients_24h: u64,
+    pub held: bool,
 }
 
 /// The token's state as readiness sees it.
@@ -131,57 +153,35 @@ pub fn evaluate(i: &ReadyInputs) -> Readiness {
 
 impl Health {
     fn inputs(&self) -> ReadyInputs {
-        let token = TokenState {
-            valid_for: self.tokens.usable_for(),
-            last_error: self.tokens.last_error().map(|e| {
-                let text = match e.advice() {
-                    Some(a) => format!("{e} ({a})"),
-                    None => e.to_string(),
-                };
-                (e.is_config(), text)
-            }),
-        };
         ReadyInputs {
             draining: self.draining.is_cancelled(),
             accepting: self.accepting.load(Ordering::Relaxed),
             listen: self.listen,
             spool: probe_spool(&self.spool_dir),
-            token,
-            hold: self.delivery.held(),
+            token: self.state.token(),
+            hold: self.state.held(),
         }
     }
 
     /// Sets the gauges that describe current state, just before a scrape renders them.
     fn set_gauges(&self) {
-        let queued = self.delivery.queued() as f64;
-        metrics::gauge!("smtp_oauth_relay_spool_messages").set(queued);
-        let oldest = self
-            .delivery
-            .oldest_queued()
-            .map(|t| now_unix().saturating_sub(t) as f64)
-            .unwrap_or(0.0);
-        metrics::gauge!("smtp_oauth_relay_spool_oldest_message_age_seconds").set(oldest);
-        let expiry = self
-            .tokens
-            .expires_in()
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        metrics::gauge!("smtp_oauth_relay_token_expiry_seconds").set(expiry);
-        let g = self.delivery.governor().snapshot();
-        let mailbox = self.mailbox.clone();
+        let g = self.state.gauges();
+        metrics::gauge!("smtp_oauth_relay_spool_messages").set(g.queued as f64);
+        metrics::gauge!("smtp_oauth_relay_spool_oldest_message_age_seconds")
+            .set(g.oldest_queued_secs as f64);
+        metrics::gauge!("smtp_oauth_relay_token_expiry_seconds").set(g.token_expiry_secs);
+        let mailbox = g.mailbox;
         metrics::gauge!("smtp_oauth_relay_governor_sends_in_window", "mailbox" => mailbox.clone())
             .set(f64::from(g.sends_in_window));
         metrics::gauge!("smtp_oauth_relay_governor_sessions_in_flight", "mailbox" => mailbox.clone())
-            .set(f64::from(g.in_flight));
+            .set(f64::from(g.sessions_in_flight));
         metrics::gauge!("smtp_oauth_relay_governor_recipients_24h", "mailbox" => mailbox.clone())
-            .set(g.recipients_in_24h as f64);
-        metrics::gauge!("smtp_oauth_relay_account_held", "mailbox" => mailbox).set(
-            if self.delivery.held().is_some() {
-                1.0
-            } else {
-                0.0
-            },
-        );
+            .set(g.recipients_24h as f64);
+        metrics::gauge!("smtp_oauth_relay_account_held", "mailbox" => mailbox).set(if g.held {
+            1.0
+        } else {
+            0.0
+        });
     }
 }
 
@@ -195,121 +195,6 @@ fn probe_spool(dir: &std::path::Path) -> Result<(), String> {
         .join(format!(".readyz-{}-{n}", std::process::id()));
     std::fs::write(&probe, b"ok").map_err(|e| format!("{}: {e}", dir.display()))?;
     std::fs::remove_file(&probe).map_err(|e| format!("{}: {e}", dir.display()))
-}
-
-/// The process-wide Prometheus recorder, installed on first use. One per process: several
-/// relays in one test process share it (their counters add up).
-pub fn prometheus() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Suffix("_seconds".into()),
-                &[
-                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                    300.0, 3600.0,
-                ],
-            )
-            .expect("bucket list is not empty")
-            .build_recorder();
-        let handle = recorder.handle();
-        if metrics::set_global_recorder(recorder).is_err() {
-            tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
-        }
-        describe();
-        handle
-    })
-}
-
-fn describe() {
-    describe_counter!(
-        "smtp_oauth_relay_messages_received_total",
-        "Messages whose body arrived complete from a client"
-    );
-    describe_counter!(
-        "smtp_oauth_relay_messages_delivered_total",
-        "Messages Exchange accepted (per transaction)"
-    );
-    describe_counter!(
-        "smtp_oauth_relay_messages_deferred_total",
-        "Messages kept in the queue for a later attempt, by reply class"
-    );
-    describe_counter!(
-        "smtp_oauth_relay_messages_failed_total",
-        "Queued messages given up for good (moved to failed/), by class"
-    );
-    describe_counter!(
-        "smtp_oauth_relay_messages_refused_total",
-        "Messages refused back to the client with nothing kept, by class"
-    );
-    describe_counter!(
-        "smtp_oauth_relay_upstream_replies_total",
-        "Replies read from the upstream, by SMTP code"
-    );
-    describe_gauge!(
-        "smtp_oauth_relay_spool_messages",
-        "Messages in the spool's queue"
-    );
-    describe_gauge!(
-        "smtp_oauth_relay_spool_oldest_message_age_seconds",
-        Unit::Seconds,
-        "Age of the oldest queued message"
-    );
-    describe_counter!(
-        "smtp_oauth_relay_token_refreshes_total",
-        "Access tokens obtained from the token endpoint"
-    );
-    describe_counter!(
-        "smtp_oauth_relay_token_refresh_failures_total",
-        "Failed token requests, by kind (config or transient)"
-    );
-    describe_gauge!(
-        "smtp_oauth_relay_token_expiry_seconds",
-        Unit::Seconds,
-        "Seconds until the cached access token expires (0 when there is none)"
-    );
-    describe_counter!(
-        "smtp_oauth_relay_governor_waits_total",
-        "Sends that had to wait for the per-mailbox governor, by reason"
-    );
-    describe_histogram!(
-        "smtp_oauth_relay_governor_wait_seconds",
-        Unit::Seconds,
-        "How long sends waited for the governor"
-    );
-    describe_gauge!(
-        "smtp_oauth_relay_governor_sends_in_window",
-        "Sends in the current rate window (the mailbox's current rate)"
-    );
-    describe_gauge!(
-        "smtp_oauth_relay_governor_sessions_in_flight",
-        "Upstream sends in progress for the mailbox"
-    );
-    describe_gauge!(
-        "smtp_oauth_relay_governor_recipients_24h",
-        "Recipients sent in the last 24 hours"
-    );
-    describe_gauge!(
-        "smtp_oauth_relay_account_held",
-        "1 while the account is held for a configuration error"
-    );
-    describe_counter!(
-        "smtp_oauth_relay_inbound_connections_total",
-        "Inbound SMTP connections accepted"
-    );
-    describe_gauge!(
-        "smtp_oauth_relay_inbound_connections_active",
-        "Inbound SMTP connections open now"
-    );
-    describe_counter!(
-        "smtp_oauth_relay_inbound_connections_refused_total",
-        "Inbound SMTP connections refused, by reason"
-    );
-    describe_histogram!(
-        "smtp_oauth_relay_delivery_latency_seconds",
-        Unit::Seconds,
-        "From receipt to Exchange's acceptance"
-    );
 }
 
 async fn healthz() -> &'static str {
