@@ -16,7 +16,7 @@ use crate::ops::admin;
 use crate::smtp::listener::{self, ListenerContext};
 use crate::spool::now_unix;
 use crate::spool::Spool;
-use crate::token::{ClientSecretSettings, ClientSecretSource, TokenCache};
+use crate::token::{ClientSecretSource, TokenCache};
 use crate::upstream::Upstream;
 
 /// Why the relay could not start. Each variant names what to fix.
@@ -80,14 +80,7 @@ impl Relay {
                 source,
             })?;
         let account = &config.account;
-        let source = ClientSecretSource::new(ClientSecretSettings {
-            token_url: account.token_url.clone(),
-            client_id: account.client_id.clone(),
-            client_secret: account.client_secret.clone(),
-            scope: account.scope.clone(),
-            extra_roots: config.extra_roots.clone(),
-            timeout: account.token_timeout,
-        })?;
+        let source = ClientSecretSource::new(account.credential.clone())?;
         let source = Arc::new(source);
         let tokens = TokenCache::new(source.clone(), account.refresh_margin);
         let tls = crate::tls::client_config(&config.extra_roots)?;
@@ -119,8 +112,6 @@ impl Relay {
         let tracker = TaskTracker::new();
         let governor = Governor::new(config.governor.clone());
         let delivery = Delivery::new(
-            config.mode,
-            account.envelope_sender,
             config.delivery.clone(),
             config.listen.hostname.clone(),
             upstream.clone(),
@@ -175,10 +166,10 @@ impl Relay {
         tracing::info!(
             listen = %local_addr,
             admin = %admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
-            upstream = %format!("{}:{}", config.upstream.host, config.upstream.port),
+            upstream = %upstream.address(),
             mailbox = %account.mailbox,
-            token_url = %account.token_url,
-            mode = ?config.mode,
+            token_url = %account.credential.token_url,
+            mode = config.delivery.mode.as_str(),
             "smtp-oauth-relay ready"
         );
         Ok(Relay {

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::cli::{EXIT_CONFIG, EXIT_UNAVAILABLE};
 use crate::config::{Config, ValidConfig};
 use crate::diagnose;
-use crate::token::{ClientSecretSettings, ClientSecretSource, TokenCache, TokenSource};
-use crate::upstream::conn::{ConnectParams, Connection, OutboundMessage};
+use crate::token::{ClientSecretSource, TokenCache, TokenSource};
+use crate::upstream::{MessageBody, OutboundMessage, Upstream};
 
 /// Which diagnostic to run.
 #[derive(Debug, Clone)]
@@ -92,7 +92,7 @@ pub fn run(which: Doctor, config: Config) -> ExitCode {
         &format!(
             "tenant {}, app {}, mailbox {}, upstream {}:{}",
             valid.account.tenant,
-            valid.account.client_id,
+            valid.account.credential.client_id,
             valid.account.mailbox,
             valid.upstream.host,
             valid.upstream.port
@@ -116,14 +116,7 @@ pub fn run(which: Doctor, config: Config) -> ExitCode {
 
 async fn diagnose_online<W: Write>(which: Doctor, valid: ValidConfig, report: &mut Report<W>) {
     let account = &valid.account;
-    let source = match ClientSecretSource::new(ClientSecretSettings {
-        token_url: account.token_url.clone(),
-        client_id: account.client_id.clone(),
-        client_secret: account.client_secret.clone(),
-        scope: account.scope.clone(),
-        extra_roots: valid.extra_roots.clone(),
-        timeout: account.token_timeout,
-    }) {
+    let source = match ClientSecretSource::new(account.credential.clone()) {
         Ok(s) => Arc::new(s),
         Err(e) => return report.fail("TLS set-up", None, &e.to_string(), None),
     };
@@ -135,7 +128,7 @@ async fn diagnose_online<W: Write>(which: Doctor, valid: ValidConfig, report: &m
         Err(e) => {
             let advice = e.advice();
             return report.fail(
-                &format!("token from {}", account.token_url),
+                &format!("token from {}", account.credential.token_url),
                 Some(started.elapsed()),
                 &e.to_string(),
                 advice.as_deref(),
@@ -171,7 +164,7 @@ async fn diagnose_online<W: Write>(which: Doctor, valid: ValidConfig, report: &m
                 claims.appid.as_deref().unwrap_or("-")
             ));
             report.info(&format!("tid:   {}", claims.tid.as_deref().unwrap_or("-")));
-            let problems = diagnose::check_claims(&claims, now, &account.client_id);
+            let problems = diagnose::check_claims(&claims, now, &account.credential.client_id);
             if problems.is_empty() {
                 report.ok(
                     "token claims",
@@ -194,22 +187,9 @@ async fn diagnose_online<W: Write>(which: Doctor, valid: ValidConfig, report: &m
         Err(e) => return report.fail("TLS set-up", None, &e.to_string(), None),
     };
     let tokens = TokenCache::new(source, account.refresh_margin);
-    let server_name =
-        rustls_pki_types::ServerName::try_from(valid.upstream.tls_server_name.clone())
-            .expect("validated in config");
+    let upstream = Upstream::new(valid.upstream.clone(), tls, tokens, account.mailbox.clone());
     let started = Instant::now();
-    let conn = Connection::open(&ConnectParams {
-        host: &valid.upstream.host,
-        port: valid.upstream.port,
-        server_name: &server_name,
-        tls: &tls,
-        helo_name: &valid.upstream.helo_name,
-        connect_timeout: valid.upstream.connect_timeout,
-        command_timeout: valid.upstream.command_timeout,
-        mailbox: &account.mailbox,
-        tokens: &tokens,
-    })
-    .await;
+    let conn = upstream.connect().await;
     let mut conn = match conn {
         Ok(c) => c,
         Err(e) => {
@@ -255,7 +235,7 @@ async fn diagnose_online<W: Write>(which: Doctor, valid: ValidConfig, report: &m
     let result = conn
         .transact(
             &msg,
-            &mut crate::upstream::MessageBody::Bytes(&body),
+            &mut MessageBody::Bytes(&body),
             valid.upstream.data_timeout,
         )
         .await;

@@ -19,10 +19,10 @@ pub mod retry;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{DeliveryMode, EnvelopeSender, ValidDelivery};
 use crate::envelope::{Envelope, MessageId};
 use crate::governor::{split_batches, Decision, Governor, Permit};
 use crate::ops::audit;
@@ -34,6 +34,49 @@ use crate::upstream::{MessageBody, OutboundMessage, Upstream, UpstreamError, Ver
 use crate::wire::Reply;
 use queue::Queue;
 use retry::{next_step, History, Step};
+
+/// When the client gets its answer (DESIGN §3, the table above).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryMode {
+    Hybrid,
+    Queue,
+    Direct,
+}
+
+impl DeliveryMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryMode::Queue => "queue",
+            DeliveryMode::Hybrid => "hybrid",
+            DeliveryMode::Direct => "direct",
+        }
+    }
+}
+
+/// Which address goes into the upstream `MAIL FROM`: the authenticated mailbox (which
+/// Exchange always accepts) or the client's own envelope sender (needs SendAs rights).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnvelopeSender {
+    Mailbox,
+    Client,
+}
+
+/// How delivery behaves (built and checked by `config`).
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    pub mode: DeliveryMode,
+    pub envelope_sender: EnvelopeSender,
+    /// Hybrid (and direct): how long the client waits for the attempt.
+    pub try_now_timeout: Duration,
+    /// Give up on a queued message this long after it was received.
+    pub max_age: Duration,
+    /// Keep `failed/` messages this long.
+    pub failed_retention: Duration,
+    /// Send a failure notice when a queued message fails for good.
+    pub failure_notice: bool,
+}
 
 /// A message whose body is complete on disk (in `incoming/`).
 #[derive(Debug, Clone)]
@@ -133,9 +176,7 @@ const HOLD_FOR: Duration = Duration::from_secs(60);
 
 /// Everything delivery needs, shared by the listener's sessions and the loop.
 pub struct Delivery {
-    mode: DeliveryMode,
-    envelope_sender: EnvelopeSender,
-    settings: ValidDelivery,
+    settings: DeliverySettings,
     hostname: String,
     upstream: Arc<Upstream>,
     governor: Arc<Governor>,
@@ -160,9 +201,7 @@ fn max_in_flight(governor: &Governor) -> usize {
 impl Delivery {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        mode: DeliveryMode,
-        envelope_sender: EnvelopeSender,
-        settings: ValidDelivery,
+        settings: DeliverySettings,
         hostname: String,
         upstream: Arc<Upstream>,
         governor: Arc<Governor>,
@@ -178,8 +217,6 @@ impl Delivery {
             );
         }
         Arc::new(Delivery {
-            mode,
-            envelope_sender,
             settings,
             hostname,
             upstream,
@@ -235,14 +272,9 @@ impl Delivery {
 
     /// Takes a received message and returns the client's DATA reply (DESIGN §3).
     pub async fn submit(self: &Arc<Self>, msg: Spooled) -> Reply {
-        let mode = match self.mode {
-            DeliveryMode::Queue => "queue",
-            DeliveryMode::Hybrid => "hybrid",
-            DeliveryMode::Direct => "direct",
-        };
         let entry = self.new_entry(&msg);
-        audit::received(&facts(&entry), mode);
-        match self.mode {
+        audit::received(&facts(&entry), self.settings.mode.as_str());
+        match self.settings.mode {
             DeliveryMode::Queue => self.submit_queue(msg, entry).await,
             DeliveryMode::Hybrid => self.submit_hybrid(msg, entry).await,
             DeliveryMode::Direct => self.submit_direct(msg, entry).await,
@@ -484,7 +516,7 @@ impl Delivery {
     ) -> Report {
         // Direct mode keeps nothing, so it must not half-deliver, and must not start sending
         // after its client may have given up.
-        let direct = self.mode == DeliveryMode::Direct;
+        let direct = self.settings.mode == DeliveryMode::Direct;
         let start_by = direct.then(|| tokio::time::Instant::now() + self.settings.try_now_timeout);
         let mut report = Report::default();
         let batch_size = self.governor.limits().max_recipients_per_message;
@@ -521,7 +553,7 @@ impl Delivery {
             };
             let msg = OutboundMessage {
                 mail_from: upstream_sender(
-                    self.envelope_sender,
+                    self.settings.envelope_sender,
                     &entry.mail_from,
                     self.upstream.mailbox(),
                 ),

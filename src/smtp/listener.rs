@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use super::reply::{self, Reply};
 use super::session::{Action, Session, SessionConfig, Transaction};
-use crate::config::ValidListen;
+use super::ListenSettings;
 use crate::delivery::{Delivery, Spooled};
 use crate::envelope::{Envelope, MessageId};
 use crate::spool::sink::BodySink;
@@ -26,7 +26,7 @@ use crate::wire::data::{BodyDecoder, Progress};
 
 /// What every connection task shares.
 pub struct ListenerContext {
-    pub listen: ValidListen,
+    pub listen: ListenSettings,
     pub delivery: Arc<Delivery>,
     pub spool: Spool,
     pub shutdown: CancellationToken,

@@ -1,8 +1,45 @@
 //! The inbound side: plain SMTP from legacy apps.
 //!
-//! `session` decides (pure state machine), `data` decodes the message body (pure), `reply`
-//! is our catalogue of answers, `listener` is the thin tokio driver around them.
+//! `session` decides (pure state machine), `reply` is our catalogue of answers, `listener` is
+//! the thin tokio driver around them.
 
 pub mod listener;
 pub mod reply;
 pub mod session;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+/// What the inbound side needs to know (built and checked by `config`).
+#[derive(Debug, Clone)]
+pub struct ListenSettings {
+    pub address: SocketAddr,
+    /// Client networks allowed besides loopback.
+    pub allow: Vec<IpNet>,
+    /// Our name in the greeting, the EHLO reply and the `Received:` header.
+    pub hostname: String,
+    /// Clients served at once; more wait in the accept queue.
+    pub max_connections: usize,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    /// Longest wait for a command line (a whole line, however it trickles in).
+    pub command_timeout: Duration,
+    /// Longest silence during DATA.
+    pub data_timeout: Duration,
+    /// Prepend one `Received:` trace header.
+    pub received_header: bool,
+}
+
+impl ListenSettings {
+    /// Whether a client at `ip` may use the relay: loopback always, others only if allowed.
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        ip.is_loopback()
+            || ip.to_canonical().is_loopback()
+            || self
+                .allow
+                .iter()
+                .any(|net| net.contains(&ip) || net.contains(&ip.to_canonical()))
+    }
+}

@@ -21,18 +21,39 @@ use tokio::time::Instant;
 pub use conn::{BodyStream, Delivered, MessageBody, OutboundMessage};
 pub use error::{Stage, UpstreamError, Verdict};
 
-use crate::config::ValidUpstream;
 use crate::sync::Lock as _;
 use crate::token::TokenCache;
 use conn::{ConnectParams, Connection};
+
+/// Where and how to reach the upstream (built and checked by `config`).
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub host: String,
+    pub port: u16,
+    /// The name the server certificate must carry.
+    pub server_name: ServerName<'static>,
+    /// Authenticated sessions at once (Exchange allows 3 per mailbox).
+    pub max_connections: usize,
+    /// TCP connect plus greeting.
+    pub connect_timeout: Duration,
+    /// Each command's reply.
+    pub command_timeout: Duration,
+    /// Sending a body and its final reply.
+    pub data_timeout: Duration,
+    /// A pooled session idle this long is closed.
+    pub idle_timeout: Duration,
+    /// A pooled session this old is retired however busy.
+    pub max_session_age: Duration,
+    /// Our name in EHLO.
+    pub helo_name: String,
+}
 
 /// Don't start a transaction on a session whose token expires sooner than this.
 const TOKEN_REUSE_MARGIN: Duration = Duration::from_secs(120);
 
 /// The pool of sessions for one mailbox.
 pub struct Upstream {
-    settings: ValidUpstream,
-    server_name: ServerName<'static>,
+    settings: UpstreamSettings,
     tls: Arc<rustls::ClientConfig>,
     tokens: TokenCache,
     mailbox: String,
@@ -52,16 +73,13 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     pub fn new(
-        settings: ValidUpstream,
+        settings: UpstreamSettings,
         tls: Arc<rustls::ClientConfig>,
         tokens: TokenCache,
         mailbox: String,
     ) -> Upstream {
-        let server_name =
-            ServerName::try_from(settings.tls_server_name.clone()).expect("validated in config");
         Upstream {
             permits: Semaphore::new(settings.max_connections),
-            server_name,
             tls,
             tokens,
             mailbox,
@@ -82,7 +100,7 @@ impl Upstream {
         ConnectParams {
             host: &self.settings.host,
             port: self.settings.port,
-            server_name: &self.server_name,
+            server_name: &self.settings.server_name,
             tls: &self.tls,
             helo_name: &self.settings.helo_name,
             connect_timeout: self.settings.connect_timeout,
@@ -92,11 +110,15 @@ impl Upstream {
         }
     }
 
-    /// Opens a session and closes it again: connect, STARTTLS, AUTH. For `check`.
-    pub async fn probe(&self) -> Result<(), UpstreamError> {
-        let conn = Connection::open(&self.params()).await?;
-        conn.quit().await;
-        Ok(())
+    /// Opens an authenticated session outside the pool (connect, STARTTLS, AUTH), for the
+    /// set-up diagnostics (`check`, `send-test`), which report each step themselves.
+    pub async fn connect(&self) -> Result<Connection, UpstreamError> {
+        Connection::open(&self.params()).await
+    }
+
+    /// Where this upstream is, as `host:port`.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.settings.host, self.settings.port)
     }
 
     /// Sends one message. Waits for a free session slot first (at most `max_connections`

@@ -1,0 +1,96 @@
+//! The environment: the public short names (a stable interface for manifests and scripts),
+//! `SMTP_OAUTH_RELAY__SECTION__KEY` for any key, and the typo check.
+
+use figment::value::Value;
+
+/// Prefix of every environment variable the relay reads.
+pub const ENV_PREFIX: &str = "SMTP_OAUTH_RELAY_";
+
+/// The public single-account environment variables (DESIGN §9) and the key each sets.
+/// These names are a public interface: keep them stable.
+pub const ENV_KEYS: &[(&str, &str)] = &[
+    ("LISTEN", "listen.address"),
+    ("TENANT", "account.tenant"),
+    ("CLIENT_ID", "account.client_id"),
+    ("CLIENT_SECRET", "account.client_secret"),
+    ("CLIENT_SECRET_FILE", "account.client_secret_file"),
+    ("MAILBOX", "account.mailbox"),
+    ("AUTHORITY", "account.authority"),
+    ("SCOPE", "account.scope"),
+    ("UPSTREAM", "upstream.address"),
+    ("MAX_CONNECTIONS", "upstream.max_connections"),
+    ("EXTRA_CA_FILE", "tls.extra_ca_file"),
+    ("SPOOL_DIR", "delivery.spool_dir"),
+    ("RATE_PER_MINUTE", "governor.rate_per_minute"),
+    ("MODE", "delivery.mode"),
+    ("LOG_FORMAT", "log.format"),
+    ("ADMIN_LISTEN", "admin.listen"),
+    ("SHUTDOWN_GRACE_SECS", "shutdown.grace_secs"),
+];
+
+/// Variables with our prefix that are read elsewhere (not configuration keys).
+const ENV_NOT_KEYS: &[&str] = &["CONFIG"];
+
+/// An environment value as configuration: a list (`["10.0.0.0/8", "::1/128"]` or
+/// `10.0.0.0/8,::1/128`) for a key that takes one, else the string as given (so an all-digit secret stays a string; serde
+/// turns strings into numbers and booleans where the key wants them).
+pub(super) fn env_value(key: &str, value: String) -> Value {
+    if LIST_KEYS.contains(&key) {
+        if value.trim_start().starts_with('[') {
+            // figment parses a string into a value and never fails (at worst: a string).
+            let Ok(v) = value.parse::<Value>();
+            return v;
+        } else {
+            // Also `10.0.0.0/8,192.168.0.0/16`, the form people type into manifests.
+            let items: Vec<Value> = value
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(Value::from)
+                .collect();
+            return Value::from(items);
+        }
+    }
+    Value::from(value)
+}
+
+/// Keys whose value is a list.
+const LIST_KEYS: &[&str] = &["listen.allow"];
+
+/// Turns the environment into `(dotted.key, value)` overrides. Unknown variables with our
+/// prefix are reported as warnings by [`unknown_env_vars`].
+pub fn env_overrides(env: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (name, value) in env {
+        if let Some(rest) = name.strip_prefix("SMTP_OAUTH_RELAY__") {
+            let key = rest
+                .split("__")
+                .map(|s| s.to_ascii_lowercase())
+                .collect::<Vec<_>>()
+                .join(".");
+            out.push((key, value.clone()));
+        } else if let Some(short) = name.strip_prefix(ENV_PREFIX) {
+            if let Some((_, key)) = ENV_KEYS.iter().find(|(n, _)| *n == short) {
+                out.push(((*key).to_string(), value.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Variables that look like ours but are not read: probably typos.
+pub fn unknown_env_vars(env: &[(String, String)]) -> Vec<String> {
+    env.iter()
+        .filter_map(|(name, _)| {
+            let short = name.strip_prefix(ENV_PREFIX)?;
+            if short.starts_with('_')
+                || ENV_KEYS.iter().any(|(n, _)| *n == short)
+                || ENV_NOT_KEYS.contains(&short)
+            {
+                None
+            } else {
+                Some(name.clone())
+            }
+        })
+        .collect()
+}

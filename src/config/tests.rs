@@ -1,0 +1,307 @@
+//! Configuration: loading, environment mapping and validation.
+
+use super::validate::validate_listen;
+use super::*;
+use secrecy::ExposeSecret;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+const GOOD: &[(&str, &str)] = &[
+    (
+        "SMTP_OAUTH_RELAY_TENANT",
+        "11111111-2222-3333-4444-555555555555",
+    ),
+    (
+        "SMTP_OAUTH_RELAY_CLIENT_ID",
+        "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
+    ),
+    (
+        "SMTP_OAUTH_RELAY_CLIENT_SECRET",
+        "abc8Q~abcdefghijklmnopqrstuvwxyz01234567",
+    ),
+    ("SMTP_OAUTH_RELAY_MAILBOX", "relay@contoso.com"),
+];
+
+fn load(extra: &[(&str, &str)]) -> Result<ValidConfig, ConfigError> {
+    let mut pairs = GOOD.to_vec();
+    pairs.extend_from_slice(extra);
+    Config::load(None, &env(&pairs))?.validate()
+}
+
+#[test]
+fn env_alone_configures_a_single_account() {
+    let c = load(&[]).unwrap();
+    assert_eq!(c.account.mailbox, "relay@contoso.com");
+    assert_eq!(
+        c.account.credential.token_url,
+        "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/oauth2/v2.0/token"
+    );
+    assert_eq!(c.upstream.host, "smtp.office365.com");
+    assert_eq!(c.upstream.port, 587);
+    assert_eq!(c.listen.address, "127.0.0.1:2525".parse().unwrap());
+    assert_eq!(c.delivery.mode, DeliveryMode::Hybrid);
+}
+
+#[test]
+fn nested_env_and_numbers_override() {
+    let c = load(&[
+        ("SMTP_OAUTH_RELAY__LISTEN__MAX_RECIPIENTS", "7"),
+        ("SMTP_OAUTH_RELAY_MAX_CONNECTIONS", "2"),
+        ("SMTP_OAUTH_RELAY__LISTEN__RECEIVED_HEADER", "false"),
+    ])
+    .unwrap();
+    assert_eq!(c.listen.max_recipients, 7);
+    assert_eq!(c.upstream.max_connections, 2);
+    assert!(!c.listen.received_header);
+}
+
+#[test]
+fn all_digit_secret_stays_a_string() {
+    let c = load(&[("SMTP_OAUTH_RELAY_CLIENT_SECRET", "12345678901234567890")]).unwrap();
+    assert_eq!(
+        c.account.credential.client_secret.expose_secret(),
+        "12345678901234567890"
+    );
+}
+
+#[test]
+fn missing_values_name_the_key() {
+    let err = Config::load(None, &env(&GOOD[..3]))
+        .unwrap()
+        .validate()
+        .unwrap_err();
+    assert_eq!(err.key, "account.mailbox");
+    assert!(err.message.contains("SMTP_OAUTH_RELAY_MAILBOX"), "{err}");
+}
+
+#[test]
+fn secret_id_and_token_are_refused() {
+    let err = load(&[(
+        "SMTP_OAUTH_RELAY_CLIENT_SECRET",
+        "0f0f0f0f-1111-2222-3333-444455556666",
+    )])
+    .unwrap_err();
+    assert_eq!(err.key, "account.client_secret");
+    assert!(err.message.contains("secret ID"));
+    assert!(
+        !err.to_string().contains("0f0f0f0f-1111"),
+        "no echo of secret"
+    );
+    let err = load(&[("SMTP_OAUTH_RELAY_CLIENT_SECRET", "eyJ0eXAi.eyJhdWQi.c2ln")]).unwrap_err();
+    assert!(err.message.contains("access token"));
+}
+
+#[test]
+fn secret_file_is_read_and_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret");
+    std::fs::write(&path, "abc8Q~file-secret-value-000000000000000\n").unwrap();
+    let mut pairs = GOOD[..2].to_vec();
+    let p = path.to_string_lossy().to_string();
+    pairs.push(("SMTP_OAUTH_RELAY_CLIENT_SECRET_FILE", &p));
+    pairs.push(("SMTP_OAUTH_RELAY_MAILBOX", "relay@contoso.com"));
+    let c = Config::load(None, &env(&pairs))
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!(
+        c.account.credential.client_secret.expose_secret(),
+        "abc8Q~file-secret-value-000000000000000"
+    );
+}
+
+#[test]
+fn jama_style_authority_supplies_tenant() {
+    let mut pairs = GOOD[1..].to_vec();
+    pairs.push((
+        "SMTP_OAUTH_RELAY_AUTHORITY",
+        "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0",
+    ));
+    let c = Config::load(None, &env(&pairs))
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!(c.account.tenant, "11111111-2222-3333-4444-555555555555");
+    assert!(c
+        .account
+        .credential
+        .token_url
+        .ends_with("/11111111-2222-3333-4444-555555555555/oauth2/v2.0/token"));
+}
+
+#[test]
+fn authority_shapes() {
+    assert_eq!(
+        split_authority("https://login.microsoftonline.com/").unwrap(),
+        ("https://login.microsoftonline.com".into(), None)
+    );
+    assert_eq!(
+        split_authority("https://login.microsoftonline.com/contoso.com/oauth2/v2.0/token")
+            .unwrap()
+            .1
+            .as_deref(),
+        Some("contoso.com")
+    );
+    assert!(split_authority("http://login.microsoftonline.com").is_err());
+    assert!(split_authority("http://127.0.0.1:8443").is_ok());
+    assert!(split_authority("login.microsoftonline.com").is_err());
+}
+
+#[test]
+fn tenant_aliases_refused() {
+    let err = load(&[("SMTP_OAUTH_RELAY_TENANT", "common")]).unwrap_err();
+    assert_eq!(err.key, "account.tenant");
+    assert!(err.message.contains("AADSTS50194"));
+}
+
+#[test]
+fn graph_and_permission_scopes_refused() {
+    let err = load(&[(
+        "SMTP_OAUTH_RELAY_SCOPE",
+        "https://graph.microsoft.com/.default",
+    )])
+    .unwrap_err();
+    assert_eq!(err.key, "account.scope");
+    let err = load(&[(
+        "SMTP_OAUTH_RELAY_SCOPE",
+        "https://outlook.office365.com/SMTP.SendAsApp",
+    )])
+    .unwrap_err();
+    assert!(err.message.contains("AADSTS1002012"));
+}
+
+#[test]
+fn non_loopback_listen_needs_allow() {
+    let err = load(&[("SMTP_OAUTH_RELAY_LISTEN", "0.0.0.0:2525")]).unwrap_err();
+    assert_eq!(err.key, "listen.allow");
+    let c = Config::from_toml("[listen]\naddress = \"0.0.0.0:2525\"\nallow = [\"10.0.0.0/8\"]\n")
+        .unwrap();
+    assert_eq!(c.listen.allow.len(), 1);
+    let l = validate_listen(&c.listen).unwrap();
+    assert!(l.permits("10.1.2.3".parse().unwrap()));
+    assert!(l.permits("127.0.0.1".parse().unwrap()));
+    assert!(!l.permits("192.0.2.1".parse().unwrap()));
+}
+
+#[test]
+fn modes_and_governor_settings() {
+    assert_eq!(
+        load(&[]).unwrap().delivery.mode,
+        DeliveryMode::Hybrid,
+        "hybrid is the default"
+    );
+    for (text, mode) in [
+        ("queue", DeliveryMode::Queue),
+        ("direct", DeliveryMode::Direct),
+    ] {
+        assert_eq!(
+            load(&[("SMTP_OAUTH_RELAY_MODE", text)])
+                .unwrap()
+                .delivery
+                .mode,
+            mode
+        );
+    }
+    let err = load(&[("SMTP_OAUTH_RELAY_MODE", "fast")]).unwrap_err();
+    assert_eq!(err.key, "delivery.mode");
+    let c = load(&[
+        ("SMTP_OAUTH_RELAY_RATE_PER_MINUTE", "0"),
+        ("SMTP_OAUTH_RELAY_MAX_CONNECTIONS", "0"),
+    ])
+    .unwrap();
+    assert_eq!(c.governor.rate, 0);
+    assert_eq!(c.governor.max_connections, 0);
+    assert!(c.upstream.max_connections > 3, "0 means no pool limit");
+    assert_eq!(load(&[]).unwrap().governor.rate, 30);
+}
+
+#[test]
+fn unknown_keys_and_vars_are_reported() {
+    let err = Config::from_toml("[listen]\nadress = \"x\"\n").unwrap_err();
+    assert!(err.message.contains("adress"), "{err}");
+    let unknown = unknown_env_vars(&env(&[
+        ("SMTP_OAUTH_RELAY_TENNANT", "x"),
+        ("SMTP_OAUTH_RELAY_TENANT", "x"),
+        ("SMTP_OAUTH_RELAY_CONFIG", "x"),
+    ]));
+    assert_eq!(unknown, vec!["SMTP_OAUTH_RELAY_TENNANT".to_string()]);
+}
+
+#[test]
+fn debug_never_shows_the_secret() {
+    let c = load(&[]).unwrap();
+    let text = format!("{c:?}");
+    assert!(!text.contains("abcdefghijklmnop"), "{text}");
+}
+
+#[test]
+fn host_port_forms() {
+    assert_eq!(
+        split_host_port("smtp.office365.com:587"),
+        Some(("smtp.office365.com".into(), 587))
+    );
+    assert_eq!(split_host_port("[::1]:25"), Some(("::1".into(), 25)));
+    assert_eq!(split_host_port("smtp.office365.com"), None);
+    assert_eq!(split_host_port(":25"), None);
+}
+
+#[test]
+fn list_keys_from_the_environment() {
+    for value in [
+        r#"["10.0.0.0/8", "192.168.1.0/24"]"#,
+        "10.0.0.0/8, 192.168.1.0/24",
+    ] {
+        let env = vec![(
+            "SMTP_OAUTH_RELAY__LISTEN__ALLOW".to_string(),
+            value.to_string(),
+        )];
+        let c = Config::load(None, &env).unwrap_or_else(|e| panic!("{value}: {e}"));
+        let got: Vec<String> = c.listen.allow.iter().map(|n| n.to_string()).collect();
+        assert_eq!(got, ["10.0.0.0/8", "192.168.1.0/24"], "{value}");
+    }
+    let env = vec![(
+        "SMTP_OAUTH_RELAY__LISTEN__ALLOW".to_string(),
+        "not-a-network".to_string(),
+    )];
+    let e = Config::load(None, &env).unwrap_err();
+    assert!(e.key.starts_with("listen.allow"), "{e}");
+}
+
+/// Every key of the configuration is documented in the example file, in its section.
+#[test]
+fn example_config_documents_every_key() {
+    let text = include_str!("../../config/relay.example.toml");
+    let all = serde_json::to_value(Config::default()).unwrap();
+    for (section, keys) in all.as_object().unwrap() {
+        let header = format!("[{section}]");
+        let start = text
+            .find(&header)
+            .unwrap_or_else(|| panic!("{header} missing"));
+        let rest = &text[start + header.len()..];
+        let body = &rest[..rest.find("\n[").unwrap_or(rest.len())];
+        for key in keys.as_object().unwrap().keys() {
+            let documented = body.lines().any(|l| {
+                let l = l.trim_start_matches('#').trim_start();
+                l.starts_with(&format!("{key} ="))
+            });
+            assert!(
+                documented,
+                "`{section}.{key}` is not in config/relay.example.toml"
+            );
+        }
+    }
+    assert!(!serde_json::to_string(&Config::default())
+        .unwrap()
+        .contains("secret\":\"a"));
+}
+
+#[test]
+fn example_config_parses() {
+    let text = include_str!("../../config/relay.example.toml");
+    Config::from_toml(text).expect("config/relay.example.toml must parse");
+}
