@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ValidConfig;
-use crate::delivery::Delivery;
+use crate::delivery::{self, Delivery};
 use crate::governor::Governor;
 use crate::ops::admin;
 use crate::smtp::listener::{self, ListenerContext};
@@ -111,16 +111,16 @@ impl Relay {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let governor = Governor::new(config.governor.clone());
-        let delivery = Delivery::new(
-            config.delivery.clone(),
-            config.listen.hostname.clone(),
-            upstream.clone(),
+        let delivery = Delivery::new(delivery::Parts {
+            settings: config.delivery.clone(),
+            hostname: config.listen.hostname.clone(),
+            upstream: upstream.clone(),
             governor,
-            spool.clone(),
+            spool: spool.clone(),
             recovered,
-            tracker.clone(),
-            shutdown.clone(),
-        );
+            tracker: tracker.clone(),
+            shutdown: shutdown.clone(),
+        });
         let accepting = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let ctx = Arc::new(ListenerContext {
             listen: config.listen.clone(),

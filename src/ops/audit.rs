@@ -121,10 +121,11 @@ pub fn failed(f: &Facts, attempt: u32, class: &'static str, reason: &str) {
     );
 }
 
-/// The client was answered with a refusal (`reply`) and nothing was kept: Exchange refused the
-/// message for good (hybrid, direct), or a transient problem in direct mode, or a
-/// configuration hold. The client (the app) owns the message again.
-pub fn refused(f: &Facts, attempt: u32, class: &'static str, reply: &str) {
+/// The client was answered with a refusal and nothing was kept: Exchange refused the message
+/// for good (hybrid, direct), or a transient problem in direct mode, or a configuration hold.
+/// The client (the app) owns the message again. `reason` is Exchange's reply where there is
+/// one (as for `deferred` and `failed`), else the relay's reason.
+pub fn refused(f: &Facts, attempt: u32, class: &'static str, reason: &str) {
     metrics::counter!(
         "smtp_oauth_relay_messages_refused_total",
         "account" => f.account.to_string(),
@@ -138,7 +139,7 @@ pub fn refused(f: &Facts, attempt: u32, class: &'static str, reply: &str) {
         recipients = f.recipients,
         attempt,
         class,
-        reply
+        upstream_reply = reason
     );
 }
 

@@ -339,7 +339,7 @@ async fn receive_message(
         received_at,
         message_id: sniffer.message_id(),
     };
-    let reply = ctx
+    let outcome = ctx
         .delivery
         .submit(Spooled {
             envelope,
@@ -347,7 +347,7 @@ async fn receive_message(
             size,
         })
         .await;
-    Ok(DataEnd::Reply(reply))
+    Ok(DataEnd::Reply(super::outcome::reply(&outcome)))
 }
 
 /// Longest command line we accept, CRLF included (RFC 5321 §4.5.3.1.4 asks for 512; we allow

@@ -4,6 +4,7 @@
 //! the thin tokio driver around them.
 
 pub mod listener;
+pub mod outcome;
 pub mod reply;
 pub mod session;
 
