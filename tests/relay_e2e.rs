@@ -3,12 +3,11 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lettre::message::header::ContentType;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use support::{strip_received, RawClient, World, MAILBOX};
+use support::{http_get, metric, strip_received, RawClient, World, MAILBOX};
 use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
@@ -177,13 +176,31 @@ async fn smuggled_commands_stay_inside_one_message() {
     }
 }
 
+/// The cache is really cold when the clients come: the sandbox holds token requests
+/// unanswered, so the request the token keeper (`TokenCache::keep_warm`) makes at start-up
+/// stays in flight until all 200 clients have sent their whole message and wait for the
+/// relay's answer. Only then is it answered; one request must serve them all.
 #[tokio::test]
 async fn two_hundred_clients_on_a_cold_cache_make_one_token_request() {
-    let world = World::start().await;
-    let relay = Arc::new(world.relay(&[]).await);
+    const CLIENTS: usize = 200;
+    // A mailbox of its own: the metrics recorder is one per process (tests run side by side
+    // in it), and its `account` label then counts this test's messages only.
+    const COLD: &str = "cold-cache@sandbox.example";
+    let world = World::start_with(|o| o.mailboxes = vec![COLD.into()]).await;
+    world.sandbox.hold_token_requests();
+    let relay = world.relay(&[("SMTP_OAUTH_RELAY_MAILBOX", COLD)]).await;
+    assert_eq!(
+        world
+            .sandbox
+            .wait_for_token_requests(1, Duration::from_secs(10))
+            .await,
+        1,
+        "the token keeper asks for a token at start-up (held, unanswered)"
+    );
     let addr = relay.local_addr();
+    let admin = relay.admin_addr().expect("the admin port is on");
     let mut tasks = Vec::new();
-    for i in 0..200 {
+    for i in 0..CLIENTS {
         tasks.push(tokio::spawn(async move {
             let mut c = RawClient::connect(addr).await;
             c.cmd("EHLO load", 250).await;
@@ -192,19 +209,47 @@ async fn two_hundred_clients_on_a_cold_cache_make_one_token_request() {
                 .await
         }));
     }
+    // Every client is past its final dot: the relay counted all 200 bodies as received.
+    let series = format!("smtp_oauth_relay_messages_received_total{{account=\"{COLD}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, text) = http_get(admin, "/metrics").await;
+        let received = metric(&text, &series).unwrap_or(0.0);
+        if received >= CLIENTS as f64 {
+            assert_eq!(received, CLIENTS as f64, "{series}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {received} of {CLIENTS} messages received after 60 s (/metrics {status})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // No token exists yet, so none of them can have been answered: all 200 wait on the one
+    // request in flight, and they added no request of their own.
+    assert_eq!(world.sandbox.tokens_issued(), 0);
+    let answered = tasks.iter().filter(|t| t.is_finished()).count();
+    assert_eq!(answered, 0, "clients answered before any token existed");
+    assert_eq!(world.sandbox.token_requests(), 1);
+
+    world.sandbox.release_token_requests();
     for t in tasks {
-        let r = t.await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("every client is answered within 60 s of the token")
+            .unwrap();
         assert!(r.starts_with("250 "), "{r}");
     }
-    let stored = world.wait_for(200).await;
-    assert_eq!(stored.len(), 200);
+    let stored = world.wait_for(CLIENTS).await;
+    assert_eq!(stored.len(), CLIENTS);
     assert_eq!(
         world.sandbox.token_requests(),
         1,
         "single-flight token fetch"
     );
+    assert_eq!(world.sandbox.tokens_issued(), 1);
     assert!(
-        world.sandbox.peak_sessions(MAILBOX) <= 3,
+        world.sandbox.peak_sessions(COLD) <= 3,
         "never more than 3 upstream sessions"
     );
 }
