@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use lettre::message::header::ContentType;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use support::{http_get, metric, strip_received, RawClient, World, MAILBOX};
+use support::{
+    http_get, metric, strip_received, wait_until_read_by_peer, RawClient, World, MAILBOX,
+};
 use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
@@ -157,10 +159,25 @@ async fn smuggled_commands_stay_inside_one_message() {
         c.send(payload.as_bytes()).await;
         let r = c.reply().await;
         assert!(r.starts_with("250 "), "{separator:?}: {r}");
+        // Had the relay taken the smuggled lines for commands, the reply to QUIT would be
+        // one of theirs (250 or 354), not 221.
         c.cmd("QUIT", 221).await;
         let stored = world.wait_for(1).await;
-        // Give a smuggled second message time to show up if there were one.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // No time given to a smuggled second message: the relay's shutdown returns true only
+        // once every session and every delivery it started has ended, and nothing is left
+        // queued for later, so whatever it would ever deliver is in the store by now.
+        let spool = world.spool_dir();
+        assert!(
+            relay.shutdown(Duration::from_secs(5)).await,
+            "{separator:?}: the relay finished every session and delivery"
+        );
+        assert!(
+            std::fs::read_dir(spool.join("queue"))
+                .unwrap()
+                .next()
+                .is_none(),
+            "{separator:?}: nothing left queued for a later attempt"
+        );
         let stored_now = world.sandbox.messages();
         assert_eq!(stored_now.len(), 1, "{separator:?}: exactly one message");
         let text = String::from_utf8_lossy(&stored[0].data).into_owned();
@@ -172,7 +189,6 @@ async fn smuggled_commands_stay_inside_one_message() {
         );
         // Bare line ends were normalised to CRLF on the way.
         assert!(!text.replace("\r\n", "").contains(['\r', '\n']), "{text:?}");
-        relay.shutdown(Duration::from_secs(5)).await;
     }
 }
 
@@ -604,15 +620,16 @@ async fn inbound_limits_are_enforced() {
     assert!(r.starts_with("250 2.0.0 Reset"), "{r}");
     let r = c.reply().await;
     assert!(r.starts_with("250 2.0.0 OK"), "{r}");
-    // The same line trickled in pieces, with the next command in the last piece.
+    // The same line trickled in pieces, with the next command in the last piece. Each piece
+    // is read by the relay before the next is sent, so it really meets the line in pieces.
     c.send(format!("NOOP {}", "z".repeat(3000)).as_bytes())
         .await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    wait_until_read_by_peer(&c.stream, "the first 3000 bytes of the line").await;
     c.send("z".repeat(3000).as_bytes()).await;
     let r = c.reply().await;
     assert!(r.starts_with("500 5.5.6"), "{r}");
     c.send(b"zzz\r\nNO").await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    wait_until_read_by_peer(&c.stream, "the line's end and half a NOOP").await;
     c.send(b"OP\r\n").await;
     let r = c.reply().await;
     assert!(r.starts_with("250 2.0.0 OK"), "{r}");
@@ -681,15 +698,33 @@ async fn connection_limit_holds_extra_clients_until_a_slot_frees() {
         .relay(&[("SMTP_OAUTH_RELAY__LISTEN__MAX_CONNECTIONS", "2")])
         .await;
     let addr = relay.local_addr();
-    let a = RawClient::connect(addr).await;
-    let _b = RawClient::connect(addr).await;
-    // The third is accepted by the kernel but gets no greeting while two are connected.
+    let mut a = RawClient::connect(addr).await;
+    let mut b = RawClient::connect(addr).await;
+    // The third is accepted by the kernel but gets no greeting while two are connected: it
+    // waits in the listener's accept queue, the kernel's record that the relay never took it.
     let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    support::wait_until(
+        "the third client in the accept queue",
+        Duration::from_secs(10),
+        || support::accept_queue_len(addr) == 1,
+    )
+    .await;
+    // The relay answers the other two after the third was queued, so its listener had its
+    // turn meanwhile; the third is still not taken, and nothing was sent to it.
+    a.cmd("NOOP", 250).await;
+    b.cmd("NOOP", 250).await;
+    assert_eq!(
+        support::accept_queue_len(addr),
+        1,
+        "the relay took a third client beyond the limit of 2"
+    );
     let mut buf = [0u8; 64];
-    use tokio::io::AsyncReadExt;
-    let early = tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf)).await;
-    assert!(early.is_err(), "no greeting beyond the limit");
+    assert!(
+        matches!(third.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "no greeting beyond the limit"
+    );
     drop(a);
+    use tokio::io::AsyncReadExt;
     let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
         .await
         .expect("greeted once a slot frees")
