@@ -25,7 +25,7 @@ use child::{files_in, free_addr, RelayChild};
 use smtp_oauth_relay::app::Relay;
 use smtp_oauth_relay::sandbox::{SmtpOutage, TokenFailure};
 use smtp_oauth_relay::spool::{now_unix, Area, QueueEntry, Spool};
-use support::{relay_binary, RawClient, World, MAILBOX};
+use support::{relay_binary, wait_until, wait_until_read_by_peer, RawClient, World, MAILBOX};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -534,7 +534,15 @@ async fn upstream_down_then_recovers(mode: &str) {
     sb.set_token_failure(Some(TokenFailure::Unavailable503));
     sb.revoke_tokens();
     sb.set_smtp_outage(None);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The sessions phase B authenticated are gone (the relay's reaper closes them once idle
+    // for 1 s): the sandbox counts no authenticated session, so phase C must open new ones,
+    // and authenticating them needs a token.
+    wait_until(
+        "the relay to close the sessions phase B authenticated",
+        Duration::from_secs(20),
+        || sb.active_sessions(MAILBOX) == 0,
+    )
+    .await;
     let token_requests = sb.token_requests();
     send_all(addr, seqs(20..30)).await;
     wait_attempted(&spool, 30).await;
@@ -549,27 +557,28 @@ async fn upstream_down_then_recovers(mode: &str) {
     );
     assert!(list(&spool, Area::Failed).is_empty());
 
-    // Recovery: clear everything, wait out the token cache's memory of the failure (2 s),
-    // make every queued message due now.
+    // Recovery: clear everything, wait until the relay's token cache hands out a token again
+    // (it answers from its memory of the failure for 2 s, then asks the endpoint), make every
+    // queued message due now.
     sb.set_token_failure(None);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Err(e) = relay.tokens().get().await {
+        assert!(
+            Instant::now() < deadline,
+            "the relay still has no token 20 s after the endpoint recovered: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     wait_idle(&relay).await;
     assert_eq!(retry_all(&spool).len(), 30);
     let want: BTreeSet<String> = seqs(0..30).collect();
-    let mut counts = wait_for_seqs(&world, &want, Duration::from_secs(20)).await;
+    let counts = wait_for_seqs(&world, &want, Duration::from_secs(20)).await;
     if !want.iter().all(|s| counts.contains_key(s)) {
         // A second round for anything whose retry raced with an attempt.
         wait_idle(&relay).await;
         retry_all(&spool);
-        counts = wait_for_seqs(&world, &want, Duration::from_secs(20)).await;
+        wait_for_seqs(&world, &want, Duration::from_secs(20)).await;
     }
-    // Give a duplicate a moment to show up before judging.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let counts = {
-        let _ = counts;
-        sb.count_by_header(SEQ)
-    };
-    assert_exactly_once(&counts, &want);
     let drained = eventually(Duration::from_secs(10), || {
         relay.delivery().queued() == 0 && list(&spool, Area::Queue).is_empty()
     })
@@ -581,7 +590,10 @@ async fn upstream_down_then_recovers(mode: &str) {
         list(&spool, Area::Queue)
     );
     assert!(list(&spool, Area::Failed).is_empty());
+    // Judged only once a duplicate can no longer come: the queue is empty and the relay's
+    // shutdown returned true, i.e. every delivery it had started has ended.
     assert!(relay.shutdown(Duration::from_secs(10)).await);
+    assert_exactly_once(&sb.count_by_header(SEQ), &want);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -654,15 +666,16 @@ async fn hybrid_permanent_is_passed_through_and_transient_is_queued() {
     retry_all(&spool);
     let want: BTreeSet<String> = ["temp".to_string()].into();
     wait_for_seqs(&world, &want, Duration::from_secs(20)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_exactly_once(&world.sandbox.count_by_header(SEQ), &want);
     assert!(
         eventually(Duration::from_secs(10), || relay.delivery().queued() == 0
             && list(&spool, Area::Queue).is_empty())
         .await
     );
     c.cmd("QUIT", 221).await;
+    // Judged only once a duplicate can no longer come: the queue is empty and the relay's
+    // shutdown returned true, i.e. every delivery it had started has ended.
     assert!(relay.shutdown(Duration::from_secs(10)).await);
+    assert_exactly_once(&world.sandbox.count_by_header(SEQ), &want);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -840,8 +853,26 @@ async fn quota_is_deferred_not_bounced() {
     assert_eq!(world.sandbox.message_times(MAILBOX).len(), mails_before);
     assert_eq!(relay.delivery().queued(), 2);
 
-    // And it stays that way: nothing bounced, nothing sent.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // And it stays that way: nothing bounced, nothing sent. The delivery loop is where every
+    // later attempt and every bounce starts; instead of giving it time, make it go over the
+    // queue: each `control/rescan` it consumes starts a pass, so once the second request is
+    // consumed, a whole pass has run since the deferral. Then look at what it did.
+    let rescan = spool.root().join("control").join("rescan");
+    for pass in 1..=2 {
+        spool.request_rescan().expect("request a rescan");
+        wait_until(
+            &format!("the delivery loop to start pass {pass} over the queue"),
+            Duration::from_secs(10),
+            || !rescan.exists(),
+        )
+        .await;
+    }
+    assert_eq!(
+        world.sandbox.message_times(MAILBOX).len(),
+        mails_before,
+        "no MAIL FROM while the mailbox is held"
+    );
+    assert_eq!(relay.delivery().governor().snapshot().in_flight, 0);
     assert_eq!(relay.delivery().queued(), 2);
     assert_eq!(list(&spool, Area::Queue).len(), 2);
     assert!(list(&spool, Area::Failed).is_empty());
@@ -922,9 +953,10 @@ async fn max_age_moves_to_failed_with_notice() {
         1,
         "only the original failed"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(world.sandbox.message_count(), 1, "exactly one notice");
+    // Counted only once a second notice can no longer come: the queue is empty and the
+    // relay's shutdown returned true, i.e. every delivery it had started has ended.
     assert!(relay.shutdown(Duration::from_secs(10)).await);
+    assert_eq!(world.sandbox.message_count(), 1, "exactly one notice");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -949,14 +981,15 @@ async fn restart_recovers_queued_messages() {
     retry_all(&spool);
     let want: BTreeSet<String> = seqs(0..5).collect();
     wait_for_seqs(&world, &want, Duration::from_secs(20)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_exactly_once(&world.sandbox.count_by_header(SEQ), &want);
     assert!(
         eventually(Duration::from_secs(10), || relay.delivery().queued() == 0
             && list(&spool, Area::Queue).is_empty())
         .await
     );
+    // Judged only once a duplicate can no longer come: the queue is empty and the relay's
+    // shutdown returned true, i.e. every delivery it had started has ended.
     assert!(relay.shutdown(Duration::from_secs(10)).await);
+    assert_exactly_once(&world.sandbox.count_by_header(SEQ), &want);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -986,8 +1019,8 @@ async fn shutdown_round(round: usize) {
     busy.send(head).await;
     let mut idle = RawClient::connect(addr).await;
     idle.cmd("EHLO idle.example", 250).await;
-    // Let the relay read the first half before the shutdown starts.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The relay has read the first half before the shutdown starts.
+    wait_until_read_by_peer(&busy.stream, "the first half of the body").await;
 
     let t0 = Instant::now();
     let stop = tokio::spawn(relay.shutdown(GRACE));
@@ -1006,8 +1039,9 @@ async fn shutdown_round(round: usize) {
         .expect("the DATA reply within 10 s");
     if !reply.starts_with("250 ") {
         // Say where the message went, for the report: a lost reply on a delivered or
-        // committed message makes the app send it again (a duplicate).
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // committed message makes the app send it again (a duplicate). Looked at once the
+        // shutdown has ended, so a delivery still running has finished.
+        let _ = tokio::time::timeout(GRACE + Duration::from_secs(5), stop).await;
         let delivered = world.sandbox.count_by_header(SEQ).get(&seq).copied();
         let queued = std::fs::read_dir(world.spool_dir().join("queue"))
             .map(|d| d.count())

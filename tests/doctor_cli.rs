@@ -387,8 +387,16 @@ async fn send_test_delivers_one_message() {
         data.contains("\r\nSubject: smtp-oauth-relay test message\r\n"),
         "stored message:\n{data}"
     );
-    // Give a stray second message a moment to show up.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // No moment given to a stray second message: `send-test` has exited, so it opens no
+    // more connections, and once every SMTP connection the sandbox accepted has ended,
+    // nothing more of its visit can be stored. (A message needs the sandbox's greeting and
+    // TLS handshake, so its connection was accepted while `send-test` still ran.)
+    support::wait_until(
+        "the sandbox to end every SMTP session of send-test",
+        Duration::from_secs(10),
+        || world.sandbox.smtp_connections_open() == 0,
+    )
+    .await;
     assert_eq!(world.sandbox.message_count(), 1);
 }
 

@@ -35,7 +35,9 @@ use std::time::{Duration, Instant};
 
 use child::{files_in, free_addr, RelayChild};
 use smtp_oauth_relay::spool::{Area, Spool};
-use support::{relay_binary, strip_received, RawClient, World};
+use support::{
+    relay_binary, strip_received, wait_until, wait_until_read_by_peer, RawClient, World,
+};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
@@ -244,9 +246,19 @@ async fn sigterm_drains_data_in_progress_and_deliveries_in_flight() {
     // drain, one whose wait ends during the drain (committed to the queue then).
     let waiting_short = send_in_task(addr, "slow-2", "slow-2@example.com", message("slow-2"));
     let waiting_long = send_in_task(addr, "slow-5", "slow-5@example.com", message("slow-5"));
-    // Let the final dots and the first half of the bodies reach the relay (and the slow
-    // messages reach the sandbox, which then sits on them).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The relay has read the first part of both bodies in DATA...
+    wait_until_read_by_peer(&in_data.stream, "in-data: the first 60% of the body").await;
+    wait_until_read_by_peer(&abandoned.stream, "abandoned: the first half of the body").await;
+    // ...and the slow-2 and slow-5 messages have reached the sandbox's end of data, where it
+    // sits on them: four bodies in all with the two slow-7 ones (the two in DATA are not
+    // complete, so they cannot be among them).
+    wait_until(
+        "slow-2 and slow-5 to reach the sandbox",
+        Duration::from_secs(10),
+        || world.sandbox.bodies_received() >= 4,
+    )
+    .await;
+    assert_eq!(world.sandbox.bodies_received(), 4);
 
     // Preconditions: deliveries really are in flight.
     assert_eq!(
@@ -509,7 +521,11 @@ async fn second_signal_exits_at_once_and_keeps_the_queue() {
     let id = reply_id(&reply);
 
     relay.sigterm().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The first signal was handled (the relay logs that it drains) before the second is sent:
+    // two signals that arrive before the relay looks are one signal to it.
+    relay
+        .wait_stderr("shutting down: no new connections", Duration::from_secs(10))
+        .await;
     let t = Instant::now();
     relay.sigterm().await;
     let status = relay.wait_exit(Duration::from_secs(5)).await;

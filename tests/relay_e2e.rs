@@ -3,12 +3,13 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lettre::message::header::ContentType;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use support::{strip_received, RawClient, World, MAILBOX};
+use support::{
+    http_get, metric, strip_received, wait_until_read_by_peer, RawClient, World, MAILBOX,
+};
 use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
@@ -158,10 +159,25 @@ async fn smuggled_commands_stay_inside_one_message() {
         c.send(payload.as_bytes()).await;
         let r = c.reply().await;
         assert!(r.starts_with("250 "), "{separator:?}: {r}");
+        // Had the relay taken the smuggled lines for commands, the reply to QUIT would be
+        // one of theirs (250 or 354), not 221.
         c.cmd("QUIT", 221).await;
         let stored = world.wait_for(1).await;
-        // Give a smuggled second message time to show up if there were one.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // No time given to a smuggled second message: the relay's shutdown returns true only
+        // once every session and every delivery it started has ended, and nothing is left
+        // queued for later, so whatever it would ever deliver is in the store by now.
+        let spool = world.spool_dir();
+        assert!(
+            relay.shutdown(Duration::from_secs(5)).await,
+            "{separator:?}: the relay finished every session and delivery"
+        );
+        assert!(
+            std::fs::read_dir(spool.join("queue"))
+                .unwrap()
+                .next()
+                .is_none(),
+            "{separator:?}: nothing left queued for a later attempt"
+        );
         let stored_now = world.sandbox.messages();
         assert_eq!(stored_now.len(), 1, "{separator:?}: exactly one message");
         let text = String::from_utf8_lossy(&stored[0].data).into_owned();
@@ -173,17 +189,34 @@ async fn smuggled_commands_stay_inside_one_message() {
         );
         // Bare line ends were normalised to CRLF on the way.
         assert!(!text.replace("\r\n", "").contains(['\r', '\n']), "{text:?}");
-        relay.shutdown(Duration::from_secs(5)).await;
     }
 }
 
+/// The cache is really cold when the clients come: the sandbox holds token requests
+/// unanswered, so the request the token keeper (`TokenCache::keep_warm`) makes at start-up
+/// stays in flight until all 200 clients have sent their whole message and wait for the
+/// relay's answer. Only then is it answered; one request must serve them all.
 #[tokio::test]
 async fn two_hundred_clients_on_a_cold_cache_make_one_token_request() {
-    let world = World::start().await;
-    let relay = Arc::new(world.relay(&[]).await);
+    const CLIENTS: usize = 200;
+    // A mailbox of its own: the metrics recorder is one per process (tests run side by side
+    // in it), and its `account` label then counts this test's messages only.
+    const COLD: &str = "cold-cache@sandbox.example";
+    let world = World::start_with(|o| o.mailboxes = vec![COLD.into()]).await;
+    world.sandbox.hold_token_requests();
+    let relay = world.relay(&[("SMTP_OAUTH_RELAY_MAILBOX", COLD)]).await;
+    assert_eq!(
+        world
+            .sandbox
+            .wait_for_token_requests(1, Duration::from_secs(10))
+            .await,
+        1,
+        "the token keeper asks for a token at start-up (held, unanswered)"
+    );
     let addr = relay.local_addr();
+    let admin = relay.admin_addr().expect("the admin port is on");
     let mut tasks = Vec::new();
-    for i in 0..200 {
+    for i in 0..CLIENTS {
         tasks.push(tokio::spawn(async move {
             let mut c = RawClient::connect(addr).await;
             c.cmd("EHLO load", 250).await;
@@ -192,19 +225,47 @@ async fn two_hundred_clients_on_a_cold_cache_make_one_token_request() {
                 .await
         }));
     }
+    // Every client is past its final dot: the relay counted all 200 bodies as received.
+    let series = format!("smtp_oauth_relay_messages_received_total{{account=\"{COLD}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, text) = http_get(admin, "/metrics").await;
+        let received = metric(&text, &series).unwrap_or(0.0);
+        if received >= CLIENTS as f64 {
+            assert_eq!(received, CLIENTS as f64, "{series}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {received} of {CLIENTS} messages received after 60 s (/metrics {status})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // No token exists yet, so none of them can have been answered: all 200 wait on the one
+    // request in flight, and they added no request of their own.
+    assert_eq!(world.sandbox.tokens_issued(), 0);
+    let answered = tasks.iter().filter(|t| t.is_finished()).count();
+    assert_eq!(answered, 0, "clients answered before any token existed");
+    assert_eq!(world.sandbox.token_requests(), 1);
+
+    world.sandbox.release_token_requests();
     for t in tasks {
-        let r = t.await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("every client is answered within 60 s of the token")
+            .unwrap();
         assert!(r.starts_with("250 "), "{r}");
     }
-    let stored = world.wait_for(200).await;
-    assert_eq!(stored.len(), 200);
+    let stored = world.wait_for(CLIENTS).await;
+    assert_eq!(stored.len(), CLIENTS);
     assert_eq!(
         world.sandbox.token_requests(),
         1,
         "single-flight token fetch"
     );
+    assert_eq!(world.sandbox.tokens_issued(), 1);
     assert!(
-        world.sandbox.peak_sessions(MAILBOX) <= 3,
+        world.sandbox.peak_sessions(COLD) <= 3,
         "never more than 3 upstream sessions"
     );
 }
@@ -559,15 +620,16 @@ async fn inbound_limits_are_enforced() {
     assert!(r.starts_with("250 2.0.0 Reset"), "{r}");
     let r = c.reply().await;
     assert!(r.starts_with("250 2.0.0 OK"), "{r}");
-    // The same line trickled in pieces, with the next command in the last piece.
+    // The same line trickled in pieces, with the next command in the last piece. Each piece
+    // is read by the relay before the next is sent, so it really meets the line in pieces.
     c.send(format!("NOOP {}", "z".repeat(3000)).as_bytes())
         .await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    wait_until_read_by_peer(&c.stream, "the first 3000 bytes of the line").await;
     c.send("z".repeat(3000).as_bytes()).await;
     let r = c.reply().await;
     assert!(r.starts_with("500 5.5.6"), "{r}");
     c.send(b"zzz\r\nNO").await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    wait_until_read_by_peer(&c.stream, "the line's end and half a NOOP").await;
     c.send(b"OP\r\n").await;
     let r = c.reply().await;
     assert!(r.starts_with("250 2.0.0 OK"), "{r}");
@@ -636,15 +698,33 @@ async fn connection_limit_holds_extra_clients_until_a_slot_frees() {
         .relay(&[("SMTP_OAUTH_RELAY__LISTEN__MAX_CONNECTIONS", "2")])
         .await;
     let addr = relay.local_addr();
-    let a = RawClient::connect(addr).await;
-    let _b = RawClient::connect(addr).await;
-    // The third is accepted by the kernel but gets no greeting while two are connected.
+    let mut a = RawClient::connect(addr).await;
+    let mut b = RawClient::connect(addr).await;
+    // The third is accepted by the kernel but gets no greeting while two are connected: it
+    // waits in the listener's accept queue, the kernel's record that the relay never took it.
     let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    support::wait_until(
+        "the third client in the accept queue",
+        Duration::from_secs(10),
+        || support::accept_queue_len(addr) == 1,
+    )
+    .await;
+    // The relay answers the other two after the third was queued, so its listener had its
+    // turn meanwhile; the third is still not taken, and nothing was sent to it.
+    a.cmd("NOOP", 250).await;
+    b.cmd("NOOP", 250).await;
+    assert_eq!(
+        support::accept_queue_len(addr),
+        1,
+        "the relay took a third client beyond the limit of 2"
+    );
     let mut buf = [0u8; 64];
-    use tokio::io::AsyncReadExt;
-    let early = tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf)).await;
-    assert!(early.is_err(), "no greeting beyond the limit");
+    assert!(
+        matches!(third.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "no greeting beyond the limit"
+    );
     drop(a);
+    use tokio::io::AsyncReadExt;
     let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
         .await
         .expect("greeted once a slot frees")

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+use smtp_oauth_relay::app::Relay;
 use smtp_oauth_relay::sandbox::StoredMessage;
 use support::{strip_received, World};
 
@@ -97,11 +98,21 @@ async fn run_tool(program: &str, args: &[&str], cwd: &Path) -> ToolOutput {
     }
 }
 
-/// Waits for `n` stored messages, then a little longer to make sure no more arrive.
-async fn exactly(world: &World, n: usize) -> Vec<StoredMessage> {
+/// Waits for `n` stored messages, then proves no more will come: `relay.shutdown` returns
+/// true only once every session and every delivery the relay started has ended, and an empty
+/// `queue/` means nothing waits for a later attempt; so whatever the tool's visit makes the
+/// relay deliver is in the store by then. (Call it after the tool exited.)
+async fn exactly(world: &World, relay: Relay, n: usize) -> Vec<StoredMessage> {
     let got = world.wait_for(n).await;
     assert_eq!(got.len(), n, "expected {n} stored message(s)");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        relay.shutdown(Duration::from_secs(10)).await,
+        "the relay finishes every session and delivery"
+    );
+    let queued = std::fs::read_dir(world.spool_dir().join("queue"))
+        .expect("queue/")
+        .count();
+    assert_eq!(queued, 0, "nothing left queued for a later attempt");
     let got = world.sandbox.messages();
     assert_eq!(got.len(), n, "expected exactly {n} stored message(s)");
     got
@@ -169,7 +180,7 @@ async fn python_smtplib_send_message() {
     out.assert_success("python3 smtplib");
 
     let expected = decode_base64(&out.stdout);
-    let stored = exactly(&world, 1).await;
+    let stored = exactly(&world, relay, 1).await;
     let m = &stored[0];
     assert_eq!(
         m.envelope.rcpt_to,
@@ -241,7 +252,7 @@ last line\r\n";
     out.assert_success("curl");
     assert_eq!(out.status.code(), Some(0));
 
-    let stored = exactly(&world, 1).await;
+    let stored = exactly(&world, relay, 1).await;
     let m = &stored[0];
     assert_eq!(m.envelope.rcpt_to, vec!["x@y"]);
     assert_eq!(
@@ -278,7 +289,7 @@ async fn swaks_default_message() {
     .await;
     out.assert_success("swaks");
 
-    let stored = exactly(&world, 1).await;
+    let stored = exactly(&world, relay, 1).await;
     let m = &stored[0];
     assert_eq!(m.envelope.rcpt_to, vec!["someone@example.com"]);
     let data = strip_received(&m.data);
@@ -325,7 +336,7 @@ async fn swaks_body_with_leading_dots() {
     .await;
     out.assert_success("swaks --body");
 
-    let stored = exactly(&world, 1).await;
+    let stored = exactly(&world, relay, 1).await;
     let m = &stored[0];
     assert_eq!(
         m.envelope.rcpt_to,

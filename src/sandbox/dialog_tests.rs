@@ -1130,3 +1130,132 @@ async fn wait_for_messages_returns_when_enough_arrived() {
     assert_eq!(got.len(), 1);
     fx.sandbox.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Events for tests that wait instead of sleeping
+
+/// Polls `cond` every 10 ms; panics naming `what` after 10 s.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn held_token_requests_are_counted_at_once_and_answered_on_release() {
+    let fx = start().await;
+    fx.sandbox.hold_token_requests();
+    {
+        let request = token(&fx);
+        tokio::pin!(request);
+        let counted = tokio::select! {
+            t = &mut request => panic!("a held request was answered: {t}"),
+            n = fx.sandbox.wait_for_token_requests(1, Duration::from_secs(10)) => n,
+        };
+        assert_eq!(counted, 1);
+        assert_eq!(fx.sandbox.tokens_issued(), 0, "held: nothing issued");
+        fx.sandbox.release_token_requests();
+        let t = tokio::time::timeout(Duration::from_secs(10), request)
+            .await
+            .expect("answered once released");
+        assert!(t.starts_with("eyJ"), "{t}");
+    }
+    assert_eq!(fx.sandbox.tokens_issued(), 1);
+    // Released for good: the next request is answered as usual.
+    token(&fx).await;
+    assert_eq!(fx.sandbox.token_requests(), 2);
+    // Not enough requests: returns the count when the time is up.
+    assert_eq!(
+        fx.sandbox
+            .wait_for_token_requests(3, Duration::from_millis(50))
+            .await,
+        2
+    );
+
+    // A request still held at shutdown does not keep the sandbox from stopping.
+    fx.sandbox.hold_token_requests();
+    let (addr, client) = (fx.sandbox.token_addr(), fx.client.clone());
+    let tenant = fx.sandbox.options().tenant.clone();
+    let body = token_form(&fx, "https://outlook.office365.com/.default");
+    let held = tokio::spawn(async move {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(client)
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let request = format!(
+            "POST /{tenant}/oauth2/v2.0/token HTTP/1.1\r\nHost: x\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        let _ = tls.read_to_end(&mut raw).await;
+        raw
+    });
+    assert_eq!(
+        fx.sandbox
+            .wait_for_token_requests(3, Duration::from_secs(10))
+            .await,
+        3
+    );
+    tokio::time::timeout(Duration::from_secs(5), fx.sandbox.shutdown())
+        .await
+        .expect("shutdown does not wait for a held token request");
+    let raw = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("the held request's connection ends")
+        .unwrap();
+    assert!(
+        raw.is_empty(),
+        "no answer: {}",
+        String::from_utf8_lossy(&raw)
+    );
+}
+
+#[tokio::test]
+async fn bodies_sessions_and_connections_are_counted() {
+    let fx = start().await;
+    let token = token(&fx).await;
+    let sb = &fx.sandbox;
+    assert_eq!(sb.smtp_connections_open(), 0);
+    let (mut plain, _) = Client::connect(&fx).await;
+    until("one open connection", || sb.smtp_connections_open() == 1).await;
+    assert_eq!(sb.active_sessions(MAILBOX), 0, "not authenticated yet");
+    let mut c = authed_session(&fx, &token).await;
+    assert_eq!(sb.smtp_connections_open(), 2);
+    assert_eq!(sb.active_sessions("RELAY@sandbox.example"), 1);
+
+    // A refused body is counted too: the count is of ends of data, whatever the reply.
+    let reply = send_message(&mut c, &["data-perm@x.example"], b"x\r\n").await;
+    assert!(reply.starts_with("554 "), "{reply}");
+    assert_eq!(sb.bodies_received(), 1);
+    assert_eq!(sb.message_count(), 0);
+
+    // A slow message is counted while the sandbox still sits on it.
+    c.cmd(&format!("MAIL FROM:<{MAILBOX}>")).await;
+    c.cmd("RCPT TO:<slow-600@x.example>").await;
+    assert!(c.cmd("DATA").await.starts_with("354 "));
+    c.send(b"hi\r\n.\r\n").await;
+    until("the slow body to be counted", || sb.bodies_received() == 2).await;
+    assert_eq!(sb.message_count(), 0, "600 s from being stored");
+
+    assert_eq!(
+        plain.cmd("QUIT").await,
+        "221 2.0.0 Service closing transmission channel"
+    );
+    drop(plain);
+    until("the plain connection to end", || {
+        sb.smtp_connections_open() == 1
+    })
+    .await;
+    assert_eq!(sb.active_sessions(MAILBOX), 1);
+    fx.sandbox.shutdown().await;
+}

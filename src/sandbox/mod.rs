@@ -18,8 +18,11 @@
 //! (`set_rate_limit`, `set_concurrency_limit`), outages (`set_smtp_outage`,
 //! `set_token_failure`), the submission quota (`set_quota_exceeded`), and read back
 //! `message_times`, `rate_violations`, `concurrency_rejections`, `message_count` and
-//! `count_by_header` (duplicates). The store is plain files, so a sandbox started again on
-//! the same `store_dir` (and, if wanted, the same `smtp_port`) sees every earlier message.
+//! `count_by_header` (duplicates). Tests that wait for an event instead of sleeping can hold
+//! token requests unanswered (`hold_token_requests`, `wait_for_token_requests`) and read
+//! `bodies_received`, `active_sessions` and `smtp_connections_open`. The store is plain
+//! files, so a sandbox started again on the same `store_dir` (and, if wanted, the same
+//! `smtp_port`) sees every earlier message.
 //! Everything binds loopback only: the sandbox accepts any client and stores mail on disk,
 //! so it must never be reachable from elsewhere. Tokens and secrets are never logged.
 
@@ -172,6 +175,9 @@ pub(crate) struct Counters {
     pub rate_violations: AtomicU64,
     /// `MAIL` refused with `432 4.3.2` by the concurrency limit.
     pub concurrency_rejections: AtomicU64,
+    /// Message bodies whose end (the final dot, or `BDAT ... LAST`) was read, whatever the
+    /// reply: counted before any end-of-data script (such as `slow-<N>`) runs.
+    pub bodies_received: AtomicU64,
 }
 
 /// The per-mailbox message rate limit and every accepted `MAIL FROM`'s time.
@@ -234,9 +240,31 @@ pub(crate) struct Shared {
     /// The concurrency limit in force (starts as `max_connections_per_mailbox`).
     pub max_connections: AtomicU32,
     pacing: Mutex<Pacing>,
+    /// True while token requests are held unanswered (`Sandbox::hold_token_requests`).
+    pub token_hold: tokio::sync::watch::Sender<bool>,
+    /// Woken whenever a token request is counted (`Sandbox::wait_for_token_requests`).
+    pub token_arrived: Notify,
+    /// SMTP connections whose task is running (accepted and not yet finished).
+    smtp_open: AtomicU64,
 }
 
 impl Shared {
+    /// Counts one token request (a POST to the token path) and wakes whoever waits for it.
+    pub(crate) fn count_token_request(&self) {
+        self.counters.token_requests.fetch_add(1, Ordering::Relaxed);
+        self.token_arrived.notify_waiters();
+    }
+
+    /// Returns at once unless token requests are held; then waits for the release. `false`
+    /// if the sandbox shuts down meanwhile.
+    pub(crate) async fn token_request_released(&self) -> bool {
+        let mut held = self.token_hold.subscribe();
+        tokio::select! {
+            _ = self.cancel.cancelled() => false,
+            released = held.wait_for(|h| !*h) => released.is_ok(),
+        }
+    }
+
     /// Records that a session authenticated as `mailbox`; the guard undoes it when dropped.
     pub(crate) fn session_authenticated(self: &Arc<Self>, mailbox: &str) -> SessionGuard {
         let key = mailbox.to_ascii_lowercase();
@@ -366,6 +394,9 @@ impl Sandbox {
             quota_exceeded: AtomicBool::new(false),
             max_connections,
             pacing: Mutex::new(pacing),
+            token_hold: tokio::sync::watch::Sender::new(false),
+            token_arrived: Notify::new(),
+            smtp_open: AtomicU64::new(0),
         });
         let tracker = TaskTracker::new();
 
@@ -374,7 +405,16 @@ impl Sandbox {
             smtp_listener.clone(),
             shared.clone(),
             tracker.clone(),
-            move |shared, tcp, peer| smtp::serve(shared, smtp_acceptor.clone(), tcp, peer),
+            move |shared, tcp, peer| {
+                // Counted here, before the task is spawned, so a connection is never
+                // accepted without being counted as open.
+                let open = OpenConnection::new(shared.clone());
+                let session = smtp::serve(shared, smtp_acceptor.clone(), tcp, peer);
+                async move {
+                    session.await;
+                    drop(open);
+                }
+            },
         ));
         let https_acceptor = tokio_rustls::TlsAcceptor::from(tls.https);
         tracker.spawn(accept_loop(
@@ -453,6 +493,56 @@ impl Sandbox {
     pub fn peak_sessions(&self, mailbox: &str) -> u32 {
         let map = self.shared.sessions.locked();
         map.get(&mailbox.to_ascii_lowercase()).map_or(0, |s| s.peak)
+    }
+
+    /// From now on, token requests are received and counted (`token_requests`) but not
+    /// answered until [`release_token_requests`](Self::release_token_requests); then each is
+    /// answered as if it had just arrived (a failure set meanwhile applies). For tests that
+    /// need a request in flight, e.g. a token cache that stays cold until the test says so.
+    pub fn hold_token_requests(&self) {
+        self.shared.token_hold.send_replace(true);
+    }
+
+    /// Answers the held token requests and stops holding new ones.
+    pub fn release_token_requests(&self) {
+        self.shared.token_hold.send_replace(false);
+    }
+
+    /// Waits until at least `n` token requests were counted (held ones included) or
+    /// `timeout` passes; returns the count then. Woken by each request, no polling.
+    pub async fn wait_for_token_requests(&self, n: u64, timeout: Duration) -> u64 {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let arrived = self.shared.token_arrived.notified();
+            tokio::pin!(arrived);
+            // Registered before the count is read, so no request is missed.
+            arrived.as_mut().enable();
+            let count = self.token_requests();
+            if count >= n {
+                return count;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return self.token_requests();
+            }
+        }
+    }
+
+    /// Message bodies the SMTP side read to their end (final dot or `BDAT ... LAST`),
+    /// whatever it answered; counted before an end-of-data script runs, so a `slow-<N>`
+    /// message is counted while the sandbox still sits on it.
+    pub fn bodies_received(&self) -> u64 {
+        self.shared.counters.bodies_received.load(Ordering::Relaxed)
+    }
+
+    /// Authenticated SMTP sessions of `mailbox` (case-insensitive) open now.
+    pub fn active_sessions(&self, mailbox: &str) -> u32 {
+        self.shared.active_sessions(mailbox)
+    }
+
+    /// SMTP connections accepted and still being served (authenticated or not). Zero after
+    /// a client has gone means every session it had is over: nothing more of it gets stored.
+    pub fn smtp_connections_open(&self) -> u64 {
+        self.shared.smtp_open.load(Ordering::Relaxed)
     }
 
     /// Every token issued so far becomes invalid: the next AUTH with one gets `535 5.7.3`.
@@ -569,6 +659,22 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         self.shared.cancel.cancel();
+    }
+}
+
+/// One SMTP connection counted in `Shared::smtp_open` for as long as it lives.
+struct OpenConnection(Arc<Shared>);
+
+impl OpenConnection {
+    fn new(shared: Arc<Shared>) -> Self {
+        shared.smtp_open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(shared)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.smtp_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

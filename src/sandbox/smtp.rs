@@ -758,6 +758,10 @@ impl Session {
         txn: Txn,
         wire: &mut Wire<S>,
     ) -> io::Result<Flow> {
+        self.shared
+            .counters
+            .bodies_received
+            .fetch_add(1, Ordering::Relaxed);
         if txn.too_big {
             wire.reply("552 5.3.4 Message size exceeds fixed maximum message size");
             return Ok(Flow::Continue);

@@ -614,15 +614,17 @@ fn encode_response(resp: &Response, close: bool) -> Vec<u8> {
     out.into_bytes()
 }
 
-/// Answers one request. Counts every POST.
-fn handle(shared: &Shared, head: &Head, body: &[u8]) -> Response {
+/// Answers one request. Counts every POST to the token path; while token requests are held
+/// (`Sandbox::hold_token_requests`), such a POST is counted on arrival and answered on
+/// release. `None`: the sandbox shut down while the request was held.
+async fn handle(shared: &Shared, head: &Head, body: &[u8]) -> Option<Response> {
     let correlation = head.header("client-request-id");
     let Some(tenant) = token_path_tenant(&head.target) else {
-        return Response {
+        return Some(Response {
             status: 404,
             body: json!({"error": "not_found"}).to_string(),
             retry_after: false,
-        };
+        });
     };
     if head.method != "POST" {
         let err = EntraError::new(
@@ -631,13 +633,18 @@ fn handle(shared: &Shared, head: &Head, body: &[u8]) -> Response {
             900561,
             "The endpoint only accepts POST requests. Received a GET request.".to_string(),
         );
-        return error_response(&err, correlation);
+        return Some(error_response(&err, correlation));
     }
-    shared
-        .counters
-        .token_requests
-        .fetch_add(1, Ordering::Relaxed);
+    shared.count_token_request();
+    if !shared.token_request_released().await {
+        return None;
+    }
+    Some(answer(shared, tenant, head, body))
+}
 
+/// Answers a counted token request.
+fn answer(shared: &Shared, tenant: &str, head: &Head, body: &[u8]) -> Response {
+    let correlation = head.header("client-request-id");
     let failure = *shared.token_failure.locked();
     match failure {
         Some(TokenFailure::Unavailable503) => {
@@ -810,7 +817,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpSt
                 },
                 true,
             ),
-            Ok(Ok(Some((head, body)))) => (handle(&shared, &head, &body), head.wants_close()),
+            Ok(Ok(Some((head, body)))) => match handle(&shared, &head, &body).await {
+                Some(resp) => (resp, head.wants_close()),
+                None => return,
+            },
         };
         if write_response(&mut stream, &resp, close).await.is_err() || close {
             return;

@@ -102,6 +102,30 @@ impl RelayChild {
         }
     }
 
+    /// Polls stderr every 20 ms until it contains `needle`; panics (with the tail of stderr)
+    /// if the child exits first or `limit` passes.
+    pub async fn wait_stderr(&mut self, needle: &str, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.stderr().contains(needle) {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!(
+                    "relay exited ({status}) before logging {needle:?}; stderr:\n{}",
+                    self.stderr_tail(40)
+                );
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "relay did not log {needle:?} within {limit:?}; stderr:\n{}",
+                    self.stderr_tail(40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGKILL, then reap. The process gets no chance to clean up.
     pub fn sigkill(&mut self) -> ExitStatus {
         self.child.kill().expect("SIGKILL the relay");

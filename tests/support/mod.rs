@@ -220,6 +220,109 @@ fn complete_reply(buf: &[u8]) -> Option<usize> {
     None
 }
 
+/// Polls `cond` every 10 ms until it holds; panics naming `what` if `limit` passes first. The
+/// limit only matters when the test fails: it is not a guess at how long something takes.
+pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The send queue (bytes not yet acknowledged by the peer) and the receive queue (bytes the
+/// application has not read yet) of the IPv4 TCP socket `local` -> `remote`, from the kernel's
+/// table (`/proc/net/tcp`, Linux).
+fn tcp_queues(table: &str, local: SocketAddr, remote: SocketAddr) -> Option<(u64, u64)> {
+    let hex = |a: SocketAddr| match a {
+        SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_ne_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        SocketAddr::V6(_) => panic!("tcp_queues: IPv4 only, got {a}"),
+    };
+    let (local, remote) = (hex(local), hex(remote));
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 5 || f[1] != local || f[2] != remote {
+            return None;
+        }
+        let (tx, rx) = f[4].split_once(':')?;
+        Some((
+            u64::from_str_radix(tx, 16).ok()?,
+            u64::from_str_radix(rx, 16).ok()?,
+        ))
+    })
+}
+
+/// Waits until the program at the other end of `stream` (a relay on loopback) has read every
+/// byte written to `stream` so far: the kernel has no unacknowledged bytes on our side and
+/// none unread on the peer's side. This is the event "the relay read it", where tests used to
+/// sleep and hope. Panics after 10 s (only a stuck peer takes that long).
+pub async fn wait_until_read_by_peer(stream: &TcpStream, what: &str) {
+    let local = stream.local_addr().expect("local addr");
+    let peer = stream.peer_addr().expect("peer addr");
+    let limit = Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+        let ours = tcp_queues(&table, local, peer);
+        let theirs = tcp_queues(&table, peer, local);
+        if let (Some((0, _)), Some((_, 0))) = (ours, theirs) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: the peer did not read everything within {limit:?} \
+             (ours tx/rx {ours:?}, peer's tx/rx {theirs:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// How many connections wait in the accept queue of the IPv4 listening socket `listen`:
+/// completed by the kernel, never accepted by the program (`/proc/net/tcp`, Linux).
+pub fn accept_queue_len(listen: SocketAddr) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let unconnected = SocketAddr::from(([0, 0, 0, 0], 0));
+    tcp_queues(&table, listen, unconnected)
+        .unwrap_or_else(|| panic!("no listening socket on {listen}"))
+        .1
+}
+
+/// One plain HTTP/1.0 GET on loopback: (status, body); (0, "") if there is no answer in 10 s.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let work = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8(buf).ok()?;
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n")?.1.to_string();
+        Some((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or((0, String::new()))
+}
+
+/// The value of one series (`name{labels}` exactly as exposed) in Prometheus text, if present.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
 /// The relay binary built by cargo for integration tests.
 pub fn relay_binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_smtp-oauth-relay"))
