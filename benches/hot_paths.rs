@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use secrecy::SecretString;
 use smtp_oauth_relay::envelope::MessageId;
-use smtp_oauth_relay::smtp::listener::{Framed, LineFramer};
+use smtp_oauth_relay::smtp::framing::{Framed, LineFramer};
 use smtp_oauth_relay::smtp::reply;
 use smtp_oauth_relay::smtp::session::{Action, Session, SessionConfig};
 use smtp_oauth_relay::spool::{now_unix, QueueEntry, Spool};

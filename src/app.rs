@@ -13,7 +13,8 @@ use crate::config::ValidConfig;
 use crate::delivery::{self, Delivery};
 use crate::governor::Governor;
 use crate::ops::admin;
-use crate::smtp::listener::{self, ListenerContext};
+use crate::smtp::connection::Context;
+use crate::smtp::listener;
 use crate::spool::now_unix;
 use crate::spool::Spool;
 use crate::token::{ClientSecretSource, TokenCache};
@@ -122,14 +123,18 @@ impl Relay {
             shutdown: shutdown.clone(),
         });
         let accepting = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let ctx = Arc::new(ListenerContext {
+        let ctx = Arc::new(Context {
             listen: config.listen.clone(),
-            delivery: delivery.clone(),
+            deliver: delivery.clone(),
             spool,
             shutdown: shutdown.clone(),
-            accepting: accepting.clone(),
         });
-        tracker.spawn(listener::run(listener, ctx, tracker.clone()));
+        tracker.spawn(listener::run(
+            listener,
+            ctx,
+            accepting.clone(),
+            tracker.clone(),
+        ));
         tracker.spawn(delivery.clone().run());
         tracker.spawn(reap_idle(
             upstream.clone(),

@@ -1,10 +1,15 @@
-//! The inbound side: plain SMTP from legacy apps.
+//! The inbound side, the relay's face: plain SMTP from legacy apps.
 //!
-//! `session` decides (pure state machine), `reply` is our catalogue of answers, `listener` is
-//! the thin tokio driver around them.
+//! Pure: `session` decides (the ESMTP state machine), `framing` splits the command stream
+//! into lines, `received` writes the trace header, `reply` is our catalogue of answers and
+//! `outcome` words the reply to DATA from what delivery did. Drivers: `listener` (the accept
+//! loop and its limits) and `connection` (one client, every timeout), thin around them.
 
+pub mod connection;
+pub mod framing;
 pub mod listener;
 pub mod outcome;
+pub mod received;
 pub mod reply;
 pub mod session;
 

@@ -1,0 +1,139 @@
+//! Splitting the command stream into lines (RFC 5321 §4.5.3.1.4), whatever the read
+//! boundaries, with a cap: pure, beside the session it feeds.
+//!
+//! Our own rather than smtp-proto's receiver, which accepts any complete line: a line longer
+//! than [`MAX_COMMAND_LINE`] is refused once and skipped up to its end, never buffered whole.
+
+/// Longest command line we accept, CRLF included (RFC 5321 §4.5.3.1.4 asks for 512; we allow
+/// what smtp-proto allows, for long UTF-8 addresses and parameters).
+pub const MAX_COMMAND_LINE: usize = 4096;
+
+/// Splits the command stream into lines, whatever the read boundaries: a line longer than
+/// [`MAX_COMMAND_LINE`] is refused once and skipped up to its end, never buffered whole.
+#[derive(Debug, Default)]
+pub struct LineFramer {
+    partial: Vec<u8>,
+    skipping: bool,
+}
+
+/// What the framer found at the front of the input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Framed<'a> {
+    /// A complete command line, CRLF included.
+    Line(std::borrow::Cow<'a, [u8]>),
+    /// A line longer than the limit: refuse it.
+    TooLong,
+    /// The end of an over-long line that was already refused: nothing to answer.
+    Skipped,
+}
+
+impl LineFramer {
+    /// The next complete line in `input` (joined with any partial line kept from earlier),
+    /// and how many bytes of `input` it used.
+    pub fn next_line<'a>(&mut self, input: &'a [u8]) -> Option<(Framed<'a>, usize)> {
+        let nl = memchr::memchr(b'\n', input)?;
+        let used = nl + 1;
+        if self.skipping {
+            // The refusal was sent when the line passed the limit.
+            self.skipping = false;
+            self.partial.clear();
+            return Some((Framed::Skipped, used));
+        }
+        if self.partial.len() + used > MAX_COMMAND_LINE {
+            self.partial.clear();
+            return Some((Framed::TooLong, used));
+        }
+        let line = if self.partial.is_empty() {
+            std::borrow::Cow::Borrowed(&input[..used])
+        } else {
+            let mut whole = std::mem::take(&mut self.partial);
+            whole.extend_from_slice(&input[..used]);
+            std::borrow::Cow::Owned(whole)
+        };
+        Some((Framed::Line(line), used))
+    }
+
+    /// Whether part of a command line has been received (or an over-long one is being
+    /// skipped).
+    pub fn pending(&self) -> bool {
+        self.skipping || !self.partial.is_empty()
+    }
+
+    /// Keeps a trailing partial line (no LF in `input`); all of `input` is taken. Returns
+    /// true when the partial line just passed the limit: the caller refuses it now and the
+    /// rest of it is skipped.
+    pub fn absorb(&mut self, input: &[u8]) -> bool {
+        if self.skipping {
+            return false;
+        }
+        self.partial.extend_from_slice(input);
+        if self.partial.len() > MAX_COMMAND_LINE {
+            self.partial.clear();
+            self.skipping = true;
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frames everything in `input`: the lines answered (None = refused as too long) and
+    /// whether the trailing partial line overflowed.
+    fn frame_all(f: &mut LineFramer, input: &[u8]) -> (Vec<Option<Vec<u8>>>, bool) {
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while let Some((frame, used)) = f.next_line(&input[pos..]) {
+            pos += used;
+            match frame {
+                Framed::Line(l) => out.push(Some(l.into_owned())),
+                Framed::TooLong => out.push(None),
+                Framed::Skipped => {}
+            }
+        }
+        let overflow = f.absorb(&input[pos..]);
+        (out, overflow)
+    }
+
+    #[test]
+    fn framer_joins_partial_lines_and_caps_length() {
+        let mut f = LineFramer::default();
+        assert_eq!(
+            frame_all(&mut f, b"NOOP\r\nRS"),
+            (vec![Some(b"NOOP\r\n".to_vec())], false)
+        );
+        assert_eq!(
+            frame_all(&mut f, b"ET\r\n"),
+            (vec![Some(b"RSET\r\n".to_vec())], false)
+        );
+        // Too long in one piece: refused once, following lines still framed.
+        let mut long = vec![b'z'; MAX_COMMAND_LINE + 10];
+        long.extend_from_slice(b"\r\nQUIT\r\n");
+        assert_eq!(
+            frame_all(&mut f, &long),
+            (vec![None, Some(b"QUIT\r\n".to_vec())], false)
+        );
+        // Too long across reads: refused when it passes the limit, then skipped to its end.
+        let (lines, overflow) = frame_all(&mut f, &vec![b'z'; MAX_COMMAND_LINE + 1]);
+        assert!(lines.is_empty() && overflow);
+        assert_eq!(frame_all(&mut f, &vec![b'z'; 10_000]), (vec![], false));
+        assert_eq!(
+            frame_all(&mut f, b"zz\r\nNOOP\r\n"),
+            (vec![Some(b"NOOP\r\n".to_vec())], false)
+        );
+        // The skipped end arriving alone, then the next command split across reads.
+        let (lines, overflow) = frame_all(&mut f, &vec![b'z'; MAX_COMMAND_LINE + 1]);
+        assert!(lines.is_empty() && overflow);
+        assert_eq!(frame_all(&mut f, b"zz\r\nNO"), (vec![], false));
+        assert_eq!(
+            frame_all(&mut f, b"OP\r\n"),
+            (vec![Some(b"NOOP\r\n".to_vec())], false)
+        );
+        // Exactly at the limit is fine.
+        let mut max = vec![b'a'; MAX_COMMAND_LINE - 2];
+        max.extend_from_slice(b"\r\n");
+        assert_eq!(frame_all(&mut f, &max).0, vec![Some(max.clone())]);
+    }
+}
