@@ -34,7 +34,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
-use smtp_oauth_relay::loadgen::{self, parse_size_spec, Auth, Options, Report, Tls};
+use smtp_oauth_relay::cli::loadgen::{self, parse_size_spec, Auth, Options, Report, Tls};
 use smtp_oauth_relay::sandbox::{Sandbox, SandboxOptions};
 use smtp_oauth_relay::token::{ClientSecretSettings, ClientSecretSource, TokenSource};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

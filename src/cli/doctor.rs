@@ -6,15 +6,26 @@
 //! or the XOAUTH2 string.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::cli::{EXIT_CONFIG, EXIT_UNAVAILABLE};
+use super::process::{init_tracing, runtime, EXIT_CONFIG, EXIT_UNAVAILABLE};
 use crate::config::{Config, ValidConfig};
 use crate::diagnose;
 use crate::token::{ClientSecretSource, TokenCache, TokenSource};
 use crate::upstream::{MessageBody, OutboundMessage, Upstream};
+
+#[derive(Debug, clap::Args)]
+pub struct SendTestArgs {
+    /// Recipient of the test message.
+    #[arg(long)]
+    pub to: String,
+    /// Envelope and header sender (default: the mailbox).
+    #[arg(long)]
+    pub from: Option<String>,
+}
 
 /// Which diagnostic to run.
 #[derive(Debug, Clone)]
@@ -68,6 +79,16 @@ fn detail_sep(detail: &str) -> String {
     }
 }
 
+pub fn command(config_file: Option<&Path>, env: &[(String, String)], which: Doctor) -> ExitCode {
+    let config = match Config::load(config_file, env) {
+        Ok(c) => c,
+        Err(e) => return super::process::config_error(e),
+    };
+    // Quiet logs: the command prints its own report. RUST_LOG still works.
+    init_tracing("error", config.log.format);
+    run(which, config)
+}
+
 /// Runs a diagnostic; prints to stdout. Exit 0 only if every step passed.
 pub fn run(which: Doctor, config: Config) -> ExitCode {
     let mut report = Report {
@@ -101,7 +122,7 @@ pub fn run(which: Doctor, config: Config) -> ExitCode {
     for w in &valid.warnings {
         report.info(&format!("note: {w}"));
     }
-    let runtime = match crate::cli::runtime(false) {
+    let runtime = match runtime(false) {
         Ok(rt) => rt,
         Err(code) => return code,
     };
