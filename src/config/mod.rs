@@ -11,7 +11,7 @@
 //! [`crate::token::ClientSecretSettings`]) and [`ValidConfig`] is made of them; no room imports
 //! this one.
 //!
-//! - `mod.rs`: the file's shape, its defaults, loading.
+//! - `file.rs`: the file's shape and its defaults; `mod.rs`: loading.
 //! - `env.rs`: the environment variables and how they map to keys.
 //! - `validate.rs`: checks and resolution into room settings.
 //!
@@ -19,338 +19,27 @@
 //! here, so tests never have to set real environment variables.
 
 mod env;
+mod file;
 #[cfg(test)]
 mod tests;
 mod validate;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
-use ipnet::IpNet;
-use secrecy::SecretString;
-use serde::{Deserialize, Serialize};
 
 pub use crate::delivery::{DeliveryMode, EnvelopeSender};
 use env::env_value;
 pub use env::{env_overrides, unknown_env_vars, ENV_KEYS, ENV_PREFIX};
+pub use file::{
+    AccountConfig, AdminConfig, Config, ConfigError, DeliveryConfig, GovernorConfig, ListenConfig,
+    LogConfig, LogFormat, ShutdownConfig, TlsConfig, UpstreamConfig, DEFAULT_AUTHORITY,
+    DEFAULT_SCOPE, DEFAULT_UPSTREAM, EXCHANGE_MAX_SIZE,
+};
 pub use validate::{
     read_secret_file, split_authority, split_host_port, validate_admin, ValidAccount, ValidConfig,
 };
-
-/// Default Microsoft identity platform host (global cloud).
-pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
-/// The documented scope for app-only SMTP AUTH (reference §1.2).
-pub const DEFAULT_SCOPE: &str = "https://outlook.office365.com/.default";
-/// Exchange Online client submission endpoint (reference §0).
-pub const DEFAULT_UPSTREAM: &str = "smtp.office365.com:587";
-/// Exchange Online's advertised `SIZE` ceiling (reference §4.2); larger limits make no sense.
-pub const EXCHANGE_MAX_SIZE: u64 = 157_286_400;
-
-/// Everything the configuration file and environment may say. Defaults are the documented
-/// defaults of `config/relay.example.toml`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    pub listen: ListenConfig,
-    pub account: AccountConfig,
-    pub upstream: UpstreamConfig,
-    pub tls: TlsConfig,
-    pub delivery: DeliveryConfig,
-    pub governor: GovernorConfig,
-    pub log: LogConfig,
-    pub admin: AdminConfig,
-    pub shutdown: ShutdownConfig,
-}
-
-/// The admin HTTP server: `/healthz`, `/readyz`, `/metrics`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AdminConfig {
-    /// `host:port` for the admin HTTP server, or `off`. Loopback by default; in a Kubernetes
-    /// pod set `0.0.0.0:9325` so the kubelet's probes and Prometheus can reach it (it serves
-    /// no secrets and accepts no changes).
-    pub listen: String,
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:9325".into(),
-        }
-    }
-}
-
-/// What SIGTERM/SIGINT do.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ShutdownConfig {
-    /// Seconds to let messages in DATA and deliveries in flight finish after SIGTERM/SIGINT.
-    /// A second signal exits at once. Queued mail stays in the spool either way.
-    pub grace_secs: u64,
-}
-
-impl Default for ShutdownConfig {
-    fn default() -> Self {
-        Self { grace_secs: 30 }
-    }
-}
-
-/// The inbound SMTP listener: where legacy apps connect.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ListenConfig {
-    /// `host:port` to listen on. Loopback by default: the relay is a sidecar.
-    pub address: String,
-    /// Client networks allowed to connect besides loopback. Required before a non-loopback
-    /// address may be bound, so the relay never becomes an accidental open relay.
-    pub allow: Vec<IpNet>,
-    /// Name used in the greeting, EHLO reply and `Received:` header. Default: system host name.
-    pub hostname: Option<String>,
-    /// Concurrent inbound connections; further clients wait in the kernel's accept queue.
-    pub max_connections: usize,
-    /// Largest message accepted, in bytes (`552 5.3.4` above it). Default 35 MiB, a common
-    /// Exchange Online mailbox `MaxSendSize`.
-    pub max_message_size: u64,
-    /// Recipients per message (`452 4.5.3` above it). Exchange's default per-message cap.
-    pub max_recipients: usize,
-    /// Seconds to wait for the next command before `421`.
-    pub command_timeout_secs: u64,
-    /// Seconds to wait for the next block of message data before `421`.
-    pub data_timeout_secs: u64,
-    /// Prepend one RFC 5321 §4.4 `Received:` trace header to every message.
-    pub received_header: bool,
-}
-
-impl Default for ListenConfig {
-    fn default() -> Self {
-        Self {
-            address: "127.0.0.1:2525".into(),
-            allow: Vec::new(),
-            hostname: None,
-            max_connections: 1000,
-            max_message_size: 35 * 1024 * 1024,
-            max_recipients: 500,
-            command_timeout_secs: 300,
-            data_timeout_secs: 300,
-            received_header: true,
-        }
-    }
-}
-
-/// The Microsoft 365 app registration and mailbox the relay sends as.
-#[derive(Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AccountConfig {
-    /// Directory (tenant) ID, or a verified domain. Not `common`/`organizations`.
-    pub tenant: Option<String>,
-    /// Application (client) ID of the app registration.
-    pub client_id: Option<String>,
-    /// The client secret *value* (not its ID). Prefer `client_secret_file`.
-    #[serde(serialize_with = "serialize_redacted")]
-    pub client_secret: Option<SecretString>,
-    /// File holding the client secret value (trailing newline ignored).
-    pub client_secret_file: Option<PathBuf>,
-    /// Mailbox to send as: the XOAUTH2 `user=`.
-    pub mailbox: Option<String>,
-    /// Token service base URL. A Jama-style `https://login.microsoftonline.com/<tenant>/v2.0`
-    /// is accepted too and supplies the tenant.
-    pub authority: String,
-    /// Token scope.
-    pub scope: String,
-    /// Refresh the token in the background when less than this many seconds are left.
-    pub refresh_margin_secs: u64,
-    /// Seconds a token request may take.
-    pub token_timeout_secs: u64,
-    /// Which address goes into the upstream `MAIL FROM`: `mailbox` (the authenticated
-    /// mailbox, which Exchange always accepts) or `client` (the app's own envelope sender,
-    /// which needs SendAs rights on that address).
-    pub envelope_sender: EnvelopeSender,
-}
-
-impl Default for AccountConfig {
-    fn default() -> Self {
-        Self {
-            tenant: None,
-            client_id: None,
-            client_secret: None,
-            client_secret_file: None,
-            mailbox: None,
-            authority: DEFAULT_AUTHORITY.into(),
-            scope: DEFAULT_SCOPE.into(),
-            refresh_margin_secs: 15 * 60,
-            token_timeout_secs: 30,
-            envelope_sender: EnvelopeSender::Mailbox,
-        }
-    }
-}
-
-impl std::fmt::Debug for AccountConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AccountConfig")
-            .field("tenant", &self.tenant)
-            .field("client_id", &self.client_id)
-            .field(
-                "client_secret",
-                &self.client_secret.as_ref().map(|_| "<redacted>"),
-            )
-            .field("client_secret_file", &self.client_secret_file)
-            .field("mailbox", &self.mailbox)
-            .field("authority", &self.authority)
-            .field("scope", &self.scope)
-            .field("refresh_margin_secs", &self.refresh_margin_secs)
-            .field("envelope_sender", &self.envelope_sender)
-            .finish()
-    }
-}
-
-/// Configuration is serialised only to list its keys (docs checks): never the secret.
-fn serialize_redacted<S: serde::Serializer>(
-    value: &Option<SecretString>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    s.serialize_some(&value.as_ref().map(|_| "<redacted>"))
-}
-
-/// Exchange Online's SMTP submission endpoint.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct UpstreamConfig {
-    /// `host:port` of the STARTTLS submission server.
-    pub address: String,
-    /// Name to verify the server certificate against. Default: the host of `address`.
-    pub tls_server_name: Option<String>,
-    /// Authenticated connections per mailbox. Exchange allows 3 (reference §4.1); 0 = no
-    /// limit (benchmarks against the sandbox).
-    pub max_connections: usize,
-    /// Seconds for TCP connect plus greeting.
-    pub connect_timeout_secs: u64,
-    /// Seconds for each command reply.
-    pub command_timeout_secs: u64,
-    /// Seconds to send the body and get the final reply.
-    pub data_timeout_secs: u64,
-    /// Close an idle pooled connection after this many seconds.
-    pub idle_timeout_secs: u64,
-    /// Retire a pooled connection after this many seconds, however busy.
-    pub max_session_age_secs: u64,
-    /// Name sent in EHLO. Default: `listen.hostname`.
-    pub helo_name: Option<String>,
-}
-
-impl Default for UpstreamConfig {
-    fn default() -> Self {
-        Self {
-            address: DEFAULT_UPSTREAM.into(),
-            tls_server_name: None,
-            max_connections: 3,
-            connect_timeout_secs: 30,
-            command_timeout_secs: 60,
-            data_timeout_secs: 600,
-            idle_timeout_secs: 60,
-            max_session_age_secs: 600,
-            helo_name: None,
-        }
-    }
-}
-
-/// TLS trust for outbound connections (token endpoint and upstream).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TlsConfig {
-    /// PEM file of extra trusted CAs (corporate TLS proxy, or the sandbox's CA).
-    pub extra_ca_file: Option<PathBuf>,
-}
-
-/// When the client gets its answer (DESIGN §3).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DeliveryConfig {
-    pub mode: DeliveryMode,
-    /// The spool: bodies stream here as they arrive; queued messages live here until
-    /// delivered or failed.
-    pub spool_dir: PathBuf,
-    /// Hybrid mode: how long the client waits for the first delivery attempt before it gets
-    /// `250` (queued) and the attempt goes on in the background.
-    pub try_now_timeout_secs: u64,
-    /// Give up on a message this many seconds after it was received (default 5 days).
-    pub max_age_secs: u64,
-    /// Keep permanently failed messages in `failed/` this many seconds (default 7 days).
-    pub failed_retention_secs: u64,
-    /// Send a short failure notice to the envelope sender, through the same mailbox, when a
-    /// queued message finally fails.
-    pub failure_notice: bool,
-}
-
-impl Default for DeliveryConfig {
-    fn default() -> Self {
-        Self {
-            mode: DeliveryMode::Hybrid,
-            spool_dir: PathBuf::from("./spool"),
-            try_now_timeout_secs: 30,
-            max_age_secs: 5 * 24 * 3600,
-            failed_retention_secs: 7 * 24 * 3600,
-            failure_notice: false,
-        }
-    }
-}
-
-/// Per-mailbox pacing (reference §4.1). `0` disables a limit (benchmarks against the sandbox).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GovernorConfig {
-    /// Messages per rolling window (Exchange: 30 per minute).
-    pub rate_per_minute: u32,
-    /// The window `rate_per_minute` counts over, in seconds. Exchange's is 60; shorter windows
-    /// are for tests and benchmarks.
-    pub rate_window_secs: u64,
-    /// Recipients per rolling 24 hours (Exchange: 10,000).
-    pub daily_recipients: u32,
-    /// Messages with more recipients are sent in batches of this size (Exchange: 500).
-    pub recipients_per_message: u32,
-}
-
-impl Default for GovernorConfig {
-    fn default() -> Self {
-        Self {
-            rate_per_minute: 30,
-            rate_window_secs: 60,
-            daily_recipients: 10_000,
-            recipients_per_message: 500,
-        }
-    }
-}
-
-/// Log output.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    pub format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
-/// A configuration problem, naming the key at fault.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("configuration error in `{key}`: {message}")]
-pub struct ConfigError {
-    pub key: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(key: &str, message: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-}
 
 impl Config {
     /// Loads the TOML file (if any), then applies environment overrides: the public names

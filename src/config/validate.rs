@@ -8,7 +8,7 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::env::{ENV_KEYS, ENV_PREFIX};
-use super::{
+use super::file::{
     AccountConfig, AdminConfig, Config, ConfigError, DeliveryConfig, GovernorConfig, ListenConfig,
     UpstreamConfig, DEFAULT_AUTHORITY, DEFAULT_UPSTREAM, EXCHANGE_MAX_SIZE,
 };

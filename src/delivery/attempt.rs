@@ -4,7 +4,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{facts, upstream_sender, Delivery, DeliveryMode};
+use super::settings::{upstream_sender, DeliveryMode};
+use super::state::{facts, Delivery};
 use crate::governor::{split_batches, Permit};
 use crate::ops::audit;
 use crate::spool::body::Body;

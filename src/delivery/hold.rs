@@ -6,9 +6,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::Delivery;
 use crate::sync::Lock as _;
-use crate::upstream::UpstreamError;
 
 /// How long new mail is refused after a configuration error before it is tried again.
 pub const HOLD_FOR: Duration = Duration::from_secs(60);
@@ -75,32 +73,6 @@ impl Holds {
             st.hold = None;
             st.last_problem = None;
         }
-    }
-}
-
-impl Delivery {
-    /// Holds the account after configuration error `e`, logging the advice once.
-    pub(super) fn hold(&self, e: &UpstreamError) {
-        let advice = e
-            .advice_for(self.upstream.mailbox())
-            .unwrap_or_else(|| e.to_string());
-        let from_token = matches!(e, UpstreamError::Token(_));
-        if self.holds.set(advice.clone(), from_token, Instant::now()) {
-            tracing::error!(error = %e, advice = %advice, "relay configuration problem; new mail is refused with 451 (queued mail waits) until it is fixed");
-        } else {
-            tracing::debug!(error = %e, "same configuration problem as before");
-        }
-    }
-
-    /// The advice of a current configuration hold, if any.
-    pub fn held(&self) -> Option<String> {
-        self.holds.current(Instant::now())
-    }
-
-    /// Lifts a configuration hold that the token endpoint caused, once it issues tokens
-    /// again (a hold from Exchange's side stays until a delivery works).
-    pub fn token_recovered(&self) {
-        self.holds.token_recovered();
     }
 }
 

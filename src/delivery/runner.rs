@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::attempt::Report;
+use super::notice;
 use super::retry::{next_step, History, Step};
-use super::{facts, first_batch_len, notice, Delivery};
+use super::state::{facts, first_batch_len, Delivery};
 use crate::envelope::MessageId;
 use crate::ops::audit;
 use crate::spool::body::Body;

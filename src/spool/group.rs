@@ -10,6 +10,8 @@ use std::sync::Mutex;
 use crate::sync::Lock as _;
 use tokio::sync::Notify;
 
+use super::files::sync_dir;
+
 #[derive(Debug)]
 pub struct GroupSync {
     dir: PathBuf,
@@ -64,7 +66,7 @@ impl GroupSync {
                 Some(target) => {
                     let lead = Lead { group: self };
                     let dir = self.dir.clone();
-                    let result = tokio::task::spawn_blocking(move || super::sync_dir(&dir))
+                    let result = tokio::task::spawn_blocking(move || sync_dir(&dir))
                         .await
                         .map_err(io::Error::other)
                         .and_then(|r| r);

@@ -17,6 +17,7 @@
 
 pub mod body;
 mod entry;
+mod files;
 mod group;
 pub mod sink;
 
@@ -28,6 +29,7 @@ use std::time::Duration;
 use crate::envelope::MessageId;
 use body::{Lease, MemoryBudget};
 pub use entry::{now_unix, unix, QueueEntry, Refusal};
+use files::{remove_if_exists, sync_dir, write_synced};
 use group::GroupSync;
 
 /// Which part of the spool an entry is in.
@@ -441,24 +443,6 @@ impl Spool {
 fn read_entry(path: &Path) -> io::Result<QueueEntry> {
     let bytes = std::fs::read(path)?;
     serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(bytes)?;
-    f.sync_data()
-}
-
-fn remove_if_exists(path: &Path) -> io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
 
 fn with_path(e: io::Error, path: &Path) -> io::Error {

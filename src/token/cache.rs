@@ -25,7 +25,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{AccessToken, TokenError, TokenSource};
+use super::error::TokenError;
+use super::source::{AccessToken, TokenSource};
 use crate::sync::Lock as _;
 
 /// A token with less than this left is not handed out (connect + STARTTLS + AUTH must fit).

@@ -22,8 +22,9 @@ use secrecy::zeroize::Zeroize;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
+use super::error::TokenError;
 use super::error::{first_line, single_line_excerpt};
-use super::{AccessToken, FetchFuture, TokenError, TokenSource};
+use super::source::{AccessToken, FetchFuture, TokenSource};
 use crate::sync::RwLock as _;
 use crate::tls::TlsSetupError;
 

@@ -1,0 +1,148 @@
+//! The [`Delivery`] value every job of this room works on (the listener's sessions submit to
+//! it, the queue loop runs on it), what it is built from, and the small helpers they share.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::hold::Holds;
+use super::queue::Queue;
+use super::settings::DeliverySettings;
+use crate::envelope::Envelope;
+use crate::governor::Governor;
+use crate::ops::audit;
+use crate::spool::body::Body;
+use crate::spool::{QueueEntry, Spool};
+use crate::upstream::{Upstream, UpstreamError};
+
+/// A message the client handed over, its body complete (in memory or in `incoming/`).
+#[derive(Debug, Clone)]
+pub struct Spooled {
+    pub envelope: Envelope,
+    pub body: Body,
+    pub size: u64,
+}
+
+/// What delivery is built from.
+pub struct Parts {
+    pub settings: DeliverySettings,
+    /// Our host name (the failure notice's `Message-ID`, `HELO` in its record).
+    pub hostname: String,
+    pub upstream: Arc<Upstream>,
+    pub governor: Arc<Governor>,
+    pub spool: Spool,
+    /// The queue as the spool had it at start-up.
+    pub recovered: Vec<QueueEntry>,
+    /// Owns the background attempts and the loop's deliveries.
+    pub tracker: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+/// Everything delivery needs, shared by the listener's sessions and the loop.
+pub struct Delivery {
+    pub(super) settings: DeliverySettings,
+    pub(super) hostname: String,
+    pub(super) upstream: Arc<Upstream>,
+    pub(super) governor: Arc<Governor>,
+    pub(super) spool: Spool,
+    pub(super) queue: Queue,
+    pub(super) holds: Holds,
+    pub(super) tracker: TaskTracker,
+    pub(super) shutdown: CancellationToken,
+}
+
+impl Delivery {
+    pub fn new(parts: Parts) -> Arc<Self> {
+        if !parts.recovered.is_empty() {
+            tracing::info!(
+                queued = parts.recovered.len(),
+                "resuming delivery of queued messages"
+            );
+        }
+        Arc::new(Delivery {
+            settings: parts.settings,
+            hostname: parts.hostname,
+            upstream: parts.upstream,
+            governor: parts.governor,
+            spool: parts.spool,
+            queue: Queue::new(parts.recovered),
+            holds: Holds::default(),
+            tracker: parts.tracker,
+            shutdown: parts.shutdown,
+        })
+    }
+
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+
+    pub fn governor(&self) -> &Arc<Governor> {
+        &self.governor
+    }
+
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    /// Messages in the queue (including those being attempted).
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// When the oldest queued message was received (unix seconds), if any.
+    pub fn oldest_queued(&self) -> Option<u64> {
+        self.queue.oldest_received_at()
+    }
+}
+
+impl Delivery {
+    /// Holds the account after configuration error `e`, logging the advice once.
+    pub(super) fn hold(&self, e: &UpstreamError) {
+        let advice = e
+            .advice_for(self.upstream.mailbox())
+            .unwrap_or_else(|| e.to_string());
+        let from_token = matches!(e, UpstreamError::Token(_));
+        if self.holds.set(advice.clone(), from_token, Instant::now()) {
+            tracing::error!(error = %e, advice = %advice, "relay configuration problem; new mail is refused with 451 (queued mail waits) until it is fixed");
+        } else {
+            tracing::debug!(error = %e, "same configuration problem as before");
+        }
+    }
+
+    /// The advice of a current configuration hold, if any.
+    pub fn held(&self) -> Option<String> {
+        self.holds.current(Instant::now())
+    }
+
+    /// Lifts a configuration hold that the token endpoint caused, once it issues tokens
+    /// again (a hold from Exchange's side stays until a delivery works).
+    pub fn token_recovered(&self) {
+        self.holds.token_recovered();
+    }
+}
+
+/// How many recipients the first batch of a message has (the governor's permit covers it).
+pub(super) fn first_batch_len(rcpts: &[String], governor: &Governor) -> u32 {
+    let max = governor.limits().max_recipients_per_message;
+    let n = rcpts.len() as u32;
+    if max == 0 {
+        n
+    } else {
+        n.min(max)
+    }
+}
+
+/// What the audit trail says about a message.
+pub(super) fn facts(e: &QueueEntry) -> audit::Facts<'_> {
+    audit::Facts {
+        id: &e.id,
+        message_id: e.message_id.as_deref(),
+        from: &e.mail_from,
+        recipients: e.rcpt_to.len(),
+        size: e.size,
+        client: &e.client,
+        account: &e.mailbox,
+    }
+}
