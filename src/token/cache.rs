@@ -3,8 +3,10 @@
 //!
 //! Why these rules (DESIGN §6, reference §1.7/§1.8):
 //! - Entra gives app-only tokens a random 60-90 minute life, so we go by `expires_in` and
-//!   refresh when less than `refresh_margin` (default 15 min) is left. That refresh runs in
-//!   the background: callers keep getting the still-valid token and never wait for it.
+//!   refresh when less than `refresh_margin` (default 15 min) is left. That refresh is the
+//!   keeper's job ([`TokenCache::keep_warm`], a task the relay owns and stops): callers keep
+//!   getting the still-valid token, never wait for it, and only wake the keeper. Without a
+//!   keeper (the one-shot `check`), a token is simply fetched again once it is unusable.
 //! - Only when there is no usable token do callers wait, and then all of them wait on one
 //!   request and share its result, the error included. 200 connections opening at once after
 //!   a start or an outage make one request, not 200 (Entra throttles: AADSTS50196/90055).
@@ -123,6 +125,9 @@ struct Inner {
     /// Woken by [`TokenCache::forget_failure`] (a reloaded secret): the keeper tries at once
     /// even while it backs off.
     reloaded: tokio::sync::Notify,
+    /// Woken (once) when a caller finds the token inside its refresh margin: the keeper
+    /// refreshes it ahead of expiry.
+    refresh_due: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -135,8 +140,9 @@ struct State {
     completed: u64,
     /// Whether the latest completed fetch succeeded.
     last_ok: bool,
-    /// A background refresh is scheduled or running.
-    refreshing: bool,
+    /// A caller saw the token inside its refresh margin and woke the keeper; cleared when the
+    /// keeper attempts the refresh (so a refresh on hold is not asked for again and again).
+    refresh_wanted: bool,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -205,15 +211,6 @@ impl Inner {
     }
 }
 
-/// Clears `refreshing` however the background task ends (success, error, panic, abort).
-struct RefreshFlag(Arc<Inner>);
-
-impl Drop for RefreshFlag {
-    fn drop(&mut self) {
-        self.0.lock().refreshing = false;
-    }
-}
-
 impl TokenCache {
     /// A cache that refreshes in the background when less than `refresh_margin` is left.
     pub fn new(source: Arc<dyn TokenSource>, refresh_margin: Duration) -> Self {
@@ -227,11 +224,12 @@ impl TokenCache {
                 generation: AtomicU64::new(0),
                 events: tokio::sync::Notify::new(),
                 reloaded: tokio::sync::Notify::new(),
+                refresh_due: tokio::sync::Notify::new(),
             }),
         }
     }
 
-    /// A usable token: the cached one if it has life left (starting a background refresh when
+    /// A usable token: the cached one if it has life left (waking the keeper to refresh it when
     /// it is inside the refresh margin), else the result of one shared fetch. A recent failure
     /// is returned from memory while its hold lasts.
     pub async fn get(&self) -> Result<AccessToken, TokenError> {
@@ -243,7 +241,10 @@ impl TokenCache {
                     Phase::Fresh => return Ok(token.clone()),
                     Phase::RefreshDue => {
                         let token = token.clone();
-                        self.maybe_refresh(&mut st, &token, now);
+                        if !st.refresh_wanted {
+                            st.refresh_wanted = true;
+                            self.inner.refresh_due.notify_one();
+                        }
                         return Ok(token);
                     }
                     Phase::Unusable => {}
@@ -324,10 +325,12 @@ impl TokenCache {
         self.inner.reloaded.notify_waiters();
     }
 
-    /// Keeps a token ready so the first message after a quiet spell does not wait for one and
-    /// readiness tells the truth about the credentials: asks [`get`](Self::get) at least every
-    /// `period` (which refreshes ahead of expiry), and after a failure again when its hold
-    /// ends, backing off ([`keep_warm_backoff`]) to [`KEEP_WARM_MAX_WAIT`]. `on_recovered` runs after a success that
+    /// Keeps a token ready so the first message after a quiet spell does not wait for one,
+    /// refreshes it ahead of expiry, and lets readiness tell the truth about the credentials:
+    /// asks [`get`](Self::get) at least every `period`, refreshes when the token is inside its
+    /// margin (at once when a caller notices), and after a failure tries again when its hold
+    /// ends, backing off ([`keep_warm_backoff`]) to [`KEEP_WARM_MAX_WAIT`]. A failed refresh
+    /// keeps the current token while it is usable. `on_recovered` runs after a success that
     /// follows a failure. Returns when `shutdown` is cancelled.
     pub async fn keep_warm(
         &self,
@@ -343,7 +346,10 @@ impl TokenCache {
             tokio::pin!(event, reloaded);
             event.as_mut().enable();
             reloaded.as_mut().enable();
-            let outcome = self.get().await;
+            let outcome = match self.get().await {
+                Ok(token) => self.refresh_if_due(token).await,
+                Err(error) => Err((error, None)),
+            };
             let wait = match outcome {
                 Ok(token) => {
                     if failures > 0 {
@@ -355,17 +361,33 @@ impl TokenCache {
                         .min(token.remaining() / 2)
                         .max(Duration::from_secs(1))
                 }
-                Err(error) => {
+                Err((error, still)) => {
                     if failures == 0 {
-                        tracing::warn!(
-                            source = %self.describe(),
-                            %error,
-                            advice = error.advice().unwrap_or_default(),
-                            "cannot obtain an access token; will keep trying"
-                        );
+                        match &still {
+                            None => tracing::warn!(
+                                source = %self.describe(),
+                                %error,
+                                advice = error.advice().unwrap_or_default(),
+                                "cannot obtain an access token; will keep trying"
+                            ),
+                            Some(token) => tracing::warn!(
+                                source = %self.describe(),
+                                %error,
+                                advice = error.advice().unwrap_or_default(),
+                                remaining_s = token.remaining().as_secs(),
+                                "token refresh failed; keeping the current token and trying again"
+                            ),
+                        }
                     }
                     failures = failures.saturating_add(1);
-                    keep_warm_backoff(&error, failures)
+                    let backoff = keep_warm_backoff(&error, failures);
+                    match still {
+                        // Try again before the current token runs out.
+                        Some(token) => backoff
+                            .min(token.remaining() / 2)
+                            .max(Duration::from_secs(1)),
+                        None => backoff,
+                    }
                 }
             };
             tokio::select! {
@@ -374,49 +396,52 @@ impl TokenCache {
                 // look again now; while failing, only a reloaded secret cuts the backoff
                 // short, so a failing endpoint is not asked in a loop.
                 _ = &mut event, if failures == 0 => {}
+                _ = self.inner.refresh_due.notified(), if failures == 0 => {}
                 _ = &mut reloaded => {}
                 _ = shutdown.cancelled() => return,
             }
         }
     }
 
+    /// Refreshes `token` if it is inside its refresh margin and no failure is on hold: one
+    /// fetch, shared with any caller that finds no usable token meanwhile. A failure keeps
+    /// `token` (returned with the error, for the keeper's backoff).
+    async fn refresh_if_due(
+        &self,
+        token: AccessToken,
+    ) -> Result<AccessToken, (TokenError, Option<AccessToken>)> {
+        {
+            let mut st = self.inner.lock();
+            let now = Instant::now();
+            if phase(&token, now, self.inner.refresh_margin) != Phase::RefreshDue {
+                st.refresh_wanted = false;
+                return Ok(token);
+            }
+            if let Some((error, until)) = &st.failure {
+                if now < *until {
+                    return Err((error.clone(), Some(token)));
+                }
+            }
+            st.refresh_wanted = false;
+        }
+        let _in_flight = self.inner.fetch_lock.lock().await;
+        let current = self.inner.lock().token.clone();
+        match current {
+            // Replaced while we queued (a caller fetched): nothing to refresh.
+            Some(t) if !t.is_same(&token) => Ok(t),
+            Some(_) => self
+                .inner
+                .fetch_and_store()
+                .await
+                .map_err(|error| (error, Some(token))),
+            // Invalidated while we queued: it is no good any more, fetch its successor.
+            None => self.inner.fetch_and_store().await.map_err(|e| (e, None)),
+        }
+    }
+
     /// Which credential this cache serves (no secrets).
     pub fn describe(&self) -> String {
         self.inner.source.describe()
-    }
-
-    /// Starts one background refresh unless one is running or a recent failure is on hold.
-    fn maybe_refresh(&self, st: &mut State, trigger: &AccessToken, now: Instant) {
-        if st.refreshing {
-            return;
-        }
-        if st.failure.as_ref().is_some_and(|(_, until)| now < *until) {
-            return;
-        }
-        st.refreshing = true;
-        let inner = self.inner.clone();
-        let trigger = trigger.clone();
-        tokio::spawn(async move {
-            let _flag = RefreshFlag(inner.clone());
-            let _in_flight = inner.fetch_lock.lock().await;
-            let still_current = inner
-                .lock()
-                .token
-                .as_ref()
-                .is_some_and(|t| t.is_same(&trigger));
-            if !still_current {
-                return; // replaced or invalidated while we queued
-            }
-            if let Err(error) = inner.fetch_and_store().await {
-                tracing::warn!(
-                    source = %inner.source.describe(),
-                    %error,
-                    advice = error.advice().unwrap_or_default(),
-                    remaining_s = trigger.remaining().as_secs(),
-                    "background token refresh failed; keeping the current token"
-                );
-            }
-        });
     }
 }
 
@@ -592,14 +617,30 @@ mod tests {
         assert_eq!(cache.expires_in(), Some(Duration::from_secs(3600)));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn refresh_ahead_runs_once_in_background() {
-        let fake = Fake::new(5_000, 3600);
-        let cache = cache(&fake);
-        let first = cache.get().await.unwrap();
-        assert_eq!(cache.fetch_count(), 1);
+    /// Starts the keeper, as the relay does.
+    fn keeper(cache: &TokenCache, period: Duration) -> tokio_util::sync::CancellationToken {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (c, s) = (cache.clone(), stop.clone());
+        tokio::spawn(async move { c.keep_warm(period, s, || {}).await });
+        stop
+    }
 
-        advance(Duration::from_secs(2_750)).await; // 850 s left < 900 s margin
+    const LONG: Duration = Duration::from_secs(3600);
+    /// A margin that the keeper's own schedule (at half the time left) does not land on, so
+    /// a refresh before its next tick can only come from a caller waking it.
+    const WIDE_MARGIN: Duration = Duration::from_secs(1000);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_in_the_margin_wakes_the_keeper_and_never_waits() {
+        let fake = Fake::new(5_000, 3600);
+        let cache = TokenCache::new(fake.clone(), WIDE_MARGIN);
+        let stop = keeper(&cache, LONG);
+        let first = cache.get().await.unwrap(); // the keeper's start-up fetch, shared
+        assert_eq!(cache.fetch_count(), 1);
+        let issued = Instant::now();
+
+        // 955 s left: inside the margin. The keeper's own next look is at 900 s left.
+        advance(Duration::from_secs(2_645)).await;
         let before = Instant::now();
         for _ in 0..50 {
             let t = cache.get().await.unwrap();
@@ -611,12 +652,29 @@ mod tests {
             "callers did not wait for the refresh"
         );
 
-        tokio::time::sleep(Duration::from_secs(6)).await; // let the refresh finish
-        assert_eq!(cache.fetch_count(), 2, "exactly one background refresh");
+        tokio::time::sleep(Duration::from_secs(6)).await; // the refresh takes 5 s
+        assert!(
+            issued.elapsed() < Duration::from_secs(2_700),
+            "before the keeper's tick"
+        );
+        assert_eq!(cache.fetch_count(), 2, "exactly one refresh");
         let second = cache.get().await.unwrap();
-        assert!(!second.is_same(&first));
         assert_eq!(second.expose(), "tok-2");
         assert_eq!(cache.fetch_count(), 2);
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_keeper_refreshes_ahead_on_its_own() {
+        let fake = Fake::new(0, 3600);
+        let cache = cache(&fake);
+        let stop = keeper(&cache, Duration::from_secs(60));
+        let first = cache.get().await.unwrap();
+        // No caller at all: still refreshed before the token gets anywhere near expiry.
+        tokio::time::sleep(Duration::from_secs(2_700 + 60)).await;
+        assert_eq!(cache.fetch_count(), 2);
+        assert!(!cache.get().await.unwrap().is_same(&first));
+        stop.cancel();
     }
 
     #[tokio::test(start_paused = true)]
@@ -727,16 +785,19 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn failed_background_refresh_keeps_the_token_and_backs_off() {
+    async fn a_failed_refresh_keeps_the_token_and_backs_off() {
         let fake = Fake::new(1_000, 3600);
-        let cache = cache(&fake);
-        let first = cache.get().await.unwrap();
+        fake.then(Ok(3600));
         fake.then(Err(TokenError::Timeout));
+        let cache = TokenCache::new(fake.clone(), WIDE_MARGIN);
+        let stop = keeper(&cache, LONG);
+        let first = cache.get().await.unwrap();
 
-        advance(Duration::from_secs(2_750)).await;
-        assert!(cache.get().await.unwrap().is_same(&first));
-        tokio::time::sleep(Duration::from_millis(1_500)).await; // refresh fails
+        advance(Duration::from_secs(2_645)).await; // inside the margin
+        assert!(cache.get().await.unwrap().is_same(&first)); // wakes the keeper
+        tokio::time::sleep(Duration::from_millis(1_500)).await; // its refresh fails
         assert_eq!(cache.fetch_count(), 2);
+        assert!(cache.last_error().is_some());
 
         // Within the transient hold: still the old token, no new request.
         for _ in 0..20 {
@@ -744,29 +805,35 @@ mod tests {
         }
         assert_eq!(cache.fetch_count(), 2);
 
-        // After the hold: one more background refresh, which succeeds.
-        advance(Duration::from_secs(3)).await;
-        assert!(cache.get().await.unwrap().is_same(&first));
-        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        // The keeper tries again when the hold ends, and that one succeeds.
+        tokio::time::sleep(Duration::from_secs(3)).await;
         assert_eq!(cache.fetch_count(), 3);
         assert_eq!(cache.get().await.unwrap().expose(), "tok-3");
+        assert!(cache.last_error().is_none());
+        stop.cancel();
     }
 
     #[tokio::test(start_paused = true)]
-    async fn cold_callers_share_a_running_background_refresh() {
-        let fake = Fake::new(20_000, 3600);
-        let cache = cache(&fake);
+    async fn cold_callers_share_a_running_refresh() {
+        let fake = Fake::new(1_000_000, 3600); // every request takes 1,000 s
+        let cache = TokenCache::new(fake.clone(), WIDE_MARGIN);
+        let stop = keeper(&cache, LONG);
         let first = cache.get().await.unwrap();
-        advance(Duration::from_secs(3_560)).await; // 40 s left: refresh due
-        assert!(cache.get().await.unwrap().is_same(&first));
-        tokio::task::yield_now().await; // the refresh task takes the fetch lock
-        advance(Duration::from_secs(15)).await; // 25 s left: unusable, refresh still running
+        // The keeper starts its refresh at 900 s left; it will take 1,000 s. At 20 s left
+        // the token is unusable and a caller must wait: for the refresh already running.
+        // (A sleep, not `advance`: the keeper's timers must fire at their own times.)
+        tokio::time::sleep(Duration::from_secs(3_580)).await;
         let waited_from = Instant::now();
         let got = cache.get().await.unwrap();
-        // Waited only for the rest of the running refresh (5 s), not a fetch of its own (20 s).
-        assert_eq!(waited_from.elapsed(), Duration::from_secs(5));
+        assert!(!got.is_same(&first));
         assert_eq!(got.expose(), "tok-2");
-        assert_eq!(cache.fetch_count(), 2);
+        assert_eq!(
+            waited_from.elapsed(),
+            Duration::from_secs(120),
+            "the rest of that refresh"
+        );
+        assert_eq!(cache.fetch_count(), 2, "no fetch of its own");
+        stop.cancel();
     }
 
     #[test]
