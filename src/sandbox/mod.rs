@@ -29,6 +29,7 @@
 mod clock;
 #[cfg(test)]
 mod dialog_tests;
+mod issued;
 #[cfg(test)]
 mod limits_tests;
 mod smtp;
@@ -105,7 +106,7 @@ impl SandboxOptions {
             client_secret: SecretString::from(random_client_secret()),
             mailboxes: vec!["relay@sandbox.example".to_string()],
             smtp_auth_disabled: Vec::new(),
-            app_roles: vec![token::SMTP_ROLE.to_string()],
+            app_roles: vec![issued::SMTP_ROLE.to_string()],
             token_lifetime: Duration::from_secs(3599),
             store_dir,
             max_connections_per_mailbox: 3,
@@ -227,7 +228,7 @@ pub(crate) struct Shared {
     /// `oid` claim: the service principal's object ID.
     pub app_oid: String,
     pub counters: Counters,
-    pub tokens: token::Registry,
+    pub tokens: issued::Registry,
     pub token_failure: Mutex<Option<TokenFailure>>,
     sessions: Mutex<HashMap<String, MailboxSessions>>,
     pub store: store::Store,
@@ -385,7 +386,7 @@ impl Sandbox {
             tenant_id,
             app_oid: token::random_guid(),
             counters: Counters::default(),
-            tokens: token::Registry::default(),
+            tokens: issued::Registry::default(),
             token_failure: Mutex::new(None),
             sessions: Mutex::new(HashMap::new()),
             store,

@@ -9,12 +9,12 @@
 //! §1.8): success bodies with integer `expires_in`, error bodies with `AADSTSnnnn:` text,
 //! `error_codes`, trace and correlation IDs, 401 for `invalid_client`, and the realistic
 //! mistakes (secret ID instead of value, wrong scope, a Graph token). Tokens are JWT-shaped
-//! (v1 claims, §1.10) but not signed; the sandbox remembers each one so SMTP AUTH can check
-//! it. Neither tokens nor secrets are ever logged.
+//! (v1 claims, §1.10) but not signed; the sandbox remembers each one (`issued.rs`) so SMTP
+//! AUTH can check it. Neither tokens nor secrets are ever logged.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -26,72 +26,14 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use super::clock::{unix_now, UtcTime};
+use super::issued::{IssuedToken, EXCHANGE_AUDIENCES, GRAPH_AUDIENCE};
 use super::{Shared, TokenFailure};
 use crate::sync::Lock as _;
-
-/// Audiences Exchange accepts for SMTP AUTH (reference §1.2, §1.10).
-pub(crate) const EXCHANGE_AUDIENCES: [&str; 2] = [
-    "https://outlook.office365.com",
-    "https://outlook.office.com",
-];
-const GRAPH_AUDIENCE: &str = "https://graph.microsoft.com";
-/// The application permission an app-only SMTP token must carry.
-pub(crate) const SMTP_ROLE: &str = "SMTP.SendAsApp";
 
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 64 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Beyond this many remembered tokens, expired ones are forgotten.
-const PRUNE_ABOVE: usize = 10_000;
-
-// ---------------------------------------------------------------------------------------
-// Issued tokens
-
-/// What the sandbox remembers about a token it issued.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct IssuedToken {
-    pub aud: String,
-    pub roles: Vec<String>,
-    pub nbf: u64,
-    pub exp: u64,
-}
-
-impl IssuedToken {
-    /// Would Exchange accept this token for app-only SMTP AUTH at `now` (Unix seconds)?
-    pub(crate) fn valid_for_smtp(&self, now: u64) -> bool {
-        self.nbf <= now
-            && now < self.exp
-            && EXCHANGE_AUDIENCES.contains(&self.aud.as_str())
-            && self.roles.iter().any(|r| r == SMTP_ROLE)
-    }
-}
-
-/// Tokens issued and not revoked, by token string.
-#[derive(Default)]
-pub(crate) struct Registry {
-    tokens: Mutex<HashMap<String, IssuedToken>>,
-}
-
-impl Registry {
-    fn insert(&self, token: String, issued: IssuedToken) {
-        let mut map = self.tokens.locked();
-        if map.len() >= PRUNE_ABOVE {
-            let now = unix_now();
-            map.retain(|_, t| t.exp > now);
-        }
-        map.insert(token, issued);
-    }
-
-    pub(crate) fn lookup(&self, token: &str) -> Option<IssuedToken> {
-        let map = self.tokens.locked();
-        map.get(token).cloned()
-    }
-
-    pub(crate) fn revoke_all(&self) {
-        self.tokens.locked().clear();
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // The grant decision (pure)
@@ -991,26 +933,5 @@ mod tests {
         assert!(is_guid("11111111-2222-3333-4444-555555555555"));
         assert!(!is_guid("contoso.onmicrosoft.com"));
         assert!(!is_guid("11111111-2222-3333-4444-55555555555"));
-    }
-
-    #[test]
-    fn token_validity_for_smtp() {
-        let t = IssuedToken {
-            aud: "https://outlook.office365.com".into(),
-            roles: vec![SMTP_ROLE.into()],
-            nbf: 100,
-            exp: 200,
-        };
-        assert!(t.valid_for_smtp(150));
-        assert!(!t.valid_for_smtp(99));
-        assert!(!t.valid_for_smtp(200));
-        let graph = IssuedToken {
-            aud: GRAPH_AUDIENCE.into(),
-            roles: vec!["Mail.Send".into()],
-            ..t.clone()
-        };
-        assert!(!graph.valid_for_smtp(150));
-        let no_role = IssuedToken { roles: vec![], ..t };
-        assert!(!no_role.valid_for_smtp(150));
     }
 }
