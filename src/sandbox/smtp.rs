@@ -42,8 +42,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::clock::{unix_now, UtcTime};
+use super::shared::{SessionGuard, Shared, SmtpOutage};
 use super::store::Incoming;
-use super::{SessionGuard, Shared, SmtpOutage};
 
 /// The front-end host name in greetings and bracketed diagnostics.
 const HOST: &str = "sandbox.outlook.office365.com";

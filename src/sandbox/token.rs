@@ -27,7 +27,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::clock::{unix_now, UtcTime};
 use super::issued::{IssuedToken, EXCHANGE_AUDIENCES, GRAPH_AUDIENCE};
-use super::{Shared, TokenFailure};
+use super::shared::{Shared, TokenFailure};
 use crate::sync::Lock as _;
 
 const MAX_HEAD: usize = 16 * 1024;
