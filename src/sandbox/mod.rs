@@ -6,14 +6,25 @@
 //! relay depends on, with Microsoft's exact reply texts (reference §1.7-1.10, §3-§6):
 //!
 //! ```text
-//!  relay ── HTTPS POST /{tenant}/oauth2/v2.0/token ──▶ token.rs   (client credentials, AADSTS errors)
-//!  relay ── SMTP, STARTTLS, AUTH XOAUTH2 ───────────▶ smtp.rs    (EHLO lists, SendAs, limits, faults)
-//!                                                        │
-//!                                                        ▼
-//!                                                     store.rs   (<id>.eml + <id>.json per message)
+//!  relay ── HTTPS POST /{tenant}/oauth2/v2.0/token ──▶ token/   (client credentials, AADSTS errors)
+//!  relay ── SMTP, STARTTLS, AUTH XOAUTH2 ───────────▶ smtp/    (EHLO lists, SendAs, limits, faults)
+//!                                                       │
+//!                                                       ▼
+//!                                                    store.rs  (<id>.eml + <id>.json per message)
 //! ```
 //!
-//! `tls.rs` makes the self-signed certificate both listeners use; `clock.rs` formats dates.
+//! The room, by job (dependencies run downwards only):
+//! - this file: the public [`Sandbox`] handle; `start` builds the shared state and wires
+//!   both servers to their listeners.
+//! - `token/` (driver; `entra.rs` Entra's rules, `http.rs` HTTP/1.1 parsing, both pure) and
+//!   `smtp/` (session driver; `wire.rs`, `auth.rs`, `body.rs`, `script.rs`,
+//!   `exchange.rs`): the two servers. Neither imports the other or this file.
+//! - `listener.rs`: sockets that close and re-bind at runtime, and the accept loop.
+//! - `shared.rs`: the runtime state both servers and the handle use (counters, switches,
+//!   limits, session guards); `options.rs`: [`SandboxOptions`]; `issued.rs`: the tokens the
+//!   token endpoint issued and SMTP checks; `store.rs`: the mail store; `tls.rs`: the
+//!   self-signed certificate both listeners use; `clock.rs`: dates in Microsoft's formats.
+//!
 //! Tests of the relay's queue and governor steer it at runtime: rate and concurrency limits
 //! (`set_rate_limit`, `set_concurrency_limit`), outages (`set_smtp_outage`,
 //! `set_token_failure`), the submission quota (`set_quota_exceeded`), and read back
