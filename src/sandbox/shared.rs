@@ -5,8 +5,8 @@
 //!
 //! Why a module of its own: the token endpoint, the SMTP server and `Sandbox` all read and
 //! change this state, so it sits below them and imports none of them; `mod.rs` builds it and
-//! hands it to the servers. Fields that carry an invariant (session counts, pacing, the
-//! outage, open connections) are private and changed only through methods here; the guards
+//! hands it to the servers. Session counts, pacing, the SMTP outage and the count of open
+//! connections are private and changed only through methods here; the guards
 //! ([`SessionGuard`], [`OpenConnection`]) undo their count on drop, so a session that ends in
 //! any way is counted out. Locks are `std` mutexes taken through `crate::sync::Lock` for
 //! a few statements and never held across an `.await`.
