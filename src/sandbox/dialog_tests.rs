@@ -1102,7 +1102,11 @@ async fn shutdown_ends_sessions_in_flight() {
     c.cmd("RCPT TO:<slow-600@x.example>").await;
     c.cmd("DATA").await;
     c.send(b"hi\r\n.\r\n").await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Counted at the final dot, before the slow script starts sitting on the message.
+    until("the slow body to be counted", || {
+        fx.sandbox.bodies_received() == 1
+    })
+    .await;
     let addr = fx.sandbox.smtp_addr();
     tokio::time::timeout(Duration::from_secs(5), fx.sandbox.shutdown())
         .await

@@ -6,14 +6,25 @@
 //! relay depends on, with Microsoft's exact reply texts (reference §1.7-1.10, §3-§6):
 //!
 //! ```text
-//!  relay ── HTTPS POST /{tenant}/oauth2/v2.0/token ──▶ token.rs   (client credentials, AADSTS errors)
-//!  relay ── SMTP, STARTTLS, AUTH XOAUTH2 ───────────▶ smtp.rs    (EHLO lists, SendAs, limits, faults)
-//!                                                        │
-//!                                                        ▼
-//!                                                     store.rs   (<id>.eml + <id>.json per message)
+//!  relay ── HTTPS POST /{tenant}/oauth2/v2.0/token ──▶ token/   (client credentials, AADSTS errors)
+//!  relay ── SMTP, STARTTLS, AUTH XOAUTH2 ───────────▶ smtp/    (EHLO lists, SendAs, limits, faults)
+//!                                                       │
+//!                                                       ▼
+//!                                                    store.rs  (<id>.eml + <id>.json per message)
 //! ```
 //!
-//! `tls.rs` makes the self-signed certificate both listeners use; `clock.rs` formats dates.
+//! The room, by job (dependencies run downwards only):
+//! - this file: the public [`Sandbox`] handle; `start` builds the shared state and wires
+//!   both servers to their listeners.
+//! - `token/` (driver; `entra.rs` Entra's rules, `http.rs` HTTP/1.1 parsing, both pure) and
+//!   `smtp/` (session driver; `wire.rs`, `auth.rs`, `body.rs`, `script.rs`,
+//!   `exchange.rs`): the two servers. Neither imports the other or this file.
+//! - `listener.rs`: sockets that close and re-bind at runtime, and the accept loop.
+//! - `shared.rs`: the runtime state both servers and the handle use (counters, switches,
+//!   limits, session guards); `options.rs`: [`SandboxOptions`]; `issued.rs`: the tokens the
+//!   token endpoint issued and SMTP checks; `store.rs`: the mail store; `tls.rs`: the
+//!   self-signed certificate both listeners use; `clock.rs`: dates in Microsoft's formats.
+//!
 //! Tests of the relay's queue and governor steer it at runtime: rate and concurrency limits
 //! (`set_rate_limit`, `set_concurrency_limit`), outages (`set_smtp_outage`,
 //! `set_token_failure`), the submission quota (`set_quota_exceeded`), and read back
@@ -29,306 +40,34 @@
 mod clock;
 #[cfg(test)]
 mod dialog_tests;
+mod issued;
 #[cfg(test)]
 mod limits_tests;
+mod listener;
+mod options;
+mod shared;
 mod smtp;
 mod store;
 mod tls;
 mod token;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::sync::Lock as _;
-use rand::Rng;
-use secrecy::SecretString;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{Notify, Semaphore};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use options::SandboxOptions;
+pub use shared::{SmtpOutage, TokenFailure};
 pub use store::{StoredEnvelope, StoredMessage};
 
-/// How the sandbox is set up. `Debug` redacts the client secret (it is a `SecretString`).
-#[derive(Debug, Clone)]
-pub struct SandboxOptions {
-    /// The one tenant the token endpoint accepts (GUID or domain, case-insensitive).
-    pub tenant: String,
-    /// The application (client) ID of the one registered app.
-    pub client_id: String,
-    /// The app's client secret value.
-    pub client_secret: SecretString,
-    /// Mailboxes the app may authenticate as (XOAUTH2 `user=`), compared case-insensitively.
-    pub mailboxes: Vec<String>,
-    /// Mailboxes whose SMTP AUTH switch is off: AUTH gets `535 5.7.139` (reference §3.5).
-    pub smtp_auth_disabled: Vec<String>,
-    /// Application permissions granted (with admin consent) to the app: the `roles` of its
-    /// Exchange tokens. Empty reproduces "SMTP.SendAsApp was never added or consented",
-    /// which Exchange answers with `535 5.7.3`.
-    pub app_roles: Vec<String>,
-    /// `expires_in` of issued tokens (Entra shows 3599 s for app-only tokens).
-    pub token_lifetime: Duration,
-    /// Where accepted messages are written (created if missing).
-    pub store_dir: PathBuf,
-    /// Concurrent authenticated sessions per mailbox before MAIL gets `432 4.3.2`
-    /// (Exchange Online: 3, reference §4.1). 0 = unlimited, for benchmarks.
-    /// `Sandbox::set_concurrency_limit` changes it at runtime.
-    pub max_connections_per_mailbox: u32,
-    /// Messages (accepted `MAIL FROM`s) per mailbox within `rate_window` before `MAIL` gets
-    /// `451 4.7.500 Access denied, please try again later`, Exchange's throttling reply
-    /// (Exchange Online: 30 per minute, reference §4.1). 0 = off (the default).
-    pub rate_limit: u32,
-    /// The rolling window of `rate_limit` (default 60 s).
-    pub rate_window: Duration,
-    /// Address to listen on. Must be loopback; `Sandbox::start` refuses anything else.
-    pub listen_ip: IpAddr,
-    /// SMTP port; 0 = ephemeral.
-    pub smtp_port: u16,
-    /// Token endpoint (HTTPS) port; 0 = ephemeral.
-    pub token_port: u16,
-}
-
-impl SandboxOptions {
-    /// Defaults that look like a real single-tenant app registration, with a fresh random
-    /// secret in Microsoft's current value shape.
-    pub fn new(store_dir: PathBuf) -> Self {
-        SandboxOptions {
-            tenant: "11111111-2222-3333-4444-555555555555".to_string(),
-            client_id: "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee".to_string(),
-            client_secret: SecretString::from(random_client_secret()),
-            mailboxes: vec!["relay@sandbox.example".to_string()],
-            smtp_auth_disabled: Vec::new(),
-            app_roles: vec![token::SMTP_ROLE.to_string()],
-            token_lifetime: Duration::from_secs(3599),
-            store_dir,
-            max_connections_per_mailbox: 3,
-            rate_limit: 0,
-            rate_window: Duration::from_secs(60),
-            listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            smtp_port: 0,
-            token_port: 0,
-        }
-    }
-}
-
-/// Characters Entra uses in client secret values.
-const SECRET_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~-";
-
-/// A 40-character secret in Microsoft's value shape: 3 chars, a digit, `Q~`, 34 chars
-/// (reference §1.9), so the relay's secret-shape diagnostics see a plausible value.
-fn random_client_secret() -> String {
-    let mut rng = rand::rng();
-    let mut pick = |n: usize| -> String {
-        (0..n)
-            .map(|_| SECRET_CHARS[rng.random_range(0..SECRET_CHARS.len())] as char)
-            .collect()
-    };
-    let head = pick(3);
-    let tail = pick(34);
-    let digit = char::from(b'0' + rand::random_range(0..10u8));
-    format!("{head}{digit}Q~{tail}")
-}
-
-/// Ways to make the token endpoint fail on purpose, until cleared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenFailure {
-    /// 401 `invalid_client` AADSTS7000215 (as if the secret had been rotated).
-    InvalidClient,
-    /// 401 `invalid_client` AADSTS7000222 (the secret expired).
-    SecretExpired,
-    /// HTTP 503 with `Retry-After: 1` and `{"error":"temporarily_unavailable"}`.
-    Unavailable503,
-    /// HTTP 429 with `Retry-After: 1` (AADSTS90055 tenant throttling).
-    TooMany429,
-}
-
-/// Ways to make the SMTP side unavailable on purpose, until cleared. Sessions already in
-/// progress are not cut off (only `Storm451` affects their later commands).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SmtpOutage {
-    /// The listening socket is closed, so new connections are refused (`ECONNREFUSED`, not
-    /// a hang); when the outage ends the same port is bound again.
-    Refuse,
-    /// New connections are accepted, answered `421 4.3.2 Service not available, closing
-    /// transmission channel` instead of the greeting, and closed.
-    Greeting421,
-    /// `MAIL FROM` and the end of DATA get `451 4.7.500 Access denied, please try again
-    /// later`; nothing is stored.
-    Storm451,
-}
-
-/// Counters the tests and benchmarks read.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub token_requests: AtomicU64,
-    pub tokens_issued: AtomicU64,
-    pub auth_attempts: AtomicU64,
-    pub auth_failures: AtomicU64,
-    /// `MAIL` refused with `451 4.7.500` by the message rate limit.
-    pub rate_violations: AtomicU64,
-    /// `MAIL` refused with `432 4.3.2` by the concurrency limit.
-    pub concurrency_rejections: AtomicU64,
-    /// Message bodies whose end (the final dot, or `BDAT ... LAST`) was read, whatever the
-    /// reply: counted before any end-of-data script (such as `slow-<N>`) runs.
-    pub bodies_received: AtomicU64,
-}
-
-/// The per-mailbox message rate limit and every accepted `MAIL FROM`'s time.
-#[derive(Debug)]
-struct Pacing {
-    limit: u32,
-    window: Duration,
-    /// Lowercased mailbox -> times of accepted `MAIL FROM`s, oldest first.
-    times: HashMap<String, Vec<Instant>>,
-}
-
-/// Rolling-window admission. `times` are earlier admissions, oldest first. Admits `now`
-/// (appending it) unless `limit` (0 = no limit) admissions already lie within `window`
-/// before it, i.e. in `(now - window, now]`.
-fn admit(times: &mut Vec<Instant>, now: Instant, limit: u32, window: Duration) -> bool {
-    if limit > 0 {
-        let in_window = match now.checked_sub(window) {
-            Some(since) => times.len() - times.partition_point(|&t| t <= since),
-            None => times.len(),
-        };
-        if in_window >= limit as usize {
-            return false;
-        }
-    }
-    times.push(now);
-    true
-}
-
-/// "Now" for pacing: tokio's clock, so a test running on a paused clock sees virtual time.
-/// Without a paused clock it is `std::time::Instant::now()`.
-fn pacing_now() -> Instant {
-    tokio::time::Instant::now().into_std()
-}
-
-/// Authenticated sessions of one mailbox: now and the most seen at once.
-#[derive(Debug, Default, Clone, Copy)]
-struct MailboxSessions {
-    active: u32,
-    peak: u32,
-}
-
-/// State shared by both listeners and every connection.
-pub(crate) struct Shared {
-    pub opts: SandboxOptions,
-    /// `tid` claim: the tenant GUID (random if the tenant option is a domain name).
-    pub tenant_id: String,
-    /// `oid` claim: the service principal's object ID.
-    pub app_oid: String,
-    pub counters: Counters,
-    pub tokens: token::Registry,
-    pub token_failure: Mutex<Option<TokenFailure>>,
-    sessions: Mutex<HashMap<String, MailboxSessions>>,
-    pub store: store::Store,
-    /// Cancelled on shutdown; every connection task races its I/O against it.
-    pub cancel: CancellationToken,
-    /// The SMTP outage in force, if any.
-    smtp_outage: Mutex<Option<SmtpOutage>>,
-    /// End of DATA gets `554 5.2.0 ...SubmissionQuotaExceededException` while set.
-    pub quota_exceeded: AtomicBool,
-    /// The concurrency limit in force (starts as `max_connections_per_mailbox`).
-    pub max_connections: AtomicU32,
-    pacing: Mutex<Pacing>,
-    /// True while token requests are held unanswered (`Sandbox::hold_token_requests`).
-    pub token_hold: tokio::sync::watch::Sender<bool>,
-    /// Woken whenever a token request is counted (`Sandbox::wait_for_token_requests`).
-    pub token_arrived: Notify,
-    /// SMTP connections whose task is running (accepted and not yet finished).
-    smtp_open: AtomicU64,
-}
-
-impl Shared {
-    /// Counts one token request (a POST to the token path) and wakes whoever waits for it.
-    pub(crate) fn count_token_request(&self) {
-        self.counters.token_requests.fetch_add(1, Ordering::Relaxed);
-        self.token_arrived.notify_waiters();
-    }
-
-    /// Returns at once unless token requests are held; then waits for the release. `false`
-    /// if the sandbox shuts down meanwhile.
-    pub(crate) async fn token_request_released(&self) -> bool {
-        let mut held = self.token_hold.subscribe();
-        tokio::select! {
-            _ = self.cancel.cancelled() => false,
-            released = held.wait_for(|h| !*h) => released.is_ok(),
-        }
-    }
-
-    /// Records that a session authenticated as `mailbox`; the guard undoes it when dropped.
-    pub(crate) fn session_authenticated(self: &Arc<Self>, mailbox: &str) -> SessionGuard {
-        let key = mailbox.to_ascii_lowercase();
-        let mut map = self.sessions.locked();
-        let entry = map.entry(key.clone()).or_default();
-        entry.active += 1;
-        entry.peak = entry.peak.max(entry.active);
-        SessionGuard {
-            shared: self.clone(),
-            key,
-        }
-    }
-
-    /// Authenticated sessions of `mailbox`, this one included.
-    pub(crate) fn active_sessions(&self, mailbox: &str) -> u32 {
-        let map = self.sessions.locked();
-        map.get(&mailbox.to_ascii_lowercase())
-            .map_or(0, |s| s.active)
-    }
-
-    pub(crate) fn smtp_outage(&self) -> Option<SmtpOutage> {
-        *self.smtp_outage.locked()
-    }
-
-    /// Applies the message rate limit to a `MAIL FROM` of `mailbox`: records it and returns
-    /// true, or counts a violation and returns false.
-    pub(crate) fn admit_message(&self, mailbox: &str) -> bool {
-        let mut pacing = self.pacing.locked();
-        let (limit, window) = (pacing.limit, pacing.window);
-        let times = pacing
-            .times
-            .entry(mailbox.to_ascii_lowercase())
-            .or_default();
-        // "Now" is taken under the lock, so every list stays in order.
-        let admitted = admit(times, pacing_now(), limit, window);
-        if !admitted {
-            self.counters
-                .rate_violations
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        admitted
-    }
-}
-
-/// Held by an authenticated SMTP session; counts it in its mailbox's concurrency.
-pub(crate) struct SessionGuard {
-    shared: Arc<Shared>,
-    key: String,
-}
-
-impl SessionGuard {
-    pub(crate) fn mailbox_key(&self) -> &str {
-        &self.key
-    }
-}
-
-impl Drop for SessionGuard {
-    fn drop(&mut self) {
-        let mut map = self.shared.sessions.locked();
-        if let Some(entry) = map.get_mut(&self.key) {
-            entry.active = entry.active.saturating_sub(1);
-        }
-    }
-}
+use listener::Listener;
+use shared::{OpenConnection, Shared};
 
 /// A running sandbox. Dropping it cancels its tasks; `shutdown` also waits for them.
 pub struct Sandbox {
@@ -340,9 +79,6 @@ pub struct Sandbox {
     ca_pem: String,
     tracker: TaskTracker,
 }
-
-/// Concurrent connections per listener: a bound on tasks, far above what tests need.
-const MAX_CONNECTIONS: usize = 1024;
 
 impl Sandbox {
     /// Binds both listeners (loopback only) and starts serving.
@@ -374,42 +110,20 @@ impl Sandbox {
         } else {
             token::random_guid()
         };
-        let pacing = Pacing {
-            limit: opts.rate_limit,
-            window: opts.rate_window,
-            times: HashMap::new(),
-        };
-        let max_connections = AtomicU32::new(opts.max_connections_per_mailbox);
-        let shared = Arc::new(Shared {
-            opts,
-            tenant_id,
-            app_oid: token::random_guid(),
-            counters: Counters::default(),
-            tokens: token::Registry::default(),
-            token_failure: Mutex::new(None),
-            sessions: Mutex::new(HashMap::new()),
-            store,
-            cancel: CancellationToken::new(),
-            smtp_outage: Mutex::new(None),
-            quota_exceeded: AtomicBool::new(false),
-            max_connections,
-            pacing: Mutex::new(pacing),
-            token_hold: tokio::sync::watch::Sender::new(false),
-            token_arrived: Notify::new(),
-            smtp_open: AtomicU64::new(0),
-        });
+        let shared = Arc::new(Shared::new(opts, store, tenant_id, token::random_guid()));
         let tracker = TaskTracker::new();
 
         let smtp_acceptor = tokio_rustls::TlsAcceptor::from(tls.smtp);
-        tracker.spawn(accept_loop(
+        let smtp_shared = shared.clone();
+        tracker.spawn(listener::accept_loop(
             smtp_listener.clone(),
-            shared.clone(),
+            shared.cancel.clone(),
             tracker.clone(),
-            move |shared, tcp, peer| {
+            move |tcp, peer| {
                 // Counted here, before the task is spawned, so a connection is never
                 // accepted without being counted as open.
-                let open = OpenConnection::new(shared.clone());
-                let session = smtp::serve(shared, smtp_acceptor.clone(), tcp, peer);
+                let open = OpenConnection::new(smtp_shared.clone());
+                let session = smtp::serve(smtp_shared.clone(), smtp_acceptor.clone(), tcp, peer);
                 async move {
                     session.await;
                     drop(open);
@@ -417,11 +131,12 @@ impl Sandbox {
             },
         ));
         let https_acceptor = tokio_rustls::TlsAcceptor::from(tls.https);
-        tracker.spawn(accept_loop(
+        let token_shared = shared.clone();
+        tracker.spawn(listener::accept_loop(
             token_listener,
-            shared.clone(),
+            shared.cancel.clone(),
             tracker.clone(),
-            move |shared, tcp, _peer| token::serve(shared, https_acceptor.clone(), tcp),
+            move |tcp, _peer| token::serve(token_shared.clone(), https_acceptor.clone(), tcp),
         ));
 
         Ok(Sandbox {
@@ -491,8 +206,7 @@ impl Sandbox {
 
     /// The most concurrent authenticated sessions seen for `mailbox` (case-insensitive).
     pub fn peak_sessions(&self, mailbox: &str) -> u32 {
-        let map = self.shared.sessions.locked();
-        map.get(&mailbox.to_ascii_lowercase()).map_or(0, |s| s.peak)
+        self.shared.peak_sessions(mailbox)
     }
 
     /// From now on, token requests are received and counted (`token_requests`) but not
@@ -542,7 +256,7 @@ impl Sandbox {
     /// SMTP connections accepted and still being served (authenticated or not). Zero after
     /// a client has gone means every session it had is over: nothing more of it gets stored.
     pub fn smtp_connections_open(&self) -> u64 {
-        self.shared.smtp_open.load(Ordering::Relaxed)
+        self.shared.smtp_connections_open()
     }
 
     /// Every token issued so far becomes invalid: the next AUTH with one gets `535 5.7.3`.
@@ -573,9 +287,7 @@ impl Sandbox {
     /// Changes the message rate limit (`limit` per `window` and mailbox, 0 = off) from now
     /// on; the times already recorded count towards it.
     pub fn set_rate_limit(&self, limit: u32, window: Duration) {
-        let mut pacing = self.shared.pacing.locked();
-        pacing.limit = limit;
-        pacing.window = window;
+        self.shared.set_rate_limit(limit, window);
     }
 
     /// `MAIL` commands refused with `451 4.7.500` by the message rate limit.
@@ -588,12 +300,7 @@ impl Sandbox {
     /// are virtual instants (compare them with `tokio::time::Instant::now().into_std()`),
     /// otherwise they are ordinary `std::time::Instant::now()` values.
     pub fn message_times(&self, mailbox: &str) -> Vec<Instant> {
-        let pacing = self.shared.pacing.locked();
-        pacing
-            .times
-            .get(&mailbox.to_ascii_lowercase())
-            .cloned()
-            .unwrap_or_default()
+        self.shared.message_times(mailbox)
     }
 
     /// Puts the SMTP side into the given outage until called with `None` (see
@@ -601,7 +308,7 @@ impl Sandbox {
     /// next connection attempt is refused; clearing it binds the same port again before this
     /// returns (if that fails, the sandbox keeps retrying in the background).
     pub fn set_smtp_outage(&self, outage: Option<SmtpOutage>) {
-        *self.shared.smtp_outage.locked() = outage;
+        self.shared.set_smtp_outage(outage);
         if outage == Some(SmtpOutage::Refuse) {
             self.smtp_listener.close();
         } else if let Err(e) = self.smtp_listener.reopen() {
@@ -662,257 +369,10 @@ impl Drop for Sandbox {
     }
 }
 
-/// One SMTP connection counted in `Shared::smtp_open` for as long as it lives.
-struct OpenConnection(Arc<Shared>);
-
-impl OpenConnection {
-    fn new(shared: Arc<Shared>) -> Self {
-        shared.smtp_open.fetch_add(1, Ordering::Relaxed);
-        OpenConnection(shared)
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.smtp_open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A listening socket that can be closed and bound again on the same address at runtime
-/// (`SmtpOutage::Refuse`). Sockets are made with `SO_REUSEADDR`, so binding again works while
-/// connections accepted earlier are still open or in TIME_WAIT.
-struct Listener {
-    addr: SocketAddr,
-    state: Mutex<ListenerState>,
-    /// Woken whenever the socket is closed or replaced.
-    changed: Notify,
-    /// The runtime the sandbox started on: sockets register with its reactor.
-    runtime: tokio::runtime::Handle,
-}
-
-struct ListenerState {
-    socket: Option<TcpListener>,
-    /// False while an outage keeps the socket closed.
-    wanted: bool,
-    /// The accept loop ended (shutdown): never bind again.
-    retired: bool,
-}
-
-/// Backlog of the listening sockets.
-const BACKLOG: u32 = 1024;
-
-fn bind_reusable(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(BACKLOG)
-}
-
-impl Listener {
-    /// Binds `addr` (port 0 = ephemeral; the chosen port is kept for re-binding). Must run
-    /// inside a tokio runtime.
-    fn bind(addr: SocketAddr) -> io::Result<Listener> {
-        let socket = bind_reusable(addr)?;
-        Ok(Listener {
-            addr: socket.local_addr()?,
-            state: Mutex::new(ListenerState {
-                socket: Some(socket),
-                wanted: true,
-                retired: false,
-            }),
-            changed: Notify::new(),
-            runtime: tokio::runtime::Handle::current(),
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, ListenerState> {
-        self.state.locked()
-    }
-
-    /// Closes the socket now: connections not yet accepted are reset, new ones refused.
-    fn close(&self) {
-        let socket = {
-            let mut state = self.lock();
-            state.wanted = false;
-            state.socket.take()
-        };
-        drop(socket);
-        self.changed.notify_waiters();
-    }
-
-    /// Binds the address again if the socket is closed (no-op after shutdown).
-    fn reopen(&self) -> io::Result<()> {
-        let result = {
-            let mut state = self.lock();
-            if state.retired {
-                return Ok(());
-            }
-            state.wanted = true;
-            if state.socket.is_none() {
-                let _runtime = self.runtime.enter();
-                bind_reusable(self.addr).map(|socket| state.socket = Some(socket))
-            } else {
-                Ok(())
-            }
-        };
-        self.changed.notify_waiters();
-        result
-    }
-
-    /// For good: closes the socket and never binds again.
-    fn retire(&self) {
-        let socket = {
-            let mut state = self.lock();
-            state.retired = true;
-            state.wanted = false;
-            state.socket.take()
-        };
-        drop(socket);
-        self.changed.notify_waiters();
-    }
-
-    /// The next connection; `None` on shutdown. Waits while the socket is closed, and keeps
-    /// trying to bind again if it should be open but binding failed.
-    async fn accept(
-        &self,
-        cancel: &CancellationToken,
-    ) -> Option<io::Result<(TcpStream, SocketAddr)>> {
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            // Registered before the state is looked at, so no change is missed.
-            changed.as_mut().enable();
-            let rebind = {
-                let state = self.lock();
-                state.wanted && state.socket.is_none()
-            };
-            let accept = std::future::poll_fn(|cx| match self.lock().socket.as_ref() {
-                Some(socket) => socket.poll_accept(cx),
-                None => Poll::Pending,
-            });
-            tokio::select! {
-                _ = cancel.cancelled() => return None,
-                _ = &mut changed => {}
-                _ = tokio::time::sleep(Duration::from_millis(50)), if rebind => {
-                    if let Err(e) = self.reopen() {
-                        tracing::debug!(error = %e, addr = %self.addr, "sandbox re-bind failed");
-                    }
-                }
-                accepted = accept => return Some(accepted),
-            }
-        }
-    }
-}
-
-/// Accepts connections until shutdown, one tracked task each, at most `MAX_CONNECTIONS`
-/// at once (the permit is taken before `accept`, as in mini-redis). On the way out the
-/// socket is closed for good.
-async fn accept_loop<F, Fut>(
-    listener: Arc<Listener>,
-    shared: Arc<Shared>,
-    tracker: TaskTracker,
-    handle: F,
-) where
-    F: Fn(Arc<Shared>, TcpStream, SocketAddr) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    serve_listener(&listener, &shared, &tracker, handle).await;
-    listener.retire();
-}
-
-async fn serve_listener<F, Fut>(
-    listener: &Listener,
-    shared: &Arc<Shared>,
-    tracker: &TaskTracker,
-    handle: F,
-) where
-    F: Fn(Arc<Shared>, TcpStream, SocketAddr) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let cancel = shared.cancel.clone();
-    loop {
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => return,
-            permit = limit.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-        };
-        let Some(accepted) = listener.accept(&cancel).await else {
-            return;
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                let _ = tcp.set_nodelay(true);
-                let task = handle(shared.clone(), tcp, peer);
-                tracker.spawn(async move {
-                    task.await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                // Usually EMFILE or a connection reset before accept: back off briefly.
-                tracing::warn!(error = %e, "sandbox accept failed");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::ExposeSecret;
-
-    #[test]
-    fn default_secret_has_microsofts_value_shape() {
-        for _ in 0..50 {
-            let s = random_client_secret();
-            assert_eq!(s.len(), 40);
-            let b = s.as_bytes();
-            assert!(b[3].is_ascii_digit());
-            assert_eq!(&b[4..6], b"Q~");
-            assert!(b.iter().all(|c| SECRET_CHARS.contains(c)));
-        }
-    }
-
-    #[test]
-    fn debug_never_prints_the_secret() {
-        let opts = SandboxOptions::new(PathBuf::from("/tmp/x"));
-        let shown = format!("{opts:?}");
-        assert!(!shown.contains(opts.client_secret.expose_secret()));
-    }
-
-    #[test]
-    fn admit_is_a_rolling_window() {
-        let t0 = Instant::now() + Duration::from_secs(1000);
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let window = Duration::from_secs(10);
-        let mut times = Vec::new();
-        assert!(admit(&mut times, at(0), 2, window));
-        assert!(admit(&mut times, at(1_000), 2, window));
-        assert!(!admit(&mut times, at(5_000), 2, window));
-        assert!(!admit(&mut times, at(9_999), 2, window));
-        // Exactly one window after the first: it has left the window.
-        assert!(admit(&mut times, at(10_000), 2, window));
-        assert!(!admit(&mut times, at(10_500), 2, window));
-        assert!(admit(&mut times, at(11_000), 2, window));
-        assert_eq!(times, vec![at(0), at(1_000), at(10_000), at(11_000)]);
-        // 0 = no limit.
-        let mut unlimited = Vec::new();
-        assert!((0..1000).all(|ms| admit(&mut unlimited, at(ms), 0, window)));
-        // A window longer than the clock's history counts everything.
-        let mut early = vec![Instant::now()];
-        assert!(!admit(&mut early, Instant::now(), 1, Duration::MAX));
-    }
+    use std::net::{IpAddr, Ipv4Addr};
 
     #[tokio::test(start_paused = true)]
     async fn pacing_follows_a_paused_clock() {

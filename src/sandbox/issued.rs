@@ -1,0 +1,98 @@
+//! Tokens the sandbox issued: what the token endpoint remembers about each one and what the
+//! SMTP server checks at `AUTH XOAUTH2` (audience, role, validity, revocation).
+//!
+//! Why a module of its own: it is the noun the two servers exchange (the token endpoint
+//! inserts, SMTP looks up, `Sandbox::revoke_tokens` clears), and the shared state holds the
+//! registry, so it sits below all three and imports none of them. Tokens are JWT-shaped but
+//! unsigned (see `token::entra`), so the registry, not a signature, is what makes a token
+//! genuine. Token strings are never logged.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::clock::unix_now;
+use crate::sync::Lock as _;
+
+/// Audiences Exchange accepts for SMTP AUTH (reference §1.2, §1.10).
+pub(crate) const EXCHANGE_AUDIENCES: [&str; 2] = [
+    "https://outlook.office365.com",
+    "https://outlook.office.com",
+];
+/// The audience of a Graph token: issued, but SMTP AUTH refuses it.
+pub(crate) const GRAPH_AUDIENCE: &str = "https://graph.microsoft.com";
+/// The application permission an app-only SMTP token must carry.
+pub(crate) const SMTP_ROLE: &str = "SMTP.SendAsApp";
+
+/// Beyond this many remembered tokens, expired ones are forgotten.
+const PRUNE_ABOVE: usize = 10_000;
+
+/// What the sandbox remembers about a token it issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IssuedToken {
+    pub aud: String,
+    pub roles: Vec<String>,
+    pub nbf: u64,
+    pub exp: u64,
+}
+
+impl IssuedToken {
+    /// Would Exchange accept this token for app-only SMTP AUTH at `now` (Unix seconds)?
+    pub(crate) fn valid_for_smtp(&self, now: u64) -> bool {
+        self.nbf <= now
+            && now < self.exp
+            && EXCHANGE_AUDIENCES.contains(&self.aud.as_str())
+            && self.roles.iter().any(|r| r == SMTP_ROLE)
+    }
+}
+
+/// Tokens issued and not revoked, by token string.
+#[derive(Default)]
+pub(crate) struct Registry {
+    tokens: Mutex<HashMap<String, IssuedToken>>,
+}
+
+impl Registry {
+    pub(crate) fn insert(&self, token: String, issued: IssuedToken) {
+        let mut map = self.tokens.locked();
+        if map.len() >= PRUNE_ABOVE {
+            let now = unix_now();
+            map.retain(|_, t| t.exp > now);
+        }
+        map.insert(token, issued);
+    }
+
+    pub(crate) fn lookup(&self, token: &str) -> Option<IssuedToken> {
+        let map = self.tokens.locked();
+        map.get(token).cloned()
+    }
+
+    pub(crate) fn revoke_all(&self) {
+        self.tokens.locked().clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_validity_for_smtp() {
+        let t = IssuedToken {
+            aud: "https://outlook.office365.com".into(),
+            roles: vec![SMTP_ROLE.into()],
+            nbf: 100,
+            exp: 200,
+        };
+        assert!(t.valid_for_smtp(150));
+        assert!(!t.valid_for_smtp(99));
+        assert!(!t.valid_for_smtp(200));
+        let graph = IssuedToken {
+            aud: GRAPH_AUDIENCE.into(),
+            roles: vec!["Mail.Send".into()],
+            ..t.clone()
+        };
+        assert!(!graph.valid_for_smtp(150));
+        let no_role = IssuedToken { roles: vec![], ..t };
+        assert!(!no_role.valid_for_smtp(150));
+    }
+}

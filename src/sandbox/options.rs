@@ -1,0 +1,120 @@
+//! How a sandbox is set up: [`SandboxOptions`], with defaults that look like a real
+//! single-tenant app registration (reference §1.9).
+//!
+//! Plain data, read by both servers through the shared state and never changed after
+//! `Sandbox::start` (the knobs that change at runtime live in `shared.rs`, so `options()`
+//! keeps showing what the sandbox started with). The client secret is a `SecretString`, so
+//! `Debug` and logs never show it.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rand::Rng;
+use secrecy::SecretString;
+
+use super::issued::SMTP_ROLE;
+
+/// How the sandbox is set up. `Debug` redacts the client secret (it is a `SecretString`).
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    /// The one tenant the token endpoint accepts (GUID or domain, case-insensitive).
+    pub tenant: String,
+    /// The application (client) ID of the one registered app.
+    pub client_id: String,
+    /// The app's client secret value.
+    pub client_secret: SecretString,
+    /// Mailboxes the app may authenticate as (XOAUTH2 `user=`), compared case-insensitively.
+    pub mailboxes: Vec<String>,
+    /// Mailboxes whose SMTP AUTH switch is off: AUTH gets `535 5.7.139` (reference §3.5).
+    pub smtp_auth_disabled: Vec<String>,
+    /// Application permissions granted (with admin consent) to the app: the `roles` of its
+    /// Exchange tokens. Empty reproduces "SMTP.SendAsApp was never added or consented",
+    /// which Exchange answers with `535 5.7.3`.
+    pub app_roles: Vec<String>,
+    /// `expires_in` of issued tokens (Entra shows 3599 s for app-only tokens).
+    pub token_lifetime: Duration,
+    /// Where accepted messages are written (created if missing).
+    pub store_dir: PathBuf,
+    /// Concurrent authenticated sessions per mailbox before MAIL gets `432 4.3.2`
+    /// (Exchange Online: 3, reference §4.1). 0 = unlimited, for benchmarks.
+    /// `Sandbox::set_concurrency_limit` changes it at runtime.
+    pub max_connections_per_mailbox: u32,
+    /// Messages (accepted `MAIL FROM`s) per mailbox within `rate_window` before `MAIL` gets
+    /// `451 4.7.500 Access denied, please try again later`, Exchange's throttling reply
+    /// (Exchange Online: 30 per minute, reference §4.1). 0 = off (the default).
+    pub rate_limit: u32,
+    /// The rolling window of `rate_limit` (default 60 s).
+    pub rate_window: Duration,
+    /// Address to listen on. Must be loopback; `Sandbox::start` refuses anything else.
+    pub listen_ip: IpAddr,
+    /// SMTP port; 0 = ephemeral.
+    pub smtp_port: u16,
+    /// Token endpoint (HTTPS) port; 0 = ephemeral.
+    pub token_port: u16,
+}
+
+impl SandboxOptions {
+    /// Defaults that look like a real single-tenant app registration, with a fresh random
+    /// secret in Microsoft's current value shape.
+    pub fn new(store_dir: PathBuf) -> Self {
+        SandboxOptions {
+            tenant: "11111111-2222-3333-4444-555555555555".to_string(),
+            client_id: "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee".to_string(),
+            client_secret: SecretString::from(random_client_secret()),
+            mailboxes: vec!["relay@sandbox.example".to_string()],
+            smtp_auth_disabled: Vec::new(),
+            app_roles: vec![SMTP_ROLE.to_string()],
+            token_lifetime: Duration::from_secs(3599),
+            store_dir,
+            max_connections_per_mailbox: 3,
+            rate_limit: 0,
+            rate_window: Duration::from_secs(60),
+            listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            smtp_port: 0,
+            token_port: 0,
+        }
+    }
+}
+
+/// Characters Entra uses in client secret values.
+const SECRET_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~-";
+
+/// A 40-character secret in Microsoft's value shape: 3 chars, a digit, `Q~`, 34 chars
+/// (reference §1.9), so the relay's secret-shape diagnostics see a plausible value.
+fn random_client_secret() -> String {
+    let mut rng = rand::rng();
+    let mut pick = |n: usize| -> String {
+        (0..n)
+            .map(|_| SECRET_CHARS[rng.random_range(0..SECRET_CHARS.len())] as char)
+            .collect()
+    };
+    let head = pick(3);
+    let tail = pick(34);
+    let digit = char::from(b'0' + rand::random_range(0..10u8));
+    format!("{head}{digit}Q~{tail}")
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn default_secret_has_microsofts_value_shape() {
+        for _ in 0..50 {
+            let s = random_client_secret();
+            assert_eq!(s.len(), 40);
+            let b = s.as_bytes();
+            assert!(b[3].is_ascii_digit());
+            assert_eq!(&b[4..6], b"Q~");
+            assert!(b.iter().all(|c| SECRET_CHARS.contains(c)));
+        }
+    }
+
+    #[test]
+    fn debug_never_prints_the_secret() {
+        let opts = SandboxOptions::new(PathBuf::from("/tmp/x"));
+        let shown = format!("{opts:?}");
+        assert!(!shown.contains(opts.client_secret.expose_secret()));
+    }
+}
