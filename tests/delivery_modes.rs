@@ -90,26 +90,21 @@ async fn wait_attempted(spool: &Spool, n: usize) {
     );
 }
 
-/// Waits until no delivery attempt has been in flight for a whole second (so a `queue
-/// retry` is not overwritten by an attempt that ends afterwards).
+/// Waits until no queued message is being attempted (so a `queue retry` is not overwritten
+/// by an attempt that ends afterwards): an attempt records its result in the spool before it
+/// stops counting as running.
 async fn wait_idle(relay: &Relay) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut quiet_since: Option<Instant> = None;
-    loop {
-        if relay.delivery().governor().snapshot().in_flight == 0 {
-            let since = *quiet_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= Duration::from_secs(1) {
-                return;
-            }
-        } else {
-            quiet_since = None;
-        }
+    while relay.delivery().attempts_running() > 0
+        || relay.delivery().governor().snapshot().in_flight > 0
+    {
         assert!(
             Instant::now() < deadline,
-            "deliveries still in flight after 30 s: {:?}",
+            "{} attempts still running after 30 s: {:?}",
+            relay.delivery().attempts_running(),
             relay.delivery().governor().snapshot()
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -91,6 +91,13 @@ impl Delivery {
         self.queue.len()
     }
 
+    /// Queued messages being attempted right now (claimed by the loop or a hybrid attempt
+    /// that outlasted its client's wait). Each writes its result to the spool before it
+    /// stops counting here.
+    pub fn attempts_running(&self) -> usize {
+        self.queue.claimed()
+    }
+
     /// When the oldest queued message was received (unix seconds), if any.
     pub fn oldest_queued(&self) -> Option<u64> {
         self.queue.oldest_received_at()
