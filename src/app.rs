@@ -15,8 +15,7 @@ use crate::governor::Governor;
 use crate::ops::admin;
 use crate::smtp::connection::Context;
 use crate::smtp::listener;
-use crate::spool::now_unix;
-use crate::spool::Spool;
+use crate::spool::{now_unix, Spool};
 use crate::token::{ClientSecretSource, TokenCache};
 use crate::upstream::Upstream;
 
@@ -103,7 +102,7 @@ impl Relay {
         })?;
         let admin_listener = match config.admin {
             Some(addr) => Some(
-                crate::ops::admin::bind(addr)
+                admin::bind(addr)
                     .await
                     .map_err(|source| StartError::AdminBind { addr, source })?,
             ),

@@ -480,13 +480,6 @@ pub fn smtp_reply(reply: &Reply, mailbox: &str) -> Option<Advice> {
 mod tests {
     use super::*;
 
-    fn reply(text: &str) -> Reply {
-        Reply::parse(format!("{text}\r\n").as_bytes())
-            .unwrap()
-            .unwrap()
-            .0
-    }
-
     fn jwt(payload: &str) -> String {
         let enc = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
         format!(
@@ -633,13 +626,13 @@ mod tests {
             ("432 4.3.2 Concurrent connections limit exceeded.", "smtp-concurrency"),
         ];
         for (text, rule) in rows {
-            let a =
-                smtp_reply(&reply(text), "relay@contoso.com").unwrap_or_else(|| panic!("{text}"));
+            let a = smtp_reply(&Reply::line(text), "relay@contoso.com")
+                .unwrap_or_else(|| panic!("{text}"));
             assert_eq!(a.rule, *rule, "{text}");
         }
-        assert!(smtp_reply(&reply("250 2.0.0 OK"), "m").is_none());
+        assert!(smtp_reply(&Reply::line("250 2.0.0 OK"), "m").is_none());
         assert!(smtp_reply(
-            &reply("535 5.7.139 … disabled for the Mailbox."),
+            &Reply::line("535 5.7.139 … disabled for the Mailbox."),
             "relay@contoso.com"
         )
         .unwrap()

@@ -13,35 +13,13 @@ use std::time::{Duration, Instant};
 
 use child::{free_addr, RelayChild};
 use smtp_oauth_relay::sandbox::TokenFailure;
-use support::{relay_binary, RawClient, World, MAILBOX};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// One plain HTTP/1.0 GET: (status, body).
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let work = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8(buf).ok()?;
-        let status = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n")?.1.to_string();
-        Some((status, body))
-    };
-    tokio::time::timeout(Duration::from_secs(10), work)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or((0, String::new()))
-}
+use support::{http_get, relay_binary, RawClient, World, MAILBOX};
 
 /// Polls `/readyz` until its status is `want`, or panics with the last body.
 async fn readyz_becomes(addr: SocketAddr, want: u16, limit: Duration) -> String {
     let deadline = Instant::now() + limit;
     loop {
-        let (status, body) = get(addr, "/readyz").await;
+        let (status, body) = http_get(addr, "/readyz").await;
         if status == want {
             return body;
         }
@@ -103,7 +81,7 @@ fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
 }
 
 async fn scrape(addr: SocketAddr) -> BTreeMap<String, f64> {
-    let (status, body) = get(addr, "/metrics").await;
+    let (status, body) = http_get(addr, "/metrics").await;
     assert_eq!(status, 200, "{body}");
     parse_prometheus(&body)
 }
@@ -124,8 +102,8 @@ async fn healthz_and_the_healthcheck_command() {
     let world = World::start().await;
     let relay = world.relay(&[]).await;
     let admin = relay.admin_addr().expect("admin is on");
-    assert_eq!(get(admin, "/healthz").await, (200, "ok\n".into()));
-    assert_eq!(get(admin, "/nope").await.0, 404);
+    assert_eq!(http_get(admin, "/healthz").await, (200, "ok\n".into()));
+    assert_eq!(http_get(admin, "/nope").await.0, 404);
     readyz_becomes(admin, 200, Duration::from_secs(10)).await;
 
     let run = |args: Vec<String>| {
@@ -298,7 +276,7 @@ async fn metrics_parse_and_counters_move_with_the_mail() {
     assert!(after.contains_key(&format!(
         "smtp_oauth_relay_governor_sends_in_window{{mailbox=\"{MAILBOX}\"}}"
     )));
-    let (_, text) = get(admin, "/metrics").await;
+    let (_, text) = http_get(admin, "/metrics").await;
     let secret = world.secret();
     assert!(!text.contains(&secret), "no secret in /metrics");
 }
@@ -341,7 +319,7 @@ async fn sighup_rereads_a_rotated_secret_without_dropping_connections() {
     relay.wait_ready(listen, Duration::from_secs(20)).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (status, body) = get(admin, "/readyz").await;
+        let (status, body) = http_get(admin, "/readyz").await;
         assert_eq!(status, 503, "{body}");
         if body.contains("invalid_client") {
             break;

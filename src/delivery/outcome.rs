@@ -166,13 +166,6 @@ mod tests {
     use super::*;
     use crate::upstream::Stage;
 
-    fn reply(text: &str) -> Reply {
-        Reply::parse(format!("{text}\r\n").as_bytes())
-            .unwrap()
-            .unwrap()
-            .0
-    }
-
     fn failed_with(e: UpstreamError, rcpts: &[&str]) -> Report {
         let verdict = e.verdict();
         Report {
@@ -198,12 +191,14 @@ mod tests {
     fn delivered_keeps_exchanges_reply_and_names_who_was_not() {
         let report = Report {
             delivered: vec!["ok@x".into()],
-            last_reply: Some(reply("250 2.0.0 OK <abc@prod.outlook.com> [Hostname=X]")),
+            last_reply: Some(Reply::line(
+                "250 2.0.0 OK <abc@prod.outlook.com> [Hostname=X]",
+            )),
             failed: vec![RcptFailure {
                 rcpt: "bad@x".into(),
                 verdict: Verdict::Permanent,
                 reason: "550 5.1.10 not found".into(),
-                reply: Some(reply("550 5.1.10 not found")),
+                reply: Some(Reply::line("550 5.1.10 not found")),
             }],
             first_error: None,
         };
@@ -211,7 +206,9 @@ mod tests {
             of(&report),
             Outcome::Delivered {
                 id: "ID".into(),
-                reply: Some(reply("250 2.0.0 OK <abc@prod.outlook.com> [Hostname=X]")),
+                reply: Some(Reply::line(
+                    "250 2.0.0 OK <abc@prod.outlook.com> [Hostname=X]"
+                )),
                 delivered: 1,
                 not_delivered: vec![Refusal {
                     rcpt: "bad@x".into(),
@@ -225,7 +222,7 @@ mod tests {
     fn a_permanent_refusal_carries_exchanges_reply() {
         let e = UpstreamError::Rejected {
             stage: Stage::EndOfData,
-            reply: reply("554 5.2.252 SendAsDenied; x not allowed"),
+            reply: Reply::line("554 5.2.252 SendAsDenied; x not allowed"),
         };
         let o = of(&failed_with(e, &["a@b"]));
         assert!(
@@ -238,11 +235,11 @@ mod tests {
     fn temporary_failures_say_which() {
         let e = UpstreamError::Rejected {
             stage: Stage::EndOfData,
-            reply: reply("451 4.7.500 Access denied, please try again later"),
+            reply: Reply::line("451 4.7.500 Access denied, please try again later"),
         };
         assert_eq!(
             of(&failed_with(e, &["a@b"])),
-            Outcome::Temporary(Temporary::Refused(reply(
+            Outcome::Temporary(Temporary::Refused(Reply::line(
                 "451 4.7.500 Access denied, please try again later"
             )))
         );
@@ -271,7 +268,7 @@ mod tests {
     fn quota_is_temporary_not_a_bounce() {
         let e = UpstreamError::Rejected {
             stage: Stage::EndOfData,
-            reply: reply(
+            reply: Reply::line(
                 "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException",
             ),
         };
@@ -284,7 +281,7 @@ mod tests {
     #[test]
     fn configuration_holds_with_advice_naming_the_mailbox() {
         let e = UpstreamError::Auth {
-            reply: reply("535 5.7.3 Authentication unsuccessful"),
+            reply: Reply::line("535 5.7.3 Authentication unsuccessful"),
             after_refresh: true,
         };
         match of(&failed_with(e, &["a"])) {
@@ -304,20 +301,20 @@ mod tests {
                     rcpt: "gone@x".into(),
                     verdict: Verdict::Permanent,
                     reason: "550 5.1.10 not found".into(),
-                    reply: Some(reply("550 5.1.10 not found")),
+                    reply: Some(Reply::line("550 5.1.10 not found")),
                 },
                 RcptFailure {
                     rcpt: "later@x".into(),
                     verdict: Verdict::Transient,
                     reason: "451 4.7.500 later".into(),
-                    reply: Some(reply("451 4.7.500 later")),
+                    reply: Some(Reply::line("451 4.7.500 later")),
                 },
             ],
             ..Default::default()
         };
         assert_eq!(
             of(&report),
-            Outcome::Temporary(Temporary::Refused(reply("451 4.7.500 later")))
+            Outcome::Temporary(Temporary::Refused(Reply::line("451 4.7.500 later")))
         );
     }
 }

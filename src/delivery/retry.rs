@@ -162,13 +162,6 @@ mod tests {
         );
     }
 
-    fn reply(text: &str) -> Reply {
-        Reply::parse(format!("{text}\r\n").as_bytes())
-            .unwrap()
-            .unwrap()
-            .0
-    }
-
     /// What the relay does with each row of the reference's reply-code handbook (§6).
     #[derive(Debug, PartialEq)]
     enum Expect {
@@ -215,7 +208,7 @@ mod tests {
             (false, "421 4.7.0 Too many errors on this connection, closing transmission channel", Expect::RetrySoon),
         ];
         for (auth, text, expect) in rows {
-            let r = reply(text);
+            let r = Reply::line(text);
             let verdict = if *auth {
                 // A 535 5.7.3 gets one fresh token first; the rows here are final replies.
                 classify_auth(&r, true)
@@ -242,7 +235,7 @@ mod tests {
             assert_eq!(&got, expect, "{text}");
         }
         // 535 5.7.3: once transient (fresh token, try again), then configuration.
-        let r = reply("535 5.7.3 Authentication unsuccessful [host ts id]");
+        let r = Reply::line("535 5.7.3 Authentication unsuccessful [host ts id]");
         assert_eq!(classify_auth(&r, false), Verdict::Transient);
         assert_eq!(classify_auth(&r, true), Verdict::Config);
     }

@@ -96,13 +96,6 @@ mod tests {
     use super::*;
     use crate::spool::Refusal;
 
-    fn parsed(text: &str) -> Reply {
-        Reply::parse(format!("{text}\r\n").as_bytes())
-            .unwrap()
-            .unwrap()
-            .0
-    }
-
     fn wire(outcome: &Outcome) -> String {
         String::from_utf8(reply(outcome).to_bytes()).unwrap()
     }
@@ -111,7 +104,9 @@ mod tests {
     fn delivered_carries_exchanges_id_and_who_was_not_reached() {
         let outcome = Outcome::Delivered {
             id: "ID1".into(),
-            reply: Some(parsed("250 2.0.0 OK <abc@prod.outlook.com> [Hostname=X]")),
+            reply: Some(Reply::line(
+                "250 2.0.0 OK <abc@prod.outlook.com> [Hostname=X]",
+            )),
             delivered: 1,
             not_delivered: vec![],
         };
@@ -121,7 +116,7 @@ mod tests {
         );
         let partial = Outcome::Delivered {
             id: "ID".into(),
-            reply: Some(parsed("250 2.0.0 OK <id@x>")),
+            reply: Some(Reply::line("250 2.0.0 OK <id@x>")),
             delivered: 1,
             not_delivered: vec![Refusal {
                 rcpt: "bad@x".into(),
@@ -161,14 +156,14 @@ mod tests {
     #[test]
     fn a_permanent_refusal_passes_exchanges_5xx() {
         let r = reply(&Outcome::Refused {
-            reply: Some(parsed("554 5.2.252 SendAsDenied; x not allowed")),
+            reply: Some(Reply::line("554 5.2.252 SendAsDenied; x not allowed")),
             reason: String::new(),
         });
         assert_eq!((r.code, r.status()), (554, Some("5.2.252")));
         assert_eq!(r.text(), "upstream: SendAsDenied; x not allowed");
         // A 4xx-classed reply that is still final gets a 5xx of ours, never its 4.x.x.
         let r = reply(&Outcome::Refused {
-            reply: Some(parsed("452 4.5.3 odd")),
+            reply: Some(Reply::line("452 4.5.3 odd")),
             reason: String::new(),
         });
         assert_eq!((r.code, r.status()), (554, Some("5.0.0")));
@@ -184,7 +179,7 @@ mod tests {
 
     #[test]
     fn temporary_is_451_and_never_leaks_an_upstream_status() {
-        let r = reply(&Outcome::Temporary(Temporary::Refused(parsed(
+        let r = reply(&Outcome::Temporary(Temporary::Refused(Reply::line(
             "451 4.7.500 Access denied, please try again later",
         ))));
         assert_eq!((r.code, r.status()), (451, Some("4.4.0")));
@@ -234,20 +229,20 @@ mod tests {
         let speak = |report: &Report| reply(&Outcome::of_attempt("ID", report, "relay@x"));
         let r = speak(&failed(UpstreamError::Rejected {
             stage: Stage::EndOfData,
-            reply: parsed(
+            reply: Reply::line(
                 "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException",
             ),
         }));
         assert_eq!(r.code, 451, "quota is deferred, not bounced: {r}");
         let r = speak(&failed(UpstreamError::Auth {
-            reply: parsed("535 5.7.3 Authentication unsuccessful"),
+            reply: Reply::line("535 5.7.3 Authentication unsuccessful"),
             after_refresh: true,
         }));
         assert_eq!((r.code, r.status()), (451, Some("4.7.0")));
         assert!(r.text().contains("SMTP.SendAsApp"), "{r}");
         let r = speak(&failed(UpstreamError::Rejected {
             stage: Stage::RcptTo,
-            reply: parsed("550 5.1.10 RESOLVER.ADR.RecipientNotFound"),
+            reply: Reply::line("550 5.1.10 RESOLVER.ADR.RecipientNotFound"),
         }));
         assert_eq!((r.code, r.status()), (550, Some("5.1.10")));
     }

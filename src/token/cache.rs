@@ -212,7 +212,8 @@ impl Inner {
 }
 
 impl TokenCache {
-    /// A cache that refreshes in the background when less than `refresh_margin` is left.
+    /// A cache in front of `source`. Its keeper ([`keep_warm`](Self::keep_warm)) refreshes the
+    /// token when less than `refresh_margin` is left.
     pub fn new(source: Arc<dyn TokenSource>, refresh_margin: Duration) -> Self {
         TokenCache {
             inner: Arc::new(Inner {

@@ -85,13 +85,13 @@ pub type FetchFuture<'a> =
     Pin<Box<dyn Future<Output = Result<AccessToken, TokenError>> + Send + 'a>>;
 
 /// One credential that can obtain access tokens (client secret, certificate, federation, ...).
-/// It fetches; caching and single-flight are [`TokenCache`]'s job.
+/// It fetches; caching and single-flight are [`super::TokenCache`]'s job.
 pub trait TokenSource: Send + Sync + 'static {
     /// Asks the token endpoint for a fresh token. Every call is one request.
     fn fetch(&self) -> FetchFuture<'_>;
 
     /// Says which credential this is, for logs and `check` output, without any secret,
-    /// e.g. "client secret for app <client_id> in tenant <tenant>".
+    /// e.g. `client secret for app <client_id> in tenant <tenant>`.
     fn describe(&self) -> String;
 }
 

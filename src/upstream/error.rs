@@ -202,13 +202,6 @@ pub fn classify_reply(reply: &Reply) -> Verdict {
 mod tests {
     use super::*;
 
-    fn r(text: &str) -> Reply {
-        Reply::parse(format!("{text}\r\n").as_bytes())
-            .unwrap()
-            .unwrap()
-            .0
-    }
-
     #[test]
     fn handbook_rows() {
         let rows: &[(&str, Verdict)] = &[
@@ -276,23 +269,29 @@ mod tests {
             ),
         ];
         for (text, verdict) in rows {
-            assert_eq!(classify_reply(&r(text)), *verdict, "{text}");
+            assert_eq!(classify_reply(&Reply::line(text)), *verdict, "{text}");
         }
     }
 
     #[test]
     fn auth_rows() {
-        let bad_token = r("535 5.7.3 Authentication unsuccessful [host ts id]");
+        let bad_token = Reply::line("535 5.7.3 Authentication unsuccessful [host ts id]");
         assert_eq!(classify_auth(&bad_token, false), Verdict::Transient);
         assert_eq!(classify_auth(&bad_token, true), Verdict::Config);
-        let disabled = r("535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox.");
+        let disabled = Reply::line("535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox.");
         assert_eq!(classify_auth(&disabled, false), Verdict::Config);
         assert_eq!(
-            classify_auth(&r("454 4.7.0 Temporary authentication failure"), false),
+            classify_auth(
+                &Reply::line("454 4.7.0 Temporary authentication failure"),
+                false
+            ),
             Verdict::Transient
         );
         assert_eq!(
-            classify_auth(&r("504 5.7.4 Unrecognized authentication type"), false),
+            classify_auth(
+                &Reply::line("504 5.7.4 Unrecognized authentication type"),
+                false
+            ),
             Verdict::Config
         );
     }

@@ -6,8 +6,8 @@ const MESSAGE_ID: &[u8] = b"message-id:";
 
 /// Finds the `Message-ID` header while the body streams by, without buffering the header
 /// block: it looks only at the start of each header line and keeps the value of the one it
-/// wants (folded lines included), at most [`MAX_VALUE`] bytes. Stops at the blank line that
-/// ends the headers.
+/// wants (folded lines included), at most 998 bytes (RFC 5322's line limit). Stops at the
+/// blank line that ends the headers.
 #[derive(Debug, Default)]
 pub struct MessageIdSniffer {
     /// Bytes of the current line seen so far (for the header name check), at most 11.

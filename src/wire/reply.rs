@@ -95,6 +95,15 @@ impl Reply {
         }
     }
 
+    /// A reply written as one line of text (`"451 4.7.500 Access denied"`), for tests.
+    #[cfg(test)]
+    pub(crate) fn line(text: &str) -> Reply {
+        match Reply::parse(format!("{text}\r\n").as_bytes()) {
+            Ok(Some((reply, _))) => reply,
+            other => panic!("not a reply: {text:?} ({other:?})"),
+        }
+    }
+
     pub fn is_positive(&self) -> bool {
         (200..400).contains(&self.code)
     }
