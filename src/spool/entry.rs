@@ -120,8 +120,13 @@ impl QueueEntry {
 
 /// A recipient Exchange refused for good, and why: its reply (`550 5.1.10 …`), or our
 /// reason when there was none (`gave up after …`).
+///
+/// Typed in memory; on disk it stays the `"address: reason"` text envelopes have always held,
+/// so an older relay (a rollback) and scripts reading `queue show --json` still understand
+/// it. The split is unambiguous: an address never contains `": "` (no whitespace is allowed
+/// in one, see `wire::address`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "RefusalOnDisk")]
+#[serde(into = "String", from = "RefusalOnDisk")]
 pub struct Refusal {
     pub rcpt: String,
     pub reason: String,
@@ -133,12 +138,19 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// Envelopes written before refusals were typed hold `"address: reason"` strings.
+impl From<Refusal> for String {
+    fn from(r: Refusal) -> String {
+        r.to_string()
+    }
+}
+
+/// What an envelope may hold: the text form, or the object form a development build wrote
+/// for a while (read, never written).
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum RefusalOnDisk {
-    Typed { rcpt: String, reason: String },
     Text(String),
+    Typed { rcpt: String, reason: String },
 }
 
 impl From<RefusalOnDisk> for Refusal {
@@ -175,7 +187,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refusals_are_typed_and_older_text_ones_still_read() {
+    fn refusals_are_typed_in_memory_and_text_on_disk() {
         let e = QueueEntry::new(
             "m".into(),
             "a@x".into(),
@@ -189,19 +201,18 @@ mod tests {
             reason: "550 5.1.10 RESOLVER.ADR.RecipientNotFound; not found".into(),
         });
         let json = serde_json::to_value(&with).unwrap();
-        assert_eq!(json["refused"][0]["rcpt"], "c@y");
+        // The form envelopes have always had: older relays and scripts read it.
+        assert_eq!(
+            json["refused"],
+            serde_json::json!(["c@y: 550 5.1.10 RESOLVER.ADR.RecipientNotFound; not found"])
+        );
         let back: QueueEntry = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(back, with);
-
-        let mut old = json;
-        old["refused"] =
-            serde_json::json!(["c@y: 550 5.1.10 RESOLVER.ADR.RecipientNotFound; not found"]);
-        let read: QueueEntry = serde_json::from_value(old).unwrap();
+        // The object form is read too.
+        let mut object = json;
+        object["refused"] = serde_json::json!([{"rcpt": "c@y", "reason": "550 5.1.10 RESOLVER.ADR.RecipientNotFound; not found"}]);
+        let read: QueueEntry = serde_json::from_value(object).unwrap();
         assert_eq!(read.refused, with.refused);
-        assert_eq!(
-            read.refused[0].to_string(),
-            "c@y: 550 5.1.10 RESOLVER.ADR.RecipientNotFound; not found"
-        );
     }
 
     #[test]
