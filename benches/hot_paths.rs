@@ -325,11 +325,8 @@ fn run_commands(config: &SessionConfig, peer: SocketAddr, out: &mut Vec<u8>) -> 
         answered += 1;
         match action {
             Action::Reply(r) => r.write_to(out),
-            Action::StartData(r) => {
+            Action::StartData(r, t) => {
                 r.write_to(out);
-                let t = session
-                    .take_transaction()
-                    .expect("DATA needs a transaction");
                 assert_eq!(t.rcpt_to.len(), 2);
                 black_box(t);
                 break;

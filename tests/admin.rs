@@ -351,6 +351,15 @@ async fn sighup_rereads_a_rotated_secret_without_dropping_connections() {
         .send_mail("app@example.com", &["someone@example.com"], &message(7))
         .await;
     assert!(r.starts_with("250"), "{r}");
+    // Refused for good by Exchange's stand-in (SendAs denied): the app hears the refusal.
+    let refusal = c
+        .send_mail(
+            "app@example.com",
+            &["sendas-denied@example.com"],
+            &message(8),
+        )
+        .await;
+    assert!(refusal.starts_with("554 5.2.252 "), "{refusal}");
     c.cmd("QUIT", 221).await;
 
     relay.sigterm().await;
@@ -402,4 +411,10 @@ async fn sighup_rereads_a_rotated_secret_without_dropping_connections() {
         "exchange id {exchange_id:?} from {reply:?}"
     );
     assert!(!log.contains("body 7"), "message bodies are never logged");
+    // The refusal's event carries exactly what the app was told.
+    let refused = of("refused");
+    let f = &refused["fields"];
+    assert_eq!(f["class"], "permanent", "{refused}");
+    assert_eq!(f["message_id"], "<admin-8@example.com>", "{refused}");
+    assert_eq!(f["reply"], refusal.trim_end(), "{refused}");
 }

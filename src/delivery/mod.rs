@@ -31,6 +31,6 @@ mod state;
 mod submit;
 
 pub use attempt::{RcptFailure, Report};
-pub use outcome::{Outcome, Queued, Temporary};
+pub use outcome::{Outcome, Queued, Submitted, Temporary};
 pub use settings::{upstream_sender, DeliveryMode, DeliverySettings, EnvelopeSender};
 pub use state::{Delivery, Parts, Spooled};

@@ -4,9 +4,37 @@
 use std::fmt;
 
 use super::attempt::Report;
+use crate::ops::audit;
 use crate::spool::Refusal;
 use crate::upstream::{UpstreamError, Verdict};
 use crate::wire::Reply;
+
+/// What [`Delivery::submit`](super::Delivery::submit) hands back: the outcome, and, when the
+/// client is refused with nothing kept, the audit event for the face to record with the
+/// words it answers.
+#[derive(Debug)]
+pub struct Submitted {
+    pub outcome: Outcome,
+    pub refused: Option<audit::Refused>,
+}
+
+impl Submitted {
+    /// An outcome that refuses nobody (delivered to all, or queued).
+    pub fn kept(outcome: Outcome) -> Self {
+        Submitted {
+            outcome,
+            refused: None,
+        }
+    }
+
+    /// An outcome that refuses the client (or some of its recipients), nothing kept for them.
+    pub fn refused(outcome: Outcome, refused: audit::Refused) -> Self {
+        Submitted {
+            outcome,
+            refused: Some(refused),
+        }
+    }
+}
 
 /// The fate of one submitted message.
 #[derive(Debug, Clone, PartialEq, Eq)]

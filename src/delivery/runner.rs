@@ -251,8 +251,16 @@ impl Delivery {
         entry.helo = self.hostname.clone();
         entry.body_8bit = true;
         entry.notice = true;
-        if self.enqueue(&Body::File(path), entry, false).await.is_ok() {
-            tracing::info!(notice = %id, about = %failed.id, to = %failed.mail_from, "failure notice queued");
+        match self.enqueue(&Body::File(path), entry, false).await {
+            Ok(()) => {
+                tracing::info!(notice = %id, about = %failed.id, to = %failed.mail_from, "failure notice queued")
+            }
+            // No client to answer: the event says what happened in delivery's words.
+            Err(s) => {
+                if let Some(refused) = s.refused {
+                    refused.record(&s.outcome.to_string());
+                }
+            }
         }
     }
 }

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use super::attempt::Report;
-use super::outcome::{Outcome, Queued, Temporary};
+use super::outcome::{Outcome, Queued, Submitted, Temporary};
 use super::retry::{next_step, Step};
 use super::settings::DeliveryMode;
 use super::state::{facts, first_batch_len, Delivery, Spooled};
@@ -23,7 +23,7 @@ use crate::upstream::Verdict;
 
 impl Delivery {
     /// Takes a received message and says what became of it (DESIGN §3).
-    pub async fn submit(self: &Arc<Self>, msg: Spooled) -> Outcome {
+    pub async fn submit(self: &Arc<Self>, msg: Spooled) -> Submitted {
         let entry = QueueEntry::from_envelope(&msg.envelope, self.upstream.mailbox(), msg.size);
         audit::received(&facts(&entry), self.settings.mode.as_str());
         match self.settings.mode {
@@ -40,7 +40,7 @@ impl Delivery {
         body: &Body,
         entry: QueueEntry,
         claimed: bool,
-    ) -> Result<(), Outcome> {
+    ) -> Result<(), Submitted> {
         let committed = match body {
             Body::File(path) => self.spool.commit(path, &entry).await,
             // Kept after all: written and committed like any other.
@@ -54,14 +54,10 @@ impl Delivery {
             Err(e) => {
                 tracing::error!(id = %entry.id, error = %e, "cannot commit the message to the spool");
                 self.discard(body).await;
-                let outcome = Outcome::Temporary(Temporary::Local);
-                audit::refused(
-                    &facts(&entry),
-                    entry.attempts,
-                    "local",
-                    &outcome.to_string(),
-                );
-                Err(outcome)
+                Err(Submitted::refused(
+                    Outcome::Temporary(Temporary::Local),
+                    audit::Refused::new(&facts(&entry), entry.attempts, "local"),
+                ))
             }
         }
     }
@@ -73,18 +69,18 @@ impl Delivery {
         }
     }
 
-    async fn submit_queue(self: &Arc<Self>, msg: Spooled, entry: QueueEntry) -> Outcome {
+    async fn submit_queue(self: &Arc<Self>, msg: Spooled, entry: QueueEntry) -> Submitted {
         let id = entry.id.clone();
         match self.enqueue(&msg.body, entry, false).await {
-            Ok(()) => Outcome::Queued {
+            Ok(()) => Submitted::kept(Outcome::Queued {
                 id,
                 why: Queued::Accepted,
-            },
-            Err(outcome) => outcome,
+            }),
+            Err(refused) => refused,
         }
     }
 
-    async fn submit_direct(self: &Arc<Self>, msg: Spooled, entry: QueueEntry) -> Outcome {
+    async fn submit_direct(self: &Arc<Self>, msg: Spooled, entry: QueueEntry) -> Submitted {
         if let Some(advice) = self.held() {
             return self.refuse_held(&msg, &entry, advice).await;
         }
@@ -93,9 +89,10 @@ impl Delivery {
             p = self.governor.acquire(first) => p,
             _ = tokio::time::sleep(self.settings.try_now_timeout) => {
                 self.discard(&msg.body).await;
-                let outcome = Outcome::Temporary(Temporary::Paced);
-                audit::refused(&facts(&entry), 0, "paced", &outcome.to_string());
-                return outcome;
+                return Submitted::refused(
+                    Outcome::Temporary(Temporary::Paced),
+                    audit::Refused::new(&facts(&entry), 0, "paced"),
+                );
             }
         };
         let report = self.attempt_body(&entry, &msg.body, Some(permit)).await;
@@ -104,7 +101,7 @@ impl Delivery {
         self.answered(&entry, &report)
     }
 
-    async fn submit_hybrid(self: &Arc<Self>, msg: Spooled, mut entry: QueueEntry) -> Outcome {
+    async fn submit_hybrid(self: &Arc<Self>, msg: Spooled, mut entry: QueueEntry) -> Submitted {
         if let Some(advice) = self.held() {
             return self.refuse_held(&msg, &entry, advice).await;
         }
@@ -125,15 +122,15 @@ impl Delivery {
             Err(_) => None,
         };
         let Some(permit) = permit else {
-            if let Err(outcome) = self.enqueue(&msg.body, entry.clone(), false).await {
-                return outcome;
+            if let Err(refused) = self.enqueue(&msg.body, entry.clone(), false).await {
+                return refused;
             }
             let why = "the mailbox is at its sending pace";
             audit::deferred(&facts(&entry), 0, "paced", why, entry.next_attempt);
-            return Outcome::Queued {
+            return Submitted::kept(Outcome::Queued {
                 id,
                 why: Queued::Paced,
-            };
+            });
         };
         // The attempt runs here while the client waits (no task, no channel: most attempts
         // finish in time); if the wait ends first, the same attempt moves to a task.
@@ -148,10 +145,10 @@ impl Delivery {
             Err(_) => {
                 // Still trying: make it durable, answer 250, and let the attempt finish in
                 // the background. It stays claimed so the loop doesn't start a second one.
-                if let Err(outcome) = self.enqueue(&msg.body, entry.clone(), true).await {
+                if let Err(refused) = self.enqueue(&msg.body, entry.clone(), true).await {
                     // Not kept: the attempt must not deliver what the client is told failed.
                     drop(attempt);
-                    return outcome;
+                    return refused;
                 }
                 audit::deferred(
                     &facts(&entry),
@@ -165,10 +162,10 @@ impl Delivery {
                     let report = attempt.await;
                     me.apply(entry, report).await;
                 });
-                return Outcome::Queued {
+                return Submitted::kept(Outcome::Queued {
                     id,
                     why: Queued::Slow,
-                };
+                });
             }
         };
         self.note_attempt(&entry, &report);
@@ -194,8 +191,8 @@ impl Delivery {
             Step::RetryAt(at) => entry.next_attempt = at,
             Step::Fail(_) => entry.next_attempt = now_unix(),
         }
-        if let Err(outcome) = self.enqueue(&msg.body, entry.clone(), false).await {
-            return outcome;
+        if let Err(refused) = self.enqueue(&msg.body, entry.clone(), false).await {
+            return refused;
         }
         audit::deferred(
             &facts(&entry),
@@ -204,33 +201,32 @@ impl Delivery {
             &reason,
             entry.next_attempt,
         );
-        Outcome::Queued {
+        Submitted::kept(Outcome::Queued {
             id,
             why: Queued::WillRetry(reason),
-        }
+        })
     }
 
     /// A configuration hold: the client hears the advice, nothing is kept.
-    async fn refuse_held(&self, msg: &Spooled, entry: &QueueEntry, advice: String) -> Outcome {
+    async fn refuse_held(&self, msg: &Spooled, entry: &QueueEntry, advice: String) -> Submitted {
         self.discard(&msg.body).await;
-        let outcome = Outcome::Held { advice };
-        audit::refused(&facts(entry), 0, "config", &outcome.to_string());
-        outcome
+        Submitted::refused(
+            Outcome::Held { advice },
+            audit::Refused::new(&facts(entry), 0, "config"),
+        )
     }
 
     /// The outcome of an attempt the client waited for and of which nothing is kept; the
-    /// recipients it did not reach are refused back to the client (audit trail).
-    fn answered(&self, entry: &QueueEntry, report: &Report) -> Outcome {
+    /// recipients it did not reach are refused back to the client.
+    fn answered(&self, entry: &QueueEntry, report: &Report) -> Submitted {
         let outcome = Outcome::of_attempt(&entry.id, report, self.upstream.mailbox());
-        if let Some(class) = report.refusal_class() {
-            let reason = match (&outcome, report.failed.first()) {
-                (Outcome::Delivered { .. }, Some(f)) => f.reason.clone(),
-                _ => outcome.to_string(),
-            };
-            let mut refused = facts(entry);
-            refused.recipients = report.failed.len();
-            audit::refused(&refused, 1, class.label(), &reason);
+        match report.refusal_class() {
+            Some(class) => {
+                let mut refused = facts(entry);
+                refused.recipients = report.failed.len();
+                Submitted::refused(outcome, audit::Refused::new(&refused, 1, class.label()))
+            }
+            None => Submitted::kept(outcome),
         }
-        outcome
     }
 }

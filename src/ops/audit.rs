@@ -1,5 +1,5 @@
 //! The audit trail: one structured log line per message event (received, delivered,
-//! deferred, failed) under the tracing target `audit`, and the metrics that count the same
+//! deferred, failed, refused) under the tracing target `audit`, and the metrics that count the same
 //! events, so the log and `/metrics` can never disagree.
 //!
 //! Each line carries our id, the message's `Message-ID` header, the sender, the recipient
@@ -121,11 +121,10 @@ pub fn failed(f: &Facts, attempt: u32, class: &'static str, reason: &str) {
     );
 }
 
-/// The client was answered with a refusal and nothing was kept: Exchange refused the message
-/// for good (hybrid, direct), or a transient problem in direct mode, or a configuration hold.
-/// The client (the app) owns the message again. `reason` is Exchange's reply where there is
-/// one (as for `deferred` and `failed`), else the relay's reason.
-pub fn refused(f: &Facts, attempt: u32, class: &'static str, reason: &str) {
+/// The client was answered with a refusal (`reply`) and nothing was kept: Exchange refused the
+/// message for good (hybrid, direct), or a transient problem in direct mode, or a
+/// configuration hold. The client (the app) owns the message again.
+pub fn refused(f: &Facts, attempt: u32, class: &'static str, reply: &str) {
     metrics::counter!(
         "smtp_oauth_relay_messages_refused_total",
         "account" => f.account.to_string(),
@@ -139,8 +138,53 @@ pub fn refused(f: &Facts, attempt: u32, class: &'static str, reason: &str) {
         recipients = f.recipients,
         attempt,
         class,
-        upstream_reply = reason
+        reply
     );
+}
+
+/// A `refused` event waiting for its reply text: the room that decided to refuse (delivery)
+/// builds it, the room that answers the client (the face) records it with the words it used.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    id: String,
+    message_id: Option<String>,
+    from: String,
+    recipients: usize,
+    size: u64,
+    client: String,
+    account: String,
+    attempt: u32,
+    class: &'static str,
+}
+
+impl Refused {
+    pub fn new(f: &Facts, attempt: u32, class: &'static str) -> Self {
+        Refused {
+            id: f.id.to_string(),
+            message_id: f.message_id.map(str::to_string),
+            from: f.from.to_string(),
+            recipients: f.recipients,
+            size: f.size,
+            client: f.client.to_string(),
+            account: f.account.to_string(),
+            attempt,
+            class,
+        }
+    }
+
+    /// Writes the event: the client was answered `reply`.
+    pub fn record(&self, reply: &str) {
+        let facts = Facts {
+            id: &self.id,
+            message_id: self.message_id.as_deref(),
+            from: &self.from,
+            recipients: self.recipients,
+            size: self.size,
+            client: &self.client,
+            account: &self.account,
+        };
+        refused(&facts, self.attempt, self.class, reply);
+    }
 }
 
 /// Counts one reply from the upstream by its code (`smtp_oauth_relay_upstream_replies_total`).

@@ -23,7 +23,7 @@ use super::received::received_header;
 use super::reply::{self, Reply};
 use super::session::{Action, Session, SessionConfig, Transaction};
 use super::ListenSettings;
-use crate::delivery::{Delivery, Outcome, Spooled};
+use crate::delivery::{Delivery, Spooled, Submitted};
 use crate::envelope::{Envelope, MessageId};
 use crate::spool::sink::BodySink;
 use crate::spool::Spool;
@@ -33,11 +33,11 @@ use crate::wire::header::MessageIdSniffer;
 /// Where a complete message goes: delivery, in the relay; a stand-in in tests.
 pub trait Deliver: Send + Sync + 'static {
     /// Takes the message and says what became of it.
-    fn submit(&self, msg: Spooled) -> impl Future<Output = Outcome> + Send;
+    fn submit(&self, msg: Spooled) -> impl Future<Output = Submitted> + Send;
 }
 
 impl Deliver for Arc<Delivery> {
-    fn submit(&self, msg: Spooled) -> impl Future<Output = Outcome> + Send {
+    fn submit(&self, msg: Spooled) -> impl Future<Output = Submitted> + Send {
         Delivery::submit(self, msg)
     }
 }
@@ -100,9 +100,9 @@ where
             };
             match action {
                 Action::Reply(r) => r.write_to(&mut out),
-                Action::StartData(r) => {
+                Action::StartData(r, transaction) => {
                     r.write_to(&mut out);
-                    next = Next::Data;
+                    next = Next::Data(transaction);
                     break;
                 }
                 Action::Close(r) => {
@@ -112,7 +112,7 @@ where
                 }
             }
         }
-        if next == Next::Read {
+        if matches!(next, Next::Read) {
             // Everything left is a partial line: the framer keeps it.
             if lines.absorb(&input[consumed..]) {
                 reply::line_too_long().write_to(&mut out);
@@ -132,12 +132,7 @@ where
         }
         match next {
             Next::Close => return Ok(()),
-            Next::Data => {
-                let Some(transaction) = session.take_transaction() else {
-                    // The session starts DATA only with a transaction; never trust it blindly.
-                    reply::need_mail().write_to(&mut out);
-                    continue;
-                };
+            Next::Data(transaction) => {
                 match receive_message(
                     &mut socket,
                     &mut input,
@@ -214,10 +209,10 @@ async fn send<S: AsyncWrite + Unpin>(
     result.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
-#[derive(PartialEq, Eq)]
 enum Next {
     Read,
-    Data,
+    /// Read the body of this transaction.
+    Data(Transaction),
     Close,
 }
 
@@ -318,7 +313,7 @@ where
         received_at,
         message_id: sniffer.message_id(),
     };
-    let outcome = ctx
+    let submitted = ctx
         .deliver
         .submit(Spooled {
             envelope,
@@ -326,14 +321,18 @@ where
             size,
         })
         .await;
-    Ok(DataEnd::Reply(super::outcome::reply(&outcome)))
+    let reply = super::outcome::reply(&submitted.outcome);
+    if let Some(refused) = &submitted.refused {
+        refused.record(&reply.to_string());
+    }
+    Ok(DataEnd::Reply(reply))
 }
 
 /// Every timeout of the inbound side, on tokio's paused clock: the times asserted are exact.
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::Queued;
+    use crate::delivery::{Outcome, Queued};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::DuplexStream;
     use tokio::task::JoinHandle;
@@ -347,13 +346,13 @@ mod tests {
     struct Counting(AtomicUsize);
 
     impl Deliver for Arc<Counting> {
-        fn submit(&self, msg: Spooled) -> impl Future<Output = Outcome> + Send {
+        fn submit(&self, msg: Spooled) -> impl Future<Output = Submitted> + Send {
             self.0.fetch_add(1, Ordering::SeqCst);
             async move {
-                Outcome::Queued {
+                Submitted::kept(Outcome::Queued {
                     id: msg.envelope.id.to_string(),
                     why: Queued::Accepted,
-                }
+                })
             }
         }
     }
@@ -558,6 +557,16 @@ mod tests {
         assert!(!c.server.is_finished());
         let start = Instant::now();
         c.ctx.shutdown.cancel();
+        let result = (&mut c.server).await.unwrap();
+        assert_eq!(start.elapsed(), FAREWELL_TIMEOUT);
+        assert_eq!(result.unwrap_err().kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_client_that_never_reads_is_dropped_after_the_farewell_timeout() {
+        // 16 bytes each way: the 554 does not fit, and the client reads nothing.
+        let mut c = connect("10.0.0.7:4000", 16);
+        let start = Instant::now();
         let result = (&mut c.server).await.unwrap();
         assert_eq!(start.elapsed(), FAREWELL_TIMEOUT);
         assert_eq!(result.unwrap_err().kind(), io::ErrorKind::TimedOut);

@@ -28,8 +28,9 @@ pub struct SessionConfig {
 pub enum Action {
     /// Send the reply and read the next command.
     Reply(Reply),
-    /// Send the reply, then switch to reading the message body.
-    StartData(Reply),
+    /// Send the reply, then read the message body for this transaction (which ends here:
+    /// whatever becomes of the body, the next `MAIL` starts a new one).
+    StartData(Reply, Transaction),
     /// Send the reply and close the connection.
     Close(Reply),
 }
@@ -113,10 +114,13 @@ impl Session {
             }
             Request::Mail { from } => self.mail(from),
             Request::Rcpt { to } => self.rcpt(to.address.as_ref()),
-            Request::Data => match &self.transaction {
+            Request::Data => match self.transaction.take() {
                 None => Action::Reply(reply::need_mail()),
-                Some(t) if t.rcpt_to.is_empty() => Action::Reply(reply::need_rcpt()),
-                Some(_) => Action::StartData(reply::start_data()),
+                Some(t) if t.rcpt_to.is_empty() => {
+                    self.transaction = Some(t);
+                    Action::Reply(reply::need_rcpt())
+                }
+                Some(t) => Action::StartData(reply::start_data(), t),
             },
             Request::Rset => {
                 self.transaction = None;
@@ -174,9 +178,9 @@ impl Session {
         Action::Reply(reply::recipient_ok())
     }
 
-    /// Ends the transaction after DATA (whatever its outcome) and hands over its envelope.
-    pub fn take_transaction(&mut self) -> Option<Transaction> {
-        self.transaction.take()
+    /// The transaction being collected (between `MAIL` and `DATA`), if any.
+    pub fn transaction(&self) -> Option<&Transaction> {
+        self.transaction.as_ref()
     }
 }
 
@@ -220,7 +224,7 @@ mod tests {
             let mut iter = bytes.as_bytes().iter();
             let action = s.command(receiver.ingest(&mut iter));
             let code = match &action {
-                Action::Reply(r) | Action::StartData(r) | Action::Close(r) => r.code,
+                Action::Reply(r) | Action::StartData(r, _) | Action::Close(r) => r.code,
             };
             out.push((code, action));
         }
@@ -234,22 +238,23 @@ mod tests {
     #[test]
     fn happy_path() {
         let mut s = session();
-        assert_eq!(
-            codes(
-                &mut s,
-                &[
-                    "EHLO app",
-                    "MAIL FROM:<a@x.org>",
-                    "RCPT TO:<b@y.org>",
-                    "DATA"
-                ]
-            ),
-            vec![250, 250, 250, 354]
+        let mut actions = run(
+            &mut s,
+            &[
+                "EHLO app",
+                "MAIL FROM:<a@x.org>",
+                "RCPT TO:<b@y.org>",
+                "DATA",
+            ],
         );
-        let t = s.take_transaction().unwrap();
+        let codes: Vec<u16> = actions.iter().map(|(c, _)| *c).collect();
+        assert_eq!(codes, vec![250, 250, 250, 354]);
+        let Some((_, Action::StartData(_, t))) = actions.pop() else {
+            panic!("DATA starts the body")
+        };
         assert_eq!(t.mail_from, "a@x.org");
         assert_eq!(t.rcpt_to, vec!["b@y.org".to_string()]);
-        assert!(s.take_transaction().is_none());
+        assert!(s.transaction().is_none(), "DATA ends the transaction");
     }
 
     #[test]
@@ -315,8 +320,9 @@ mod tests {
             codes(&mut s, &["MAIL FROM:<a@x.org> BODY=8BITMIME SMTPUTF8"]),
             vec![250]
         );
-        let t = s.take_transaction().unwrap();
+        let t = s.transaction().unwrap();
         assert!(t.body_8bit && t.smtputf8);
+        assert_eq!(codes(&mut s, &["RSET"]), vec![250]);
         assert_eq!(
             codes(
                 &mut s,
@@ -356,7 +362,7 @@ mod tests {
             ),
             vec![250, 250]
         );
-        let t = s.take_transaction().unwrap();
+        let t = s.transaction().unwrap();
         assert_eq!(t.mail_from, "jörg@bücher.de");
         assert_eq!(t.rcpt_to[0], "用户@例子.广告");
     }
