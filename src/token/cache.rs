@@ -347,9 +347,17 @@ impl TokenCache {
             tokio::pin!(event, reloaded);
             event.as_mut().enable();
             reloaded.as_mut().enable();
-            let outcome = match self.get().await {
-                Ok(token) => self.refresh_if_due(token).await,
-                Err(error) => Err((error, None)),
+            // A stop must not wait for a slow or unreachable token endpoint (up to the token
+            // timeout): the drain's grace is for messages.
+            let look = async {
+                match self.get().await {
+                    Ok(token) => self.refresh_if_due(token).await,
+                    Err(error) => Err((error, None)),
+                }
+            };
+            let outcome = tokio::select! {
+                outcome = look => outcome,
+                _ = shutdown.cancelled() => return,
             };
             let wait = match outcome {
                 Ok(token) => {
@@ -876,6 +884,23 @@ mod tests {
         assert_eq!(c.fetch_count(), 2);
         stop.cancel();
         task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_does_not_wait_for_a_slow_token_endpoint() {
+        let fake = Fake::new(30_000, 3600); // every request takes 30 s
+        let c = cache(&fake);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = {
+            let (c, stop) = (c.clone(), stop.clone());
+            tokio::spawn(async move { c.keep_warm(Duration::from_secs(60), stop, || {}).await })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await; // its first fetch is under way
+        assert_eq!(c.fetch_count(), 1);
+        let asked = Instant::now();
+        stop.cancel();
+        task.await.unwrap();
+        assert_eq!(asked.elapsed(), Duration::ZERO, "stopped at once");
     }
 
     #[tokio::test(start_paused = true)]
