@@ -554,7 +554,7 @@ impl Client {
 }
 
 pub(super) fn xoauth2(user: &str, token: &str) -> String {
-    crate::wire::xoauth2::encode(user, token)
+    secrecy::ExposeSecret::expose_secret(&crate::wire::xoauth2::encode(user, token)).to_string()
 }
 
 /// Connects, upgrades to TLS and says EHLO; returns the client and the EHLO reply.

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
+use secrecy::ExposeSecret;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
@@ -259,6 +260,18 @@ async fn ehlo<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(reply)
 }
 
+/// A malformed reply to AUTH is not quoted at all: it may echo the credential, and an excerpt
+/// cut anywhere could hold part of it where redaction would not find the whole.
+fn hide_echo(e: UpstreamError) -> UpstreamError {
+    match e {
+        UpstreamError::Protocol { stage, .. } => UpstreamError::Protocol {
+            stage,
+            detail: "malformed reply to AUTH (not quoted: it may echo the credential)".into(),
+        },
+        other => other,
+    }
+}
+
 fn redact(reply: &mut Reply, secrets: &[&str]) {
     for line in &mut reply.lines {
         for secret in secrets {
@@ -294,15 +307,19 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         let blob = xoauth2::encode(mailbox, token.expose());
         let mut reply = s
-            .command(&format!("AUTH XOAUTH2 {blob}"), Stage::Auth)
-            .await?;
+            .command(
+                &format!("AUTH XOAUTH2 {}", blob.expose_secret()),
+                Stage::Auth,
+            )
+            .await
+            .map_err(hide_echo)?;
         if reply.code == 334 {
             // An error challenge (Google-style JSON); answer with an empty line to get the
             // final reply (reference §3.4).
-            reply = s.command("", Stage::Auth).await?;
+            reply = s.command("", Stage::Auth).await.map_err(hide_echo)?;
         }
         // A server that echoes the credential must not get it into our logs or replies.
-        redact(&mut reply, &[&blob, token.expose()]);
+        redact(&mut reply, &[blob.expose_secret(), token.expose()]);
         drop(blob);
         if reply.code == 235 {
             return Ok(token);
@@ -603,6 +620,61 @@ mod tests {
         };
         redact(&mut r, &["dXNlcj1h", "tok"]);
         assert_eq!(r.lines[0], "5.7.3 you sent <redacted> and <redacted>");
+    }
+
+    /// A source that hands out one fixed token.
+    struct OneToken;
+
+    impl crate::token::TokenSource for OneToken {
+        fn fetch(&self) -> crate::token::FetchFuture<'_> {
+            Box::pin(async {
+                Ok(AccessToken::new(
+                    secrecy::SecretString::from("tok-SECRET-0123456789"),
+                    3600,
+                ))
+            })
+        }
+
+        fn describe(&self) -> String {
+            "one token".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_malformed_auth_reply_that_echoes_the_credential_is_not_quoted() {
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        let tokens = TokenCache::new(Arc::new(OneToken), Duration::from_secs(900));
+        let echo = tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            let n = server.read(&mut buf).await.unwrap();
+            let line = String::from_utf8_lossy(&buf[..n]).to_string();
+            let blob = line
+                .trim_end()
+                .strip_prefix("AUTH XOAUTH2 ")
+                .expect("an AUTH line")
+                .to_string();
+            // Not a reply (no code): the whole line would be quoted in a protocol error.
+            server
+                .write_all(format!("you sent {blob}\r\n").as_bytes())
+                .await
+                .unwrap();
+            (server, blob)
+        });
+        let mut s = SmtpStream::new(client, Duration::from_secs(5));
+        let err = authenticate(&mut s, "relay@x.example", &tokens)
+            .await
+            .unwrap_err();
+        let (_server, blob) = echo.await.unwrap();
+        assert!(matches!(
+            err,
+            UpstreamError::Protocol {
+                stage: Stage::Auth,
+                ..
+            }
+        ));
+        let shown = format!("{err} {err:?}");
+        assert!(!shown.contains(&blob[..16]), "{shown}");
+        assert!(!shown.contains("SECRET"), "{shown}");
     }
 
     #[tokio::test]

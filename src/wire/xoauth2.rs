@@ -6,10 +6,12 @@
 
 use base64::engine::general_purpose::{STANDARD, STANDARD_PAD_INDIFFERENT};
 use base64::Engine as _;
+use secrecy::SecretString;
 
-/// Encodes the initial response for `user` with `token`.
-pub fn encode(user: &str, token: &str) -> String {
-    STANDARD.encode(format!("user={user}\x01auth=Bearer {token}\x01\x01"))
+/// Encodes the initial response for `user` with `token`: a secret (its `Debug` is redacted),
+/// exposed only to write it on the wire.
+pub fn encode(user: &str, token: &str) -> SecretString {
+    SecretString::from(STANDARD.encode(format!("user={user}\x01auth=Bearer {token}\x01\x01")))
 }
 
 /// Decodes an initial response (padding optional, surrounding whitespace ignored) into
@@ -31,20 +33,23 @@ pub fn decode(blob: &str) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
 
     #[test]
     fn matches_microsofts_vector() {
         // Reference §3.1, from Microsoft's documentation.
-        let blob = encode(
+        let secret = encode(
             "test@contoso.onmicrosoft.com",
             "EwBAAl3BAAUFFpUAo7J3Ve0bjLBWZWCclRC3EoAA",
         );
+        assert!(!format!("{secret:?}").contains("dXNl"), "Debug is redacted");
+        let blob = secret.expose_secret();
         assert_eq!(
             blob,
             "dXNlcj10ZXN0QGNvbnRvc28ub25taWNyb3NvZnQuY29tAWF1dGg9QmVhcmVyIEV3QkFBbDNCQUFVRkZwVUFvN0ozVmUwYmpMQldaV0NjbFJDM0VvQUEBAQ=="
         );
         assert_eq!(
-            decode(&blob),
+            decode(blob),
             Some((
                 "test@contoso.onmicrosoft.com".into(),
                 "EwBAAl3BAAUFFpUAo7J3Ve0bjLBWZWCclRC3EoAA".into()
@@ -69,7 +74,10 @@ mod tests {
             decode(&STANDARD.encode("user=\x01auth=Bearer x\x01\x01")),
             None
         );
-        let unpadded = encode("a@b", "tok").trim_end_matches('=').to_string();
+        let unpadded = encode("a@b", "tok")
+            .expose_secret()
+            .trim_end_matches('=')
+            .to_string();
         assert_eq!(decode(&unpadded), Some(("a@b".into(), "tok".into())));
     }
 }

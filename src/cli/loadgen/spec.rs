@@ -130,7 +130,7 @@ impl Auth {
             ),
             Auth::XOAuth2 { user, token } => format!(
                 "AUTH XOAUTH2 {}\r\n",
-                crate::wire::xoauth2::encode(user, token.expose_secret())
+                crate::wire::xoauth2::encode(user, token.expose_secret()).expose_secret()
             ),
         }
     }
