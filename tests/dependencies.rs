@@ -53,30 +53,186 @@ fn module_of(path: &Path) -> Option<String> {
     Some(parts.join("::"))
 }
 
-/// The file without comments and without its test code.
-fn production_code(text: &str) -> String {
-    let mut out = String::new();
-    let mut lines = text.lines().peekable();
-    while let Some(line) = lines.next() {
-        let trimmed = line.trim();
-        if trimmed == "#[cfg(test)]" {
-            match lines.peek().map(|l| l.trim()) {
-                // A test module declared here lives in its own (test) file: skip the line.
-                Some(next) if next.starts_with("mod ") && next.ends_with(';') => {
-                    lines.next();
+/// The code of a file with comments removed and the contents of string and character
+/// literals blanked (so neither can fake or hide a path, and braces can be counted).
+fn lex(text: &str) -> String {
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let mut depth = 0;
+                while i < b.len() {
+                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                        depth += 1;
+                        i += 2;
+                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        if b[i] == b'\n' {
+                            out.push('\n');
+                        }
+                        i += 1;
+                    }
+                }
+            }
+            b'r' if matches!(b.get(i + 1), Some(b'"') | Some(b'#'))
+                && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_')) =>
+            {
+                // A raw string: r"…", r#"…"#.
+                let mut j = i + 1;
+                let mut hashes = 0;
+                while b.get(j) == Some(&b'#') {
+                    hashes += 1;
+                    j += 1;
+                }
+                if b.get(j) != Some(&b'"') {
+                    out.push('r');
+                    i += 1;
                     continue;
                 }
-                // The test block at the end of the file: nothing after it counts.
-                Some(next) if next.starts_with("mod ") && next.ends_with('{') => break,
-                _ => {}
+                j += 1;
+                let close: Vec<u8> = std::iter::once(b'"')
+                    .chain(std::iter::repeat_n(b'#', hashes))
+                    .collect();
+                while j < b.len() && !b[j..].starts_with(&close) {
+                    if b[j] == b'\n' {
+                        out.push('\n');
+                    }
+                    j += 1;
+                }
+                out.push_str("\"\"");
+                i = j + close.len();
+            }
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] == b'\\' {
+                        i += 1;
+                    }
+                    if b.get(i) == Some(&b'\n') {
+                        out.push('\n');
+                    }
+                    i += 1;
+                }
+                out.push_str("\"\"");
+                i += 1;
+            }
+            b'\'' => {
+                // A character literal ('x', '\n', '\u{1F600}') or a lifetime ('a).
+                let end = if b.get(i + 1) == Some(&b'\\') {
+                    b[i + 2..]
+                        .iter()
+                        .position(|&c| c == b'\'')
+                        .map(|p| i + 2 + p)
+                } else {
+                    let ch = text[i + 1..].chars().next().map_or(1, char::len_utf8);
+                    (b.get(i + 1 + ch) == Some(&b'\'')).then_some(i + 1 + ch)
+                };
+                match end {
+                    Some(end) => {
+                        out.push_str("' '");
+                        i = end + 1;
+                    }
+                    None => {
+                        out.push('\'');
+                        i += 1;
+                    }
+                }
+            }
+            _ => {
+                let ch = text[i..].chars().next().unwrap_or(' ');
+                out.push(ch);
+                i += ch.len_utf8();
             }
         }
-        let code = match line.find("//") {
-            Some(i) => &line[..i],
-            None => line,
-        };
-        out.push_str(code);
-        out.push('\n');
+    }
+    out
+}
+
+/// Whether an attribute limits the next item to test builds: `#[cfg(test)]`,
+/// `#[cfg(any(test, …))]`, `#[cfg(all(test, …))]` (not `not(test)`).
+fn is_test_cfg(attr: &str) -> bool {
+    let a: String = attr.chars().filter(|c| !c.is_whitespace()).collect();
+    let Some(inner) = a.strip_prefix("#[cfg(").and_then(|r| r.strip_suffix(")]")) else {
+        return false;
+    };
+    inner == "test"
+        || ["any(", "all("].iter().any(|p| {
+            inner
+                .strip_prefix(p)
+                .is_some_and(|args| args.trim_end_matches(')').split(',').any(|x| x == "test"))
+        })
+}
+
+/// The file without comments, literals and test code: every item under a test-only `cfg`
+/// (a test module, wherever it stands, a test-only `use` or function) is cut out whole.
+fn production_code(text: &str) -> String {
+    let code = lex(text);
+    let b = code.as_bytes();
+    let mut out = String::with_capacity(code.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'#' && b.get(i + 1) == Some(&b'[') {
+            let close = code[i..].find(']').map(|p| i + p + 1).unwrap_or(b.len());
+            // Nested brackets in an attribute: take up to the bracket that balances.
+            let mut depth = 0;
+            let mut end = close;
+            for (k, c) in code[i..].char_indices() {
+                match c {
+                    '[' => depth += 1,
+                    ']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = i + k + 1;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if is_test_cfg(&code[i..end]) {
+                // Skip the item the attribute applies to: to its `;` or its balanced `}`.
+                let mut k = end;
+                let mut depth = 0;
+                while k < b.len() {
+                    match b[k] {
+                        b';' if depth == 0 => {
+                            k += 1;
+                            break;
+                        }
+                        b'{' => depth += 1,
+                        b'}' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                k += 1;
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                    k += 1;
+                }
+                i = k;
+                continue;
+            }
+            out.push_str(&code[i..end]);
+            i = end;
+            continue;
+        }
+        let ch = code[i..].chars().next().unwrap_or(' ');
+        out.push(ch);
+        i += ch.len_utf8();
     }
     out
 }
@@ -86,18 +242,34 @@ fn declared_children(code: &str) -> Vec<String> {
     code.lines()
         .filter_map(|l| {
             let l = l.trim();
-            let rest = l
-                .strip_prefix("pub(crate) mod ")
-                .or_else(|| l.strip_prefix("pub mod "))
-                .or_else(|| l.strip_prefix("mod "))?;
+            // `mod x;`, `pub mod x;`, `pub(crate) mod x;`, `pub(in a::b) mod x;`, …
+            let l = match l.strip_prefix("pub") {
+                Some(rest) if rest.starts_with('(') => rest[rest.find(')')? + 1..].trim_start(),
+                Some(rest) => rest.trim_start(),
+                None => l,
+            };
+            let rest = l.strip_prefix("mod ")?;
             rest.strip_suffix(';').map(|n| n.trim().to_string())
         })
         .collect()
 }
 
-/// Expands one `use` tree (`a::{b, c::{d, e}}`) into its paths.
+/// Expands one `use` tree (`a::{b, c::{d as e, f}}`) into its paths (renames dropped).
 fn expand(tree: &str) -> Vec<String> {
-    let tree: String = tree.chars().filter(|c| !c.is_whitespace()).collect();
+    let mut words: Vec<&str> = Vec::new();
+    let mut parts = tree.split_whitespace().peekable();
+    while let Some(w) = parts.next() {
+        if w == "as" {
+            // `x as y`: keep `x` and any punctuation glued to `y` (`y,` `y}`).
+            if let Some(alias) = parts.next() {
+                let glued = alias.trim_start_matches(|c: char| c.is_alphanumeric() || c == '_');
+                words.push(glued);
+            }
+        } else {
+            words.push(w);
+        }
+    }
+    let tree: String = words.concat();
     let Some(open) = tree.find('{') else {
         return vec![tree];
     };
@@ -386,20 +558,14 @@ fn the_map_allows_arrows_one_way_only() {
     );
 }
 
-#[test]
-fn every_use_between_rooms_is_on_the_map() {
-    let table = allowed_table();
-    let krate = read_crate();
+/// The uses between rooms that `table` does not allow, one line each.
+fn disallowed(table: &Graph, krate: &Crate) -> Vec<String> {
     let mut wrong = Vec::new();
     for (module, targets) in &krate.modules {
         let from = room(module);
         for target in targets {
             let to = room(target);
-            if from == to {
-                continue;
-            }
-            let ok = table.get(from).is_some_and(|uses| uses.contains(to));
-            if !ok {
+            if from != to && !table.get(from).is_some_and(|uses| uses.contains(to)) {
                 wrong.push(format!(
                     "{} ({module}) uses {target}: `{from}` may not use `{to}`",
                     krate.files[module].display()
@@ -407,6 +573,12 @@ fn every_use_between_rooms_is_on_the_map() {
             }
         }
     }
+    wrong
+}
+
+#[test]
+fn every_use_between_rooms_is_on_the_map() {
+    let wrong = disallowed(&allowed_table(), &read_crate());
     assert!(
         wrong.is_empty(),
         "uses the map in src/lib.rs does not allow:\n{}",
@@ -442,18 +614,70 @@ fn the_reader_sees_uses_of_every_kind() {
     );
     // `pub use child::…` in a mod.rs.
     assert!(uses("delivery").contains("delivery::outcome"));
-    // test code is left out: wire/reply.rs's tests use nothing of ours, and sandbox's test
-    // files (which use `tls`) are no modules here.
+    // test files are no modules here (sandbox's use `tls` only in tests).
     assert!(!krate.modules.contains_key("sandbox::dialog_tests"));
+
+    // A backward use is reported: the map without smtp → delivery flags the face.
+    let mut table = allowed_table();
+    table.get_mut("smtp").unwrap().remove("delivery");
+    let wrong = disallowed(&table, &krate);
+    assert!(
+        wrong
+            .iter()
+            .any(|w| w.contains("(smtp::connection) uses delivery")),
+        "{wrong:?}"
+    );
+}
+
+#[test]
+fn the_reader_handles_renames_literals_comments_and_test_items() {
     assert_eq!(
         expand("crate::{a::{B, c}, d}"),
         vec!["crate::a::B", "crate::a::c", "crate::d"]
     );
-    // A made-up backward use is caught.
-    let mut table = allowed_table();
-    table.get_mut("smtp").unwrap().remove("delivery");
-    let caught = krate.modules["smtp::connection"]
-        .iter()
-        .any(|t| room(t) == "delivery" && !table["smtp"].contains("delivery"));
-    assert!(caught);
+    assert_eq!(
+        expand("crate::{delivery as d, spool::{Spool as S, body}}"),
+        vec![
+            "crate::delivery",
+            "crate::spool::Spool",
+            "crate::spool::body"
+        ]
+    );
+    assert_eq!(expand("crate::a::B as C"), vec!["crate::a::B"]);
+    let code = production_code(
+        "use crate::real;\n\
+         // use crate::in_comment;\n\
+         /* crate::in_block */\n\
+         const S: &str = \"crate::in_string // not a comment\";\n\
+         const R: &str = r#\"crate::in_raw\"#;\n\
+         const C: char = '{';\n\
+         fn f<'a>(x: &'a str) -> &'a str { crate::in_body::g(x) }\n\
+         #[cfg(test)]\nuse crate::test_only;\n\
+         #[cfg(test)]\nmod tests {\n    use crate::in_tests;\n    fn t() { let _ = '}'; }\n}\n\
+         pub fn after_tests() { crate::after::h() }\n",
+    );
+    let paths = paths_in(&code, &[]);
+    for want in ["crate::real", "crate::in_body::g", "crate::after::h"] {
+        assert!(
+            paths.iter().any(|p| p == want),
+            "{want} missing in {paths:?}"
+        );
+    }
+    for unwanted in [
+        "in_comment",
+        "in_block",
+        "in_string",
+        "in_raw",
+        "test_only",
+        "in_tests",
+    ] {
+        assert!(
+            !paths.iter().any(|p| p.contains(unwanted)),
+            "{unwanted} counted in {paths:?}"
+        );
+    }
+    assert_eq!(
+        declared_children("mod a;\npub mod b;\npub(crate) mod c;\npub(in crate::x) mod d;\n"),
+        vec!["a", "b", "c", "d"]
+    );
 }

@@ -29,7 +29,6 @@ use std::path::Path;
 use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 
-pub use crate::delivery::{DeliveryMode, EnvelopeSender};
 use env::env_value;
 pub use env::{env_overrides, unknown_env_vars, ENV_KEYS, ENV_PREFIX};
 pub use file::{

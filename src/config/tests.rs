@@ -2,6 +2,7 @@
 
 use super::validate::validate_listen;
 use super::*;
+use crate::delivery::DeliveryMode;
 use secrecy::ExposeSecret;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
