@@ -173,7 +173,7 @@ impl Relay {
             upstream = %upstream.address(),
             mailbox = %account.mailbox,
             token_url = %account.credential.token_url,
-            mode = config.delivery.mode.as_str(),
+            mode = ?config.delivery.mode,
             "smtp-oauth-relay ready"
         );
         Ok(Relay {

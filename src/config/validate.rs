@@ -52,14 +52,16 @@ pub struct ValidAccount {
 /// See [`Config::validate`].
 pub(super) fn validate(config: Config) -> Result<ValidConfig, ConfigError> {
     let mut warnings = Vec::new();
+    // In the order of the file, so that the first of several mistakes is the one named.
     let listen = validate_listen(&config.listen)?;
+    let mut account = validate_account(&config.account, &mut warnings)?;
+    let upstream = validate_upstream(&config.upstream, &listen.hostname)?;
     let extra_roots = match &config.tls.extra_ca_file {
         None => Vec::new(),
         Some(path) => crate::tls::load_pem_certificates(path)
             .map_err(|e| ConfigError::new("tls.extra_ca_file", e.to_string()))?,
     };
-    let account = validate_account(&config.account, &extra_roots, &mut warnings)?;
-    let upstream = validate_upstream(&config.upstream, &listen.hostname)?;
+    account.credential.extra_roots = extra_roots.clone();
     let delivery = validate_delivery(&config.delivery, config.account.envelope_sender)?;
     let governor = validate_governor(&config.governor, &config.upstream);
     if config.delivery.spool_dir.as_os_str().is_empty() {
@@ -218,7 +220,6 @@ fn env_name_for(key: &str) -> Option<String> {
 
 fn validate_account(
     a: &AccountConfig,
-    extra_roots: &[CertificateDer<'static>],
     warnings: &mut Vec<String>,
 ) -> Result<ValidAccount, ConfigError> {
     let (authority, tenant_from_authority) =
@@ -282,7 +283,8 @@ fn validate_account(
             client_id,
             client_secret,
             scope,
-            extra_roots: extra_roots.to_vec(),
+            // Filled in once `tls.extra_ca_file` is read.
+            extra_roots: Vec::new(),
             timeout: Duration::from_secs(a.token_timeout_secs),
         },
         tenant,

@@ -261,52 +261,6 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, stop: Cancellatio
     }
 }
 
-/// The address to ask for `listen`: a wildcard (`0.0.0.0`, `::`) is asked on loopback.
-pub fn asked_address(listen: SocketAddr) -> SocketAddr {
-    match listen.ip() {
-        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::from(([127, 0, 0, 1], listen.port()))
-        }
-        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, listen.port()))
-        }
-        _ => listen,
-    }
-}
-
-/// `healthcheck`: GET `path` from the admin port and report whether it answered 200. Plain
-/// HTTP/1.0 over a TCP socket: no shell, no curl, so it works in a distroless image.
-pub async fn probe(addr: SocketAddr, path: &str, limit: Duration) -> Result<String, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let work = async {
-        let mut s = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("cannot connect to the admin port {addr}: {e}"))?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut buf = Vec::new();
-        s.take(64 * 1024)
-            .read_to_end(&mut buf)
-            .await
-            .map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let status = text.split_whitespace().nth(1).unwrap_or("");
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.trim().to_string())
-            .unwrap_or_default();
-        if status == "200" {
-            Ok(body)
-        } else {
-            Err(format!("{path} answered {status}: {body}"))
-        }
-    };
-    tokio::time::timeout(limit, work)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer from {addr} within {limit:?}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,8 +5,8 @@
 //! while their token is not near expiry, reset with `RSET` after a refusal. It pulls tokens
 //! from the token cache when it opens a connection (DESIGN §4: data flows one way).
 //!
-//! `error.rs` is the one place replies become verdicts; `conn.rs` speaks the protocol;
-//! `reply.rs` parses replies exactly.
+//! `error.rs` is the one place replies become verdicts; `conn.rs` speaks the protocol (replies
+//! are parsed exactly by `wire::reply`).
 
 pub mod conn;
 pub mod error;
