@@ -1,5 +1,6 @@
 //! One SMTP client connection to the upstream: connect, EHLO, STARTTLS (required), EHLO,
-//! AUTH XOAUTH2, then mail transactions with a pipelined envelope and a streamed body.
+//! AUTH XOAUTH2 (`auth.rs`), then mail transactions with a pipelined envelope and a streamed
+//! body, over the reply reader of `stream.rs`.
 //!
 //! Written on tokio-rustls directly (not mail-send's client) because the relay needs what
 //! mail-send's `SmtpClient` does not give: replies kept byte-exact (enhanced codes above 255),
@@ -11,103 +12,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
-use secrecy::ExposeSecret;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use super::error::{classify_auth, Stage, UpstreamError, Verdict};
-use crate::token::{AccessToken, TokenCache};
+use super::auth::authenticate;
+use super::error::{Stage, UpstreamError};
+use super::stream::SmtpStream;
+use crate::token::TokenCache;
 use crate::wire::data::DotStuffer;
-use crate::wire::{xoauth2, Reply};
-
-/// A byte stream with a read buffer and reply parsing.
-pub struct SmtpStream<S> {
-    stream: S,
-    rbuf: Vec<u8>,
-    command_timeout: Duration,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> SmtpStream<S> {
-    pub fn new(stream: S, command_timeout: Duration) -> Self {
-        SmtpStream {
-            stream,
-            rbuf: Vec::with_capacity(4096),
-            command_timeout,
-        }
-    }
-
-    /// Reads one complete reply, waiting at most `limit`.
-    pub async fn read_reply(
-        &mut self,
-        stage: Stage,
-        limit: Duration,
-    ) -> Result<Reply, UpstreamError> {
-        let deadline = Instant::now() + limit;
-        loop {
-            match Reply::parse(&self.rbuf) {
-                Ok(Some((reply, used))) => {
-                    self.rbuf.drain(..used);
-                    crate::ops::audit::upstream_reply(reply.code);
-                    return Ok(reply);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    return Err(UpstreamError::Protocol {
-                        stage,
-                        detail: e.to_string(),
-                    })
-                }
-            }
-            let mut chunk = [0u8; 4096];
-            let n = match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
-                Err(_) => return Err(UpstreamError::Timeout { stage }),
-                Ok(Err(source)) => return Err(UpstreamError::Io { stage, source }),
-                Ok(Ok(n)) => n,
-            };
-            if n == 0 {
-                return Err(UpstreamError::Io {
-                    stage,
-                    source: std::io::ErrorKind::UnexpectedEof.into(),
-                });
-            }
-            self.rbuf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    pub async fn write_all(&mut self, bytes: &[u8], stage: Stage) -> Result<(), UpstreamError> {
-        match timeout(self.command_timeout, async {
-            self.stream.write_all(bytes).await?;
-            self.stream.flush().await
-        })
-        .await
-        {
-            Err(_) => Err(UpstreamError::Timeout { stage }),
-            Ok(Err(source)) => Err(UpstreamError::Io { stage, source }),
-            Ok(Ok(())) => Ok(()),
-        }
-    }
-
-    /// Sends one command line (without CRLF) and reads its reply.
-    pub async fn command(&mut self, line: &str, stage: Stage) -> Result<Reply, UpstreamError> {
-        let mut bytes = Vec::with_capacity(line.len() + 2);
-        bytes.extend_from_slice(line.as_bytes());
-        bytes.extend_from_slice(b"\r\n");
-        self.write_all(&bytes, stage).await?;
-        self.read_reply(stage, self.command_timeout).await
-    }
-
-    /// True when the server sent bytes we have not asked for (STARTTLS injection guard).
-    pub fn has_unread(&self) -> bool {
-        !self.rbuf.is_empty()
-    }
-
-    pub fn into_inner(self) -> S {
-        self.stream
-    }
-}
+use crate::wire::Reply;
 
 /// What the server's post-TLS EHLO offered that matters for sending.
 #[derive(Debug, Clone, Copy, Default)]
@@ -260,28 +176,6 @@ async fn ehlo<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(reply)
 }
 
-/// A malformed reply to AUTH is not quoted at all: it may echo the credential, and an excerpt
-/// cut anywhere could hold part of it where redaction would not find the whole.
-fn hide_echo(e: UpstreamError) -> UpstreamError {
-    match e {
-        UpstreamError::Protocol { stage, .. } => UpstreamError::Protocol {
-            stage,
-            detail: "malformed reply to AUTH (not quoted: it may echo the credential)".into(),
-        },
-        other => other,
-    }
-}
-
-fn redact(reply: &mut Reply, secrets: &[&str]) {
-    for line in &mut reply.lines {
-        for secret in secrets {
-            if !secret.is_empty() && line.contains(secret) {
-                *line = line.replace(secret, "<redacted>");
-            }
-        }
-    }
-}
-
 fn tls_error(e: std::io::Error) -> UpstreamError {
     let inner = e
         .get_ref()
@@ -293,52 +187,6 @@ fn tls_error(e: std::io::Error) -> UpstreamError {
             stage: Stage::StartTls,
             source: e,
         },
-    }
-}
-
-/// AUTH XOAUTH2 in the one-line form (reference §3.2). Returns the token that worked.
-async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
-    s: &mut SmtpStream<S>,
-    mailbox: &str,
-    tokens: &TokenCache,
-) -> Result<AccessToken, UpstreamError> {
-    let mut token = tokens.get().await?;
-    let mut refreshed = false;
-    loop {
-        let blob = xoauth2::encode(mailbox, token.expose());
-        let mut reply = s
-            .command(
-                &format!("AUTH XOAUTH2 {}", blob.expose_secret()),
-                Stage::Auth,
-            )
-            .await
-            .map_err(hide_echo)?;
-        if reply.code == 334 {
-            // An error challenge (Google-style JSON); answer with an empty line to get the
-            // final reply (reference §3.4).
-            reply = s.command("", Stage::Auth).await.map_err(hide_echo)?;
-        }
-        // A server that echoes the credential must not get it into our logs or replies.
-        redact(&mut reply, &[blob.expose_secret(), token.expose()]);
-        drop(blob);
-        if reply.code == 235 {
-            return Ok(token);
-        }
-        let verdict = classify_auth(&reply, refreshed);
-        if verdict == Verdict::Transient && reply.has_status("5.7.3") && !refreshed {
-            tracing::info!(
-                reply = %reply,
-                "upstream refused the cached token; fetching a fresh one and trying once more"
-            );
-            tokens.invalidate(&token);
-            token = tokens.get().await?;
-            refreshed = true;
-            continue;
-        }
-        return Err(UpstreamError::Auth {
-            reply,
-            after_refresh: refreshed,
-        });
     }
 }
 
@@ -605,114 +453,5 @@ impl Connection {
                 stage: Stage::EndOfData,
                 source,
             })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn echoed_credentials_are_redacted() {
-        let mut r = Reply {
-            code: 535,
-            lines: vec!["5.7.3 you sent dXNlcj1h and tok".into()],
-        };
-        redact(&mut r, &["dXNlcj1h", "tok"]);
-        assert_eq!(r.lines[0], "5.7.3 you sent <redacted> and <redacted>");
-    }
-
-    /// A source that hands out one fixed token.
-    struct OneToken;
-
-    impl crate::token::TokenSource for OneToken {
-        fn fetch(&self) -> crate::token::FetchFuture<'_> {
-            Box::pin(async {
-                Ok(AccessToken::new(
-                    secrecy::SecretString::from("tok-SECRET-0123456789"),
-                    3600,
-                ))
-            })
-        }
-
-        fn describe(&self) -> String {
-            "one token".into()
-        }
-    }
-
-    #[tokio::test]
-    async fn a_malformed_auth_reply_that_echoes_the_credential_is_not_quoted() {
-        let (client, mut server) = tokio::io::duplex(64 * 1024);
-        let tokens = TokenCache::new(Arc::new(OneToken), Duration::from_secs(900));
-        let echo = tokio::spawn(async move {
-            let mut buf = vec![0u8; 8192];
-            let n = server.read(&mut buf).await.unwrap();
-            let line = String::from_utf8_lossy(&buf[..n]).to_string();
-            let blob = line
-                .trim_end()
-                .strip_prefix("AUTH XOAUTH2 ")
-                .expect("an AUTH line")
-                .to_string();
-            // Not a reply (no code): the whole line would be quoted in a protocol error.
-            server
-                .write_all(format!("you sent {blob}\r\n").as_bytes())
-                .await
-                .unwrap();
-            (server, blob)
-        });
-        let mut s = SmtpStream::new(client, Duration::from_secs(5));
-        let err = authenticate(&mut s, "relay@x.example", &tokens)
-            .await
-            .unwrap_err();
-        let (_server, blob) = echo.await.unwrap();
-        assert!(matches!(
-            err,
-            UpstreamError::Protocol {
-                stage: Stage::Auth,
-                ..
-            }
-        ));
-        let shown = format!("{err} {err:?}");
-        assert!(!shown.contains(&blob[..16]), "{shown}");
-        assert!(!shown.contains("SECRET"), "{shown}");
-    }
-
-    #[tokio::test]
-    async fn replies_arriving_together_are_all_read() {
-        let (client, mut server) = tokio::io::duplex(1024);
-        server
-            .write_all(b"250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n550 5.1.10 nope\r\n")
-            .await
-            .unwrap();
-        let mut s = SmtpStream::new(client, Duration::from_secs(1));
-        let a = s
-            .read_reply(Stage::MailFrom, Duration::from_secs(1))
-            .await
-            .unwrap();
-        let b = s
-            .read_reply(Stage::RcptTo, Duration::from_secs(1))
-            .await
-            .unwrap();
-        let c = s
-            .read_reply(Stage::RcptTo, Duration::from_secs(1))
-            .await
-            .unwrap();
-        assert_eq!((a.code, b.code, c.code), (250, 250, 550));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn silent_server_times_out() {
-        let (client, _server) = tokio::io::duplex(1024);
-        let mut s = SmtpStream::new(client, Duration::from_secs(5));
-        let err = s
-            .read_reply(Stage::Greeting, Duration::from_secs(5))
-            .await
-            .unwrap_err();
-        assert!(matches!(
-            err,
-            UpstreamError::Timeout {
-                stage: Stage::Greeting
-            }
-        ));
     }
 }

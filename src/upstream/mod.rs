@@ -8,8 +8,10 @@
 //! `error.rs` is the one place replies become verdicts; `conn.rs` speaks the protocol (replies
 //! are parsed exactly by `wire::reply`).
 
+mod auth;
 pub mod conn;
 pub mod error;
+mod stream;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
