@@ -149,7 +149,7 @@ impl Outcome {
                 })
             }
             Verdict::Config => Outcome::Held {
-                advice: e.advice_for(mailbox).unwrap_or_else(|| e.to_string()),
+                advice: e.hold_advice(mailbox),
             },
         }
     }

@@ -107,9 +107,7 @@ impl Delivery {
 impl Delivery {
     /// Holds the account after configuration error `e`, logging the advice once.
     pub(super) fn hold(&self, e: &UpstreamError) {
-        let advice = e
-            .advice_for(self.upstream.mailbox())
-            .unwrap_or_else(|| e.to_string());
+        let advice = e.hold_advice(self.upstream.mailbox());
         let from_token = matches!(e, UpstreamError::Token(_));
         if self.holds.set(advice.clone(), from_token, Instant::now()) {
             tracing::error!(error = %e, advice = %advice, "relay configuration problem; new mail is refused with 451 (queued mail waits) until it is fixed");

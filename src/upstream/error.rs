@@ -135,12 +135,8 @@ impl UpstreamError {
 }
 
 impl UpstreamError {
-    /// One or two sentences an admin can act on, for configuration-class failures.
-    pub fn advice(&self) -> Option<String> {
-        self.advice_for("<mailbox>")
-    }
-
-    /// [`advice`](Self::advice) naming the mailbox in the PowerShell commands.
+    /// One or two sentences an admin can act on, for configuration-class failures, naming
+    /// `mailbox` in the PowerShell commands.
     pub fn advice_for(&self, mailbox: &str) -> Option<String> {
         match self {
             UpstreamError::Token(e) => e.advice(),
@@ -152,6 +148,11 @@ impl UpstreamError {
             }
             _ => None,
         }
+    }
+
+    /// What a configuration hold says: the advice, or the error itself when there is none.
+    pub fn hold_advice(&self, mailbox: &str) -> String {
+        self.advice_for(mailbox).unwrap_or_else(|| self.to_string())
     }
 }
 

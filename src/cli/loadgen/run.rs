@@ -151,8 +151,7 @@ async fn transaction(
         }
         let data = c.reply().await?;
         if data.code != 354 {
-            refused.get_or_insert(Failure::Refused("DATA", data.code));
-            return Err(refused.unwrap());
+            return Err(refused.unwrap_or(Failure::Refused("DATA", data.code)));
         }
         if let Some(f) = refused {
             // DATA was accepted although an earlier command failed: end the (empty) message.
