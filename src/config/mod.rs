@@ -20,6 +20,7 @@
 
 mod env;
 mod file;
+mod keys;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -57,14 +58,27 @@ impl Config {
         for (key, value) in env_overrides(env) {
             figment = figment.merge(Serialized::global(&key, env_value(&key, value)));
         }
-        figment.extract_lossy::<Config>().map_err(|e| {
-            let key = if e.path.is_empty() {
-                "config".to_string()
-            } else {
-                e.path.join(".")
+        // A syntax error names the file (its line and column come with the message).
+        let in_file = |e: figment::Error| {
+            let key = match (e.path.is_empty(), file) {
+                (false, _) => e.path.join("."),
+                (true, Some(path)) => path.display().to_string(),
+                (true, None) => "config".to_string(),
             };
             ConfigError::new(&key, e.kind.to_string())
-        })
+        };
+        // Every unknown key at once, before serde stops at the first.
+        let merged: serde_json::Value = figment.extract().map_err(in_file)?;
+        let known = serde_json::to_value(Config::default()).unwrap_or_default();
+        let unknown = keys::unknown_keys(&merged, &known);
+        if !unknown.is_empty() {
+            let names: Vec<&str> = unknown.iter().map(|(k, _)| k.as_str()).collect();
+            return Err(ConfigError::new(
+                &names.join(", "),
+                keys::describe(&unknown),
+            ));
+        }
+        figment.extract_lossy::<Config>().map_err(in_file)
     }
 
     /// Loads from a TOML string (tests, `config/*.toml` checks).

@@ -306,3 +306,100 @@ fn example_config_parses() {
     let text = include_str!("../../config/relay.example.toml");
     Config::from_toml(text).expect("config/relay.example.toml must parse");
 }
+
+#[test]
+fn every_unknown_key_is_named_at_once_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(
+        &path,
+        "[listen]\nadress = \"127.0.0.1:2525\"\ncolour = 1\n[acount]\ntenant = \"t\"\n",
+    )
+    .unwrap();
+    let err = Config::load(
+        Some(&path),
+        &env(&[("SMTP_OAUTH_RELAY__DELIVERY__MODES", "queue")]),
+    )
+    .unwrap_err();
+    for name in ["listen.adress", "listen.colour", "acount", "delivery.modes"] {
+        assert!(err.key.contains(name), "{name} missing from {err}");
+    }
+    assert!(err.message.starts_with("4 unknown keys"), "{err}");
+    assert!(err.message.contains("did you mean `address`?"), "{err}");
+    assert!(err.message.contains("did you mean `account`?"), "{err}");
+    assert!(err.message.contains("did you mean `mode`?"), "{err}");
+}
+
+#[test]
+fn a_toml_syntax_error_names_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, "[listen]\naddress = 127.0.0.1:2525\n").unwrap();
+    let err = Config::load(Some(&path), &[]).unwrap_err();
+    assert_eq!(err.key, path.display().to_string(), "{err}");
+    assert!(err.message.contains("line 2"), "{err}");
+}
+
+#[test]
+fn a_quoted_secret_is_refused_without_echoing_it() {
+    for quoted in [
+        "\"abc8Q~abcdefghijklmnopqrstuvwxyz01234567\"",
+        "'abc8Q~abcdefghijklmnopqrstuvwxyz01234567'",
+    ] {
+        let err = load(&[("SMTP_OAUTH_RELAY_CLIENT_SECRET", quoted)]).unwrap_err();
+        assert_eq!(err.key, "account.client_secret");
+        assert!(err.message.contains("quote"), "{err}");
+        assert!(!err.to_string().contains("abcdefghij"), "{err}");
+    }
+}
+
+#[test]
+fn a_guid_in_the_secret_file_is_reported_against_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret");
+    std::fs::write(&path, "0f0f0f0f-1111-2222-3333-444455556666\n").unwrap();
+    let p = path.to_string_lossy().to_string();
+    let mut pairs = GOOD[..2].to_vec();
+    pairs.push(("SMTP_OAUTH_RELAY_CLIENT_SECRET_FILE", &p));
+    pairs.push(("SMTP_OAUTH_RELAY_MAILBOX", "relay@contoso.com"));
+    let err = Config::load(None, &env(&pairs))
+        .unwrap()
+        .validate()
+        .unwrap_err();
+    assert_eq!(err.key, "account.client_secret_file");
+    assert!(err.message.contains(&p), "{err}");
+    assert!(err.message.contains("secret ID"), "{err}");
+    assert!(!err.to_string().contains("0f0f0f0f-1111"), "{err}");
+}
+
+#[test]
+fn localhost_is_accepted_and_other_names_say_what_to_type() {
+    let c = load(&[("SMTP_OAUTH_RELAY_LISTEN", "localhost:2526")]).unwrap();
+    assert_eq!(c.listen.address, "127.0.0.1:2526".parse().unwrap());
+    let c = load(&[("SMTP_OAUTH_RELAY_ADMIN_LISTEN", "LOCALHOST:9400")]).unwrap();
+    assert_eq!(c.admin, Some("127.0.0.1:9400".parse().unwrap()));
+    let err = load(&[("SMTP_OAUTH_RELAY_LISTEN", "mail.example.com:25")]).unwrap_err();
+    assert_eq!(err.key, "listen.address");
+    assert!(err.message.contains("127.0.0.1:2525"), "{err}");
+    assert!(err.message.contains("0.0.0.0:2525"), "{err}");
+    let err = load(&[("SMTP_OAUTH_RELAY_LISTEN", "2525")]).unwrap_err();
+    assert!(err.message.contains("write 127.0.0.1:2525"), "{err}");
+}
+
+#[test]
+fn an_allow_list_open_to_everyone_is_refused() {
+    for everyone in ["0.0.0.0/0", "::/0"] {
+        let err = load(&[
+            ("SMTP_OAUTH_RELAY_LISTEN", "0.0.0.0:2525"),
+            ("SMTP_OAUTH_RELAY__LISTEN__ALLOW", everyone),
+        ])
+        .unwrap_err();
+        assert_eq!(err.key, "listen.allow", "{err}");
+        assert!(err.message.contains("open relay"), "{err}");
+    }
+    assert!(load(&[
+        ("SMTP_OAUTH_RELAY_LISTEN", "0.0.0.0:2525"),
+        ("SMTP_OAUTH_RELAY__LISTEN__ALLOW", "10.0.0.0/8"),
+    ])
+    .is_ok());
+}

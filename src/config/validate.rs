@@ -87,12 +87,35 @@ pub fn validate_admin(a: &AdminConfig) -> Result<Option<SocketAddr>, ConfigError
     if v.eq_ignore_ascii_case("off") || v.is_empty() {
         return Ok(None);
     }
-    v.parse::<SocketAddr>().map(Some).map_err(|_| {
-        ConfigError::new(
-            "admin.listen",
-            format!("`{v}` is not host:port with an IP address (e.g. 127.0.0.1:9325), or `off`"),
+    socket_address(v, 9325)
+        .map(Some)
+        .map_err(|m| ConfigError::new("admin.listen", format!("{m}, or `off`")))
+}
+
+/// A listening address: an IP address and port, or `localhost:PORT` (loopback, 127.0.0.1).
+/// No other name is looked up: a name can resolve to an address nobody meant to expose.
+/// The error says exactly what to type, with `port` as the example's port.
+pub fn socket_address(text: &str, port: u16) -> Result<SocketAddr, String> {
+    let v = text.trim();
+    if let Ok(addr) = v.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Some((host, p)) = v.rsplit_once(':') {
+        if host.eq_ignore_ascii_case("localhost") {
+            if let Ok(p) = p.parse::<u16>() {
+                return Ok(SocketAddr::from(([127, 0, 0, 1], p)));
+            }
+        }
+    }
+    let hint = if v.parse::<u16>().is_ok() {
+        format!("a port alone is not enough: write 127.0.0.1:{v}")
+    } else {
+        format!(
+            "write an IP address and port: 127.0.0.1:{port} or localhost:{port} (this machine \
+             only), 0.0.0.0:{port} (every IPv4 interface), [::]:{port} (every interface)"
         )
-    })
+    };
+    Err(format!("`{v}` is not an address to listen on; {hint}"))
 }
 
 fn validate_delivery(
@@ -128,15 +151,17 @@ fn validate_governor(g: &GovernorConfig, u: &UpstreamConfig) -> Limits {
 }
 
 pub(super) fn validate_listen(l: &ListenConfig) -> Result<ListenSettings, ConfigError> {
-    let address: SocketAddr = l.address.parse().map_err(|_| {
-        ConfigError::new(
-            "listen.address",
+    let address =
+        socket_address(&l.address, 2525).map_err(|m| ConfigError::new("listen.address", m))?;
+    if let Some(everyone) = l.allow.iter().find(|net| net.prefix_len() == 0) {
+        return Err(ConfigError::new(
+            "listen.allow",
             format!(
-                "`{}` is not an IP address and port such as 127.0.0.1:2525",
-                l.address
+                "`{everyone}` lets every host on every network relay through your mailbox (an \
+                 open relay); list only the networks of your clients, e.g. [\"10.0.0.0/8\"]"
             ),
-        )
-    })?;
+        ));
+    }
     if !address.ip().is_loopback() && l.allow.is_empty() {
         return Err(ConfigError::new(
             "listen.allow",
@@ -251,8 +276,15 @@ fn validate_account(
         return Err(ConfigError::new("account.client_id", a.to_string()));
     }
     let client_secret = resolve_secret(a)?;
-    if let Some(a) = crate::diagnose::lint_secret(client_secret.expose_secret()) {
-        return Err(ConfigError::new("account.client_secret", a.to_string()));
+    if let Some(advice) = crate::diagnose::lint_secret(client_secret.expose_secret()) {
+        // Name where the value came from: the file, when there is one.
+        return Err(match &a.client_secret_file {
+            Some(path) => ConfigError::new(
+                "account.client_secret_file",
+                format!("the file {} holds a bad value. {advice}", path.display()),
+            ),
+            None => ConfigError::new("account.client_secret", advice.to_string()),
+        });
     }
     let mailbox = required(&a.mailbox, "account.mailbox", "the mailbox to send as")?.to_string();
     if !mailbox.contains('@') || mailbox.chars().any(|c| c.is_whitespace() || c == '<') {
