@@ -71,6 +71,15 @@ pub fn lint_secret(secret: &str) -> Option<Advice> {
              renews tokens itself.",
         ));
     }
+    let quoted = |q: char| secret.len() >= 2 && secret.starts_with(q) && secret.ends_with(q);
+    if quoted('"') || quoted('\'') {
+        return Some(Advice::new(
+            "secret-in-quotes",
+            "The client secret is wrapped in quote characters, which secret values never contain \
+             (a Docker --env-file or systemd EnvironmentFile keeps quotes as part of the value).",
+            "Remove the quotes around the value: NAME=value, not NAME=\"value\".",
+        ));
+    }
     if secret.chars().any(char::is_whitespace) {
         return Some(Advice::new(
             "secret-has-whitespace",
@@ -262,7 +271,34 @@ pub fn scope_rejected() -> Advice {
     )
 }
 
+/// The token endpoint never answered: DNS, a firewall, or a proxy the relay was not told about.
+pub fn token_unreachable() -> Advice {
+    Advice::new(
+        "token-unreachable",
+        "Microsoft's token endpoint cannot be reached from this machine (name lookup, firewall \
+         or proxy).",
+        "Allow outbound HTTPS (TCP 443) to login.microsoftonline.com, or to the host in \
+         account.authority. If this network reaches the internet only through a web proxy, set \
+         HTTPS_PROXY=http://proxy.example:3128 in the relay's environment (NO_PROXY lists hosts \
+         to reach directly); `check` prints the proxy it uses.",
+    )
+}
+
 // ---- Upstream connection -----------------------------------------------------------------
+
+/// Exchange's SMTP port cannot be reached at all (`addr` is host:port, as configured).
+pub fn upstream_unreachable(addr: &str) -> Advice {
+    let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "587"));
+    Advice::new(
+        "upstream-unreachable",
+        format!("Exchange Online's SMTP endpoint {addr} cannot be reached from this machine."),
+        format!(
+            "Allow outbound TCP {port} to {host} (many networks and cloud providers block \
+             outbound mail ports until asked). SMTP does not go through HTTPS_PROXY: the relay \
+             needs a direct route to {host}:{port}."
+        ),
+    )
+}
 
 /// The upstream does not offer STARTTLS (the relay never sends credentials without TLS).
 pub fn no_starttls() -> Advice {

@@ -425,3 +425,101 @@ async fn send_test_sendas_denied_exits_69_with_sendas_advice() {
     assert_no_credentials(&r, &secret_of(&world));
     assert!(world.sandbox.messages().is_empty());
 }
+
+// ---------------------------------------------------------------------------------------
+// Microsoft cannot be reached: the advice names the port and the proxy
+// ---------------------------------------------------------------------------------------
+
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+#[tokio::test]
+async fn check_names_its_proxy_and_advises_when_the_token_endpoint_is_unreachable() {
+    let world = World::start().await;
+    let port = closed_port();
+    let authority = format!("https://127.0.0.1:{port}");
+    let proxy = format!("http://bob:Pr0xy-Pa55@127.0.0.1:{port}");
+    let env = env_with(
+        &world,
+        &[
+            ("SMTP_OAUTH_RELAY_AUTHORITY", authority.as_str()),
+            ("HTTPS_PROXY", proxy.as_str()),
+            ("NO_PROXY", ""),
+            ("SMTP_OAUTH_RELAY_TENNANT", "typo"),
+        ],
+    );
+    let r = run(&["check"], env).await;
+    r.assert_code(69);
+    r.assert_contains(&format!(
+        "proxy for the token request: http://127.0.0.1:{port} (from HTTPS_PROXY)"
+    ));
+    r.assert_lacks("Pr0xy-Pa55", "the proxy password");
+    r.assert_contains("unknown environment variable SMTP_OAUTH_RELAY_TENNANT");
+    let fixes = r.fixes_after_fail("token from");
+    assert_eq!(fixes.len(), 1, "{}", r.output);
+    assert!(
+        fixes[0].contains("outbound HTTPS (TCP 443)"),
+        "{}",
+        fixes[0]
+    );
+    assert!(fixes[0].contains("HTTPS_PROXY="), "{}", fixes[0]);
+}
+
+#[tokio::test]
+async fn check_says_direct_when_no_proxy_is_set() {
+    let world = World::start().await;
+    let mut env = world.env();
+    for name in ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"] {
+        env.push((name.to_string(), String::new()));
+    }
+    let r = run(&["check"], env).await;
+    r.assert_code(0);
+    r.assert_contains("proxy for the token request: none: direct connection");
+}
+
+#[tokio::test]
+async fn check_advises_opening_the_smtp_port_when_exchange_is_unreachable() {
+    let world = World::start().await;
+    let port = closed_port();
+    let upstream = format!("127.0.0.1:{port}");
+    let env = env_with(&world, &[("SMTP_OAUTH_RELAY_UPSTREAM", upstream.as_str())]);
+    let r = run(&["check"], env).await;
+    r.assert_code(69);
+    let fixes = r.fixes_after_fail("SMTP ");
+    assert_eq!(fixes.len(), 1, "{}", r.output);
+    assert!(
+        fixes[0].contains(&format!("Allow outbound TCP {port} to 127.0.0.1")),
+        "{}",
+        fixes[0]
+    );
+    assert!(
+        fixes[0].contains("does not go through HTTPS_PROXY"),
+        "{}",
+        fixes[0]
+    );
+}
+
+#[tokio::test]
+async fn check_names_every_config_mistake_with_file_and_line() {
+    let world = World::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let typos = dir.path().join("typos.toml");
+    std::fs::write(&typos, "[listen]\nadress = \"127.0.0.1:2525\"\n[acount]\nx = 1\n").unwrap();
+    let typos_arg = typos.display().to_string();
+    let r = run(&["--config", &typos_arg, "check"], world.env()).await;
+    r.assert_code(64);
+    r.assert_contains("2 unknown keys");
+    r.assert_contains("`listen.adress` (did you mean `address`?)");
+    r.assert_contains("`acount` (did you mean `account`?)");
+
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "[listen]\naddress = 127.0.0.1:2525\n").unwrap();
+    let broken_arg = broken.display().to_string();
+    let r = run(&["--config", &broken_arg, "check"], world.env()).await;
+    r.assert_code(64);
+    r.assert_contains(&format!("`{broken_arg}`"));
+    r.assert_contains("line 2");
+}

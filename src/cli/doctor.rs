@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::process::{init_tracing, runtime, EXIT_CONFIG, EXIT_UNAVAILABLE};
-use crate::config::{Config, ValidConfig};
+use crate::config::{unknown_env_vars, Config, ValidConfig};
 use crate::diagnose;
 use crate::token::{ClientSecretSource, TokenCache, TokenSource};
 use crate::upstream::{MessageBody, OutboundMessage, Upstream};
@@ -86,15 +86,21 @@ pub fn command(config_file: Option<&Path>, env: &[(String, String)], which: Doct
     };
     // Quiet logs: the command prints its own report. RUST_LOG still works.
     init_tracing("error", config.log.format);
-    run(which, config)
+    run(which, config, env)
 }
 
-/// Runs a diagnostic; prints to stdout. Exit 0 only if every step passed.
-pub fn run(which: Doctor, config: Config) -> ExitCode {
+/// Runs a diagnostic; prints to stdout. Exit 0 only if every step passed. `env` is the
+/// environment the configuration came from (typos in it are noted, its proxy is named).
+pub fn run(which: Doctor, config: Config, env: &[(String, String)]) -> ExitCode {
     let mut report = Report {
         out: std::io::stdout(),
         failed: false,
     };
+    for name in unknown_env_vars(env) {
+        report.info(&format!(
+            "note: unknown environment variable {name} ignored (a typo?)"
+        ));
+    }
     let valid = match config.validate() {
         Ok(v) => v,
         Err(e) => {
@@ -122,6 +128,10 @@ pub fn run(which: Doctor, config: Config) -> ExitCode {
     for w in &valid.warnings {
         report.info(&format!("note: {w}"));
     }
+    report.info(&format!(
+        "proxy for the token request: {}",
+        super::proxy::describe(&valid.account.credential.token_url, env)
+    ));
     let runtime = match runtime(false) {
         Ok(rt) => rt,
         Err(code) => return code,

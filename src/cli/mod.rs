@@ -14,6 +14,7 @@ pub mod doctor;
 pub mod healthcheck;
 pub mod loadgen;
 pub mod process;
+pub mod proxy;
 pub mod queue;
 pub mod serve;
 pub mod table;

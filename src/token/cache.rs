@@ -376,13 +376,13 @@ impl TokenCache {
                             None => tracing::warn!(
                                 source = %self.describe(),
                                 %error,
-                                advice = error.advice().unwrap_or_default(),
+                                advice = error.advice(),
                                 "cannot obtain an access token; will keep trying"
                             ),
                             Some(token) => tracing::warn!(
                                 source = %self.describe(),
                                 %error,
-                                advice = error.advice().unwrap_or_default(),
+                                advice = error.advice(),
                                 remaining_s = token.remaining().as_secs(),
                                 "token refresh failed; keeping the current token and trying again"
                             ),

@@ -161,6 +161,7 @@ impl TokenError {
         let advice = match self {
             TokenError::Http { status: 404, .. } => diagnose::token_url_not_found(),
             TokenError::InvalidUrl { .. } => diagnose::token_url_invalid(),
+            TokenError::Network(_) | TokenError::Timeout => diagnose::token_unreachable(),
             TokenError::Rejected { error, .. } if error == "invalid_scope" => {
                 diagnose::scope_rejected()
             }
@@ -374,7 +375,13 @@ mod tests {
             );
         }
         assert_eq!(crate::diagnose::aadsts(1), None);
-        assert!(TokenError::Timeout.advice().is_none());
+        for unreachable in [TokenError::Timeout, TokenError::Network("dns error".into())] {
+            let advice = unreachable
+                .advice()
+                .expect("advice for an unreachable endpoint");
+            assert!(advice.contains("443"), "{advice}");
+            assert!(advice.contains("HTTPS_PROXY"), "{advice}");
+        }
     }
 
     #[test]

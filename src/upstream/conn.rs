@@ -67,10 +67,14 @@ impl Connection {
     pub async fn open(p: &ConnectParams<'_>) -> Result<Connection, UpstreamError> {
         let addr = format!("{}:{}", p.host, p.port);
         let tcp = match timeout(p.connect_timeout, TcpStream::connect((p.host, p.port))).await {
+            // No answer to the connection attempt: a firewall that drops packets looks like
+            // this, so it is reported (and advised on) as a failed connect.
             Err(_) => {
-                return Err(UpstreamError::Timeout {
-                    stage: Stage::Greeting,
-                })
+                let source = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {} s", p.connect_timeout.as_secs()),
+                );
+                return Err(UpstreamError::Connect { addr, source });
             }
             Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
             Ok(Ok(s)) => s,

@@ -143,6 +143,9 @@ impl UpstreamError {
             UpstreamError::NoStartTls => Some(diagnose::no_starttls().to_string()),
             UpstreamError::NoXoauth2 { .. } => Some(diagnose::no_xoauth2().to_string()),
             UpstreamError::Tls(_) => Some(diagnose::tls_unverified().to_string()),
+            UpstreamError::Connect { addr, .. } => {
+                Some(diagnose::upstream_unreachable(addr).to_string())
+            }
             UpstreamError::Auth { reply, .. } | UpstreamError::Rejected { reply, .. } => {
                 diagnose::smtp_reply(reply, mailbox).map(|a| a.to_string())
             }
