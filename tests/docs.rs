@@ -113,3 +113,27 @@ fn readme_configuration_table_matches_the_structs() {
         }
     }
 }
+
+/// A bare `smtp-oauth-relay` command is not on PATH after `cargo run`: every code line that
+/// calls it comes after the README has shown how to install it (or calls it by its path).
+#[test]
+fn readme_installs_the_binary_before_calling_it_bare() {
+    let readme = read("README.md");
+    let install = readme
+        .find("cargo install --path . --locked")
+        .expect("README shows `cargo install --path . --locked`");
+    let mut in_block = false;
+    let mut offset = 0;
+    for line in readme.split_inclusive('\n') {
+        if line.starts_with("```") {
+            in_block = !in_block;
+        } else if in_block && line.trim_start().starts_with("smtp-oauth-relay ") {
+            assert!(
+                offset > install,
+                "`{}` comes before the install step",
+                line.trim()
+            );
+        }
+        offset += line.len();
+    }
+}

@@ -352,3 +352,62 @@ async fn swaks_body_with_leading_dots() {
         "the body must arrive un-stuffed, line for line:\n{text}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// The README's quick-start examples, exactly as a new user pastes them
+// ---------------------------------------------------------------------------------------
+
+/// The shell lines of the README's first code block after `marker`.
+fn readme_block_after(marker: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let rest = readme
+        .split_once(marker)
+        .unwrap_or_else(|| panic!("README lacks {marker:?}"))
+        .1;
+    let block = rest
+        .split_once("```sh\n")
+        .expect("a sh block follows")
+        .1
+        .split_once("```")
+        .expect("the block ends")
+        .0;
+    block
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn readme_quick_start_mail_examples_run_as_written() {
+    let lines = readme_block_after("send it mail from **a second terminal**");
+    for tool in ["swaks", "curl", "python3"] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(tool)),
+            "the block shows {tool}"
+        );
+        if !tool_available(tool) {
+            return;
+        }
+    }
+    let world = World::start().await;
+    let relay = world.relay(&[]).await;
+    let port = relay.local_addr().port();
+    // A fresh directory, as on a new clone: every file a line needs, an earlier line makes.
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let mut sent = 0;
+    for line in &lines {
+        let line = line
+            .replace("127.0.0.1:2525", &format!("127.0.0.1:{port}"))
+            .replace("\"127.0.0.1\", 2525", &format!("\"127.0.0.1\", {port}"));
+        assert!(!line.contains("2525"), "port not replaced in: {line}");
+        let out = run_tool("sh", &["-c", &line], cwd.path()).await;
+        out.assert_success(&line);
+        if !line.starts_with("printf") {
+            sent += 1;
+        }
+    }
+    assert_eq!(sent, 3, "swaks, curl and python each send one message");
+    exactly(&world, relay, sent).await;
+}
