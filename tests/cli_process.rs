@@ -284,6 +284,33 @@ async fn wrong_client_secret_gets_451_and_advice_without_the_secret() {
     assert!(world.sandbox.messages().is_empty());
 }
 
+#[tokio::test]
+async fn serve_logs_what_to_open_when_the_token_endpoint_is_unreachable() {
+    let world = World::start().await;
+    let addr = free_addr();
+    let closed = free_addr();
+    let authority = format!("https://{closed}");
+    let env = world_env(
+        &world,
+        addr,
+        &[("SMTP_OAUTH_RELAY_AUTHORITY", authority.as_str())],
+    );
+    let mut relay = RelayProcess::spawn(&[], &env, None);
+    relay.wait_ready(addr).await;
+    let log = relay
+        .wait_stderr("cannot obtain an access token", Duration::from_secs(10))
+        .await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("cannot obtain an access token"))
+        .expect("the warning line");
+    assert!(!line.contains("advice=\"\""), "empty advice:\n{line}");
+    assert!(
+        line.contains("outbound HTTPS (TCP 443)") && line.contains("HTTPS_PROXY"),
+        "the advice names the port and the proxy variable:\n{line}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // c. secrets and tokens never logged, even at trace level
 // ---------------------------------------------------------------------------------------
