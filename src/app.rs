@@ -315,7 +315,8 @@ impl admin::RelayState for Observed {
     }
 
     fn warnings(&self) -> Vec<String> {
-        self.delivery
+        let mut out: Vec<String> = self
+            .delivery
             .others()
             .into_iter()
             .map(|(d, n)| {
@@ -323,7 +324,11 @@ impl admin::RelayState for Observed {
                     "spool: {n} queued message(s) for another destination ({d}) are kept and not delivered by this relay"
                 )
             })
-            .collect()
+            .collect();
+        if self.delivery.spool().faults().full() {
+            out.push("spool: the last write failed: no space left; new mail is refused with 452 4.3.1 until a write works again".into());
+        }
+        out
     }
 
     fn gauges(&self) -> admin::Gauges {
