@@ -331,3 +331,34 @@ async fn sandbox_mail_is_not_delivered_by_a_relay_for_another_destination() {
     assert!(line.contains("queued=0"), "{line}");
     assert!(line.contains("for_other_destinations=0"), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_queued_before_destinations_were_recorded_is_still_delivered() {
+    use smtp_oauth_relay::spool::{QueueEntry, Spool};
+    let world = World::start().await;
+    let spool_dir = world.spool_dir();
+    {
+        // An envelope as an older relay wrote it: no `destination` field at all.
+        let (spool, _) = Spool::open(&spool_dir).unwrap();
+        let tmp = spool_dir.join("incoming").join("old-1.tmp");
+        std::fs::write(&tmp, b"Subject: queued by an older version\r\n\r\nhi\r\n").unwrap();
+        let entry = QueueEntry::new(
+            "old-1".into(),
+            "app@example.com".into(),
+            vec!["someone@example.com".into()],
+            support::MAILBOX.into(),
+            40,
+        );
+        spool.commit(&tmp, &entry).await.unwrap();
+        let path = spool_dir.join("queue").join("old-1.json");
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        json.as_object_mut().unwrap().remove("destination");
+        std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+    }
+    let relay = world.relay(&[]).await;
+    let got = world.wait_for(1).await;
+    assert!(String::from_utf8_lossy(&got[0].data).contains("queued by an older version"));
+    assert!(relay.delivery().others().is_empty());
+    relay.shutdown(Duration::from_secs(5)).await;
+}
