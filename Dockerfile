@@ -11,8 +11,9 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked
-# The spool mount point, created here because the runtime image has no shell.
-RUN mkdir -p /spool
+# The spool mount point, created here because the runtime image has no shell; private
+# (0700) like everything the relay writes into it, so the relay has nothing to warn about.
+RUN mkdir -p -m 700 /spool
 
 # Runtime: distroless (glibc, CA certificates for login.microsoftonline.com and
 # smtp.office365.com, no shell, no package manager), running as the image's non-root user.

@@ -15,7 +15,7 @@ use crate::governor::Governor;
 use crate::ops::admin;
 use crate::smtp::connection::Context;
 use crate::smtp::listener;
-use crate::spool::{now_unix, Spool};
+use crate::spool::{now_unix, Destination, Spool};
 use crate::token::{ClientSecretSource, TokenCache};
 use crate::upstream::Upstream;
 
@@ -51,6 +51,17 @@ pub enum Reload {
 /// of expiry when due, see `TokenCache::keep_warm`).
 const KEEP_WARM_PERIOD: Duration = Duration::from_secs(60);
 
+/// The destination a relay with `config` delivers to: recorded in every message it queues,
+/// and the only one whose queued messages it delivers.
+pub fn destination(config: &ValidConfig) -> Destination {
+    Destination {
+        tenant: config.account.tenant.clone(),
+        client_id: config.account.credential.client_id.clone(),
+        mailbox: config.account.mailbox.clone(),
+        upstream: format!("{}:{}", config.upstream.host, config.upstream.port),
+    }
+}
+
 /// A running relay.
 pub struct Relay {
     local_addr: SocketAddr,
@@ -70,6 +81,17 @@ impl Relay {
     /// Builds the rooms, binds the listener and starts accepting. Returns once the port is
     /// bound, so callers (tests, `serve`) can connect right away.
     pub async fn start(config: ValidConfig) -> Result<Relay, StartError> {
+        let destination = destination(&config);
+        Relay::start_for(config, destination).await
+    }
+
+    /// [`start`](Self::start), recording and delivering queued mail for `destination`
+    /// instead of the one the configuration names (`serve --sandbox`: the stand-in's port
+    /// changes with every start, its mail must not).
+    pub async fn start_for(
+        config: ValidConfig,
+        destination: Destination,
+    ) -> Result<Relay, StartError> {
         // Installed first, so the counters of recovery and the first messages are not lost.
         if config.admin.is_some() {
             crate::ops::metrics::prometheus();
@@ -117,6 +139,7 @@ impl Relay {
             upstream: upstream.clone(),
             governor,
             spool: spool.clone(),
+            destination,
             recovered,
             tracker: tracker.clone(),
             shutdown: shutdown.clone(),
@@ -174,6 +197,7 @@ impl Relay {
             mailbox = %account.mailbox,
             token_url = %account.credential.token_url,
             mode = ?config.delivery.mode,
+            spool = %config.spool_dir.display(),
             "smtp-oauth-relay ready"
         );
         Ok(Relay {
@@ -250,6 +274,13 @@ impl Relay {
             .await
             .is_ok();
         self.upstream.close_idle(true).await;
+        let others: usize = self.delivery.others().iter().map(|(_, n)| n).sum();
+        tracing::info!(
+            queued = self.delivery.queued(),
+            for_other_destinations = others,
+            spool = %self.delivery.spool().root().display(),
+            "messages remain queued in the spool for the next start"
+        );
         self.admin_stop.cancel();
         if let Some(task) = self.admin_task {
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
@@ -281,6 +312,23 @@ impl admin::RelayState for Observed {
 
     fn held(&self) -> Option<String> {
         self.delivery.held()
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .delivery
+            .others()
+            .into_iter()
+            .map(|(d, n)| {
+                format!(
+                    "spool: {n} queued message(s) for another destination ({d}) are kept and not delivered by this relay"
+                )
+            })
+            .collect();
+        if self.delivery.spool().faults().full() {
+            out.push("spool: the last write failed: no space left; new mail is refused with 452 4.3.1 until a write works again".into());
+        }
+        out
     }
 
     fn gauges(&self) -> admin::Gauges {

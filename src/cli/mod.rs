@@ -2,14 +2,15 @@
 //!
 //! - `serve`: run the relay ([`serve`]);
 //! - `check`, `token`, `send-test`: the set-up diagnostics ([`doctor`]);
-//! - `queue list|show|retry|delete`: the spool, safe while the relay runs ([`queue`], with
-//!   the table renderer in [`table`]);
+//! - `queue list|show|retry|delete|adopt`: the spool, safe while the relay runs ([`queue`],
+//!   with the table renderer in [`table`] and whose each message is in [`adopt`]);
 //! - `loadgen`: benchmark load ([`loadgen`]);
 //! - `healthcheck`: ask the admin port ([`healthcheck`]).
 //!
 //! Exit codes ([`process`]): 0 ok, 64 bad configuration or usage, 69 upstream or credentials
 //! unusable, 1 anything else.
 
+pub mod adopt;
 pub mod doctor;
 pub mod healthcheck;
 pub mod loadgen;

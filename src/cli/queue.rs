@@ -1,4 +1,4 @@
-//! `smtp-oauth-relay queue list|show|retry|delete` (DESIGN §8): look at and act on the spool,
+//! `smtp-oauth-relay queue list|show|retry|delete|adopt` (DESIGN §8): look at and act on the spool,
 //! safe while the relay runs.
 //!
 //! The commands only need `delivery.spool_dir`. They open the spool read-only
@@ -12,14 +12,15 @@ use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::{Duration, UNIX_EPOCH};
 
 use clap::Subcommand;
 
+use super::adopt::{self, for_cell, for_column_needed};
 use super::process::{config_error, init_tracing, EXIT_CONFIG};
+pub use super::table::{format_duration, format_next, format_time};
 use super::table::{render_table, truncate, Column};
 use crate::config::Config;
-use crate::spool::{now_unix, Area, QueueEntry, Spool};
+use crate::spool::{now_unix, Area, Destination, QueueEntry, Spool};
 
 #[derive(Debug, clap::Args)]
 pub struct QueueArgs {
@@ -68,6 +69,16 @@ pub enum QueueCommand {
         /// The message id (from `queue list`).
         id: String,
     },
+    /// Let a relay deliver a message queued for another destination (`OTHER:` in `queue
+    /// list`): forget its recorded destination; the next relay to read the queue takes it.
+    Adopt {
+        /// The message id (from `queue list`).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every message queued for another destination than the configured one.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 /// Why a command failed; decides the exit code.
@@ -101,15 +112,16 @@ pub fn command(config_file: Option<&Path>, env: &[(String, String)], args: Queue
     if spool_dir.as_os_str().is_empty() {
         return config_error("delivery.spool_dir: must not be empty");
     }
-    run(args.command, spool_dir)
+    run(args.command, spool_dir, adopt::configured(&config).as_ref())
 }
 
 /// Runs one queue command against the spool at `spool_dir`; output goes to stdout, errors to
 /// stderr.
-pub fn run(cmd: QueueCommand, spool_dir: &Path) -> ExitCode {
+/// `ours` is the configured destination, if the configuration names one.
+pub fn run(cmd: QueueCommand, spool_dir: &Path, ours: Option<&Destination>) -> ExitCode {
     let stdout = io::stdout();
     let mut out = stdout.lock();
-    let result = run_to(cmd, spool_dir, &mut out, now_unix(), terminal_width());
+    let result = run_to(cmd, spool_dir, &mut out, now_unix(), terminal_width(), ours);
     let _ = out.flush();
     match result {
         Ok(()) | Err(Failure::OutputClosed) => ExitCode::SUCCESS,
@@ -130,14 +142,15 @@ fn run_to(
     out: &mut dyn Write,
     now: u64,
     width: usize,
+    ours: Option<&Destination>,
 ) -> Result<(), Failure> {
     let spool = Spool::open_existing(spool_dir).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => Failure::Usage(e.to_string()),
         _ => Failure::Io(format!("spool {}: {e}", spool_dir.display())),
     })?;
     match cmd {
-        QueueCommand::List { failed, json } => list(&spool, failed, json, out, now, width),
-        QueueCommand::Show { id, json } => show(&spool, &id, json, out, now),
+        QueueCommand::List { failed, json } => list(&spool, failed, json, out, now, width, ours),
+        QueueCommand::Show { id, json } => show(&spool, &id, json, out, now, ours),
         QueueCommand::Retry { id, all, failed } => match id {
             Some(id) => retry_one(&spool, &id, out, now),
             None => {
@@ -146,6 +159,16 @@ fn run_to(
             }
         },
         QueueCommand::Delete { id } => delete(&spool, &id, out),
+        QueueCommand::Adopt { id, .. } => {
+            let id = id.map(|id| check_id(&id).map(|()| id)).transpose()?;
+            match adopt::adopt(&spool, id.as_deref(), ours, out)? {
+                Some(_) => Ok(()),
+                None => Err(Failure::Usage(format!(
+                    "no message {} in the queue",
+                    id.unwrap_or_default()
+                ))),
+            }
+        }
     }
 }
 
@@ -206,6 +229,7 @@ fn list(
     out: &mut dyn Write,
     now: u64,
     width: usize,
+    ours: Option<&Destination>,
 ) -> Result<(), Failure> {
     let area = if failed { Area::Failed } else { Area::Queue };
     let entries = spool.list(area)?;
@@ -224,11 +248,12 @@ fn list(
         )?;
         return Ok(());
     }
-    out.write_all(render_list(&entries, area, now, width).as_bytes())?;
+    out.write_all(render_list(&entries, area, now, width, ours).as_bytes())?;
     let summary = match area {
         Area::Queue => {
             let due = entries.iter().filter(|e| e.next_attempt <= now).count();
-            format!("{} queued, {due} due now", entries.len())
+            let others = adopt::others_note(&entries, ours);
+            format!("{} queued, {due} due now{others}", entries.len())
         }
         Area::Failed => format!("{} failed", entries.len()),
     };
@@ -237,7 +262,14 @@ fn list(
 }
 
 /// The table of `queue list` (pure: `now` and the width are passed in).
-pub fn render_list(entries: &[QueueEntry], area: Area, now: u64, width: usize) -> String {
+pub fn render_list(
+    entries: &[QueueEntry],
+    area: Area,
+    now: u64,
+    width: usize,
+    ours: Option<&Destination>,
+) -> String {
+    let with_for = area == Area::Queue && for_column_needed(entries, ours);
     let rows: Vec<Vec<String>> = entries
         .iter()
         .map(|e| {
@@ -251,6 +283,9 @@ pub fn render_list(entries: &[QueueEntry], area: Area, now: u64, width: usize) -
             match area {
                 Area::Queue => {
                     row.push(format_next(now, e.next_attempt));
+                    if with_for {
+                        row.push(for_cell(e, ours));
+                    }
                     row.push(e.last_error.clone().unwrap_or_else(|| "-".into()));
                 }
                 Area::Failed => {
@@ -269,7 +304,7 @@ pub fn render_list(entries: &[QueueEntry], area: Area, now: u64, width: usize) -
         Area::Failed => ("FAILED", "REASON"),
     };
     // Ids and times are never cut; addresses give way before the error does.
-    let columns = [
+    let mut columns = vec![
         Column::fixed("ID"),
         Column::fixed("AGE"),
         Column::new("FROM", 16, 32),
@@ -278,6 +313,10 @@ pub fn render_list(entries: &[QueueEntry], area: Area, now: u64, width: usize) -
         Column::fixed(next),
         Column::new(last, 48, usize::MAX),
     ];
+    if with_for {
+        // Whose mail it is: `OTHER:` is never delivered by this configuration's relay.
+        columns.insert(6, Column::new("FOR", 8, 60));
+    }
     render_table(&columns, &rows, width)
 }
 
@@ -294,41 +333,6 @@ pub fn recipients_summary(rcpts: &[String]) -> String {
     match rcpts.first() {
         None => "-".into(),
         Some(first) => format!("{}: {first}", rcpts.len()),
-    }
-}
-
-/// A duration in the largest two units that matter: `45s`, `4m`, `2h05m`, `3d04h`.
-pub fn format_duration(secs: u64) -> String {
-    const MIN: u64 = 60;
-    const HOUR: u64 = 60 * MIN;
-    const DAY: u64 = 24 * HOUR;
-    if secs < MIN {
-        format!("{secs}s")
-    } else if secs < HOUR {
-        format!("{}m", secs / MIN)
-    } else if secs < DAY {
-        format!("{}h{:02}m", secs / HOUR, secs % HOUR / MIN)
-    } else {
-        format!("{}d{:02}h", secs / DAY, secs % DAY / HOUR)
-    }
-}
-
-/// When the next attempt is, relative to now: `due` or `in 4m`.
-pub fn format_next(now: u64, next_attempt: u64) -> String {
-    if next_attempt <= now {
-        "due".into()
-    } else {
-        format!("in {}", format_duration(next_attempt - now))
-    }
-}
-
-/// An absolute time for `show`: HTTP date plus how long ago / how far ahead.
-pub fn format_time(now: u64, t: u64) -> String {
-    let date = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(t));
-    if t <= now {
-        format!("{date} ({} ago)", format_duration(now - t))
-    } else {
-        format!("{date} (in {})", format_duration(t - now))
     }
 }
 
@@ -363,7 +367,14 @@ fn read_headers(path: &Path) -> io::Result<(String, bool)> {
     Ok((text, complete || at_eof))
 }
 
-fn show(spool: &Spool, id: &str, json: bool, out: &mut dyn Write, now: u64) -> Result<(), Failure> {
+fn show(
+    spool: &Spool,
+    id: &str,
+    json: bool,
+    out: &mut dyn Write,
+    now: u64,
+    ours: Option<&Destination>,
+) -> Result<(), Failure> {
     let (area, e) = find(spool, id)?;
     let envelope_path = spool.root().join(area_dir(area)).join(format!("{id}.json"));
     let body_path = spool.body_in(area, id);
@@ -398,6 +409,7 @@ fn show(spool: &Spool, id: &str, json: bool, out: &mut dyn Write, now: u64) -> R
     let refused: Vec<String> = e.refused.iter().map(|r| r.to_string()).collect();
     list(&mut t, "refused", &refused);
     field(&mut t, "mailbox", &e.mailbox);
+    field(&mut t, "destination", &adopt::describe(&e, ours));
     field(&mut t, "client", &format!("{} (helo {})", e.client, e.helo));
     field(&mut t, "size", &format!("{} bytes", e.size));
     let mut flags = Vec::new();
@@ -594,7 +606,48 @@ mod tests {
         e.next_attempt = NOW + 240;
         e.last_error = Some("connection refused by smtp.office365.com:587".into());
         e.received_at_ms = 0;
+        e.destination = Some(ours());
         e
+    }
+
+    fn ours() -> Destination {
+        Destination {
+            tenant: "t".into(),
+            client_id: "c".into(),
+            mailbox: "relay@example.com".into(),
+            upstream: "smtp.office365.com:587".into(),
+        }
+    }
+
+    #[test]
+    fn list_marks_mail_for_another_destination() {
+        let mut other = entry("0000000000b-000002-00000002");
+        other.destination = Some(Destination {
+            upstream: "sandbox".into(),
+            mailbox: "relay@sandbox.example".into(),
+            ..ours()
+        });
+        let mine = entry("0000000000a-000001-00000001");
+        let text = render_list(
+            std::slice::from_ref(&mine),
+            Area::Queue,
+            NOW,
+            200,
+            Some(&ours()),
+        );
+        assert!(!text.contains("FOR"), "all ours: the usual table\n{text}");
+        let text = render_list(&[mine, other], Area::Queue, NOW, 200, Some(&ours()));
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains(" FOR "), "{text}");
+        assert!(
+            lines[1].contains("relay@example.com via smtp.office365.com:587"),
+            "{text}"
+        );
+        assert!(!lines[1].contains("OTHER"), "{text}");
+        assert!(
+            lines[2].contains("OTHER: relay@sandbox.example via sandbox"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -640,6 +693,7 @@ mod tests {
             Area::Queue,
             NOW,
             usize::MAX,
+            None,
         );
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("ID "), "{text}");
@@ -666,7 +720,7 @@ mod tests {
         let mut long = entry("0000000000a-000001-00000001");
         long.mail_from = format!("{}@example.com", "x".repeat(40));
         long.last_error = Some("451 4.7.500 Server busy. Please try again later. ".repeat(3));
-        let text = render_list(&[long], Area::Queue, NOW, 120);
+        let text = render_list(&[long], Area::Queue, NOW, 120, None);
         for l in text.lines() {
             assert!(l.chars().count() <= 120, "{l:?}");
         }
@@ -677,7 +731,7 @@ mod tests {
         let mut failed = entry("f");
         failed.failed_at = Some(NOW - 7200);
         failed.failure_reason = Some("550 5.1.10 RESOLVER.ADR.RecipientNotFound".into());
-        let text = render_list(&[failed], Area::Failed, NOW, 200);
+        let text = render_list(&[failed], Area::Failed, NOW, 200, None);
         assert!(text.lines().next().unwrap().contains("REASON"));
         assert!(text.contains("2h00m ago"), "{text}");
         assert!(text.contains("5.1.10"));
@@ -707,7 +761,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run = |cmd: QueueCommand| {
             let mut out = Vec::new();
-            let r = run_to(cmd, dir.path(), &mut out, now_unix(), 120);
+            let r = run_to(cmd, dir.path(), &mut out, now_unix(), 120, None);
             (r, String::from_utf8(out).unwrap())
         };
         let (r, _) = run(QueueCommand::List {

@@ -7,17 +7,25 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use figment::providers::{Format, Toml};
+use figment::Figment;
+
 use super::process::{config_error, init_tracing, runtime};
 use crate::app::{Relay, Reload};
-use crate::config::{unknown_env_vars, Config, ValidConfig};
+use crate::config::{env_overrides, unknown_env_vars, Config, ValidConfig};
 use crate::sandbox::{Sandbox, SandboxOptions};
+
+/// What `serve --sandbox` records as the upstream of the mail it queues: the stand-in's port
+/// changes with every start, while its queued mail must survive a restart.
+pub const SANDBOX_UPSTREAM: &str = "sandbox";
 
 #[derive(Debug, Default, clap::Args)]
 pub struct ServeArgs {
     /// Use the embedded Exchange Online stand-in instead of Microsoft: no tenant needed.
     #[arg(long)]
     pub sandbox: bool,
-    /// Where the sandbox stores the mail it receives.
+    /// Where the sandbox stores the mail it receives. Its spool is `<sandbox-dir>/spool`
+    /// unless delivery.spool_dir is set, so test mail never shares a queue with real mail.
     #[arg(long, default_value = "./sandbox-mail")]
     pub sandbox_dir: PathBuf,
     /// Seconds to let in-flight messages finish after SIGTERM/SIGINT (default:
@@ -50,6 +58,9 @@ pub fn run(config_file: Option<&Path>, env: &[(String, String)], args: ServeArgs
             }
         };
         let mut config = config;
+        if args.sandbox && !spool_dir_is_set(config_file, env) {
+            config.delivery.spool_dir = args.sandbox_dir.join("spool");
+        }
         let sandbox = if args.sandbox {
             match start_sandbox(&mut config, &args.sandbox_dir).await {
                 Ok(s) => Some(s),
@@ -77,7 +88,11 @@ pub fn run(config_file: Option<&Path>, env: &[(String, String)], args: ServeArgs
             tracing::warn!("{w}");
         }
         let grace = valid.shutdown_grace;
-        let relay = match Relay::start(valid).await {
+        let mut destination = crate::app::destination(&valid);
+        if sandbox.is_some() {
+            destination.upstream = SANDBOX_UPSTREAM.into();
+        }
+        let relay = match Relay::start_for(valid, destination).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");
@@ -89,6 +104,7 @@ pub fn run(config_file: Option<&Path>, env: &[(String, String)], args: ServeArgs
             tracing::info!(
                 relay = %relay.local_addr(),
                 mail_store = %args.sandbox_dir.display(),
+                spool = %relay.delivery().spool().root().display(),
                 "sandbox mode: send mail to the relay; every message Exchange's stand-in accepts is written to the mail store as <id>.eml with its envelope in <id>.json"
             );
             let _ = s;
@@ -135,6 +151,14 @@ pub fn run(config_file: Option<&Path>, env: &[(String, String)], args: ServeArgs
         }
         ExitCode::SUCCESS
     })
+}
+
+/// Whether the configuration file or the environment sets `delivery.spool_dir` (else
+/// `--sandbox` uses its own spool under `--sandbox-dir`).
+fn spool_dir_is_set(config_file: Option<&Path>, env: &[(String, String)]) -> bool {
+    const KEY: &str = "delivery.spool_dir";
+    env_overrides(env).iter().any(|(key, _)| key == KEY)
+        || config_file.is_some_and(|f| Figment::from(Toml::file_exact(f)).find_value(KEY).is_ok())
 }
 
 /// Starts the embedded sandbox and points the account at it.

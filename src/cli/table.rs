@@ -1,7 +1,9 @@
 //! A plain-text table for terminals: left-aligned columns that fit a width, cells cut with
-//! `…`. Used by `queue list`; knows nothing of queues.
+//! `…`, and the short forms of times its cells use. Used by `queue list`; knows nothing of
+//! queues.
 
 use std::fmt::Write as _;
+use std::time::{Duration, UNIX_EPOCH};
 
 /// One line of at most `width` characters: control characters (CR, LF, tabs of multi-line
 /// replies) become spaces, runs of spaces collapse, and a cut is marked with `…`.
@@ -103,6 +105,41 @@ pub fn render_table(columns: &[Column], rows: &[Vec<String>], width: usize) -> S
         text.push('\n');
     }
     text
+}
+
+/// A duration in the largest two units that matter: `45s`, `4m`, `2h05m`, `3d04h`.
+pub fn format_duration(secs: u64) -> String {
+    const MIN: u64 = 60;
+    const HOUR: u64 = 60 * MIN;
+    const DAY: u64 = 24 * HOUR;
+    if secs < MIN {
+        format!("{secs}s")
+    } else if secs < HOUR {
+        format!("{}m", secs / MIN)
+    } else if secs < DAY {
+        format!("{}h{:02}m", secs / HOUR, secs % HOUR / MIN)
+    } else {
+        format!("{}d{:02}h", secs / DAY, secs % DAY / HOUR)
+    }
+}
+
+/// When the next attempt is, relative to now: `due` or `in 4m`.
+pub fn format_next(now: u64, next_attempt: u64) -> String {
+    if next_attempt <= now {
+        "due".into()
+    } else {
+        format!("in {}", format_duration(next_attempt - now))
+    }
+}
+
+/// An absolute time for `show`: HTTP date plus how long ago / how far ahead.
+pub fn format_time(now: u64, t: u64) -> String {
+    let date = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(t));
+    if t <= now {
+        format!("{date} ({} ago)", format_duration(now - t))
+    } else {
+        format!("{date} (in {})", format_duration(t - now))
+    }
 }
 
 #[cfg(test)]

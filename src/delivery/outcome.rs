@@ -89,6 +89,8 @@ pub enum Temporary {
     Paced,
     /// The spool could not keep the message.
     Local,
+    /// The spool could not keep the message: its file system (or quota) is full.
+    NoSpace,
     /// The attempt ended without any recipient's result.
     NothingDelivered,
 }
@@ -182,6 +184,9 @@ impl fmt::Display for Outcome {
                 Temporary::Failed(reason) => f.write_str(reason),
                 Temporary::Paced => f.write_str("the mailbox is at its sending limit"),
                 Temporary::Local => f.write_str("the spool could not keep the message"),
+                Temporary::NoSpace => {
+                    f.write_str("the spool could not keep the message: no space left")
+                }
                 Temporary::NothingDelivered => f.write_str("nothing was delivered"),
             },
         }

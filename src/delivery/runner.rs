@@ -93,7 +93,7 @@ impl Delivery {
                     queued = entries.len(),
                     "re-read the queue after a queue command"
                 );
-                self.queue.sync_with_disk(entries);
+                self.resync(entries);
             }
             Some(Err(e)) => tracing::warn!(error = %e, "cannot re-read the queue"),
             None => {}
@@ -235,18 +235,22 @@ impl Delivery {
             id.as_str(),
             SystemTime::now(),
         );
-        let path = self.spool.incoming_path(&id);
-        if let Err(e) = tokio::fs::write(&path, &body).await {
-            tracing::error!(error = %e, "cannot write the failure notice");
-            return;
-        }
+        let len = body.len();
+        let path = match self.spool.write_incoming(&id, body).await {
+            Ok(path) => path,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write the failure notice");
+                return;
+            }
+        };
         let mut entry = QueueEntry::new(
             id.to_string(),
             String::new(),
             vec![failed.mail_from.clone()],
             self.upstream.mailbox().to_string(),
-            body.len() as u64,
+            len as u64,
         );
+        entry.destination = Some(self.destination.clone());
         entry.client = "relay".into();
         entry.helo = self.hostname.clone();
         entry.body_8bit = true;

@@ -1,7 +1,7 @@
 //! The [`Delivery`] value every job of this room works on (the listener's sessions submit to
 //! it, the queue loop runs on it), what it is built from, and the small helpers they share.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
@@ -14,7 +14,9 @@ use crate::envelope::Envelope;
 use crate::governor::Governor;
 use crate::ops::audit;
 use crate::spool::body::Body;
-use crate::spool::{QueueEntry, Spool};
+use crate::spool::destination::{self, Sorted};
+use crate::spool::{Destination, QueueEntry, Spool};
+use crate::sync::Lock as _;
 use crate::upstream::{Upstream, UpstreamError};
 
 /// A message the client handed over, its body complete (in memory or in `incoming/`).
@@ -33,6 +35,9 @@ pub struct Parts {
     pub upstream: Arc<Upstream>,
     pub governor: Arc<Governor>,
     pub spool: Spool,
+    /// The destination this relay delivers to: recorded in every message it accepts, and
+    /// the only one whose queued messages it delivers.
+    pub destination: Destination,
     /// The queue as the spool had it at start-up.
     pub recovered: Vec<QueueEntry>,
     /// Owns the background attempts and the loop's deliveries.
@@ -47,6 +52,9 @@ pub struct Delivery {
     pub(super) upstream: Arc<Upstream>,
     pub(super) governor: Arc<Governor>,
     pub(super) spool: Spool,
+    pub(super) destination: Destination,
+    /// Queued messages kept for other destinations (never delivered here), per destination.
+    pub(super) others: Mutex<Vec<(Destination, usize)>>,
     pub(super) queue: Queue,
     pub(super) holds: Holds,
     pub(super) tracker: TaskTracker,
@@ -55,19 +63,24 @@ pub struct Delivery {
 
 impl Delivery {
     pub fn new(parts: Parts) -> Arc<Self> {
-        if !parts.recovered.is_empty() {
+        let sorted = destination::sort(parts.recovered, &parts.destination);
+        if !sorted.mine.is_empty() {
             tracing::info!(
-                queued = parts.recovered.len(),
+                queued = sorted.mine.len(),
+                spool = %parts.spool.root().display(),
                 "resuming delivery of queued messages"
             );
         }
+        report_sorted(&sorted, &parts.destination, &parts.spool);
         Arc::new(Delivery {
             settings: parts.settings,
             hostname: parts.hostname,
             upstream: parts.upstream,
             governor: parts.governor,
             spool: parts.spool,
-            queue: Queue::new(parts.recovered),
+            destination: parts.destination,
+            others: Mutex::new(sorted.others),
+            queue: Queue::new(sorted.mine),
             holds: Holds::default(),
             tracker: parts.tracker,
             shutdown: parts.shutdown,
@@ -89,6 +102,26 @@ impl Delivery {
     /// Messages in the queue (including those being attempted).
     pub fn queued(&self) -> usize {
         self.queue.len()
+    }
+
+    /// The destination this relay delivers to.
+    pub fn destination(&self) -> &Destination {
+        &self.destination
+    }
+
+    /// Queued messages kept in the spool for other destinations, per destination: this relay
+    /// never delivers them.
+    pub fn others(&self) -> Vec<(Destination, usize)> {
+        self.others.locked().clone()
+    }
+
+    /// Brings the in-memory queue in line with `on_disk` (after a queue command), keeping
+    /// other destinations' messages out of it.
+    pub(super) fn resync(&self, on_disk: Vec<QueueEntry>) {
+        let sorted = destination::sort(on_disk, &self.destination);
+        report_sorted(&sorted, &self.destination, &self.spool);
+        *self.others.locked() = sorted.others;
+        self.queue.sync_with_disk(sorted.mine);
     }
 
     /// Queued messages being attempted right now (claimed by the loop or a hybrid attempt
@@ -125,6 +158,26 @@ impl Delivery {
     /// again (a hold from Exchange's side stays until a delivery works).
     pub fn token_recovered(&self) {
         self.holds.token_recovered();
+    }
+}
+
+/// Logs what the relay adopted and what it keeps for other destinations.
+fn report_sorted(sorted: &Sorted, ours: &Destination, spool: &Spool) {
+    if sorted.adopted > 0 {
+        tracing::warn!(
+            adopted = sorted.adopted,
+            destination = %ours,
+            "queued messages without a recorded destination (written by an older version) are adopted by this relay and will be delivered to its destination"
+        );
+    }
+    for (other, count) in &sorted.others {
+        tracing::warn!(
+            count,
+            destination = %other,
+            ours = %ours,
+            spool = %spool.root().display(),
+            "queued messages were accepted for another destination: this relay keeps them in the spool and does not deliver them (deliver them with a relay configured for that destination, or see `queue adopt` and `queue delete`)"
+        );
     }
 }
 

@@ -18,13 +18,13 @@ use super::state::{facts, first_batch_len, Delivery, Spooled};
 use crate::governor::Decision;
 use crate::ops::audit;
 use crate::spool::body::Body;
-use crate::spool::{now_unix, QueueEntry};
+use crate::spool::{now_unix, QueueEntry, WriteFault};
 use crate::upstream::Verdict;
 
 impl Delivery {
     /// Takes a received message and says what became of it (DESIGN §3).
     pub async fn submit(self: &Arc<Self>, msg: Spooled) -> Submitted {
-        let entry = QueueEntry::from_envelope(&msg.envelope, self.upstream.mailbox(), msg.size);
+        let entry = QueueEntry::from_envelope(&msg.envelope, &self.destination, msg.size);
         audit::received(&facts(&entry), self.settings.mode.as_str());
         match self.settings.mode {
             DeliveryMode::Queue => self.submit_queue(msg, entry).await,
@@ -41,6 +41,10 @@ impl Delivery {
         entry: QueueEntry,
         claimed: bool,
     ) -> Result<(), Submitted> {
+        debug_assert!(
+            entry.destination.is_some(),
+            "every queued message records its destination"
+        );
         let committed = match body {
             Body::File(path) => self.spool.commit(path, &entry).await,
             // Kept after all: written and committed like any other.
@@ -54,8 +58,12 @@ impl Delivery {
             Err(e) => {
                 tracing::error!(id = %entry.id, error = %e, "cannot commit the message to the spool");
                 self.discard(body).await;
+                let why = match WriteFault::of(&e) {
+                    WriteFault::NoSpace => Temporary::NoSpace,
+                    WriteFault::Other => Temporary::Local,
+                };
                 Err(Submitted::refused(
-                    Outcome::Temporary(Temporary::Local),
+                    Outcome::Temporary(why),
                     audit::Refused::new(&facts(&entry), entry.attempts, "local"),
                 ))
             }

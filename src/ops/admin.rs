@@ -45,6 +45,11 @@ pub trait RelayState: Send + Sync + 'static {
     fn token(&self) -> TokenState;
     /// The advice of a configuration hold on the account, if there is one.
     fn held(&self) -> Option<String>;
+    /// Things an operator should see that do not make the relay unready (e.g. queued mail
+    /// kept for another destination).
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// The state gauges, read just before a scrape renders them.
     fn gauges(&self) -> Gauges;
 }
@@ -86,6 +91,8 @@ pub struct ReadyInputs {
     pub token: TokenState,
     /// The advice of a configuration hold on the account.
     pub hold: Option<String>,
+    /// `WARN` lines: shown, never a reason to be unready.
+    pub warnings: Vec<String>,
 }
 
 /// The verdict and one line per check.
@@ -148,6 +155,9 @@ pub fn evaluate(i: &ReadyInputs) -> Readiness {
             format!("account: held for a configuration error: {advice}"),
         ),
     }
+    for w in &i.warnings {
+        lines.push(format!("WARN {w}"));
+    }
     Readiness { ready, lines }
 }
 
@@ -160,6 +170,7 @@ impl Health {
             spool: probe_spool(&self.spool_dir),
             token: self.state.token(),
             hold: self.state.held(),
+            warnings: self.state.warnings(),
         }
     }
 
@@ -185,16 +196,37 @@ impl Health {
     }
 }
 
-/// Creates and removes a small file in the spool's `incoming/` (where bodies are written).
+/// Creates (privately, like every spool file), writes and removes a small file in the
+/// spool's `incoming/` (where bodies are written).
 fn probe_spool(dir: &std::path::Path) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     // One name per check: overlapping probes must not delete each other's file.
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
     let probe = dir
         .join("incoming")
         .join(format!(".readyz-{}-{n}", std::process::id()));
-    std::fs::write(&probe, b"ok").map_err(|e| format!("{}: {e}", dir.display()))?;
-    std::fs::remove_file(&probe).map_err(|e| format!("{}: {e}", dir.display()))
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&probe)
+        .and_then(|mut f| f.write_all(b"ok"));
+    let removed = std::fs::remove_file(&probe);
+    written.and(removed).map_err(|e| spool_error(dir, &e))
+}
+
+/// What readiness says about a spool write error: a full file system or quota first, in
+/// those words, since the cure (free space) differs from every other error's.
+fn spool_error(dir: &std::path::Path, e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+            format!("no space ({}: {e})", dir.display())
+        }
+        _ => format!("{}: {e}", dir.display()),
+    }
 }
 
 async fn healthz() -> &'static str {
@@ -271,6 +303,7 @@ mod tests {
             accepting: true,
             listen: "127.0.0.1:2525".parse().unwrap(),
             spool: Ok(()),
+            warnings: Vec::new(),
             token: TokenState {
                 valid_for: Some(Duration::from_secs(3000)),
                 last_error: None,
@@ -317,6 +350,38 @@ mod tests {
         assert!(!r.ready);
         assert!(failed(&r)[0].contains("held"));
         assert!(r.body().starts_with("not ready\n"));
+    }
+
+    #[test]
+    fn warnings_are_shown_without_failing_readiness() {
+        let mut i = inputs();
+        i.warnings = vec!["spool: 3 queued message(s) for another destination".into()];
+        let r = evaluate(&i);
+        assert!(r.ready, "{r:?}");
+        assert!(
+            r.body()
+                .contains("\nWARN spool: 3 queued message(s) for another destination\n"),
+            "{}",
+            r.body()
+        );
+    }
+
+    #[test]
+    fn a_full_spool_says_no_space() {
+        let dir = std::path::Path::new("/spool");
+        let full = spool_error(dir, &std::io::Error::from_raw_os_error(28));
+        let mut i = inputs();
+        i.spool = Err(full);
+        let r = evaluate(&i);
+        assert!(!r.ready);
+        assert!(
+            failed(&r)[0].starts_with("FAIL spool: not writable: no space (/spool: "),
+            "{r:?}"
+        );
+        let quota = spool_error(dir, &std::io::Error::from_raw_os_error(122));
+        assert!(quota.starts_with("no space"), "{quota}");
+        let other = spool_error(dir, &std::io::Error::from_raw_os_error(30));
+        assert!(other.starts_with("/spool: Read-only"), "{other}");
     }
 
     #[test]

@@ -68,6 +68,14 @@ fn describe() {
         "Age of the oldest queued message"
     );
     describe_counter!(
+        "smtp_oauth_relay_spool_write_failures_total",
+        "Spool writes that failed, by kind (no_space: file system or quota full; other)"
+    );
+    describe_gauge!(
+        "smtp_oauth_relay_spool_full",
+        "1 from a spool write that failed for lack of space until a write works again"
+    );
+    describe_counter!(
         "smtp_oauth_relay_token_refreshes_total",
         "Access tokens obtained from the token endpoint"
     );

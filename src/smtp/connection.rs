@@ -298,8 +298,9 @@ where
             listen.max_message_size,
         )));
     }
-    let Some(body) = sink.finish(&ctx.spool).await else {
-        return Ok(DataEnd::Reply(reply::local_error()));
+    let body = match sink.finish(&ctx.spool).await {
+        Ok(body) => body,
+        Err(fault) => return Ok(DataEnd::Reply(reply::spool_failed(fault))),
     };
     let size = header_len + decoder.size();
     let envelope = Envelope {

@@ -7,7 +7,7 @@
 //! | queued | `250 2.0.0 <id> queued…` with the reason |
 //! | refused for good | Exchange's own 5xx (`554` and `5.0.0` when it gave none) |
 //! | held | `451 4.7.0 relay configuration problem, see the relay log: <advice>` |
-//! | temporary | `451 4.4.1` unreachable, `4.4.2` timed out, `4.4.0` otherwise (quoting Exchange); `4.3.2` paced, `4.3.0` local |
+//! | temporary | `451 4.4.1` unreachable, `4.4.2` timed out, `4.4.0` otherwise (quoting Exchange); `4.3.2` paced, `4.3.0` local; `452 4.3.1` when the spool is full |
 //!
 //! Exchange's reply is quoted as text, never passed through as our own enhanced code unless
 //! it is a 5xx one (so an `x.y.255` artefact can never reach a client).
@@ -84,6 +84,7 @@ pub fn reply(outcome: &Outcome) -> Reply {
                 "the mailbox is at its sending limit, try again later",
             ),
             Temporary::Local => super::reply::local_error(),
+            Temporary::NoSpace => super::reply::insufficient_storage(),
             Temporary::NothingDelivered => {
                 Reply::new(451, "4.3.0", "nothing was delivered, try again later")
             }
@@ -194,7 +195,10 @@ mod tests {
         ] {
             let r = reply(&Outcome::Temporary(t));
             assert_eq!((r.code, r.status()), (451, Some(status)), "{r}");
-        }
+        } // A full spool has its own code: insufficient system storage.
+        let r = reply(&Outcome::Temporary(Temporary::NoSpace));
+        assert_eq!((r.code, r.status()), (452, Some("4.3.1")), "{r}");
+        assert!(r.text().starts_with("Insufficient system storage"), "{r}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! status code (we advertise ENHANCEDSTATUSCODES, RFC 2034, so every reply but the greeting
 //! and EHLO carries one). The reply type itself is the wire format's ([`crate::wire::Reply`]).
 
+use crate::spool::WriteFault;
 pub use crate::wire::Reply;
 
 // The catalogue. Texts say what happened and, where it helps, what to do.
@@ -148,6 +149,22 @@ pub fn local_error() -> Reply {
         "4.3.0",
         "Local error in processing (spool write failed), try again later",
     )
+}
+/// The spool's file system (or quota) is full: RFC 5321 §4.2.2's `452`, RFC 3463's `4.3.1`
+/// (mail system full).
+pub fn insufficient_storage() -> Reply {
+    Reply::new(
+        452,
+        "4.3.1",
+        "Insufficient system storage (the relay's spool is full), try again later",
+    )
+}
+/// The reply when the spool could not keep a body.
+pub fn spool_failed(fault: WriteFault) -> Reply {
+    match fault {
+        WriteFault::NoSpace => insufficient_storage(),
+        WriteFault::Other => local_error(),
+    }
 }
 
 #[cfg(test)]

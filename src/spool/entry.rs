@@ -51,6 +51,10 @@ pub struct QueueEntry {
     /// delivery latency metric.
     #[serde(default)]
     pub received_at_ms: u64,
+    /// The destination the message was accepted for (see [`super::destination`]). `None` in
+    /// envelopes written before it existed: the relay that reads them adopts them.
+    #[serde(default)]
+    pub destination: Option<Destination>,
 }
 
 impl QueueEntry {
@@ -65,16 +69,18 @@ impl QueueEntry {
         Self::received(id, mail_from, rcpt_to, mailbox, size, SystemTime::now())
     }
 
-    /// A message the client handed over in `envelope`, to be sent as `mailbox`.
-    pub fn from_envelope(envelope: &Envelope, mailbox: &str, size: u64) -> Self {
+    /// A message the client handed over in `envelope`, accepted for `destination` (and so
+    /// sent as its mailbox).
+    pub fn from_envelope(envelope: &Envelope, destination: &Destination, size: u64) -> Self {
         let mut e = Self::received(
             envelope.id.to_string(),
             envelope.mail_from.clone(),
             envelope.rcpt_to.clone(),
-            mailbox.to_string(),
+            destination.mailbox.clone(),
             size,
             envelope.received_at,
         );
+        e.destination = Some(destination.clone());
         e.client = envelope.client.to_string();
         e.helo = envelope.helo.clone();
         e.body_8bit = envelope.body_8bit;
@@ -114,7 +120,45 @@ impl QueueEntry {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
+            destination: None,
         }
+    }
+}
+
+/// Where a message was accepted to go. Compared without regard to ASCII case or surrounding
+/// spaces (tenant and client ids are GUIDs or domains, mailboxes and host names are
+/// case-insensitive at Exchange).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Destination {
+    /// The Entra tenant (GUID or domain).
+    pub tenant: String,
+    /// The application (client) id.
+    pub client_id: String,
+    /// The mailbox the relay authenticates as.
+    pub mailbox: String,
+    /// The upstream SMTP server as `host:port` (`sandbox` for `serve --sandbox`, whose port
+    /// changes with every start).
+    pub upstream: String,
+}
+
+impl Destination {
+    /// Whether `other` names the same destination.
+    pub fn same_as(&self, other: &Destination) -> bool {
+        let eq = |a: &str, b: &str| a.trim().eq_ignore_ascii_case(b.trim());
+        eq(&self.tenant, &other.tenant)
+            && eq(&self.client_id, &other.client_id)
+            && eq(&self.mailbox, &other.mailbox)
+            && eq(&self.upstream, &other.upstream)
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "mailbox {} via {} (tenant {}, client {})",
+            self.mailbox, self.upstream, self.tenant, self.client_id
+        )
     }
 }
 
@@ -228,7 +272,14 @@ mod tests {
             received_at: UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123),
             message_id: Some("<m@x>".into()),
         };
-        let e = QueueEntry::from_envelope(&env, "relay@z", 42);
+        let dest = Destination {
+            tenant: "t".into(),
+            client_id: "c".into(),
+            mailbox: "relay@z".into(),
+            upstream: "smtp.office365.com:587".into(),
+        };
+        let e = QueueEntry::from_envelope(&env, &dest, 42);
+        assert_eq!(e.destination.as_ref(), Some(&dest));
         assert_eq!(e.id, env.id.to_string());
         assert_eq!(
             (e.client.as_str(), e.helo.as_str()),

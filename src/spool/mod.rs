@@ -10,13 +10,19 @@
 //! failed/<id>.eml|.json    permanent failures, with the reason, kept for a while
 //! control/rescan           dropped by `queue retry|delete` so a running relay re-reads queue/
 //! ```
+//! Every file is created `0600` and every directory `0700`, whatever the umask (see
+//! `files.rs`); a spool root that other users can read is warned about at start-up.
+//! Each queued envelope records the destination it was accepted for ([`destination`]).
+//!
 //! Commit: fsync the body, write and fsync the envelope, rename both into `queue/`, fsync the
 //! directory. Directory fsyncs are group-committed: concurrent commits share one fsync instead
 //! of queueing behind each other. Removal deletes the envelope first, so a crash can only
 //! leave a body without envelope, which recovery treats as never committed.
 
 pub mod body;
+pub mod destination;
 mod entry;
+pub mod fault;
 mod files;
 mod group;
 pub mod sink;
@@ -28,8 +34,12 @@ use std::time::Duration;
 
 use crate::envelope::MessageId;
 use body::{Lease, MemoryBudget};
-pub use entry::{now_unix, unix, QueueEntry, Refusal};
-use files::{remove_if_exists, sync_dir, write_synced};
+pub use entry::{now_unix, unix, Destination, QueueEntry, Refusal};
+use fault::Faults;
+pub use fault::WriteFault;
+use files::{
+    create_private, private_dir, readable_by_others, remove_if_exists, sync_dir, write_synced,
+};
 use group::GroupSync;
 
 /// Which part of the spool an entry is in.
@@ -63,6 +73,8 @@ pub struct Spool {
     committers: std::sync::Arc<tokio::sync::Semaphore>,
     /// What bodies held in memory may use, shared by every connection (see [`body`]).
     memory: Arc<MemoryBudget>,
+    /// Write failures (and the tests' seam that causes them), shared by every clone.
+    faults: Arc<Faults>,
 }
 
 /// See `Spool::committers`.
@@ -81,6 +93,7 @@ impl Spool {
             committers: std::sync::Arc::new(tokio::sync::Semaphore::new(COMMITTERS)),
             failed_sync: std::sync::Arc::new(GroupSync::new(root.join("failed"))),
             memory: MemoryBudget::new(body::MEMORY_BUDGET),
+            faults: Arc::default(),
         }
     }
 
@@ -88,11 +101,23 @@ impl Spool {
     /// returns the committed queue (recovery after a restart or crash).
     pub fn open(root: &Path) -> io::Result<(Spool, Vec<QueueEntry>)> {
         let spool = Spool::layout(root);
+        // The root is created private if it is new; an existing one is the operator's.
+        if !root.exists() {
+            private_dir(root).map_err(|e| with_path(e, root))?;
+        }
         for dir in [&spool.incoming, &spool.queue, &spool.failed, &spool.control] {
-            std::fs::create_dir_all(dir).map_err(|e| with_path(e, dir))?;
+            private_dir(dir).map_err(|e| with_path(e, dir))?;
+        }
+        if let Some(mode) = readable_by_others(root).map_err(|e| with_path(e, root))? {
+            tracing::warn!(
+                spool = %root.display(),
+                mode = %format!("{mode:03o}"),
+                "the spool directory can be read by other users; queued mail is private (files 0600, directories 0700), but restrict it: chmod 700 {}",
+                root.display()
+            );
         }
         let probe = spool.incoming.join(".write-test");
-        std::fs::write(&probe, b"ok").map_err(|e| with_path(e, &spool.incoming))?;
+        create_private(&probe).map_err(|e| with_path(e, &spool.incoming))?;
         std::fs::remove_file(&probe).map_err(|e| with_path(e, &probe))?;
 
         let mut discarded = 0usize;
@@ -176,6 +201,11 @@ impl Spool {
         &self.root
     }
 
+    /// Write failures, and the seam that injects them in tests.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
     /// Directory fsyncs run for the queue (group commit makes this far smaller than the
     /// number of commits under concurrency).
     pub fn queue_dir_fsyncs(&self) -> u64 {
@@ -239,6 +269,23 @@ impl Spool {
         bytes: Option<Arc<dyn AsRef<[u8]> + Send + Sync>>,
         entry: &QueueEntry,
     ) -> io::Result<()> {
+        let result = self.commit_files(incoming, bytes, entry).await;
+        match &result {
+            Ok(()) => self.faults.worked(),
+            Err(e) => {
+                self.faults.failed(e);
+            }
+        }
+        result
+    }
+
+    async fn commit_files(
+        &self,
+        incoming: Option<PathBuf>,
+        bytes: Option<Arc<dyn AsRef<[u8]> + Send + Sync>>,
+        entry: &QueueEntry,
+    ) -> io::Result<()> {
+        self.faults.check()?;
         let written = incoming.is_none();
         let incoming = incoming.unwrap_or_else(|| self.incoming_file(&entry.id));
         let json_tmp = self.incoming.join(format!("{}.json.tmp", entry.id));
@@ -279,16 +326,41 @@ impl Spool {
         let path = self.path(Area::Queue, &entry.id, "json");
         let tmp = self.path(Area::Queue, &entry.id, "json.tmp");
         let bytes = serde_json::to_vec_pretty(entry).map_err(io::Error::other)?;
+        let faults = self.faults.clone();
         tokio::task::spawn_blocking(move || -> io::Result<()> {
             if !path.exists() {
                 // Deleted meanwhile (`queue delete`): do not resurrect it.
                 return Err(io::ErrorKind::NotFound.into());
             }
-            write_synced(&tmp, &bytes)?;
+            faults
+                .check()
+                .and_then(|()| write_synced(&tmp, &bytes))
+                .inspect_err(|e| {
+                    faults.failed(e);
+                })?;
             std::fs::rename(&tmp, &path)
         })
         .await
         .map_err(io::Error::other)?
+    }
+
+    /// Writes a body made by the relay itself (a failure notice) to `incoming/`, privately,
+    /// ready for [`commit`](Self::commit).
+    pub async fn write_incoming(&self, id: &MessageId, bytes: Vec<u8>) -> io::Result<PathBuf> {
+        let path = self.incoming_path(id);
+        let faults = self.faults.clone();
+        let to = path.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            faults.check()?;
+            create_private(&to)?.write_all(&bytes)
+        })
+        .await
+        .map_err(io::Error::other)?
+        .inspect_err(|e| {
+            self.faults.failed(e);
+        })?;
+        Ok(path)
     }
 
     /// Removes a delivered message (envelope first).
@@ -311,11 +383,17 @@ impl Spool {
         let failed_eml = self.path(Area::Failed, &entry.id, "eml");
         let queue_json = self.path(Area::Queue, &entry.id, "json");
         let queue_eml = self.path(Area::Queue, &entry.id, "eml");
+        let faults = self.faults.clone();
         tokio::task::spawn_blocking(move || -> io::Result<()> {
+            faults
+                .check()
+                .and_then(|()| write_synced(&failed_json, &bytes))
+                .inspect_err(|e| {
+                    faults.failed(e);
+                })?;
             // Envelope, then body, then the queue envelope goes: a crash at any point leaves
             // either a complete queued message or a complete failed one (recovery discards a
             // queue envelope whose body has moved).
-            write_synced(&failed_json, &bytes)?;
             match std::fs::rename(&queue_eml, &failed_eml) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 other => other?,
@@ -415,9 +493,31 @@ impl Spool {
         Ok(true)
     }
 
+    /// `queue adopt`: forgets the destination a queued message was recorded for, so the
+    /// next relay that reads the queue (a running one within about two seconds) adopts it as
+    /// its own. Returns false if the id is not queued.
+    pub fn forget_destination(&self, id: &str) -> io::Result<bool> {
+        let mut entry = match read_entry(&self.path(Area::Queue, id, "json")) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if !self.body_path(id).exists() {
+            return Ok(false);
+        }
+        entry.destination = None;
+        let bytes = serde_json::to_vec_pretty(&entry).map_err(io::Error::other)?;
+        let tmp = self.path(Area::Queue, id, "json.tmp");
+        write_synced(&tmp, &bytes)?;
+        std::fs::rename(&tmp, self.path(Area::Queue, id, "json"))?;
+        sync_dir(&self.queue)?;
+        self.request_rescan()?;
+        Ok(true)
+    }
+
     /// Asks a running relay to re-read `queue/`.
     pub fn request_rescan(&self) -> io::Result<()> {
-        std::fs::write(self.control.join("rescan"), b"")
+        create_private(&self.control.join("rescan")).map(drop)
     }
 
     /// Whether a rescan was requested since the last call (consumes the request).

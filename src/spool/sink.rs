@@ -1,5 +1,6 @@
 //! Streaming a message body into the spool while it arrives (DATA): the sink decides between
-//! memory and an `incoming/` file, and hands over a complete [`Body`] or nothing.
+//! memory and an `incoming/` file (created `0600`), and hands over a complete [`Body`], or
+//! why it could not keep one.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,18 +8,21 @@ use std::sync::Arc;
 use tokio::io::{AsyncWriteExt, BufWriter};
 
 use super::body::{Body, Lease, MemoryBody, MEMORY_BODY_MAX};
+use super::fault::{Faults, WriteFault};
+use super::files::FILE_MODE;
 use super::Spool;
 use crate::envelope::MessageId;
 
 /// Where a body goes while it arrives: into memory while it is small and the spool's memory
 /// budget allows (see [`super::body`]), else (or once it grows) into its file in `incoming/`.
 /// After the first write failure the rest of the body is only read and dropped, so the
-/// session can answer `451` at the end of DATA.
+/// session can answer `452` (no space) or `451` at the end of DATA.
 pub struct BodySink {
     path: PathBuf,
     memory: Option<(Vec<u8>, Lease)>,
     file: Option<BufWriter<tokio::fs::File>>,
-    failed: bool,
+    failed: Option<WriteFault>,
+    faults: Arc<Faults>,
 }
 
 impl BodySink {
@@ -30,7 +34,8 @@ impl BodySink {
                 .memory_lease()
                 .map(|l| (Vec::with_capacity(16 * 1024), l)),
             file: None,
-            failed: false,
+            failed: None,
+            faults: spool.faults.clone(),
         };
         if sink.memory.is_none() {
             sink.open_file().await;
@@ -39,11 +44,23 @@ impl BodySink {
     }
 
     async fn open_file(&mut self) {
-        match tokio::fs::File::create(&self.path).await {
+        let opened = match self.faults.check() {
+            Ok(()) => {
+                tokio::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(FILE_MODE)
+                    .open(&self.path)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match opened {
             Ok(f) => self.file = Some(BufWriter::with_capacity(256 * 1024, f)),
             Err(e) => {
                 tracing::error!(path = %self.path.display(), error = %e, "cannot create spool file");
-                self.failed = true;
+                self.failed = Some(self.faults.failed(&e));
             }
         }
     }
@@ -63,7 +80,7 @@ impl BodySink {
     }
 
     pub async fn write(&mut self, bytes: &[u8]) {
-        if self.failed {
+        if self.failed.is_some() {
             return;
         }
         if let Some((buf, _)) = &mut self.memory {
@@ -76,29 +93,37 @@ impl BodySink {
 
     async fn write_file(&mut self, bytes: &[u8]) {
         if let Some(w) = self.file.as_mut() {
-            if let Err(e) = w.write_all(bytes).await {
+            let written = match self.faults.check() {
+                Ok(()) => w.write_all(bytes).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
                 tracing::error!(error = %e, "spool write failed");
-                self.failed = true;
+                self.failed = Some(self.faults.failed(&e));
             }
         }
     }
 
-    /// The complete body, or `None` (nothing kept) if it could not be written.
-    pub async fn finish(mut self, spool: &Spool) -> Option<Body> {
+    /// The complete body, or why it could not be written (nothing is kept then).
+    pub async fn finish(mut self, spool: &Spool) -> Result<Body, WriteFault> {
         if let Some((bytes, lease)) = self.memory.take() {
-            return Some(Body::Memory(Arc::new(MemoryBody::new(bytes, lease))));
+            return Ok(Body::Memory(Arc::new(MemoryBody::new(bytes, lease))));
         }
-        let flushed = match self.file.as_mut() {
-            Some(w) => w.flush().await.is_ok(),
-            None => false,
+        if self.failed.is_none() {
+            if let Some(w) = self.file.as_mut() {
+                if let Err(e) = w.flush().await {
+                    tracing::error!(error = %e, "spool write failed");
+                    self.failed = Some(self.faults.failed(&e));
+                }
+            }
+        }
+        let failed = match (self.file.take(), self.failed) {
+            (Some(_), None) => return Ok(Body::File(self.path)),
+            (_, Some(fault)) => fault,
+            (None, None) => WriteFault::Other,
         };
-        self.file = None;
-        if flushed && !self.failed {
-            Some(Body::File(self.path))
-        } else {
-            spool.discard(&self.path).await;
-            None
-        }
+        spool.discard(&self.path).await;
+        Err(failed)
     }
 
     pub async fn discard(self, spool: &Spool) {
@@ -133,7 +158,7 @@ mod tests {
         sink.spill_if_big().await;
         assert_eq!(incoming_files(&spool), 0, "no file for a small body");
         match sink.finish(&spool).await {
-            Some(Body::Memory(m)) => assert_eq!(m.bytes(), b"Subject: hi\r\n\r\nhello\r\n"),
+            Ok(Body::Memory(m)) => assert_eq!(m.bytes(), b"Subject: hi\r\n\r\nhello\r\n"),
             other => panic!("{other:?}"),
         }
     }
@@ -154,7 +179,7 @@ mod tests {
             "moved to disk past the limit"
         );
         match sink.finish(&spool).await {
-            Some(Body::File(path)) => {
+            Ok(Body::File(path)) => {
                 assert_eq!(path, spool.incoming_path(&id));
                 assert_eq!(std::fs::read(&path).unwrap(), expected);
             }
@@ -173,6 +198,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_full_disk_is_told_apart_and_leaves_nothing() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_d, spool) = spool().await;
+        let id = MessageId::generate();
+        let mut sink = BodySink::new(&spool, &id).await;
+        sink.write(&vec![b'z'; MEMORY_BODY_MAX + 1]).await;
+        let mode = std::fs::metadata(spool.incoming_path(&id))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "a body file is private");
+        spool.faults().inject(Some(WriteFault::NoSpace));
+        sink.write(b"more").await;
+        assert!(matches!(
+            sink.finish(&spool).await,
+            Err(WriteFault::NoSpace)
+        ));
+        assert_eq!(incoming_files(&spool), 0);
+        spool.faults().inject(Some(WriteFault::Other));
+        let leases: Vec<Lease> = std::iter::from_fn(|| spool.memory_lease()).collect();
+        let sink = BodySink::new(&spool, &MessageId::generate()).await;
+        assert!(matches!(sink.finish(&spool).await, Err(WriteFault::Other)));
+        drop(leases);
+        spool.faults().inject(None);
+    }
+
+    #[tokio::test]
     async fn without_memory_budget_the_body_goes_to_a_file() {
         let (_d, spool) = spool().await;
         // Take the whole budget, as many large bodies arriving at once would.
@@ -180,7 +232,7 @@ mod tests {
         assert!(!leases.is_empty());
         let mut sink = BodySink::new(&spool, &MessageId::generate()).await;
         sink.write(b"small").await;
-        assert!(matches!(sink.finish(&spool).await, Some(Body::File(_))));
+        assert!(matches!(sink.finish(&spool).await, Ok(Body::File(_))));
         drop(leases);
         assert!(spool.memory_lease().is_some(), "leases come back");
     }
