@@ -507,7 +507,11 @@ async fn check_names_every_config_mistake_with_file_and_line() {
     let world = World::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let typos = dir.path().join("typos.toml");
-    std::fs::write(&typos, "[listen]\nadress = \"127.0.0.1:2525\"\n[acount]\nx = 1\n").unwrap();
+    std::fs::write(
+        &typos,
+        "[listen]\nadress = \"127.0.0.1:2525\"\n[acount]\nx = 1\n",
+    )
+    .unwrap();
     let typos_arg = typos.display().to_string();
     let r = run(&["--config", &typos_arg, "check"], world.env()).await;
     r.assert_code(64);
