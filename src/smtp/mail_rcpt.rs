@@ -15,9 +15,18 @@ use smtp_proto::{MailFrom, RcptTo, Request};
 use super::reply::{self, Reply};
 use crate::wire::address::{split_path, PathError};
 
+/// Why a `MAIL`/`RCPT` argument was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Refused here, with this reply.
+    Reply(Reply),
+    /// smtp-proto refused a parameter; the session answers as for any parse error.
+    Parse(smtp_proto::Error),
+}
+
 /// The request on `line` if it is `MAIL` or `RCPT`: `None` for any other command (the
-/// caller parses those with smtp-proto), `Err` with the reply for a refused argument.
-pub fn parse(line: &[u8]) -> Option<Result<Request<Cow<'_, str>>, Reply>> {
+/// caller parses those with smtp-proto), `Err` for a refused argument.
+pub fn parse(line: &[u8]) -> Option<Result<Request<Cow<'_, str>>, Refusal>> {
     let verb = line.get(..4)?;
     if line.get(4) != Some(&b' ') {
         return None;
@@ -50,20 +59,23 @@ fn trim_start(b: &[u8]) -> &[u8] {
     &b[n..]
 }
 
-fn mail(rest: &[u8]) -> Result<Request<Cow<'_, str>>, Reply> {
-    let arg = after_keyword(rest, b"FROM").ok_or_else(|| reply::syntax(MAIL_SYNTAX))?;
-    let path = split_path(arg).map_err(|e| match e {
-        PathError::Syntax => reply::syntax(MAIL_SYNTAX),
-        PathError::NotUtf8 => reply::sender_not_utf8(),
-        PathError::BadAddress => reply::bad_sender(),
+fn mail(rest: &[u8]) -> Result<Request<Cow<'_, str>>, Refusal> {
+    let arg =
+        after_keyword(rest, b"FROM").ok_or_else(|| Refusal::Reply(reply::syntax(MAIL_SYNTAX)))?;
+    let path = split_path(arg).map_err(|e| {
+        Refusal::Reply(match e {
+            PathError::Syntax => reply::syntax(MAIL_SYNTAX),
+            PathError::NotUtf8 => reply::sender_not_utf8(),
+            PathError::BadAddress => reply::bad_sender(),
+        })
     })?;
-    let (size, others) = take_size(path.params)?;
+    let (size, others) = take_size(path.params).map_err(Refusal::Reply)?;
     let mut iter = others.iter();
     let mut parser = Rfc5321Parser::new(&mut iter);
     parser.stop_char = b' ';
     let parsed = parser
         .mail_from_parameters(Cow::Borrowed(""))
-        .map_err(|e| super::session::parse_error_reply(&e))?;
+        .map_err(Refusal::Parse)?;
     Ok(Request::Mail {
         from: MailFrom {
             address: Cow::Borrowed(path.address),
@@ -74,19 +86,22 @@ fn mail(rest: &[u8]) -> Result<Request<Cow<'_, str>>, Reply> {
     })
 }
 
-fn rcpt(rest: &[u8]) -> Result<Request<Cow<'_, str>>, Reply> {
-    let arg = after_keyword(rest, b"TO").ok_or_else(|| reply::syntax(RCPT_SYNTAX))?;
-    let path = split_path(arg).map_err(|e| match e {
-        PathError::Syntax => reply::syntax(RCPT_SYNTAX),
-        PathError::NotUtf8 => reply::recipient_not_utf8(),
-        PathError::BadAddress => reply::bad_recipient(),
+fn rcpt(rest: &[u8]) -> Result<Request<Cow<'_, str>>, Refusal> {
+    let arg =
+        after_keyword(rest, b"TO").ok_or_else(|| Refusal::Reply(reply::syntax(RCPT_SYNTAX)))?;
+    let path = split_path(arg).map_err(|e| {
+        Refusal::Reply(match e {
+            PathError::Syntax => reply::syntax(RCPT_SYNTAX),
+            PathError::NotUtf8 => reply::recipient_not_utf8(),
+            PathError::BadAddress => reply::bad_recipient(),
+        })
     })?;
     let mut iter = path.params.iter();
     let mut parser = Rfc5321Parser::new(&mut iter);
     parser.stop_char = b' ';
     let parsed = parser
         .rcpt_to_parameters(Cow::Borrowed(""))
-        .map_err(|e| super::session::parse_error_reply(&e))?;
+        .map_err(Refusal::Parse)?;
     Ok(Request::Rcpt {
         to: RcptTo {
             address: Cow::Borrowed(path.address),
@@ -132,11 +147,21 @@ mod tests {
     use super::*;
     use smtp_proto::{MAIL_BODY_8BITMIME, MAIL_SMTPUTF8};
 
+    /// The address, size and flags; or the code refused with (0: left to smtp-proto's
+    /// error replies).
     fn mail_from(line: &str) -> Result<(String, usize, u64), u16> {
         match parse(line.as_bytes()).expect("a MAIL line") {
             Ok(Request::Mail { from }) => Ok((from.address.into_owned(), from.size, from.flags)),
             Ok(other) => panic!("{other:?}"),
-            Err(r) => Err(r.code),
+            Err(Refusal::Reply(r)) => Err(r.code),
+            Err(Refusal::Parse(_)) => Err(0),
+        }
+    }
+
+    fn refusal(line: &[u8]) -> Reply {
+        match parse(line) {
+            Some(Err(Refusal::Reply(r))) => r,
+            other => panic!("{other:?}"),
         }
     }
 
@@ -166,12 +191,14 @@ mod tests {
             mail_from("MAIL FROM:<jörg@bücher.de> size=1000 BODY=8BITMIME SMTPUTF8\r\n").unwrap();
         assert_eq!((addr.as_str(), size), ("jörg@bücher.de", 1000));
         assert_eq!(flags, MAIL_BODY_8BITMIME | MAIL_SMTPUTF8);
-        assert_eq!(mail_from("MAIL FROM:<a@x> BODY=BOGUS\r\n"), Err(501));
-        assert_eq!(mail_from("MAIL FROM:<a@x> FOO=1\r\n"), Err(555));
-        let Some(Err(r)) = parse(b"RCPT TO:<a@x> FOO=1\r\n") else {
-            panic!()
-        };
-        assert_eq!(r.code, 555);
+        assert_eq!(mail_from("MAIL FROM:<a@x> BODY=BOGUS\r\n"), Err(0));
+        assert_eq!(mail_from("MAIL FROM:<a@x> FOO=1\r\n"), Err(0));
+        assert!(matches!(
+            parse(b"RCPT TO:<a@x> FOO=1\r\n"),
+            Some(Err(Refusal::Parse(
+                smtp_proto::Error::UnsupportedParameter { .. }
+            )))
+        ));
     }
 
     #[test]
@@ -199,13 +226,9 @@ mod tests {
         assert_eq!(mail_from("MAIL FROM:a@x\r\n"), Err(501));
         assert_eq!(mail_from("MAIL TO:<a@x>\r\n"), Err(501));
         assert_eq!(mail_from("MAIL FROM:<a>\r\n"), Err(501));
-        let Some(Err(r)) = parse(b"MAIL FROM:<j\xf6rg@x>\r\n") else {
-            panic!()
-        };
+        let r = refusal(b"MAIL FROM:<j\xf6rg@x>\r\n");
         assert!(r.to_string().contains("UTF-8"), "{r}");
-        let Some(Err(r)) = parse(b"RCPT TO:<j\xf6rg@x>\r\n") else {
-            panic!()
-        };
+        let r = refusal(b"RCPT TO:<j\xf6rg@x>\r\n");
         assert!(r.to_string().contains("UTF-8"), "{r}");
     }
 }

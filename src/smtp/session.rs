@@ -12,6 +12,7 @@ use smtp_proto::{
     Request, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_REQUIRETLS, MAIL_SMTPUTF8,
 };
 
+use super::mail_rcpt::Refusal;
 use super::reply::{self, Reply};
 use crate::wire::address::{clean_host_name, is_safe_address};
 
@@ -95,7 +96,8 @@ impl Session {
     pub fn line(&mut self, line: &[u8]) -> Action {
         match super::mail_rcpt::parse(line) {
             Some(Ok(request)) => self.command(Ok(request)),
-            Some(Err(refusal)) => Action::Reply(refusal),
+            Some(Err(Refusal::Reply(reply))) => Action::Reply(reply),
+            Some(Err(Refusal::Parse(e))) => self.command(Err(e)),
             None => self.command(Request::parse(&mut line.iter())),
         }
     }
