@@ -6,6 +6,7 @@ mod support;
 use std::process::Output;
 use std::time::Duration;
 
+use smtp_oauth_relay::sandbox::SmtpOutage;
 use smtp_oauth_relay::token::{ClientSecretSettings, ClientSecretSource, TokenSource};
 use support::{relay_binary, World};
 
@@ -79,8 +80,110 @@ async fn loadgen_through_the_relay_reports_what_arrived() {
     ]))
     .await;
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("3 messages ok, 0 failed"), "{text}");
+    assert!(text.contains("3 messages ok ("), "{text}");
+    assert!(text.contains(", 0 failed"), "{text}");
     assert!(text.contains("errors: none"), "{text}");
+}
+
+/// A `250` from the relay says whether the message was delivered or only queued; the report
+/// counts them apart (the issue: "1000 messages ok" when 970 were only queued).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_tells_delivered_from_queued() {
+    let world = World::start().await;
+    let direct = world.relay(&[("SMTP_OAUTH_RELAY_MODE", "direct")]).await;
+    let run = |to: String| {
+        loadgen(args(&[
+            "--to",
+            &to,
+            "--messages",
+            "5",
+            "--concurrency",
+            "2",
+            "--json",
+        ]))
+    };
+    let out = run(direct.local_addr().to_string()).await;
+    assert!(out.status.success(), "{out:?}");
+    let r = json(&out);
+    assert_eq!(
+        (
+            &r["messages_ok"],
+            &r["messages_delivered"],
+            &r["messages_queued"]
+        ),
+        (&5.into(), &5.into(), &0.into()),
+        "{r}"
+    );
+    direct.shutdown(Duration::from_secs(5)).await;
+
+    // Queue mode with Exchange down: every message gets 250, none is delivered.
+    world.sandbox.set_smtp_outage(Some(SmtpOutage::Refuse));
+    let queue = world.relay(&[("SMTP_OAUTH_RELAY_MODE", "queue")]).await;
+    let out = run(queue.local_addr().to_string()).await;
+    assert!(out.status.success(), "{out:?}");
+    let r = json(&out);
+    assert_eq!(
+        (
+            &r["messages_ok"],
+            &r["messages_delivered"],
+            &r["messages_queued"]
+        ),
+        (&5.into(), &0.into(), &5.into()),
+        "{r}"
+    );
+    let out = loadgen(args(&[
+        "--to",
+        &queue.local_addr().to_string(),
+        "--messages",
+        "3",
+        "--concurrency",
+        "1",
+    ]))
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("3 messages ok (3 only queued by the relay, not yet delivered), 0 failed"),
+        "{text}"
+    );
+    queue.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Nothing listens: the report says why every attempt failed, not just `io: 3`.
+#[tokio::test]
+async fn loadgen_names_the_io_error() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let to = closed.to_string();
+    let out = loadgen(args(&[
+        "--to",
+        &to,
+        "--messages",
+        "3",
+        "--concurrency",
+        "1",
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let errors = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("errors:"))
+        .unwrap_or_else(|| panic!("no errors line: {text}"));
+    assert!(
+        errors.contains("io: connect: Connection refused") && errors.ends_with(": 3"),
+        "{errors}"
+    );
+    let out = loadgen(args(&["--to", &to, "--messages", "2", "--json"])).await;
+    let r = json(&out);
+    let io: Vec<(&String, &serde_json::Value)> = r["errors"]
+        .as_object()
+        .expect("errors object")
+        .iter()
+        .collect();
+    assert_eq!(io.len(), 1, "{r}");
+    assert!(io[0].0.contains("refused"), "{r}");
+    assert_eq!(io[0].1, 2, "{r}");
 }
 
 #[tokio::test]

@@ -463,7 +463,8 @@ fn show(
             let _ = writeln!(t, "(cannot read {}: {err})", body_path.display());
         }
     }
-    out.write_all(t.as_bytes())?;
+    // Header bytes and envelope fields are the client's: no control reaches the terminal.
+    out.write_all(crate::wire::header::terminal_safe(&t).as_bytes())?;
     Ok(())
 }
 

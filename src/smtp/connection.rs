@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use smtp_proto::Request;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -94,7 +93,7 @@ where
         while let Some((frame, used)) = lines.next_line(&input[consumed..]) {
             consumed += used;
             let action = match frame {
-                Framed::Line(line) => session.command(Request::parse(&mut line.iter())),
+                Framed::Line(line) => session.line(&line),
                 Framed::TooLong => Action::Reply(reply::line_too_long()),
                 Framed::Skipped => continue,
             };

@@ -1,13 +1,14 @@
 //! The inbound side, the relay's face: plain SMTP from legacy apps.
 //!
 //! Pure: `session` decides (the ESMTP state machine), `framing` splits the command stream
-//! into lines, `received` writes the trace header, `reply` is our catalogue of answers and
+//! into lines, `mail_rcpt` reads `MAIL`/`RCPT` arguments from the raw line, `received` writes the trace header, `reply` is our catalogue of answers and
 //! `outcome` words the reply to DATA from what delivery did. Drivers: `listener` (the accept
 //! loop and its limits) and `connection` (one client, every timeout), thin around them.
 
 pub mod connection;
 pub mod framing;
 pub mod listener;
+pub mod mail_rcpt;
 pub mod outcome;
 pub mod received;
 pub mod reply;

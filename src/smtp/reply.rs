@@ -116,6 +116,20 @@ pub fn bad_sender() -> Reply {
 pub fn bad_recipient() -> Reply {
     Reply::new(501, "5.1.3", "Bad recipient address syntax")
 }
+pub fn sender_not_utf8() -> Reply {
+    Reply::new(501, "5.1.7", "Bad sender address: not valid UTF-8")
+}
+pub fn recipient_not_utf8() -> Reply {
+    Reply::new(501, "5.1.3", "Bad recipient address: not valid UTF-8")
+}
+/// RFC 6531 §3.5: an address beyond ASCII needs `SMTPUTF8` on `MAIL FROM`.
+pub fn needs_smtputf8() -> Reply {
+    Reply::new(
+        553,
+        "5.6.7",
+        "Non-ASCII address needs SMTPUTF8: declare it on MAIL FROM",
+    )
+}
 pub fn invalid_parameter(param: &str) -> Reply {
     Reply::new(501, "5.5.4", format!("Invalid parameter {param}"))
 }

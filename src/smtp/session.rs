@@ -12,6 +12,7 @@ use smtp_proto::{
     Request, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_REQUIRETLS, MAIL_SMTPUTF8,
 };
 
+use super::mail_rcpt::Refusal;
 use super::reply::{self, Reply};
 use crate::wire::address::{clean_host_name, is_safe_address};
 
@@ -89,6 +90,18 @@ impl Session {
         &self.config
     }
 
+    /// Handles one command line as received (CRLF included). `MAIL` and `RCPT` arguments are
+    /// read from the raw bytes ([`super::mail_rcpt`]), so addresses stay exactly as written;
+    /// every other command goes through smtp-proto's parser.
+    pub fn line(&mut self, line: &[u8]) -> Action {
+        match super::mail_rcpt::parse(line) {
+            Some(Ok(request)) => self.command(Ok(request)),
+            Some(Err(Refusal::Reply(reply))) => Action::Reply(reply),
+            Some(Err(Refusal::Parse(e))) => self.command(Err(e)),
+            None => self.command(Request::parse(&mut line.iter())),
+        }
+    }
+
     /// Handles one parsed command line (or the parser's complaint about it).
     pub fn command(&mut self, request: Result<Request<Cow<'_, str>>, smtp_proto::Error>) -> Action {
         let request = match request {
@@ -153,6 +166,9 @@ impl Session {
         if !is_safe_address(address) {
             return Action::Reply(reply::bad_sender());
         }
+        if !address.is_ascii() && from.flags & MAIL_SMTPUTF8 == 0 {
+            return Action::Reply(reply::needs_smtputf8());
+        }
         self.transaction = Some(Transaction {
             mail_from: address.to_string(),
             rcpt_to: Vec::new(),
@@ -170,6 +186,9 @@ impl Session {
         };
         if address.is_empty() || !is_safe_address(address) {
             return Action::Reply(reply::bad_recipient());
+        }
+        if !address.is_ascii() && !t.smtputf8 {
+            return Action::Reply(reply::needs_smtputf8());
         }
         if t.rcpt_to.len() >= max {
             return Action::Reply(reply::too_many_recipients(max));
@@ -202,7 +221,6 @@ pub fn parse_error_reply(e: &smtp_proto::Error) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smtp_proto::request::receiver::RequestReceiver;
 
     fn session() -> Session {
         Session::new(
@@ -215,14 +233,12 @@ mod tests {
         )
     }
 
-    /// Feeds command lines through the real parser and the session; returns reply codes.
+    /// Feeds command lines through the session as the connection does; returns reply codes.
     fn run(s: &mut Session, lines: &[&str]) -> Vec<(u16, Action)> {
-        let mut receiver = RequestReceiver::default();
         let mut out = Vec::new();
         for line in lines {
             let bytes = format!("{line}\r\n");
-            let mut iter = bytes.as_bytes().iter();
-            let action = s.command(receiver.ingest(&mut iter));
+            let action = s.line(bytes.as_bytes());
             let code = match &action {
                 Action::Reply(r) | Action::StartData(r, _) | Action::Close(r) => r.code,
             };
@@ -365,6 +381,62 @@ mod tests {
         let t = s.transaction().unwrap();
         assert_eq!(t.mail_from, "jörg@bücher.de");
         assert_eq!(t.rcpt_to[0], "用户@例子.广告");
+    }
+
+    #[test]
+    fn non_ascii_needs_smtputf8() {
+        let mut s = session();
+        assert_eq!(
+            codes(
+                &mut s,
+                &[
+                    "MAIL FROM:<jörg@bücher.de>",
+                    "MAIL FROM:<a@x.org>",
+                    "RCPT TO:<用户@例子.广告>",
+                    "RCPT TO:<b@y.org>"
+                ]
+            ),
+            vec![553, 250, 553, 250]
+        );
+        let (_, action) = run(&mut s, &["RCPT TO:<ü@y.org>"]).remove(0);
+        let Action::Reply(r) = action else { panic!() };
+        assert_eq!(
+            (r.code, r.to_string().contains("5.6.7")),
+            (553, true),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn quoted_local_parts_and_sizes_from_the_raw_line() {
+        let mut s = session();
+        assert_eq!(
+            codes(
+                &mut s,
+                &[
+                    "MAIL FROM:<a@x.org> SIZE=99999999999999999999999",
+                    "MAIL FROM:<a@x.org> SIZE=18446744073709551615",
+                    "MAIL FROM:<a@x.org> SIZE=ten",
+                    "MAIL FROM:<\"a\\\"b\"@x.org> SIZE=999",
+                    "RCPT TO:<\"john smith\"@y.org>",
+                ]
+            ),
+            vec![552, 552, 501, 250, 250]
+        );
+        let t = s.transaction().unwrap();
+        assert_eq!(t.mail_from, "\"a\\\"b\"@x.org");
+        assert_eq!(t.rcpt_to, vec!["\"john smith\"@y.org".to_string()]);
+        assert_eq!(t.declared_size, 999);
+        let mut s = session();
+        let (_, action) = run(&mut s, &["MAIL FROM:<a@x.org> SIZE=1001"]).remove(0);
+        let Action::Reply(r) = action else { panic!() };
+        assert!(r.to_string().starts_with("552 5.3.4"), "{r}");
+        let mut s = session();
+        let bytes = b"MAIL FROM:<j\xf6rg@x.org>\r\n";
+        let Action::Reply(r) = s.line(bytes) else {
+            panic!()
+        };
+        assert_eq!(r.code, 501);
     }
 
     #[test]

@@ -237,6 +237,20 @@ pub struct Delivered {
     pub rejected: Vec<(String, Reply)>,
 }
 
+/// An envelope beyond ASCII cannot go to a server that did not offer `SMTPUTF8` (RFC 6531
+/// §3.4): the refusal the client would get, worded as if the server had said it. (Exchange
+/// Online offers it, so this is for other upstreams.)
+fn needs_smtputf8(msg: &OutboundMessage, caps: &Capabilities) -> Option<Reply> {
+    let non_ascii = !msg.mail_from.is_ascii() || msg.rcpt_to.iter().any(|r| !r.is_ascii());
+    (non_ascii && !caps.smtputf8).then(|| {
+        Reply::new(
+            553,
+            "5.6.7",
+            "not sent: the address is not ASCII and the upstream does not offer SMTPUTF8",
+        )
+    })
+}
+
 impl Connection {
     /// Runs one mail transaction. On `Err`, `needs_reset` says whether the session is still
     /// usable after an RSET (a refusal) or must be dropped (I/O, timeout, protocol).
@@ -246,6 +260,12 @@ impl Connection {
         body: &mut MessageBody<'_>,
         data_timeout: Duration,
     ) -> Result<Delivered, UpstreamError> {
+        if let Some(refusal) = needs_smtputf8(msg, &self.caps) {
+            return Err(UpstreamError::Rejected {
+                stage: Stage::MailFrom,
+                reply: refusal,
+            });
+        }
         let mut lines = Vec::with_capacity(msg.rcpt_to.len() + 2);
         let reset = self.needs_reset;
         if reset {
@@ -457,5 +477,33 @@ impl Connection {
                 stage: Stage::EndOfData,
                 source,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_ascii_envelopes_need_an_upstream_that_offers_smtputf8() {
+        let msg = |from: &str, to: &str| OutboundMessage {
+            mail_from: from.into(),
+            rcpt_to: vec!["a@x".into(), to.into()],
+            size: 1,
+            body_8bit: false,
+            smtputf8: true,
+            all_or_nothing: false,
+            start_by: None,
+        };
+        let without = Capabilities::default();
+        let with = Capabilities {
+            smtputf8: true,
+            ..Capabilities::default()
+        };
+        assert!(needs_smtputf8(&msg("a@x", "b@y"), &without).is_none());
+        assert!(needs_smtputf8(&msg("jörg@x", "b@y"), &with).is_none());
+        let r = needs_smtputf8(&msg("a@x", "用户@y"), &without).expect("refused");
+        assert_eq!(r.code, 553);
+        assert!(needs_smtputf8(&msg("jörg@x", "b@y"), &without).is_some());
     }
 }

@@ -97,6 +97,22 @@ pub fn clean(s: &str) -> String {
     out
 }
 
+/// `text` safe to print on a terminal: control and invisible format characters (ESC, BEL,
+/// C1 controls such as CSI, bidi overrides, zero-width marks) written as Rust escapes
+/// (`\u{1b}`), the way the audit log shows client text (tracing prints field values with
+/// `escape_debug`); line ends and tabs kept, printable text (UTF-8 included) unchanged. A
+/// header can then not clear the screen, recolour it or write the clipboard (OSC 52).
+pub fn terminal_safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' | '\t' | '\\' | '\'' | '"' => out.push(c),
+            c => out.extend(c.escape_debug()),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +167,16 @@ mod tests {
     fn clean_keeps_log_lines_single_and_printable() {
         assert_eq!(clean(" <a@b>\r\nforged=1 "), "<a@b> forged=1");
         assert_eq!(clean("<ä@b>"), "<?@b>");
+    }
+
+    #[test]
+    fn terminal_safe_escapes_what_a_terminal_would_obey() {
+        let hostile = "Subject: \u{1b}[2J\u{1b}]52;c;aGk=\u{7}\u{9b}31m\u{202e}x\r\n";
+        assert_eq!(
+            terminal_safe(hostile),
+            "Subject: \\u{1b}[2J\\u{1b}]52;c;aGk=\\u{7}\\u{9b}31m\\u{202e}x\\r\n"
+        );
+        let plain = "Subject: Grüße \"quoted\" it's C:\\dir\n\tfolded\n";
+        assert_eq!(terminal_safe(plain), plain);
     }
 }

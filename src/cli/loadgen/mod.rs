@@ -6,7 +6,9 @@
 //! (RFC 2920; the group ends at `DATA`), then the body and the final dot. Latency is measured
 //! per transaction, from writing `MAIL` to reading the reply to the final dot. A refused
 //! command counts under its stage and code (`RCPT 451`), is followed by `RSET`, and the
-//! connection goes on; a broken connection counts as `io` and is opened again.
+//! connection goes on; a broken connection counts under `io: <what went wrong>` (refused,
+//! reset, timeout…) and is opened again. A `250` at the end of data counts as ok, and also
+//! as delivered or queued when the relay's reply says which.
 //!
 //! Message bodies are built once per size: generated headers (with a unique `Message-ID`) and
 //! 76-character filler lines that never start with `.`, so no dot-stuffing is needed and the

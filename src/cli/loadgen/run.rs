@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::report::{latency, Report};
+use super::report::{accepted_as, cap_io_reasons, io_key, latency, Accepted, Report};
 use super::spec::{body, stamp, Options};
 use crate::sync::Lock as _;
 use crate::wire::Reply;
@@ -119,14 +119,15 @@ async fn open(o: &Options) -> Result<(Conn, bool), Failure> {
     Ok((c, pipelining))
 }
 
-/// One transaction; `Ok` on `250` after the final dot.
+/// One transaction; `Ok` on `250` after the final dot, with what the reply said became of
+/// the message.
 async fn transaction(
     c: &mut Conn,
     o: &Options,
     pipelined: bool,
     body: &[u8],
     n: u64,
-) -> Result<(), Failure> {
+) -> Result<Accepted, Failure> {
     let mut envelope = format!("MAIL FROM:<{}> SIZE={}\r\n", o.from, body.len());
     for r in 0..o.recipients {
         envelope += &format!(
@@ -173,12 +174,15 @@ async fn transaction(
     }
     c.send(body).await?;
     c.send(b".\r\n").await?;
-    c.expect("end of data", 2).await.map(|_| ())
+    let reply = c.expect("end of data", 2).await?;
+    Ok(accepted_as(reply.lines.first().map_or("", String::as_str)))
 }
 
 #[derive(Default)]
 struct Tally {
     ok: u64,
+    delivered: u64,
+    queued: u64,
     failed: u64,
     bytes: u64,
     micros: Vec<u32>,
@@ -189,7 +193,7 @@ impl Tally {
     fn error(&mut self, f: &Failure) {
         let key = match f {
             Failure::Refused(stage, code) => format!("{stage} {code}"),
-            Failure::Io(_) => "io".to_string(),
+            Failure::Io(text) => io_key(text),
         };
         *self.errors.entry(key).or_default() += 1;
     }
@@ -281,8 +285,13 @@ pub async fn run(o: Options) -> Report {
                 stamp(&mut msg, n);
                 let t0 = Instant::now();
                 match transaction(c, &o, o.pipelining && *offers_pipelining, &msg, n).await {
-                    Ok(()) => {
+                    Ok(accepted) => {
                         t.ok += 1;
+                        match accepted {
+                            Accepted::Delivered => t.delivered += 1,
+                            Accepted::Queued => t.queued += 1,
+                            Accepted::Other => {}
+                        }
                         t.bytes += msg.len() as u64;
                         t.micros
                             .push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
@@ -316,6 +325,8 @@ pub async fn run(o: Options) -> Report {
     for w in workers {
         if let Ok(t) = w.await {
             total.ok += t.ok;
+            total.delivered += t.delivered;
+            total.queued += t.queued;
             total.failed += t.failed;
             total.bytes += t.bytes;
             total.micros.extend(t.micros);
@@ -324,6 +335,7 @@ pub async fn run(o: Options) -> Report {
             }
         }
     }
+    cap_io_reasons(&mut total.errors);
     let elapsed = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     if let Some(p) = progress {
@@ -333,6 +345,8 @@ pub async fn run(o: Options) -> Report {
         target: o.target.to_string(),
         concurrency: o.concurrency,
         messages_ok: total.ok,
+        messages_delivered: total.delivered,
+        messages_queued: total.queued,
         messages_failed: total.failed,
         bytes_ok: total.bytes,
         elapsed_secs: elapsed,

@@ -1,5 +1,6 @@
 //! The pure parts of the load generator.
 
+use super::report::{accepted_as, cap_io_reasons, Accepted, MAX_IO_REASONS};
 use super::*;
 use secrecy::SecretString;
 use std::collections::BTreeMap;
@@ -79,6 +80,8 @@ fn report_text_names_errors() {
         target: "127.0.0.1:2525".into(),
         concurrency: 2,
         messages_ok: 10,
+        messages_delivered: 0,
+        messages_queued: 0,
         messages_failed: 3,
         bytes_ok: 50_000,
         elapsed_secs: 1.0,
@@ -91,4 +94,66 @@ fn report_text_names_errors() {
     let t = r.text();
     assert!(t.contains("10 messages ok, 3 failed"), "{t}");
     assert!(t.contains("errors: DATA 451: 3"), "{t}");
+    // The case: 1000 answered 250, 30 delivered, 970 only queued.
+    let r = Report {
+        messages_ok: 1000,
+        messages_delivered: 30,
+        messages_queued: 970,
+        messages_failed: 0,
+        ..r
+    };
+    let t = r.text();
+    assert!(
+        t.contains(
+            "1000 messages ok (30 delivered, 970 only queued by the relay, not yet delivered), 0 failed"
+        ),
+        "{t}"
+    );
+}
+
+#[test]
+fn the_relays_250_says_delivered_or_queued() {
+    // The relay's wording (smtp::outcome), as wire::Reply keeps the text.
+    for (text, want) in [
+        (
+            "2.0.0 1a2-03-ff delivered: OK <id@x.prod.outlook.com> [Hostname=X]",
+            Accepted::Delivered,
+        ),
+        ("2.0.0 1a2-03-ff queued for delivery", Accepted::Queued),
+        (
+            "2.0.0 1a2-03-ff queued: the mailbox is at its sending pace",
+            Accepted::Queued,
+        ),
+        (
+            "2.0.0 1a2-03-ff queued, will retry: 451 4.7.500 later",
+            Accepted::Queued,
+        ),
+        // Exchange and the sandbox say neither.
+        (
+            "2.0.0 OK <id@sandbox.prod.outlook.com> [Hostname=SANDBOX01]",
+            Accepted::Other,
+        ),
+        ("", Accepted::Other),
+    ] {
+        assert_eq!(accepted_as(text), want, "{text}");
+    }
+}
+
+#[test]
+fn io_reasons_are_named_and_bounded() {
+    let mut errors = BTreeMap::new();
+    errors.insert("DATA 451".to_string(), 1);
+    for i in 0..MAX_IO_REASONS + 3 {
+        errors.insert(format!("io: reason {i:02}"), 10 + i as u64);
+    }
+    cap_io_reasons(&mut errors);
+    assert_eq!(errors.len(), MAX_IO_REASONS + 2, "{errors:?}");
+    // The three rarest (10, 11, 12) are summed; the others keep their own words.
+    assert_eq!(errors["io: other errors"], 33);
+    assert_eq!(
+        errors[&format!("io: reason {:02}", MAX_IO_REASONS + 2)],
+        10 + MAX_IO_REASONS as u64 + 2
+    );
+    assert!(!errors.contains_key("io: reason 00"));
+    assert_eq!(errors["DATA 451"], 1);
 }

@@ -184,11 +184,11 @@ impl Session {
                 }
             }
             Request::Mail { from } => {
-                let reply = self.mail(&from.address, from.size as u64);
+                let reply = self.mail(as_written(line, &from.address), from.size as u64);
                 wire.reply(&reply);
             }
             Request::Rcpt { to } => {
-                let reply = self.rcpt(&to.address);
+                let reply = self.rcpt(as_written(line, &to.address));
                 wire.reply(&reply);
             }
             Request::Data => return self.data(wire).await,
@@ -433,4 +433,13 @@ impl Session {
     fn auth_user(&self) -> &str {
         self.auth.as_ref().map_or("", |a| a.mailbox.as_str())
     }
+}
+
+/// The address of a `MAIL FROM`/`RCPT TO` line as the client wrote it, as Exchange keeps it:
+/// smtp-proto drops the quotes of a quoted local part (`"a\"b"@x` would read `a"b@x`).
+fn as_written<'a>(line: &'a [u8], parsed: &'a str) -> &'a str {
+    line.iter()
+        .position(|&b| b == b':')
+        .and_then(|colon| crate::wire::address::split_path(&line[colon + 1..]).ok())
+        .map_or(parsed, |path| path.address)
 }
