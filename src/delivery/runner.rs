@@ -204,7 +204,7 @@ impl Delivery {
         }
     }
 
-    /// Moves a message to `failed/`, logs one line, and optionally notifies the sender.
+    /// Moves a message to `failed/`, logs one line, and notifies the sender (see `notice.rs`).
     async fn fail(self: &Arc<Self>, mut entry: QueueEntry, class: &'static str, reason: String) {
         entry.failed_at = Some(now_unix());
         entry.failure_reason = Some(reason.clone());
@@ -219,22 +219,35 @@ impl Delivery {
             tracing::error!(id = %entry.id, error = %e, "cannot move the message to failed/");
         }
         self.queue.remove(&entry.id);
-        if self.settings.failure_notice && !entry.notice && !entry.mail_from.is_empty() {
-            self.send_notice(&entry).await;
+        let to = notice::notice_to(
+            &entry,
+            self.settings.failure_notice,
+            self.settings.notice_to.as_deref(),
+            self.upstream.mailbox(),
+        );
+        if let Some(to) = to {
+            self.send_notice(&entry, to).await;
         }
     }
 
-    /// Queues a failure notice about `failed` to its sender, through the same mailbox.
-    async fn send_notice(&self, failed: &QueueEntry) {
+    /// Queues a failure notice about `failed`, through the same mailbox: durable like any
+    /// queued message, and marked as a notice so it never gets one of its own.
+    async fn send_notice(&self, failed: &QueueEntry, to: notice::NoticeTo) {
         let id = MessageId::generate();
-        let body = notice::failure_notice(
-            failed,
-            self.upstream.mailbox(),
-            &failed.mail_from,
-            &self.hostname,
-            id.as_str(),
-            SystemTime::now(),
-        );
+        let mailbox = self.upstream.mailbox();
+        let now = SystemTime::now();
+        let body = match &to {
+            notice::NoticeTo::Sender(addr) => {
+                notice::failure_notice(failed, mailbox, addr, &self.hostname, id.as_str(), now)
+            }
+            notice::NoticeTo::Mailbox(_) => {
+                // The notice that failed is in failed/ now; quote what it said.
+                let first = tokio::fs::read(self.spool.body_in(Area::Failed, &failed.id))
+                    .await
+                    .unwrap_or_default();
+                notice::fallback_notice(failed, &first, mailbox, &self.hostname, id.as_str(), now)
+            }
+        };
         let path = self.spool.incoming_path(&id);
         if let Err(e) = tokio::fs::write(&path, &body).await {
             tracing::error!(error = %e, "cannot write the failure notice");
@@ -243,8 +256,8 @@ impl Delivery {
         let mut entry = QueueEntry::new(
             id.to_string(),
             String::new(),
-            vec![failed.mail_from.clone()],
-            self.upstream.mailbox().to_string(),
+            vec![to.address().to_string()],
+            mailbox.to_string(),
             body.len() as u64,
         );
         entry.client = "relay".into();
@@ -252,9 +265,14 @@ impl Delivery {
         entry.body_8bit = true;
         entry.notice = true;
         match self.enqueue(&Body::File(path), entry, false).await {
-            Ok(()) => {
-                tracing::info!(notice = %id, about = %failed.id, to = %failed.mail_from, "failure notice queued")
-            }
+            Ok(()) => match &to {
+                notice::NoticeTo::Sender(addr) => {
+                    tracing::info!(notice = %id, about = %failed.id, to = %addr, "failure notice queued")
+                }
+                notice::NoticeTo::Mailbox(addr) => {
+                    tracing::warn!(notice = %id, about = %failed.id, to = %addr, "the failure notice could not be delivered; a copy goes to the relay's own mailbox")
+                }
+            },
             // No client to answer: the event says what happened in delivery's words.
             Err(s) => {
                 if let Some(refused) = s.refused {
