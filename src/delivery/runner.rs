@@ -119,11 +119,14 @@ impl Delivery {
         let mut file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                permit.refund();
                 tracing::info!(id = %entry.id, "message was deleted from the queue");
                 self.queue.remove(&entry.id);
                 return;
             }
             Err(e) => {
+                // Nothing was sent: the mailbox's budget stays whole.
+                permit.refund();
                 let report = Report::from_spool_error(&entry.rcpt_to, e);
                 self.apply(entry, report).await;
                 return;
