@@ -3,6 +3,7 @@
 //! optional notice). It also picks up `queue retry|delete` requests and purges old failures;
 //! that file-system work runs on the blocking pool, never on the async workers.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,6 +22,8 @@ use crate::upstream::MessageBody;
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
 /// The longest the loop sleeps when nothing is due.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// How often the loop logs one line for the hybrid messages queued by pacing meanwhile.
+const PACED_SUMMARY_EVERY: Duration = Duration::from_secs(10);
 /// How often `failed/` is purged of messages past `failed_retention`.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -37,9 +40,14 @@ impl Delivery {
     pub async fn run(self: Arc<Self>) {
         let mut last_purge: Option<Instant> = None;
         let mut last_rescan: Option<Instant> = None;
+        let mut last_summary = Instant::now();
         loop {
             if self.shutdown.is_cancelled() {
                 break;
+            }
+            if last_summary.elapsed() >= PACED_SUMMARY_EVERY {
+                self.summarize_paced(last_summary.elapsed());
+                last_summary = Instant::now();
             }
             if last_rescan.is_none_or(|t| t.elapsed() >= RESCAN_EVERY) {
                 last_rescan = Some(Instant::now());
@@ -67,7 +75,16 @@ impl Delivery {
                 _ = self.shutdown.cancelled() => break,
             }
         }
+        self.summarize_paced(last_summary.elapsed());
         tracing::debug!("delivery loop stopped");
+    }
+
+    /// One log line for the paced deferrals of the last `interval`, if there were any.
+    fn summarize_paced(&self, interval: Duration) {
+        let n = self.paced.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            audit::paced_summary(n, interval);
+        }
     }
 
     /// Re-reads `queue/` after a queue command asked for it, and purges old failures when

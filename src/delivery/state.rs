@@ -1,6 +1,7 @@
 //! The [`Delivery`] value every job of this room works on (the listener's sessions submit to
 //! it, the queue loop runs on it), what it is built from, and the small helpers they share.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -49,6 +50,8 @@ pub struct Delivery {
     pub(super) spool: Spool,
     pub(super) queue: Queue,
     pub(super) holds: Holds,
+    /// Hybrid messages queued for want of budget since the loop's last summary line.
+    pub(super) paced: AtomicU64,
     pub(super) tracker: TaskTracker,
     pub(super) shutdown: CancellationToken,
 }
@@ -69,6 +72,7 @@ impl Delivery {
             spool: parts.spool,
             queue: Queue::new(parts.recovered),
             holds: Holds::default(),
+            paced: AtomicU64::new(0),
             tracker: parts.tracker,
             shutdown: parts.shutdown,
         })
