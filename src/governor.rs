@@ -34,8 +34,8 @@
 //! # Shape
 //!
 //! [`GovernorState`] is the pure decision logic: no `.await`, no clock of its own; every
-//! method takes `now`. [`Governor`] is the thin async wrapper shared via `Arc`: a mutex around
-//! the state, a [`Notify`] that wakes waiters when a [`Permit`] drops, and `sleep_until` for the
+//! method takes `now`. [`Governor`] (`governor/pacer.rs`) is the thin async wrapper shared via
+//! `Arc`: a mutex around the state, a `Notify` that wakes waiters when a [`Permit`] drops, and `sleep_until` for the
 //! instant a window frees. It must not know about SMTP or mailboxes by name: callers map
 //! replies to [`Governor::on_concurrency_throttle`] / [`Governor::on_quota_exceeded`] and log
 //! with the mailbox.
@@ -45,12 +45,13 @@
 //! (tokio's `Instant` is monotonic).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::sync::Lock as _;
-use tokio::sync::Notify;
 use tokio::time::Instant;
+
+mod pacer;
+
+pub use pacer::{Governor, Permit};
 
 /// The rolling window of the daily recipient budget (reference §4.1: "rolling 24 h").
 pub const DAILY_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
@@ -238,6 +239,22 @@ impl GovernorState {
         }
     }
 
+    /// Ends a send that never reached Exchange (no token, no connection, TLS or AUTH
+    /// refused: no MAIL FROM was sent): frees its slot and takes back what
+    /// [`start`](Self::start) counted, its rate entry and its recipients. Exchange never saw
+    /// it, so it must not spend the mailbox's budget.
+    pub fn refund(&mut self, started: Instant, recipients: u32) {
+        self.finish();
+        if let Some(pos) = self.sends.iter().rposition(|&t| t == started) {
+            self.sends.remove(pos);
+        }
+        let entry = (started, recipients);
+        if let Some(pos) = self.recipients.iter().rposition(|&e| e == entry) {
+            self.recipients.remove(pos);
+            self.recipients_total -= u64::from(recipients);
+        }
+    }
+
     /// Exchange said `432 4.3.2` (too many concurrent sessions, possibly some of them from
     /// other clients of the same mailbox): allow one connection fewer (never fewer than one)
     /// for [`THROTTLE_STEP`], then one more per further step until `max_connections`. Another
@@ -418,171 +435,10 @@ pub fn split_batches<T>(recipients: &[T], max: u32) -> Vec<&[T]> {
     }
 }
 
-/// The async wrapper around [`GovernorState`] for one mailbox, shared via `Arc`.
-///
-/// Waiters are woken when a [`Permit`] drops (a slot frees) and sleep until the instant a
-/// window frees or a throttle steps back. Woken waiters all re-check; there is no FIFO order
-/// among them (a handful of sessions per mailbox, so fairness does not matter here).
-pub struct Governor {
-    limits: Limits,
-    state: Mutex<GovernorState>,
-    notify: Notify,
-}
-
-impl std::fmt::Debug for Governor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Governor")
-            .field("limits", &self.limits)
-            .field("snapshot", &self.snapshot())
-            .finish()
-    }
-}
-
-/// The right to run one send. Dropping it frees the connection slot and wakes waiters; the
-/// send keeps counting against the rate and the daily budget.
-pub struct Permit {
-    governor: Arc<Governor>,
-    started: Instant,
-}
-
-impl std::fmt::Debug for Permit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Permit").finish_non_exhaustive()
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        self.governor
-            .lock()
-            .finish_send(self.started, Instant::now());
-        self.governor.notify.notify_waiters();
-    }
-}
-
-impl Governor {
-    pub fn new(limits: Limits) -> Arc<Governor> {
-        Arc::new(Governor {
-            state: Mutex::new(GovernorState::new(limits.clone())),
-            limits,
-            notify: Notify::new(),
-        })
-    }
-
-    /// Takes a permit if the batch may go now; never waits. Hybrid mode queues the message at
-    /// once on `Err`, and the decision says until when (if known).
-    pub fn try_acquire(self: &Arc<Self>, recipients: u32) -> Result<Permit, Decision> {
-        let now = Instant::now();
-        let mut state = self.lock();
-        match state.check(now, recipients) {
-            Decision::Go => {
-                state.start(now, recipients);
-                Ok(Permit {
-                    governor: Arc::clone(self),
-                    started: now,
-                })
-            }
-            other => Err(other),
-        }
-    }
-
-    /// Waits until the batch may go and takes a permit. Cancel-safe: dropping the future
-    /// before it completes records nothing and holds nothing.
-    pub async fn acquire(self: &Arc<Self>, recipients: u32) -> Permit {
-        self.acquire_unless(recipients, |_| false)
-            .await
-            .expect("never gives up")
-    }
-
-    /// Waits for a session slot only: returns a permit once one frees, or `None` as soon as
-    /// the send would have to wait for the rate window, the daily budget or a quota hold
-    /// (hybrid mode queues then instead of keeping the client waiting).
-    pub async fn acquire_slot(self: &Arc<Self>, recipients: u32) -> Option<Permit> {
-        self.acquire_unless(recipients, |d| *d != Decision::WaitForSlot)
-            .await
-    }
-
-    /// Waits for a permit, or returns `None` as soon as `give_up` accepts the reason to wait.
-    /// Counts the waits (`smtp_oauth_relay_governor_wait*`).
-    async fn acquire_unless(
-        self: &Arc<Self>,
-        recipients: u32,
-        give_up: impl Fn(&Decision) -> bool,
-    ) -> Option<Permit> {
-        let mut waited: Option<Instant> = None;
-        loop {
-            // Registered before the check, so a permit dropped in between still wakes us
-            // (`notify_waiters` reaches every `Notified` created before the call).
-            let notified = self.notify.notified();
-            let decision = match self.try_acquire(recipients) {
-                Ok(permit) => {
-                    if let Some(since) = waited {
-                        metrics::histogram!("smtp_oauth_relay_governor_wait_seconds")
-                            .record(since.elapsed().as_secs_f64());
-                    }
-                    return Some(permit);
-                }
-                Err(d) => d,
-            };
-            if give_up(&decision) {
-                return None;
-            }
-            if waited.is_none() {
-                waited = Some(Instant::now());
-                let reason = match decision {
-                    Decision::WaitUntil(_) => "rate",
-                    Decision::HeldUntil(_) => "quota",
-                    _ => "connections",
-                };
-                metrics::counter!("smtp_oauth_relay_governor_waits_total", "reason" => reason)
-                    .increment(1);
-            }
-            let wake_at = match decision {
-                Decision::WaitUntil(t) | Decision::HeldUntil(t) => Some(t),
-                Decision::WaitForSlot => self.lock().next_restore(Instant::now()),
-                Decision::Go => unreachable!("try_acquire returns Go as Ok"),
-            };
-            match wake_at {
-                Some(t) => {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(t) => {}
-                        () = notified => {}
-                    }
-                }
-                None => notified.await,
-            }
-        }
-    }
-
-    /// Exchange said `432 4.3.2`; see [`GovernorState::on_concurrency_throttle`].
-    pub fn on_concurrency_throttle(&self) {
-        self.lock().on_concurrency_throttle(Instant::now());
-    }
-
-    /// Exchange said `554 5.2.0 …SubmissionQuotaExceeded`; see
-    /// [`GovernorState::on_quota_exceeded`].
-    pub fn on_quota_exceeded(&self) {
-        self.lock().on_quota_exceeded(Instant::now());
-    }
-
-    pub fn snapshot(&self) -> Snapshot {
-        self.lock().snapshot(Instant::now())
-    }
-
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
-    /// The state has no invariant a panic elsewhere could break half-way (its methods do not
-    /// panic), so a poisoned lock is still usable; this also keeps `Permit::drop` panic-free.
-    fn lock(&self) -> MutexGuard<'_, GovernorState> {
-        self.state.locked()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
 
     const MIN: Duration = Duration::from_secs(60);
     const HOUR: Duration = Duration::from_secs(3600);
@@ -1156,6 +1012,65 @@ mod tests {
         );
         assert_eq!(g.snapshot().in_flight, 2);
         assert_eq!(g.limits().rate, 3);
+    }
+
+    #[test]
+    fn a_refunded_send_gives_back_its_rate_entry_recipients_and_slot() {
+        let t0 = Instant::now();
+        let mut st = GovernorState::new(limits(3, 2, 10));
+        st.start(t0, 4);
+        st.start(t0 + Duration::from_secs(1), 4);
+        let t1 = t0 + Duration::from_secs(2);
+        assert_eq!(
+            st.check(t1, 1),
+            Decision::WaitUntil(t0 + MIN),
+            "rate used up"
+        );
+        st.refund(t0 + Duration::from_secs(1), 4);
+        let snap = st.snapshot(t1);
+        assert_eq!(snap.in_flight, 1);
+        assert_eq!(
+            snap.sends_in_window, 1,
+            "only the send that went out counts"
+        );
+        assert_eq!(snap.recipients_in_24h, 4);
+        assert_eq!(
+            st.check(t1, 6),
+            Decision::Go,
+            "budget back for 6 recipients"
+        );
+        // The other one went to Exchange: it keeps counting.
+        st.finish_send(t0, t1);
+        assert_eq!(st.snapshot(t1).sends_in_window, 1);
+        assert_eq!(st.snapshot(t1).in_flight, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refunded_permits_leave_the_budget_whole_and_wake_waiters() {
+        let g = Governor::new(limits(1, 2, 100));
+        for _ in 0..10 {
+            g.try_acquire(5).expect("budget is whole").refund();
+        }
+        let snap = g.snapshot();
+        assert_eq!(
+            (snap.in_flight, snap.sends_in_window, snap.recipients_in_24h),
+            (0, 0, 0)
+        );
+        // A waiter for the one slot wakes when the holder's permit is refunded.
+        let held = g.try_acquire(1).unwrap();
+        let waiter = {
+            let g = g.clone();
+            tokio::spawn(async move { g.acquire(1).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        held.refund();
+        let permit = tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("woken at once")
+            .unwrap();
+        drop(permit);
+        assert_eq!(g.snapshot().sends_in_window, 1, "a dropped permit counts");
     }
 
     #[tokio::test(start_paused = true)]

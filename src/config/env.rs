@@ -23,6 +23,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("SPOOL_DIR", "delivery.spool_dir"),
     ("RATE_PER_MINUTE", "governor.rate_per_minute"),
     ("MODE", "delivery.mode"),
+    ("NOTICE_TO", "notice.to"),
     ("LOG_FORMAT", "log.format"),
     ("ADMIN_LISTEN", "admin.listen"),
     ("SHUTDOWN_GRACE_SECS", "shutdown.grace_secs"),

@@ -29,6 +29,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub tls: TlsConfig,
     pub delivery: DeliveryConfig,
+    pub notice: NoticeConfig,
     pub governor: GovernorConfig,
     pub log: LogConfig,
     pub admin: AdminConfig,
@@ -248,8 +249,8 @@ pub struct DeliveryConfig {
     pub max_age_secs: u64,
     /// Keep permanently failed messages in `failed/` this many seconds (default 7 days).
     pub failed_retention_secs: u64,
-    /// Send a short failure notice to the envelope sender, through the same mailbox, when a
-    /// queued message finally fails.
+    /// Send a short failure notice, through the same mailbox, when a message accepted with
+    /// `250` finally fails (RFC 5321 §6.1). On by default; `false` turns it off.
     pub failure_notice: bool,
 }
 
@@ -261,9 +262,18 @@ impl Default for DeliveryConfig {
             try_now_timeout_secs: 30,
             max_age_secs: 5 * 24 * 3600,
             failed_retention_secs: 7 * 24 * 3600,
-            failure_notice: false,
+            failure_notice: true,
         }
     }
+}
+
+/// Where failure notices go (`delivery.failure_notice` switches them on and off).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NoticeConfig {
+    /// One address for every failure notice instead of each message's envelope sender (an
+    /// admin's mailbox, say). A notice Exchange refuses goes once to the relay's own mailbox.
+    pub to: Option<String>,
 }
 
 /// Per-mailbox pacing (reference §4.1). `0` disables a limit (benchmarks against the sandbox).

@@ -10,7 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::env::{ENV_KEYS, ENV_PREFIX};
 use super::file::{
     AccountConfig, AdminConfig, Config, ConfigError, DeliveryConfig, GovernorConfig, ListenConfig,
-    UpstreamConfig, DEFAULT_AUTHORITY, DEFAULT_UPSTREAM, EXCHANGE_MAX_SIZE,
+    NoticeConfig, UpstreamConfig, DEFAULT_AUTHORITY, DEFAULT_UPSTREAM, EXCHANGE_MAX_SIZE,
 };
 use crate::delivery::{DeliverySettings, EnvelopeSender};
 use crate::governor::Limits;
@@ -62,7 +62,11 @@ pub(super) fn validate(config: Config) -> Result<ValidConfig, ConfigError> {
             .map_err(|e| ConfigError::new("tls.extra_ca_file", e.to_string()))?,
     };
     account.credential.extra_roots = extra_roots.clone();
-    let delivery = validate_delivery(&config.delivery, config.account.envelope_sender)?;
+    let delivery = validate_delivery(
+        &config.delivery,
+        &config.notice,
+        config.account.envelope_sender,
+    )?;
     let governor = validate_governor(&config.governor, &config.upstream);
     if config.delivery.spool_dir.as_os_str().is_empty() {
         return Err(ConfigError::new("delivery.spool_dir", "must not be empty"));
@@ -120,8 +124,25 @@ pub fn socket_address(text: &str, port: u16) -> Result<SocketAddr, String> {
 
 fn validate_delivery(
     d: &DeliveryConfig,
+    n: &NoticeConfig,
     envelope_sender: EnvelopeSender,
 ) -> Result<DeliverySettings, ConfigError> {
+    let notice_to = match n.to.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(a) => {
+            let plain = a
+                .split_once('@')
+                .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !d.contains('@'))
+                && !a.contains(|c: char| c.is_whitespace() || c.is_control() || "<>".contains(c));
+            if !plain {
+                return Err(ConfigError::new(
+                    "notice.to",
+                    format!("`{a}` is not a plain address like admin@contoso.com"),
+                ));
+            }
+            Some(a.to_string())
+        }
+    };
     for (key, v) in [
         ("delivery.try_now_timeout_secs", d.try_now_timeout_secs),
         ("delivery.max_age_secs", d.max_age_secs),
@@ -137,6 +158,7 @@ fn validate_delivery(
         max_age: Duration::from_secs(d.max_age_secs),
         failed_retention: Duration::from_secs(d.failed_retention_secs),
         failure_notice: d.failure_notice,
+        notice_to,
     })
 }
 

@@ -197,7 +197,12 @@ impl Delivery {
                 start_by,
             };
             let result = self.upstream.send(&msg, body).await;
-            drop(permit);
+            match &result {
+                // Exchange never saw it: no budget spent (a dead token endpoint or network
+                // must not leave the mailbox "at its sending pace").
+                Err(e) if !e.reached_mail_from() => permit.refund(),
+                _ => drop(permit),
+            }
             match result {
                 Ok(d) => {
                     report.delivered.extend(d.accepted);

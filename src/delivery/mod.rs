@@ -17,7 +17,7 @@
 //! - `hold.rs`: holding the account after a configuration error.
 //! - `settings.rs`: the settings and the sender policy; `state.rs`: the [`Delivery`] value.
 //! - `retry.rs`: when to try again (pure); `queue.rs`: the in-memory index of due messages;
-//!   `notice.rs`: the failure notice's text (pure).
+//!   `notice.rs`: who gets a failure notice, and its text (pure).
 
 mod attempt;
 mod hold;

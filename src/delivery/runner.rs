@@ -3,6 +3,7 @@
 //! optional notice). It also picks up `queue retry|delete` requests and purges old failures;
 //! that file-system work runs on the blocking pool, never on the async workers.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,6 +22,8 @@ use crate::upstream::MessageBody;
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
 /// The longest the loop sleeps when nothing is due.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// How often the loop logs one line for the hybrid messages queued by pacing meanwhile.
+const PACED_SUMMARY_EVERY: Duration = Duration::from_secs(10);
 /// How often `failed/` is purged of messages past `failed_retention`.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -37,9 +40,14 @@ impl Delivery {
     pub async fn run(self: Arc<Self>) {
         let mut last_purge: Option<Instant> = None;
         let mut last_rescan: Option<Instant> = None;
+        let mut last_summary = Instant::now();
         loop {
             if self.shutdown.is_cancelled() {
                 break;
+            }
+            if last_summary.elapsed() >= PACED_SUMMARY_EVERY {
+                self.summarize_paced(last_summary.elapsed());
+                last_summary = Instant::now();
             }
             if last_rescan.is_none_or(|t| t.elapsed() >= RESCAN_EVERY) {
                 last_rescan = Some(Instant::now());
@@ -67,7 +75,16 @@ impl Delivery {
                 _ = self.shutdown.cancelled() => break,
             }
         }
+        self.summarize_paced(last_summary.elapsed());
         tracing::debug!("delivery loop stopped");
+    }
+
+    /// One log line for the paced deferrals of the last `interval`, if there were any.
+    fn summarize_paced(&self, interval: Duration) {
+        let n = self.paced.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            audit::paced_summary(n, interval);
+        }
     }
 
     /// Re-reads `queue/` after a queue command asked for it, and purges old failures when
@@ -119,11 +136,14 @@ impl Delivery {
         let mut file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                permit.refund();
                 tracing::info!(id = %entry.id, "message was deleted from the queue");
                 self.queue.remove(&entry.id);
                 return;
             }
             Err(e) => {
+                // Nothing was sent: the mailbox's budget stays whole.
+                permit.refund();
                 let report = Report::from_spool_error(&entry.rcpt_to, e);
                 self.apply(entry, report).await;
                 return;
@@ -204,7 +224,7 @@ impl Delivery {
         }
     }
 
-    /// Moves a message to `failed/`, logs one line, and optionally notifies the sender.
+    /// Moves a message to `failed/`, logs one line, and notifies the sender (see `notice.rs`).
     async fn fail(self: &Arc<Self>, mut entry: QueueEntry, class: &'static str, reason: String) {
         entry.failed_at = Some(now_unix());
         entry.failure_reason = Some(reason.clone());
@@ -219,23 +239,37 @@ impl Delivery {
             tracing::error!(id = %entry.id, error = %e, "cannot move the message to failed/");
         }
         self.queue.remove(&entry.id);
-        if self.settings.failure_notice && !entry.notice && !entry.mail_from.is_empty() {
-            self.send_notice(&entry).await;
+        let to = notice::notice_to(
+            &entry,
+            self.settings.failure_notice,
+            self.settings.notice_to.as_deref(),
+            self.upstream.mailbox(),
+        );
+        if let Some(to) = to {
+            self.send_notice(&entry, to).await;
         }
     }
 
-    /// Queues a failure notice about `failed` to its sender, through the same mailbox.
-    async fn send_notice(&self, failed: &QueueEntry) {
+    /// Queues a failure notice about `failed`, through the same mailbox: durable like any
+    /// queued message, and marked as a notice so it never gets one of its own.
+    async fn send_notice(&self, failed: &QueueEntry, to: notice::NoticeTo) {
         let id = MessageId::generate();
-        let body = notice::failure_notice(
-            failed,
-            self.upstream.mailbox(),
-            &failed.mail_from,
-            &self.hostname,
-            id.as_str(),
-            SystemTime::now(),
-        );
+        let mailbox = self.upstream.mailbox();
+        let now = SystemTime::now();
+        let body = match &to {
+            notice::NoticeTo::Sender(addr) => {
+                notice::failure_notice(failed, mailbox, addr, &self.hostname, id.as_str(), now)
+            }
+            notice::NoticeTo::Mailbox(_) => {
+                // The notice that failed is in failed/ now; quote what it said.
+                let first = tokio::fs::read(self.spool.body_in(Area::Failed, &failed.id))
+                    .await
+                    .unwrap_or_default();
+                notice::fallback_notice(failed, &first, mailbox, &self.hostname, id.as_str(), now)
+            }
+        };
         let len = body.len();
+        // Through the spool, so the notice's file is private (0600) like any queued body.
         let path = match self.spool.write_incoming(&id, body).await {
             Ok(path) => path,
             Err(e) => {
@@ -246,8 +280,8 @@ impl Delivery {
         let mut entry = QueueEntry::new(
             id.to_string(),
             String::new(),
-            vec![failed.mail_from.clone()],
-            self.upstream.mailbox().to_string(),
+            vec![to.address().to_string()],
+            mailbox.to_string(),
             len as u64,
         );
         entry.destination = Some(self.destination.clone());
@@ -256,9 +290,14 @@ impl Delivery {
         entry.body_8bit = true;
         entry.notice = true;
         match self.enqueue(&Body::File(path), entry, false).await {
-            Ok(()) => {
-                tracing::info!(notice = %id, about = %failed.id, to = %failed.mail_from, "failure notice queued")
-            }
+            Ok(()) => match &to {
+                notice::NoticeTo::Sender(addr) => {
+                    tracing::info!(notice = %id, about = %failed.id, to = %addr, "failure notice queued")
+                }
+                notice::NoticeTo::Mailbox(addr) => {
+                    tracing::warn!(notice = %id, about = %failed.id, to = %addr, "the failure notice could not be delivered; a copy goes to the relay's own mailbox")
+                }
+            },
             // No client to answer: the event says what happened in delivery's words.
             Err(s) => {
                 if let Some(refused) = s.refused {

@@ -44,8 +44,11 @@ pub struct DeliverySettings {
     pub max_age: Duration,
     /// Keep `failed/` messages this long.
     pub failed_retention: Duration,
-    /// Send a failure notice when a queued message fails for good.
+    /// Send a failure notice when a message accepted with `250` fails for good (RFC 5321
+    /// §6.1; on by default).
     pub failure_notice: bool,
+    /// Where failure notices go instead of the envelope sender (`notice.to`).
+    pub notice_to: Option<String>,
 }
 
 /// The upstream `MAIL FROM` (see `account.envelope_sender`). The null sender always becomes

@@ -1,6 +1,7 @@
 //! The [`Delivery`] value every job of this room works on (the listener's sessions submit to
 //! it, the queue loop runs on it), what it is built from, and the small helpers they share.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -57,6 +58,8 @@ pub struct Delivery {
     pub(super) others: Mutex<Vec<(Destination, usize)>>,
     pub(super) queue: Queue,
     pub(super) holds: Holds,
+    /// Hybrid messages queued for want of budget since the loop's last summary line.
+    pub(super) paced: AtomicU64,
     pub(super) tracker: TaskTracker,
     pub(super) shutdown: CancellationToken,
 }
@@ -82,6 +85,7 @@ impl Delivery {
             others: Mutex::new(sorted.others),
             queue: Queue::new(sorted.mine),
             holds: Holds::default(),
+            paced: AtomicU64::new(0),
             tracker: parts.tracker,
             shutdown: parts.shutdown,
         })

@@ -8,6 +8,7 @@
 //!   commit, then `Queued`.
 //! - `direct`: one attempt; nothing is ever kept, so a temporary failure is `Temporary`.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::attempt::Report;
@@ -134,7 +135,8 @@ impl Delivery {
                 return refused;
             }
             let why = "the mailbox is at its sending pace";
-            audit::deferred(&facts(&entry), 0, "paced", why, entry.next_attempt);
+            audit::deferred_paced(&facts(&entry), why, entry.next_attempt);
+            self.paced.fetch_add(1, Ordering::Relaxed);
             return Submitted::kept(Outcome::Queued {
                 id,
                 why: Queued::Paced,

@@ -101,6 +101,41 @@ pub fn deferred(f: &Facts, attempt: u32, class: &'static str, reason: &str, next
     );
 }
 
+/// A message queued in hybrid mode because the mailbox had no sending budget right now.
+/// Counted like any deferral, but its line is at debug: under load every message past
+/// Exchange's 30 a minute is one, so the delivery loop logs one summary per interval instead
+/// ([`paced_summary`]).
+pub fn deferred_paced(f: &Facts, reason: &str, next_attempt: u64) {
+    metrics::counter!(
+        "smtp_oauth_relay_messages_deferred_total",
+        "account" => f.account.to_string(),
+        "class" => "paced"
+    )
+    .increment(1);
+    audit_line!(
+        debug,
+        "deferred",
+        f,
+        recipients = f.recipients,
+        attempt = 0,
+        class = "paced",
+        upstream_reply = reason,
+        next_attempt
+    );
+}
+
+/// The one line for `messages` paced deferrals over the last `interval`.
+pub fn paced_summary(messages: u64, interval: Duration) {
+    let secs = interval.as_secs().max(1);
+    tracing::warn!(
+        target: "audit",
+        event = "paced",
+        messages,
+        interval_secs = secs,
+        "{messages} messages deferred by pacing in the last {secs} s (the mailbox is at its sending limit; they go out as its budget frees)"
+    );
+}
+
 /// A queued message was given up for good (refused by Exchange, or too old): it moves to
 /// `failed/`.
 pub fn failed(f: &Facts, attempt: u32, class: &'static str, reason: &str) {

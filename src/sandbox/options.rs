@@ -52,6 +52,12 @@ pub struct SandboxOptions {
     pub smtp_port: u16,
     /// Token endpoint (HTTPS) port; 0 = ephemeral.
     pub token_port: u16,
+    /// An endpoint, or a proxy or gateway in front of it, that echoes the request: when set,
+    /// every token request is refused with a non-JSON `400` whose body is this many filler
+    /// characters followed by the request's form body, client secret and all (URL-encoded).
+    /// The filler lets a test put the secret where an error excerpt is cut. `None` (the
+    /// default): Entra's own answers.
+    pub echo_token_requests: Option<usize>,
 }
 
 impl SandboxOptions {
@@ -73,6 +79,7 @@ impl SandboxOptions {
             listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             smtp_port: 0,
             token_port: 0,
+            echo_token_requests: None,
         }
     }
 }

@@ -10,7 +10,8 @@
 //! Parsing the response is pure (no I/O) and tested below: `expires_in` may be a number or a
 //! string (reference §1.7); error JSON becomes [`TokenError::Rejected`] with the AADSTS codes,
 //! the first description line, trace and correlation ids and `Retry-After`. Anything the server
-//! says is scrubbed of our secret before it goes into an error, in case a proxy echoes the form.
+//! says is scrubbed of our secret (raw, URL-encoded, any case) and of JWTs before it goes into
+//! an error, in case a proxy echoes the form, and before it is cut to an excerpt (`scrub.rs`).
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -24,6 +25,7 @@ use serde_json::Value;
 
 use super::error::TokenError;
 use super::error::{first_line, single_line_excerpt};
+use super::scrub::Scrubber;
 use super::source::{AccessToken, FetchFuture, TokenSource};
 use crate::sync::RwLock as _;
 use crate::tls::TlsSetupError;
@@ -182,7 +184,8 @@ impl ClientSecretSource {
             }
             body.extend_from_slice(&chunk);
         }
-        let parsed = parse_token_response(status, retry_after, &body);
+        let scrubber = Scrubber::new(secret.expose_secret());
+        let parsed = parse_token_response(status, retry_after, &body, &scrubber);
         body.zeroize();
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match parsed {
@@ -198,7 +201,7 @@ impl ClientSecretSource {
                 Ok(AccessToken::new(grant.access_token, grant.expires_in))
             }
             Err(error) => {
-                let error = scrub_error(error, secret.expose_secret());
+                let error = scrubber.scrub_error(error);
                 if let TokenError::Rejected {
                     error: class,
                     codes,
@@ -238,7 +241,7 @@ impl ClientSecretSource {
         } else {
             TokenError::Network(error_chain(e))
         };
-        let error = scrub_error(error, self.secret().expose_secret());
+        let error = Scrubber::new(self.secret().expose_secret()).scrub_error(error);
         tracing::debug!(source = %self.describe(), %error, "token request failed");
         error
     }
@@ -296,11 +299,13 @@ pub(crate) struct TokenGrant {
 }
 
 /// Turns a token endpoint answer (status, `Retry-After`, body) into a grant or an error.
-/// Pure. Error texts never quote a 2xx body (it may hold a token).
+/// Pure. Error texts never quote a 2xx body (it may hold a token); what they quote of an
+/// error body is scrubbed whole by `scrub` first, and only then cut to an excerpt.
 pub(crate) fn parse_token_response(
     status: u16,
     retry_after: Option<Duration>,
     body: &[u8],
+    scrub: &Scrubber,
 ) -> Result<TokenGrant, TokenError> {
     let success = (200..300).contains(&status);
     let json: Option<Value> = serde_json::from_slice(body).ok();
@@ -317,13 +322,13 @@ pub(crate) fn parse_token_response(
 
     if let (Some(json), Some(_)) = (&json, error_class) {
         if !(success && has_token) {
-            return Err(parse_error_json(status, json, retry_after));
+            return Err(parse_error_json(status, json, retry_after, scrub));
         }
     }
     if !success {
         return Err(TokenError::Http {
             status,
-            body: single_line_excerpt(&String::from_utf8_lossy(body), MAX_TEXT / 2),
+            body: single_line_excerpt(&scrub.scrub(&String::from_utf8_lossy(body)), MAX_TEXT / 2),
             retry_after,
         });
     }
@@ -397,12 +402,18 @@ fn parse_expires_in(v: &Value) -> Option<u64> {
     }
 }
 
-/// The OAuth error JSON (reference §1.8) as a [`TokenError::Rejected`].
-fn parse_error_json(status: u16, json: &Value, retry_after: Option<Duration>) -> TokenError {
+/// The OAuth error JSON (reference §1.8) as a [`TokenError::Rejected`]; every text scrubbed
+/// whole before it is cut.
+fn parse_error_json(
+    status: u16,
+    json: &Value,
+    retry_after: Option<Duration>,
+    scrub: &Scrubber,
+) -> TokenError {
     let text = |key: &str| {
         json.get(key)
             .and_then(Value::as_str)
-            .map(|s| single_line_excerpt(s, 100))
+            .map(|s| single_line_excerpt(&scrub.scrub(s), 100))
             .filter(|s| !s.is_empty())
     };
     let codes = json
@@ -425,7 +436,7 @@ fn parse_error_json(status: u16, json: &Value, retry_after: Option<Duration>) ->
         description: json
             .get("error_description")
             .and_then(Value::as_str)
-            .map(|d| single_line_excerpt(&first_line(d, MAX_TEXT), MAX_TEXT + 1))
+            .map(|d| single_line_excerpt(&first_line(&scrub.scrub(d), MAX_TEXT), MAX_TEXT + 1))
             .unwrap_or_default(),
         trace_id: text("trace_id").map(String::into_boxed_str),
         correlation_id: text("correlation_id").map(String::into_boxed_str),
@@ -454,75 +465,11 @@ pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration
     Some(delay.min(MAX_RETRY_AFTER))
 }
 
-/// Removes our secret (raw or form-encoded) from everything the server said.
-fn scrub_error(error: TokenError, secret: &str) -> TokenError {
-    if secret.is_empty() {
-        return error;
-    }
-    let encoded = form_encode(secret);
-    let scrub = |s: String| -> String {
-        if s.contains(secret) || s.contains(&encoded) {
-            s.replace(secret, "<redacted>")
-                .replace(&encoded, "<redacted>")
-        } else {
-            s
-        }
-    };
-    match error {
-        TokenError::Rejected {
-            status,
-            error,
-            codes,
-            description,
-            trace_id,
-            correlation_id,
-            retry_after,
-        } => TokenError::Rejected {
-            status,
-            error: scrub(error),
-            codes,
-            description: scrub(description),
-            trace_id: trace_id.map(|s| scrub(s.into()).into_boxed_str()),
-            correlation_id: correlation_id.map(|s| scrub(s.into()).into_boxed_str()),
-            retry_after,
-        },
-        TokenError::Http {
-            status,
-            body,
-            retry_after,
-        } => TokenError::Http {
-            status,
-            body: scrub(body),
-            retry_after,
-        },
-        TokenError::Network(s) => TokenError::Network(scrub(s)),
-        TokenError::BadResponse(s) => TokenError::BadResponse(scrub(s)),
-        TokenError::InvalidUrl { url, reason } => TokenError::InvalidUrl {
-            url: scrub(url),
-            reason: scrub(reason),
-        },
-        TokenError::Timeout => TokenError::Timeout,
-    }
-}
-
-/// `application/x-www-form-urlencoded` encoding, as the request body uses it.
-fn form_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
-                out.push(b as char)
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::scrub::form_encode;
     use super::*;
+    use serde_json::json;
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -530,14 +477,14 @@ mod tests {
     const SECRET: &str = "abc8Q~Secret+Value/with=odd&chars~_.-x";
 
     fn ok(body: &str) -> TokenGrant {
-        match parse_token_response(200, None, body.as_bytes()) {
+        match parse_token_response(200, None, body.as_bytes(), &Scrubber::new("")) {
             Ok(g) => g,
             Err(e) => panic!("expected success, got {e}"),
         }
     }
 
     fn err(status: u16, body: &str) -> TokenError {
-        match parse_token_response(status, None, body.as_bytes()) {
+        match parse_token_response(status, None, body.as_bytes(), &Scrubber::new("")) {
             Ok(_) => panic!("expected an error"),
             Err(e) => e,
         }
@@ -621,9 +568,14 @@ mod tests {
     #[test]
     fn error_json_becomes_rejected() {
         let body = r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '00000000-0000-0000-0000-000000000001'.\r\nTrace ID: 0b2c-trace\r\nCorrelation ID: 5d1e-corr\r\nTimestamp: 2025-11-01 10:00:00Z","error_codes":[7000215],"timestamp":"2025-11-01 10:00:00Z","trace_id":"0b2c-trace","correlation_id":"5d1e-corr","error_uri":"https://login.microsoftonline.com/error?code=7000215"}"#;
-        let e = parse_token_response(401, Some(Duration::from_secs(3)), body.as_bytes())
-            .err()
-            .unwrap();
+        let e = parse_token_response(
+            401,
+            Some(Duration::from_secs(3)),
+            body.as_bytes(),
+            &Scrubber::new(""),
+        )
+        .err()
+        .unwrap();
         match &e {
             TokenError::Rejected {
                 status,
@@ -717,19 +669,70 @@ mod tests {
         assert_eq!(parse_retry_after("soon", now), None);
     }
 
+    /// An error as `fetch_once` returns it: parsed, then scrubbed once more.
+    fn refused(status: u16, body: &[u8], scrub: &Scrubber) -> TokenError {
+        match parse_token_response(status, None, body, scrub) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => scrub.scrub_error(e),
+        }
+    }
+
+    /// Whether `shown` holds any 8-character piece of the secret, raw or form-encoded, in
+    /// any ASCII case.
+    fn leaks(shown: &str) -> Option<String> {
+        let shown = shown.to_ascii_lowercase();
+        for form in [SECRET.to_string(), form_encode(SECRET)] {
+            let form = form.to_ascii_lowercase();
+            let chars: Vec<char> = form.chars().collect();
+            for w in chars.windows(8) {
+                let piece: String = w.iter().collect();
+                if shown.contains(&piece) {
+                    return Some(piece);
+                }
+            }
+        }
+        None
+    }
+
     #[test]
-    fn scrubbing_removes_the_secret() {
-        let e = TokenError::Http {
-            status: 400,
-            body: format!("echo: client_secret={}&scope=x", form_encode(SECRET)),
-            retry_after: None,
-        };
-        let shown = scrub_error(e, SECRET).to_string();
-        assert!(!shown.contains(&form_encode(SECRET)), "{shown}");
-        assert!(shown.contains("<redacted>"));
-        let e = TokenError::Network(format!("weird {SECRET}"));
-        assert!(!scrub_error(e, SECRET).to_string().contains(SECRET));
-        assert_eq!(form_encode("a b~+"), "a+b%7E%2B");
+    fn echoed_secrets_are_scrubbed_before_any_excerpt_is_cut() {
+        let scrub = Scrubber::new(SECRET);
+        let echo = format!(
+            "client_id=app&client_secret={}&scope=x",
+            form_encode(SECRET)
+        );
+        // Every position of the echo around each cut: the plain-text body's (200), the
+        // description's (400), the other fields' (100).
+        for pad in 0..460 {
+            let echoed = format!("{}{echo}", "x".repeat(pad));
+            let bodies = [
+                echoed.clone(),
+                json!({"error": "invalid_request", "error_description": echoed}).to_string(),
+                json!({"error": echoed, "trace_id": echoed, "correlation_id": echoed}).to_string(),
+            ];
+            for body in bodies {
+                let e = refused(400, body.as_bytes(), &scrub);
+                let shown = format!("{e} {e:?}");
+                assert_eq!(leaks(&shown), None, "pad {pad}: {shown}");
+            }
+        }
+        let e = scrub.scrub_error(TokenError::Network(format!("weird {SECRET}")));
+        assert_eq!(leaks(&e.to_string()), None);
+    }
+
+    #[test]
+    fn jwts_in_error_bodies_are_scrubbed() {
+        let jwt = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJodHRwczovL28ifQ.c2lnbmF0dXJl";
+        let body = json!({"error": "invalid_grant", "error_description": format!("token {jwt} was refused")})
+            .to_string();
+        let e = refused(400, body.as_bytes(), &Scrubber::new(""));
+        let shown = e.to_string();
+        assert!(
+            !shown.contains("eyJ0eXAi") && shown.contains("<redacted token>"),
+            "{shown}"
+        );
+        let e = refused(502, jwt.as_bytes(), &Scrubber::new(""));
+        assert!(!e.to_string().contains("eyJ0eXAi"), "{e}");
     }
 
     #[test]

@@ -9,11 +9,14 @@
 //!
 //! Secrets never leave this room in readable form except through [`AccessToken::expose`], whose
 //! one caller is the XOAUTH2 encoder. Tokens and client secrets are `SecretString`s with
-//! redacted `Debug`; errors ([`TokenError`]) carry only what the endpoint said about the failure.
+//! redacted `Debug`; errors ([`TokenError`]) carry only what the endpoint said about the failure,
+//! scrubbed by [`scrub`] (the secret in every form it may be echoed in, and any JWT) before
+//! any excerpt of it is cut.
 
 pub mod cache;
 pub mod client_secret;
 pub mod error;
+pub mod scrub;
 pub mod source;
 
 pub use cache::TokenCache;

@@ -8,6 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::error::{classify_auth, Stage, UpstreamError, Verdict};
 use super::stream::SmtpStream;
+use crate::token::scrub::scrub_jwts;
 use crate::token::{AccessToken, TokenCache};
 use crate::wire::{xoauth2, Reply};
 
@@ -23,12 +24,16 @@ fn hide_echo(e: UpstreamError) -> UpstreamError {
     }
 }
 
+/// Removes `secrets` and any JWT-shaped string (an access token, ours or not) from a reply.
 fn redact(reply: &mut Reply, secrets: &[&str]) {
     for line in &mut reply.lines {
         for secret in secrets {
             if !secret.is_empty() && line.contains(secret) {
                 *line = line.replace(secret, "<redacted>");
             }
+        }
+        if line.contains("eyJ") {
+            *line = scrub_jwts(line);
         }
     }
 }
@@ -94,6 +99,14 @@ mod tests {
         };
         redact(&mut r, &["dXNlcj1h", "tok"]);
         assert_eq!(r.lines[0], "5.7.3 you sent <redacted> and <redacted>");
+        let mut r = Reply {
+            code: 535,
+            lines: vec![
+                "5.7.3 bad eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.eyJhdWQiOiJ4eHh4eHgifQ.".into(),
+            ],
+        };
+        redact(&mut r, &["unrelated"]);
+        assert_eq!(r.lines[0], "5.7.3 bad <redacted token>");
     }
 
     /// A source that hands out one fixed token.

@@ -123,6 +123,28 @@ impl UpstreamError {
         }
     }
 
+    /// Whether the attempt got as far as a mail transaction (MAIL FROM was sent): only then
+    /// can Exchange have counted a message against the mailbox's limits. A missing token, a
+    /// failed connect, TLS, EHLO or AUTH never did.
+    pub fn reached_mail_from(&self) -> bool {
+        match self {
+            UpstreamError::Connect { .. }
+            | UpstreamError::Tls(_)
+            | UpstreamError::NoStartTls
+            | UpstreamError::NoXoauth2 { .. }
+            | UpstreamError::Token(_)
+            | UpstreamError::Auth { .. } => false,
+            UpstreamError::Timeout { stage }
+            | UpstreamError::Io { stage, .. }
+            | UpstreamError::Protocol { stage, .. }
+            | UpstreamError::Rejected { stage, .. } => !matches!(
+                stage,
+                Stage::Greeting | Stage::Ehlo | Stage::StartTls | Stage::Auth
+            ),
+            UpstreamError::Body(_) => true,
+        }
+    }
+
     /// The upstream's reply, when the failure is one.
     pub fn reply(&self) -> Option<&Reply> {
         match self {
@@ -205,6 +227,56 @@ pub fn classify_reply(reply: &Reply) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_mail_transaction_reaches_exchanges_count() {
+        let io = || std::io::Error::other("reset");
+        let reply = |t: &str| Reply::parse(t.as_bytes()).unwrap().unwrap().0;
+        let before = [
+            UpstreamError::Connect {
+                addr: "x:587".into(),
+                source: io(),
+            },
+            UpstreamError::Token(TokenError::Timeout),
+            UpstreamError::Tls("bad certificate".into()),
+            UpstreamError::NoStartTls,
+            UpstreamError::Auth {
+                reply: reply("535 5.7.3 Authentication unsuccessful\r\n"),
+                after_refresh: false,
+            },
+            UpstreamError::Timeout {
+                stage: Stage::Greeting,
+            },
+            UpstreamError::Io {
+                stage: Stage::Auth,
+                source: io(),
+            },
+            UpstreamError::Rejected {
+                stage: Stage::Ehlo,
+                reply: reply("421 4.3.2 Service not available\r\n"),
+            },
+        ];
+        for e in &before {
+            assert!(!e.reached_mail_from(), "{e}");
+        }
+        let after = [
+            UpstreamError::Rejected {
+                stage: Stage::MailFrom,
+                reply: reply("550 5.7.60 no SendAs\r\n"),
+            },
+            UpstreamError::Io {
+                stage: Stage::Data,
+                source: io(),
+            },
+            UpstreamError::Timeout {
+                stage: Stage::EndOfData,
+            },
+            UpstreamError::Body(io()),
+        ];
+        for e in &after {
+            assert!(e.reached_mail_from(), "{e}");
+        }
+    }
 
     #[test]
     fn handbook_rows() {

@@ -75,6 +75,9 @@ async fn handle(shared: &Shared, head: &Head, body: &[u8]) -> Option<Response> {
 /// Answers a counted token request.
 fn answer(shared: &Shared, tenant: &str, head: &Head, body: &[u8]) -> Response {
     let correlation = head.header("client-request-id");
+    if let Some(filler) = shared.opts.echo_token_requests {
+        return echo(filler, body);
+    }
     let failure = *shared.token_failure.locked();
     match failure {
         Some(TokenFailure::Unavailable503) => {
@@ -155,6 +158,15 @@ fn answer(shared: &Shared, tenant: &str, head: &Head, body: &[u8]) -> Response {
             }
         }
         Err(err) => error_response(&err, correlation),
+    }
+}
+
+/// The answer of an endpoint that echoes what it got (`SandboxOptions::echo_token_requests`).
+fn echo(filler: usize, body: &[u8]) -> Response {
+    Response {
+        status: 400,
+        body: format!("{}{}", ".".repeat(filler), String::from_utf8_lossy(body)),
+        retry_after: false,
     }
 }
 
