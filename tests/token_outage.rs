@@ -114,9 +114,18 @@ async fn token_outage_spends_no_budget_and_the_client_hears_why() {
     }
     c.cmd("QUIT", 221).await;
     // Stopped with its one attempt still waiting for a token; then the endpoint goes away.
+    // The attempt outlives the grace: wait until it has ended (and written its record), so
+    // two relays never work on one spool at once.
+    let first_delivery = first.delivery().clone();
     first.shutdown(Duration::from_millis(500)).await;
     switch.set(false);
     world.sandbox.release_token_requests();
+    support::wait_until(
+        "the first relay's attempt ends",
+        Duration::from_secs(10),
+        || first_delivery.attempts_running() == 0,
+    )
+    .await;
     assert_eq!(spool.list(Area::Queue).unwrap().len(), QUEUED);
 
     // 2. A relay resumes the queue with Exchange's 30 a minute while the endpoint is down.
