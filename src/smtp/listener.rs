@@ -1,7 +1,9 @@
 //! The accept loop (as in mini-redis): a connection permit is taken *before* accepting, so at
 //! most `max_connections` clients are served and the rest wait in the kernel's backlog;
 //! accept errors (out of file descriptors) are retried with backoff, never fatal; one task a
-//! client, owned by the relay's task tracker and stopped by its shutdown token.
+//! client, owned by the relay's task tracker and stopped by its shutdown token. Each client
+//! holds a [`Slot`](super::limits::Slot) while it is served: the count of slots in use tells
+//! connections when the relay is under stress, and counts connections per client address.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use super::connection::{self, Context, Deliver};
+use super::limits::Slots;
 
 /// Accepts connections until the context's shutdown is cancelled. `accepting` is true while
 /// the loop runs (readiness).
@@ -22,6 +25,10 @@ pub async fn run<D: Deliver>(
     tracker: TaskTracker,
 ) {
     let limit = Arc::new(Semaphore::new(ctx.listen.max_connections));
+    let slots = Slots::new(
+        ctx.listen.max_connections,
+        ctx.listen.max_connections_per_client,
+    );
     accepting.store(true, Ordering::Relaxed);
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -53,12 +60,14 @@ pub async fn run<D: Deliver>(
         metrics::counter!("smtp_oauth_relay_inbound_connections_total").increment(1);
         let active = metrics::gauge!("smtp_oauth_relay_inbound_connections_active");
         active.increment(1.0);
+        let slot = slots.enter(peer.ip());
         tracker.spawn(async move {
             let _ = socket.set_nodelay(true);
-            if let Err(e) = connection::serve(socket, peer, &ctx).await {
+            if let Err(e) = connection::serve(socket, peer, &ctx, &slot).await {
                 tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
             }
             active.decrement(1.0);
+            drop(slot);
             drop(permit);
         });
     }
