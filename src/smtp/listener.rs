@@ -5,16 +5,35 @@
 //! holds a [`Slot`](super::limits::Slot) while it is served: the count of slots in use tells
 //! connections when the relay is under stress, and counts connections per client address.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use super::connection::{self, Context, Deliver};
 use super::limits::Slots;
+
+/// How many connected clients may wait in the kernel for a slot (capped by the kernel's
+/// `net.core.somaxconn`). The standard library's 128 is too few in front of 1,000 slots: when
+/// it overflows during a burst, the kernel drops the handshake's last packet and a client that
+/// waits for the greeting before it sends anything hangs on a connection that never was.
+pub const BACKLOG: u32 = 1024;
+
+/// Binds the SMTP port with an accept queue of [`BACKLOG`].
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// Accepts connections until the context's shutdown is cancelled. `accepting` is true while
 /// the loop runs (readiness).
