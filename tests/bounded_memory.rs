@@ -7,8 +7,10 @@
 //! debug build, and its peak was 262 MB.)
 //!
 //! Heavy (300 connections, 600 MB over loopback): `#[ignore]`d, run by `.ci/run`. The relay is
-//! whichever binary cargo built for this test run (debug under `cargo test`, release under
-//! `cargo test --release`); both must pass. Linux only (`/proc`).
+//! the binary cargo built for this test run, or the one named by `RELAY_BINARY` (to measure a
+//! release build: `cargo build --release`, then
+//! `RELAY_BINARY=target/release/smtp-oauth-relay cargo test --test bounded_memory -- --ignored
+//! --nocapture`); both must pass. Linux only (`/proc`).
 
 mod support;
 
@@ -69,7 +71,10 @@ async fn three_hundred_large_bodies_held_mid_data_keep_memory_bounded_and_return
     env.push(("SMTP_OAUTH_RELAY_ADMIN_LISTEN".into(), "off".into()));
     let work = tempfile::tempdir().unwrap();
     let log = work.path().join("stderr.log");
-    let mut relay = RelayChild::spawn(relay_binary(), &["serve"], &env, work.path(), &log);
+    let binary = std::env::var_os("RELAY_BINARY")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| relay_binary().to_owned());
+    let mut relay = RelayChild::spawn(&binary, &["serve"], &env, work.path(), &log);
     relay.wait_ready(addr, Duration::from_secs(30)).await;
     let pid = relay.pid();
     let idle_kb = status_kb(pid, "VmRSS");
