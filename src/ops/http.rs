@@ -104,9 +104,7 @@ async fn connection(
             if body_too_large(&req, limits.max_body) {
                 return Ok::<_, Infallible>(payload_too_large());
             }
-            let response =
-                tower_service::Service::call(&mut router, req.map(axum::body::Body::new)).await;
-            response
+            tower_service::Service::call(&mut router, req.map(axum::body::Body::new)).await
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
