@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -112,9 +111,8 @@ impl Relay {
             tokens.clone(),
             account.mailbox.clone(),
         ));
-        let listener = TcpListener::bind(config.listen.address)
-            .await
-            .map_err(|source| StartError::Bind {
+        let listener =
+            listener::bind(config.listen.address).map_err(|source| StartError::Bind {
                 addr: config.listen.address,
                 source,
             })?;

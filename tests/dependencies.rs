@@ -600,9 +600,9 @@ fn the_reader_sees_uses_of_every_kind() {
     let uses = |m: &str| krate.modules.get(m).cloned().unwrap_or_default();
     // `use crate::…` across rooms.
     assert!(
-        uses("smtp::connection").contains("delivery"),
+        uses("smtp::message").contains("delivery"),
         "{:?}",
-        uses("smtp::connection")
+        uses("smtp::message")
     );
     // `super::x` inside a room.
     assert!(uses("smtp::connection").contains("smtp::session"));
@@ -624,7 +624,7 @@ fn the_reader_sees_uses_of_every_kind() {
     assert!(
         wrong
             .iter()
-            .any(|w| w.contains("(smtp::connection) uses delivery")),
+            .any(|w| w.contains("(smtp::message) uses delivery")),
         "{wrong:?}"
     );
 }

@@ -91,6 +91,18 @@ pub struct ListenConfig {
     pub command_timeout_secs: u64,
     /// Seconds to wait for the next block of message data before `421`.
     pub data_timeout_secs: u64,
+    /// While more than 80% of `max_connections` are in use: both timeouts shorten to this,
+    /// and a body must keep coming at 32 KiB/s from the start of DATA (Postfix's stress mode).
+    pub stress_timeout_secs: u64,
+    /// Longest session in seconds; it then ends with `421` (a message in progress finishes).
+    pub max_session_secs: u64,
+    /// `NOOP`, `RSET`, `VRFY`, `HELP` and refused commands allowed between accepted
+    /// messages; one more gets `421`.
+    pub max_junk_commands: usize,
+    /// Messages per session; the next `MAIL` gets `421` (clients reconnect).
+    pub max_messages_per_session: usize,
+    /// Connections one client address may hold at once (loopback is not limited).
+    pub max_connections_per_client: usize,
     /// Prepend one RFC 5321 §4.4 `Received:` trace header to every message.
     pub received_header: bool,
 }
@@ -106,6 +118,11 @@ impl Default for ListenConfig {
             max_recipients: 500,
             command_timeout_secs: 300,
             data_timeout_secs: 300,
+            stress_timeout_secs: 5,
+            max_session_secs: 1800,
+            max_junk_commands: 100,
+            max_messages_per_session: 1000,
+            max_connections_per_client: 50,
             received_header: true,
         }
     }

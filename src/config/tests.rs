@@ -403,3 +403,37 @@ fn an_allow_list_open_to_everyone_is_refused() {
     ])
     .is_ok());
 }
+
+#[test]
+fn listen_slot_limits_have_defaults_and_env_overrides() {
+    let l = load(&[]).unwrap().listen;
+    assert_eq!(l.stress_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(l.max_session, std::time::Duration::from_secs(1800));
+    assert_eq!(
+        (
+            l.max_junk_commands,
+            l.max_messages_per_session,
+            l.max_connections_per_client
+        ),
+        (100, 1000, 50)
+    );
+    let l = load(&[
+        ("SMTP_OAUTH_RELAY__LISTEN__STRESS_TIMEOUT_SECS", "2"),
+        ("SMTP_OAUTH_RELAY__LISTEN__MAX_JUNK_COMMANDS", "7"),
+    ])
+    .unwrap()
+    .listen;
+    assert_eq!(l.stress_timeout, std::time::Duration::from_secs(2));
+    assert_eq!(l.max_junk_commands, 7);
+    for key in [
+        "stress_timeout_secs",
+        "max_session_secs",
+        "max_junk_commands",
+        "max_messages_per_session",
+        "max_connections_per_client",
+    ] {
+        let var = format!("SMTP_OAUTH_RELAY__LISTEN__{}", key.to_ascii_uppercase());
+        let err = load(&[(var.as_str(), "0")]).unwrap_err();
+        assert_eq!(err.key, format!("listen.{key}"));
+    }
+}

@@ -215,9 +215,26 @@ pub(super) fn validate_listen(l: &ListenConfig) -> Result<ListenSettings, Config
     for (key, v) in [
         ("listen.command_timeout_secs", l.command_timeout_secs),
         ("listen.data_timeout_secs", l.data_timeout_secs),
+        ("listen.stress_timeout_secs", l.stress_timeout_secs),
+        ("listen.max_session_secs", l.max_session_secs),
     ] {
         if v == 0 {
             return Err(ConfigError::new(key, "must be at least 1 second"));
+        }
+    }
+    for (key, v) in [
+        ("listen.max_junk_commands", l.max_junk_commands),
+        (
+            "listen.max_messages_per_session",
+            l.max_messages_per_session,
+        ),
+        (
+            "listen.max_connections_per_client",
+            l.max_connections_per_client,
+        ),
+    ] {
+        if v == 0 {
+            return Err(ConfigError::new(key, "must be at least 1"));
         }
     }
     let hostname = match &l.hostname {
@@ -241,6 +258,11 @@ pub(super) fn validate_listen(l: &ListenConfig) -> Result<ListenSettings, Config
         max_recipients: l.max_recipients,
         command_timeout: Duration::from_secs(l.command_timeout_secs),
         data_timeout: Duration::from_secs(l.data_timeout_secs),
+        stress_timeout: Duration::from_secs(l.stress_timeout_secs),
+        max_session: Duration::from_secs(l.max_session_secs),
+        max_junk_commands: l.max_junk_commands,
+        max_messages_per_session: l.max_messages_per_session,
+        max_connections_per_client: l.max_connections_per_client,
         received_header: l.received_header,
     })
 }

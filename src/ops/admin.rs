@@ -281,16 +281,16 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves until `stop` is cancelled.
+/// Serves until `stop` is cancelled, within the admin port's limits ([`super::http`]).
 pub async fn serve(listener: TcpListener, health: Arc<Health>, stop: CancellationToken) {
     prometheus();
-    let app = router(health);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-    {
-        tracing::error!(error = %e, "admin HTTP server failed");
-    }
+    super::http::serve(
+        listener,
+        router(health),
+        super::http::Limits::default(),
+        stop,
+    )
+    .await;
 }
 
 #[cfg(test)]

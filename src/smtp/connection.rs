@@ -7,58 +7,34 @@
 //! Decisions live elsewhere: `session` (commands), `framing` (lines), `wire::data` (the
 //! body), `outcome` (the reply to DATA). This file only moves bytes and time.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::context::{read_some, shrink};
+pub use super::context::{Context, Deliver};
 use super::framing::{Framed, LineFramer};
-use super::received::received_header;
-use super::reply::{self, Reply};
+pub use super::limits::MIN_DATA_RATE;
+use super::limits::{Budget, CommandWait, Slot, Timeouts};
+use super::message::{self, DataEnd};
+use super::reply;
 use super::session::{Action, Session, SessionConfig, Transaction};
-use super::ListenSettings;
-use crate::delivery::{Delivery, Spooled, Submitted};
-use crate::envelope::{Envelope, MessageId};
-use crate::spool::sink::BodySink;
-use crate::spool::Spool;
-use crate::wire::data::{BodyDecoder, Progress};
-use crate::wire::header::MessageIdSniffer;
-
-/// Where a complete message goes: delivery, in the relay; a stand-in in tests.
-pub trait Deliver: Send + Sync + 'static {
-    /// Takes the message and says what became of it.
-    fn submit(&self, msg: Spooled) -> impl Future<Output = Submitted> + Send;
-}
-
-impl Deliver for Arc<Delivery> {
-    fn submit(&self, msg: Spooled) -> impl Future<Output = Submitted> + Send {
-        Delivery::submit(self, msg)
-    }
-}
-
-/// What every connection of a listener shares.
-pub struct Context<D> {
-    pub listen: ListenSettings,
-    pub deliver: D,
-    pub spool: Spool,
-    /// Cancelled when the relay stops: idle clients get `421`, DATA in progress finishes.
-    pub shutdown: CancellationToken,
-}
 
 /// How long a last reply before closing (421, 221 after errors) may take to write.
 pub const FAREWELL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The slowest body transfer we wait for: beyond `data_timeout` of silence at any point, the
-/// whole DATA phase may take at most `data_timeout` plus the largest message at this rate.
-pub const MIN_DATA_RATE: u64 = 32 * 1024;
-
-/// Serves one client until QUIT, timeout, error or shutdown.
-pub async fn serve<S, D>(mut socket: S, peer: SocketAddr, ctx: &Context<D>) -> io::Result<()>
+/// Serves one client until QUIT, timeout, a limit, error or shutdown. `slot` is the
+/// connection slot the listener took for it (stress and the per-client count).
+pub async fn serve<S, D>(
+    mut socket: S,
+    peer: SocketAddr,
+    ctx: &Context<D>,
+    slot: &Slot,
+) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     D: Deliver,
@@ -71,6 +47,13 @@ where
         let denied = reply::access_denied().to_bytes();
         return send(&mut socket, &denied, FAREWELL_TIMEOUT, None).await;
     }
+    if slot.over_client_limit() {
+        tracing::warn!(client = %peer, limit = listen.max_connections_per_client, "connection refused: too many from this address");
+        metrics::counter!("smtp_oauth_relay_inbound_connections_refused_total", "reason" => "per_client_limit")
+            .increment(1);
+        let bye = reply::too_many_connections(&listen.hostname).to_bytes();
+        return send(&mut socket, &bye, FAREWELL_TIMEOUT, None).await;
+    }
     let mut session = Session::new(
         SessionConfig {
             hostname: listen.hostname.clone(),
@@ -79,10 +62,17 @@ where
         },
         peer,
     );
+    let timeouts = Timeouts {
+        command: listen.command_timeout,
+        data: listen.data_timeout,
+        stress: listen.stress_timeout,
+        session_end: Instant::now() + listen.max_session,
+        max_message_size: listen.max_message_size,
+    };
+    let mut budget = Budget::new(listen.max_junk_commands, listen.max_messages_per_session);
     let mut out = session.greeting().to_bytes();
     let mut lines = LineFramer::default();
-    let mut input: Vec<u8> = Vec::with_capacity(8192);
-    let mut chunk = vec![0u8; 64 * 1024];
+    let mut input: Vec<u8> = Vec::new();
     // When the command line now being received started: the command timeout covers a whole
     // line, so a client trickling one byte at a time cannot hold the connection forever.
     let mut line_started: Option<Instant> = None;
@@ -93,8 +83,21 @@ where
         while let Some((frame, used)) = lines.next_line(&input[consumed..]) {
             consumed += used;
             let action = match frame {
-                Framed::Line(line) => session.line(&line),
-                Framed::TooLong => Action::Reply(reply::line_too_long()),
+                Framed::Line(line) => match super::session::parse_line(&line) {
+                    Ok(request) => match budget.check(&request, &listen.hostname) {
+                        Some(bye) => Action::Close(bye),
+                        None => session.command(request),
+                    },
+                    // A refused address or SIZE: refused commands count as junk too.
+                    Err(refusal) => match budget.junk_line(&listen.hostname) {
+                        Some(bye) => Action::Close(bye),
+                        None => Action::Reply(refusal),
+                    },
+                },
+                Framed::TooLong => match budget.junk_line(&listen.hostname) {
+                    Some(bye) => Action::Close(bye),
+                    None => Action::Reply(reply::line_too_long()),
+                },
                 Framed::Skipped => continue,
             };
             match action {
@@ -119,30 +122,33 @@ where
             consumed = input.len();
         }
         input.drain(..consumed);
+        shrink(&mut input);
         if !out.is_empty() {
-            send(
-                &mut socket,
-                &out,
-                listen.command_timeout,
-                Some(&ctx.shutdown),
-            )
-            .await?;
+            let limit = timeouts.write_limit(slot.stressed());
+            send(&mut socket, &out, limit, Some(&ctx.shutdown)).await?;
             out.clear();
+            out.shrink_to(4096);
         }
         match next {
             Next::Close => return Ok(()),
             Next::Data(transaction) => {
-                match receive_message(
+                let end = message::receive(
                     &mut socket,
                     &mut input,
-                    &mut chunk,
                     &session,
                     transaction,
                     ctx,
+                    &timeouts,
+                    slot,
                 )
-                .await?
-                {
-                    DataEnd::Reply(r) => r.write_to(&mut out),
+                .await?;
+                match end {
+                    DataEnd::Reply { reply, accepted } => {
+                        if accepted {
+                            budget.message_accepted();
+                        }
+                        reply.write_to(&mut out)
+                    }
                     DataEnd::Close(r) => {
                         send(&mut socket, &r.to_bytes(), FAREWELL_TIMEOUT, None).await?;
                         return Ok(());
@@ -154,15 +160,15 @@ where
             Next::Read => {}
         }
         let now = Instant::now();
-        let deadline = if lines.pending() {
-            *line_started.get_or_insert(now) + listen.command_timeout
+        if lines.pending() {
+            line_started.get_or_insert(now);
         } else {
             line_started = None;
-            now + listen.command_timeout
-        };
+        }
+        let (deadline, why) = timeouts.command_deadline(now, line_started, slot.stressed());
         // Wait for more commands (or time out, or shut down).
         let read = tokio::select! {
-            r = tokio::time::timeout_at(deadline, socket.read(&mut chunk)) => r,
+            r = tokio::time::timeout_at(deadline, read_some(&mut socket, &mut input)) => r,
             _ = ctx.shutdown.cancelled() => {
                 let bye = reply::shutting_down(&listen.hostname).to_bytes();
                 send(&mut socket, &bye, FAREWELL_TIMEOUT, None).await?;
@@ -171,12 +177,15 @@ where
         };
         match read {
             Err(_) => {
-                let bye = reply::timeout(&listen.hostname).to_bytes();
-                send(&mut socket, &bye, FAREWELL_TIMEOUT, None).await?;
+                let bye = match why {
+                    CommandWait::Timeout => reply::timeout(&listen.hostname),
+                    CommandWait::SessionTooLong => reply::session_too_long(&listen.hostname),
+                };
+                send(&mut socket, &bye.to_bytes(), FAREWELL_TIMEOUT, None).await?;
                 return Ok(());
             }
             Ok(Ok(0)) => return Ok(()),
-            Ok(Ok(n)) => input.extend_from_slice(&chunk[..n]),
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
         }
     }
@@ -215,131 +224,26 @@ enum Next {
     Close,
 }
 
-enum DataEnd {
-    Reply(Reply),
-    Close(Reply),
-}
-
-/// Receives one message body into the spool, then hands it to delivery. `input` holds bytes
-/// already read; on return it holds what followed the end of data (pipelined commands).
-async fn receive_message<S, D>(
-    socket: &mut S,
-    input: &mut Vec<u8>,
-    chunk: &mut [u8],
-    session: &Session,
-    transaction: Transaction,
-    ctx: &Context<D>,
-) -> io::Result<DataEnd>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    D: Deliver,
-{
-    let listen = &ctx.listen;
-    // 354 was sent; the client may already be streaming.
-    let id = MessageId::generate();
-    let received_at = SystemTime::now();
-    let mut sink = BodySink::new(&ctx.spool, &id).await;
-    let mut header_len = 0u64;
-    if listen.received_header {
-        let header = received_header(session, &transaction, &id, &listen.hostname, received_at);
-        sink.write(header.as_bytes()).await;
-        header_len = header.len() as u64;
-    }
-    let mut decoder = BodyDecoder::new(listen.max_message_size);
-    let mut sniffer = MessageIdSniffer::new();
-    // Used only while the body goes to a file; a body in memory is decoded straight into it.
-    let mut decoded = Vec::new();
-    let data_deadline = Instant::now()
-        + listen.data_timeout
-        + Duration::from_secs(listen.max_message_size / MIN_DATA_RATE);
-    loop {
-        let mut iter = input.iter();
-        let progress = match sink.memory_buffer() {
-            Some(buf) => {
-                let start = buf.len();
-                let progress = decoder.ingest(&mut iter, buf);
-                sniffer.feed(&buf[start..]);
-                progress
-            }
-            None => decoder.ingest(&mut iter, &mut decoded),
-        };
-        let consumed = input.len() - iter.as_slice().len();
-        input.drain(..consumed);
-        if !decoded.is_empty() {
-            sniffer.feed(&decoded);
-            sink.write(&decoded).await;
-            decoded.clear();
-        }
-        sink.spill_if_big().await;
-        if progress == Progress::Done {
-            break;
-        }
-        // DATA in progress finishes even during shutdown; a silent client times out, and so
-        // does one that trickles the body slower than MIN_DATA_RATE overall.
-        let deadline = (Instant::now() + listen.data_timeout).min(data_deadline);
-        match tokio::time::timeout_at(deadline, socket.read(chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                sink.discard(&ctx.spool).await;
-                tracing::info!(id = %id, client = %session.peer(), "client went away during DATA; nothing accepted");
-                return Ok(DataEnd::Close(reply::timeout(&listen.hostname)));
-            }
-            Err(_) => {
-                sink.discard(&ctx.spool).await;
-                tracing::info!(id = %id, client = %session.peer(), "client timed out during DATA; nothing accepted");
-                return Ok(DataEnd::Close(reply::timeout(&listen.hostname)));
-            }
-            Ok(Ok(n)) => input.extend_from_slice(&chunk[..n]),
-        }
-    }
-    if decoder.oversized() {
-        sink.discard(&ctx.spool).await;
-        return Ok(DataEnd::Reply(reply::message_too_big(
-            listen.max_message_size,
-        )));
-    }
-    let body = match sink.finish(&ctx.spool).await {
-        Ok(body) => body,
-        Err(fault) => return Ok(DataEnd::Reply(reply::spool_failed(fault))),
-    };
-    let size = header_len + decoder.size();
-    let envelope = Envelope {
-        id,
-        mail_from: transaction.mail_from,
-        rcpt_to: transaction.rcpt_to,
-        client: session.peer(),
-        helo: session.helo_name(),
-        body_8bit: transaction.body_8bit,
-        smtputf8: transaction.smtputf8,
-        received_at,
-        message_id: sniffer.message_id(),
-    };
-    let submitted = ctx
-        .deliver
-        .submit(Spooled {
-            envelope,
-            body,
-            size,
-        })
-        .await;
-    let reply = super::outcome::reply(&submitted.outcome);
-    if let Some(refused) = &submitted.refused {
-        refused.record(&reply.to_string());
-    }
-    Ok(DataEnd::Reply(reply))
-}
-
 /// Every timeout of the inbound side, on tokio's paused clock: the times asserted are exact.
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::{Outcome, Queued};
+    use crate::delivery::{Outcome, Queued, Spooled, Submitted};
+    use crate::smtp::limits::Slots;
+    use crate::smtp::reply::Reply;
+    use crate::smtp::ListenSettings;
+    use crate::spool::Spool;
+    use std::future::Future;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::DuplexStream;
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, DuplexStream};
     use tokio::task::JoinHandle;
 
     const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
     const DATA_TIMEOUT: Duration = Duration::from_secs(10);
     const MAX_SIZE: u64 = 64 * 1024;
+    const STRESS_TIMEOUT: Duration = Duration::from_secs(5);
+    const MAX_SESSION: Duration = Duration::from_secs(1800);
 
     /// Delivery's stand-in: counts messages and queues them.
     #[derive(Default)]
@@ -368,19 +272,29 @@ mod tests {
     fn settings() -> ListenSettings {
         ListenSettings {
             address: "127.0.0.1:0".parse().unwrap(),
-            allow: Vec::new(),
+            allow: vec!["192.0.2.0/24".parse().unwrap()],
             hostname: "relay.test".into(),
             max_connections: 10,
             max_message_size: MAX_SIZE,
             max_recipients: 10,
             command_timeout: COMMAND_TIMEOUT,
             data_timeout: DATA_TIMEOUT,
+            stress_timeout: STRESS_TIMEOUT,
+            max_session: MAX_SESSION,
+            max_junk_commands: 100,
+            max_messages_per_session: 3,
+            max_connections_per_client: 2,
             received_header: false,
         }
     }
 
     /// Starts a connection from `peer` over an in-memory pipe of `buffer` bytes each way.
     fn connect(peer: &str, buffer: usize) -> Client {
+        connect_to(peer, buffer, &Slots::new(10, 2))
+    }
+
+    /// As [`connect`], taking a slot from `slots` (shared with other connections).
+    fn connect_to(peer: &str, buffer: usize, slots: &Arc<Slots>) -> Client {
         let dir = tempfile::tempdir().unwrap();
         let (spool, _) = Spool::open(dir.path()).unwrap();
         let ctx = Arc::new(Context {
@@ -391,9 +305,10 @@ mod tests {
         });
         let (io, server_end) = tokio::io::duplex(buffer);
         let peer: SocketAddr = peer.parse().unwrap();
+        let slot = slots.enter(peer.ip());
         let server = tokio::spawn({
             let ctx = ctx.clone();
-            async move { serve(server_end, peer, &ctx).await }
+            async move { serve(server_end, peer, &ctx, &slot).await }
         });
         Client {
             io,
@@ -579,5 +494,164 @@ mod tests {
         assert_eq!(r.status(), Some("5.7.1"));
         assert!(c.reply().await.is_none());
         c.server.await.unwrap().unwrap();
+    }
+
+    /// Slots of a listener of 10 with 8 already taken: the next connection makes 9 (stress).
+    fn crowded() -> (Arc<Slots>, Vec<crate::smtp::limits::Slot>) {
+        let slots = Slots::new(10, 2);
+        let held = (0..8)
+            .map(|_| slots.enter("127.0.0.1".parse().unwrap()))
+            .collect();
+        (slots, held)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_stress_an_idle_client_gets_421_after_the_stress_timeout() {
+        let (slots, _held) = crowded();
+        let mut c = connect_to("127.0.0.1:4000", 64 * 1024, &slots);
+        c.expect(220).await;
+        let start = Instant::now();
+        let r = c.expect(421).await;
+        assert_eq!(start.elapsed(), STRESS_TIMEOUT);
+        assert_eq!(r.status(), Some("4.4.2"));
+        assert!(c.reply().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_stress_a_trickled_command_line_loses_its_slot_from_its_first_byte() {
+        let (slots, _held) = crowded();
+        let mut c = connect_to("127.0.0.1:4000", 64 * 1024, &slots);
+        c.expect(220).await;
+        let first_byte = Instant::now();
+        c.send(b"E").await;
+        let io = &mut c.io;
+        // One more byte every 2 s: never silent for the stress timeout, never a whole line.
+        let drip = async {
+            for b in b"HLO slow.example".iter() {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if io.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            r = &mut c.server => r.unwrap().unwrap(),
+            _ = drip => unreachable!(),
+        }
+        assert_eq!(first_byte.elapsed(), STRESS_TIMEOUT);
+        assert_eq!(c.expect(421).await.status(), Some("4.4.2"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_stress_a_body_dripped_byte_by_byte_loses_its_slot() {
+        let (slots, _held) = crowded();
+        let mut c = connect_to("127.0.0.1:4000", 64 * 1024, &slots);
+        c.start_data().await;
+        let start = Instant::now();
+        let io = &mut c.io;
+        // One byte every 3 s: far below MIN_DATA_RATE, never silent for the stress timeout.
+        let drip = async {
+            while io.write_all(b"x").await.is_ok() {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            r = &mut c.server => r.unwrap().unwrap(),
+            _ = drip => unreachable!(),
+        }
+        assert!(start.elapsed() <= STRESS_TIMEOUT, "{:?}", start.elapsed());
+        assert_eq!(c.expect(421).await.status(), Some("4.4.2"));
+        assert_eq!(c.submitted(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_stress_the_same_drip_keeps_the_normal_timeouts() {
+        let mut c = connect("127.0.0.1:4000", 64 * 1024);
+        c.start_data().await;
+        c.send(b"x").await;
+        tokio::time::sleep(STRESS_TIMEOUT * 2).await;
+        c.send(b"\r\n.\r\n").await;
+        assert_eq!(c.expect(250).await.code, 250);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_noop_every_ten_seconds_gets_421_after_the_junk_limit() {
+        let mut c = connect("127.0.0.1:4000", 64 * 1024);
+        c.expect(220).await;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            c.send(b"NOOP\r\n").await;
+            c.expect(250).await;
+        }
+        c.send(b"NOOP\r\n").await;
+        let r = c.expect(421).await;
+        assert_eq!(r.status(), Some("4.7.0"));
+        assert!(c.reply().await.is_none(), "and the slot is free");
+        c.server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_ends_at_max_session_between_commands() {
+        let mut c = connect("127.0.0.1:4000", 64 * 1024);
+        let start = Instant::now();
+        c.expect(220).await;
+        // EHLO is not junk: only the session cap ends this. 25 x 70 s = 1750 s.
+        for _ in 0..25 {
+            tokio::time::sleep(Duration::from_secs(70)).await;
+            c.send(b"EHLO app\r\n").await;
+            c.expect(250).await;
+        }
+        let r = c.expect(421).await;
+        assert_eq!(r.status(), Some("4.7.0"));
+        assert_eq!(start.elapsed(), MAX_SESSION);
+        assert!(c.reply().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_message_after_max_messages_per_session_gets_421() {
+        let mut c = connect("127.0.0.1:4000", 64 * 1024);
+        c.expect(220).await;
+        for _ in 0..3 {
+            c.send(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n")
+                .await;
+            for code in [250, 250, 354] {
+                c.expect(code).await;
+            }
+            c.send(b"hi\r\n.\r\n").await;
+            c.expect(250).await;
+        }
+        c.send(b"MAIL FROM:<a@x>\r\n").await;
+        assert_eq!(c.expect(421).await.status(), Some("4.7.0"));
+        assert_eq!(c.submitted(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_client_address_may_hold_only_its_share_of_slots() {
+        let slots = Slots::new(10, 2);
+        let mut a = connect_to("192.0.2.7:4000", 64 * 1024, &slots);
+        let mut b = connect_to("192.0.2.7:4001", 64 * 1024, &slots);
+        a.expect(220).await;
+        b.expect(220).await;
+        let mut c = connect_to("192.0.2.7:4002", 64 * 1024, &slots);
+        assert_eq!(c.expect(421).await.status(), Some("4.7.0"));
+        assert!(c.reply().await.is_none());
+        c.server.await.unwrap().unwrap();
+        let mut other = connect_to("192.0.2.8:4000", 64 * 1024, &slots);
+        other.expect(220).await;
+        // Loopback is never counted.
+        let lo: Vec<Client> = (0..3)
+            .map(|i| connect_to(&format!("127.0.0.1:{}", 5000 + i), 64 * 1024, &slots))
+            .collect();
+        for mut l in lo {
+            l.expect(220).await;
+        }
+        // A slot given back can be taken again.
+        a.send(b"QUIT\r\n").await;
+        a.expect(221).await;
+        a.server.await.unwrap().unwrap();
+        let mut again = connect_to("192.0.2.7:4003", 64 * 1024, &slots);
+        again.expect(220).await;
     }
 }

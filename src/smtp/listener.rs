@@ -1,17 +1,39 @@
 //! The accept loop (as in mini-redis): a connection permit is taken *before* accepting, so at
 //! most `max_connections` clients are served and the rest wait in the kernel's backlog;
 //! accept errors (out of file descriptors) are retried with backoff, never fatal; one task a
-//! client, owned by the relay's task tracker and stopped by its shutdown token.
+//! client, owned by the relay's task tracker and stopped by its shutdown token. Each client
+//! holds a [`Slot`](super::limits::Slot) while it is served: the count of slots in use tells
+//! connections when the relay is under stress, and counts connections per client address.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use super::connection::{self, Context, Deliver};
+use super::limits::Slots;
+
+/// How many connected clients may wait in the kernel for a slot (capped by the kernel's
+/// `net.core.somaxconn`). The standard library's 128 is too few in front of 1,000 slots: when
+/// it overflows during a burst, the kernel drops the handshake's last packet and a client that
+/// waits for the greeting before it sends anything hangs on a connection that never was.
+pub const BACKLOG: u32 = 1024;
+
+/// Binds the SMTP port with an accept queue of [`BACKLOG`].
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// Accepts connections until the context's shutdown is cancelled. `accepting` is true while
 /// the loop runs (readiness).
@@ -22,6 +44,10 @@ pub async fn run<D: Deliver>(
     tracker: TaskTracker,
 ) {
     let limit = Arc::new(Semaphore::new(ctx.listen.max_connections));
+    let slots = Slots::new(
+        ctx.listen.max_connections,
+        ctx.listen.max_connections_per_client,
+    );
     accepting.store(true, Ordering::Relaxed);
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -53,12 +79,14 @@ pub async fn run<D: Deliver>(
         metrics::counter!("smtp_oauth_relay_inbound_connections_total").increment(1);
         let active = metrics::gauge!("smtp_oauth_relay_inbound_connections_active");
         active.increment(1.0);
+        let slot = slots.enter(peer.ip());
         tracker.spawn(async move {
             let _ = socket.set_nodelay(true);
-            if let Err(e) = connection::serve(socket, peer, &ctx).await {
+            if let Err(e) = connection::serve(socket, peer, &ctx, &slot).await {
                 tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
             }
             active.decrement(1.0);
+            drop(slot);
             drop(permit);
         });
     }

@@ -1,14 +1,20 @@
 //! The inbound side, the relay's face: plain SMTP from legacy apps.
 //!
 //! Pure: `session` decides (the ESMTP state machine), `framing` splits the command stream
-//! into lines, `mail_rcpt` reads `MAIL`/`RCPT` arguments from the raw line, `received` writes the trace header, `reply` is our catalogue of answers and
-//! `outcome` words the reply to DATA from what delivery did. Drivers: `listener` (the accept
-//! loop and its limits) and `connection` (one client, every timeout), thin around them.
+//! into lines, `mail_rcpt` reads `MAIL`/`RCPT` arguments from the raw line, `received` writes
+//! the trace header, `reply` is our catalogue of answers, `outcome` words the reply to DATA
+//! from what delivery did, and `limits` decides how long and how much a client may hold a
+//! slot (stress, junk, session caps, per-client count). Drivers: `listener` (the accept loop
+//! and its slots), `connection` (one client's commands, every timeout) and `message` (one
+//! body, DATA), with `context` (what they share, bounded reads), thin around them.
 
 pub mod connection;
+pub mod context;
 pub mod framing;
+pub mod limits;
 pub mod listener;
 pub mod mail_rcpt;
+pub mod message;
 pub mod outcome;
 pub mod received;
 pub mod reply;
@@ -35,6 +41,16 @@ pub struct ListenSettings {
     pub command_timeout: Duration,
     /// Longest silence during DATA.
     pub data_timeout: Duration,
+    /// Replaces both timeouts (when shorter) while most slots are taken (see `limits`).
+    pub stress_timeout: Duration,
+    /// Longest session; it ends with `421` at the next wait for a command.
+    pub max_session: Duration,
+    /// `NOOP`/`RSET`/`VRFY`/`HELP`/refused commands allowed between accepted messages.
+    pub max_junk_commands: usize,
+    /// Messages one session may send; the next `MAIL` gets `421`.
+    pub max_messages_per_session: usize,
+    /// Slots one client address other than loopback may hold.
+    pub max_connections_per_client: usize,
     /// Prepend one `Received:` trace header.
     pub received_header: bool,
 }

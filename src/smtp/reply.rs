@@ -150,6 +150,34 @@ pub fn timeout(host: &str) -> Reply {
         format!("{host} Timeout waiting for client input, closing connection"),
     )
 }
+pub fn too_much_junk(host: &str) -> Reply {
+    Reply::new(
+        421,
+        "4.7.0",
+        format!("{host} Too many commands that move no mail, closing connection"),
+    )
+}
+pub fn too_many_messages(host: &str) -> Reply {
+    Reply::new(
+        421,
+        "4.7.0",
+        format!("{host} Too many messages in one session, reconnect to send more"),
+    )
+}
+pub fn session_too_long(host: &str) -> Reply {
+    Reply::new(
+        421,
+        "4.7.0",
+        format!("{host} Session too long, reconnect to send more"),
+    )
+}
+pub fn too_many_connections(host: &str) -> Reply {
+    Reply::new(
+        421,
+        "4.7.0",
+        format!("{host} Too many connections from your address, try again later"),
+    )
+}
 pub fn shutting_down(host: &str) -> Reply {
     Reply::new(
         421,

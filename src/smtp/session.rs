@@ -94,11 +94,9 @@ impl Session {
     /// read from the raw bytes ([`super::mail_rcpt`]), so addresses stay exactly as written;
     /// every other command goes through smtp-proto's parser.
     pub fn line(&mut self, line: &[u8]) -> Action {
-        match super::mail_rcpt::parse(line) {
-            Some(Ok(request)) => self.command(Ok(request)),
-            Some(Err(Refusal::Reply(reply))) => Action::Reply(reply),
-            Some(Err(Refusal::Parse(e))) => self.command(Err(e)),
-            None => self.command(Request::parse(&mut line.iter())),
+        match parse_line(line) {
+            Ok(request) => self.command(request),
+            Err(reply) => Action::Reply(reply),
         }
     }
 
@@ -215,6 +213,18 @@ pub fn parse_error_reply(e: &smtp_proto::Error) -> Reply {
         E::UnsupportedParameter { param } => reply::unsupported_parameter(param),
         E::ResponseTooLong => reply::line_too_long(),
         E::NeedsMoreData { .. } | E::InvalidResponse { .. } => reply::unknown_command(),
+    }
+}
+
+/// One command line as the session reads it: `MAIL`/`RCPT` from the raw bytes (quoted local
+/// parts kept, UTF-8 and `SIZE` checked), anything else through smtp-proto. `Err` is a refusal
+/// worded already (a bad address or `SIZE`); `Ok(Err(..))` is the parser's own complaint.
+pub fn parse_line(line: &[u8]) -> Result<Result<Request<Cow<'_, str>>, smtp_proto::Error>, Reply> {
+    match super::mail_rcpt::parse(line) {
+        Some(Ok(request)) => Ok(Ok(request)),
+        Some(Err(Refusal::Reply(reply))) => Err(reply),
+        Some(Err(Refusal::Parse(e))) => Ok(Err(e)),
+        None => Ok(Request::parse(&mut line.iter())),
     }
 }
 

@@ -5,13 +5,21 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::AsyncWriteExt;
 
-use super::body::{Body, Lease, MemoryBody, MEMORY_BODY_MAX};
+use super::body::{Body, Lease, MemoryBody, MEMORY_BODY_MAX, MEMORY_LEASE};
 use super::fault::{Faults, WriteFault};
 use super::files::FILE_MODE;
 use super::Spool;
 use crate::envelope::MessageId;
+
+/// The most one write to a body's file takes at a time. tokio's `File` copies each write into
+/// a buffer of its own and writes it on the blocking pool while the next block is decoded;
+/// that buffer stays with the file, so it is kept small: hundreds of clients in DATA at once
+/// must not cost hundreds of MB (issue 11, item 6). No `BufWriter` on top: one copy is enough.
+const FILE_BUFFER: usize = 32 * 1024;
+/// Free room the in-memory body keeps ahead of the decoder (one read, decoded).
+const MEMORY_GROWTH: usize = 32 * 1024;
 
 /// Where a body goes while it arrives: into memory while it is small and the spool's memory
 /// budget allows (see [`super::body`]), else (or once it grows) into its file in `incoming/`.
@@ -20,7 +28,7 @@ use crate::envelope::MessageId;
 pub struct BodySink {
     path: PathBuf,
     memory: Option<(Vec<u8>, Lease)>,
-    file: Option<BufWriter<tokio::fs::File>>,
+    file: Option<tokio::fs::File>,
     failed: Option<WriteFault>,
     faults: Arc<Faults>,
 }
@@ -32,7 +40,7 @@ impl BodySink {
             path: spool.incoming_path(id),
             memory: spool
                 .memory_lease()
-                .map(|l| (Vec::with_capacity(16 * 1024), l)),
+                .map(|l| (Vec::with_capacity(MEMORY_GROWTH), l)),
             file: None,
             failed: None,
             faults: spool.faults.clone(),
@@ -57,7 +65,11 @@ impl BodySink {
             Err(e) => Err(e),
         };
         match opened {
-            Ok(f) => self.file = Some(BufWriter::with_capacity(256 * 1024, f)),
+            Ok(mut f) => {
+                // Its default is 2 MiB, kept for the file's life.
+                f.set_max_buf_size(FILE_BUFFER);
+                self.file = Some(f);
+            }
             Err(e) => {
                 tracing::error!(path = %self.path.display(), error = %e, "cannot create spool file");
                 self.failed = Some(self.faults.failed(&e));
@@ -65,9 +77,15 @@ impl BodySink {
         }
     }
 
-    /// The in-memory body, while there is one: the decoder appends to it directly.
+    /// The in-memory body, while there is one: the decoder appends to it directly. It grows
+    /// by doubling, but never past what its lease paid for ([`MEMORY_LEASE`]).
     pub fn memory_buffer(&mut self) -> Option<&mut Vec<u8>> {
-        self.memory.as_mut().map(|(buf, _)| buf)
+        let (buf, _) = self.memory.as_mut()?;
+        if buf.capacity() - buf.len() < MEMORY_GROWTH && buf.capacity() < MEMORY_LEASE {
+            let target = (buf.capacity() * 2).clamp(MEMORY_GROWTH, MEMORY_LEASE);
+            buf.reserve_exact(target - buf.len());
+        }
+        Some(buf)
     }
 
     /// Moves the body to its file once it is larger than [`MEMORY_BODY_MAX`]; from then on

@@ -111,7 +111,8 @@ impl BodyDecoder {
     pub fn new(max_size: u64) -> Self {
         BodyDecoder {
             state: State::LineStart,
-            unstuffed: Vec::with_capacity(64 * 1024),
+            // One read's worth at a time, freed after each (see `ingest`).
+            unstuffed: Vec::new(),
             normaliser: CrlfNormaliser::default(),
             size: 0,
             max_size,
@@ -138,7 +139,8 @@ impl BodyDecoder {
                 out.truncate(start);
             }
         }
-        self.unstuffed.clear();
+        // Given back at once: a decoder waiting for the client's next block holds nothing.
+        self.unstuffed = Vec::new();
         if done {
             Progress::Done
         } else {

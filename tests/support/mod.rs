@@ -327,3 +327,25 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
 pub fn relay_binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_smtp-oauth-relay"))
 }
+
+/// [`wait_until_read_by_peer`] with a limit of the caller's choosing, for tests whose peer
+/// has much to read (hundreds of large bodies at once).
+pub async fn wait_until_read_by_peer_within(stream: &TcpStream, what: &str, limit: Duration) {
+    let local = stream.local_addr().expect("local addr");
+    let peer = stream.peer_addr().expect("peer addr");
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+        let ours = tcp_queues(&table, local, peer);
+        let theirs = tcp_queues(&table, peer, local);
+        if let (Some((0, _)), Some((_, 0))) = (ours, theirs) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: the peer did not read everything within {limit:?} \
+             (ours tx/rx {ours:?}, peer's tx/rx {theirs:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
