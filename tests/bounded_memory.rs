@@ -72,8 +72,10 @@ async fn three_hundred_large_bodies_held_mid_data_keep_memory_bounded_and_return
     env.push(("SMTP_OAUTH_RELAY_ADMIN_LISTEN".into(), "off".into()));
     let work = tempfile::tempdir().unwrap();
     let log = work.path().join("stderr.log");
+    // A relative RELAY_BINARY is relative to where cargo runs the test (the package root),
+    // not to the child's working directory.
     let binary = std::env::var_os("RELAY_BINARY")
-        .map(std::path::PathBuf::from)
+        .map(|p| std::fs::canonicalize(&p).unwrap_or_else(|e| panic!("RELAY_BINARY {p:?}: {e}")))
         .unwrap_or_else(|| relay_binary().to_owned());
     let mut relay = RelayChild::spawn(&binary, &["serve"], &env, work.path(), &log);
     relay.wait_ready(addr, Duration::from_secs(30)).await;
