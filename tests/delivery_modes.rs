@@ -25,7 +25,10 @@ use child::{files_in, free_addr, RelayChild};
 use smtp_oauth_relay::app::Relay;
 use smtp_oauth_relay::sandbox::{SmtpOutage, TokenFailure};
 use smtp_oauth_relay::spool::{now_unix, Area, QueueEntry, Spool};
-use support::{relay_binary, wait_until, wait_until_read_by_peer, RawClient, World, MAILBOX};
+use support::{
+    eventually, relay_binary, reply_id, wait_until, wait_until_read_by_peer, RawClient, World,
+    MAILBOX,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -47,29 +50,6 @@ fn message(seq: &str) -> Vec<u8> {
          Hello, this is message {seq}.\r\n"
     )
     .into_bytes()
-}
-
-/// The relay's queue id from a `250 2.0.0 <id> ...` reply.
-fn reply_id(reply: &str) -> String {
-    reply
-        .split_whitespace()
-        .nth(2)
-        .unwrap_or_else(|| panic!("no id in {reply:?}"))
-        .to_string()
-}
-
-/// Polls `cond` every 50 ms until it holds or `limit` passes. Returns whether it held.
-async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn list(spool: &Spool, area: Area) -> Vec<QueueEntry> {

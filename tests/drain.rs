@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use child::{files_in, free_addr, RelayChild};
 use smtp_oauth_relay::spool::{Area, Spool};
 use support::{
-    relay_binary, strip_received, wait_until, wait_until_read_by_peer, RawClient, World,
+    relay_binary, reply_id, strip_received, wait_until, wait_until_read_by_peer, RawClient, World,
 };
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -88,15 +88,6 @@ fn big_message(seq: &str) -> Vec<u8> {
         );
     }
     m
-}
-
-/// The relay's queue id from a `250 2.0.0 <id> ...` reply.
-fn reply_id(reply: &str) -> String {
-    reply
-        .split_whitespace()
-        .nth(2)
-        .unwrap_or_else(|| panic!("no id in {reply:?}"))
-        .to_string()
 }
 
 /// Ids of the queue entries on disk (`queue/<id>.json`), read without touching the spool

@@ -10,8 +10,7 @@ mod support;
 use std::time::Duration;
 
 use smtp_oauth_relay::spool::{Area, QueueEntry, Spool};
-use support::{RawClient, World, MAILBOX};
-use tokio::time::Instant;
+use support::{eventually, reply_id, RawClient, World, MAILBOX};
 
 fn message(subject: &str) -> Vec<u8> {
     format!(
@@ -22,27 +21,6 @@ fn message(subject: &str) -> Vec<u8> {
          Hello.\r\n"
     )
     .into_bytes()
-}
-
-fn reply_id(reply: &str) -> String {
-    reply
-        .split_whitespace()
-        .nth(2)
-        .unwrap_or_else(|| panic!("no id in {reply:?}"))
-        .to_string()
-}
-
-async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn list(spool: &Spool, area: Area) -> Vec<QueueEntry> {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use smtp_oauth_relay::app::Relay;
 use smtp_oauth_relay::spool::Area;
-use support::{RawClient, World};
+use support::{eventually, RawClient, World};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -56,19 +56,6 @@ impl Switch {
 
     fn authority(&self) -> String {
         format!("https://{}", self.addr)
-    }
-}
-
-async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -264,24 +264,7 @@ fn tcp_queues(table: &str, local: SocketAddr, remote: SocketAddr) -> Option<(u64
 /// none unread on the peer's side. This is the event "the relay read it", where tests used to
 /// sleep and hope. Panics after 10 s (only a stuck peer takes that long).
 pub async fn wait_until_read_by_peer(stream: &TcpStream, what: &str) {
-    let local = stream.local_addr().expect("local addr");
-    let peer = stream.peer_addr().expect("peer addr");
-    let limit = Duration::from_secs(10);
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
-        let ours = tcp_queues(&table, local, peer);
-        let theirs = tcp_queues(&table, peer, local);
-        if let (Some((0, _)), Some((_, 0))) = (ours, theirs) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: the peer did not read everything within {limit:?} \
-             (ours tx/rx {ours:?}, peer's tx/rx {theirs:?})"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until_read_by_peer_within(stream, what, Duration::from_secs(10)).await
 }
 
 /// How many connections wait in the accept queue of the IPv4 listening socket `listen`:
@@ -346,6 +329,30 @@ pub async fn wait_until_read_by_peer_within(stream: &TcpStream, what: &str, limi
             "{what}: the peer did not read everything within {limit:?} \
              (ours tx/rx {ours:?}, peer's tx/rx {theirs:?})"
         );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The relay's queue id from a `250 2.0.0 <id> ...` reply.
+pub fn reply_id(reply: &str) -> String {
+    reply
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("no id in {reply:?}"))
+        .to_string()
+}
+
+/// Polls `cond` every 50 ms until it holds or `limit` passes. Returns whether it held (for
+/// tests that assert on the outcome themselves; [`wait_until`] panics instead).
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
