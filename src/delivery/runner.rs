@@ -236,7 +236,11 @@ impl Delivery {
             "message failed permanently; kept in the spool's failed/ directory"
         );
         if let Err(e) = self.spool.fail(&entry).await {
-            tracing::error!(id = %entry.id, error = %e, "cannot move the message to failed/");
+            // It stays in queue/ as it was: the next start tries it again and fails it then,
+            // with its one notice (a notice now would say it was kept in failed/).
+            tracing::error!(id = %entry.id, error = %e, "cannot move the message to failed/; it stays queued until the next start");
+            self.queue.remove(&entry.id);
+            return;
         }
         self.queue.remove(&entry.id);
         let to = notice::notice_to(
