@@ -98,16 +98,22 @@ pub fn adopt(
     };
     let mut adopted = 0;
     for e in targets {
-        if spool.forget_destination(&e.id)? {
+        if spool.set_destination(&e.id, ours)? {
             adopted += 1;
             let was = e.destination.as_ref().map(|d| d.to_string());
-            writeln!(
-                out,
-                "{}: destination forgotten (was {}); the next relay to read the queue delivers it",
-                e.id,
-                was.as_deref().unwrap_or("not recorded")
-            )?;
+            let was = was.as_deref().unwrap_or("not recorded");
+            match ours {
+                Some(d) => writeln!(out, "{}: now for {d} (was {was})", e.id)?,
+                None => writeln!(
+                    out,
+                    "{}: destination forgotten (was {was}); the next relay to read the queue delivers it",
+                    e.id
+                )?,
+            }
         }
+    }
+    if adopted > 0 {
+        spool.adopted()?;
     }
     writeln!(
         out,
@@ -191,7 +197,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn adopting_forgets_the_destination() {
+    async fn adopting_records_the_configured_destination_or_forgets_the_old_one() {
         let dir = tempfile::tempdir().unwrap();
         let (spool, _) = Spool::open(dir.path()).unwrap();
         let ours = dest("relay@x", "smtp.office365.com:587");
@@ -213,17 +219,30 @@ mod tests {
         assert_eq!(spool.find("sb1").unwrap().unwrap().1.destination, None);
         assert!(spool.take_rescan_request());
         assert_eq!(adopt(&spool, None, Some(&ours), &mut out).unwrap(), Some(1));
-        assert_eq!(spool.find("sb2").unwrap().unwrap().1.destination, None);
+        let sb2 = spool.find("sb2").unwrap().unwrap().1;
+        assert_eq!(
+            sb2.destination,
+            Some(ours.clone()),
+            "written, not left open"
+        );
+        assert_eq!(sb2.mailbox, "relay@x");
+        assert!(spool.take_rescan_request());
         assert_eq!(
             spool.find("mine").unwrap().unwrap().1.destination,
-            Some(ours),
+            Some(ours.clone()),
             "--all leaves the configured destination's own mail alone"
         );
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.contains(
-                "sb2: destination forgotten (was mailbox relay@sandbox.example via sandbox"
+                "sb1: destination forgotten (was mailbox relay@sandbox.example via sandbox"
             ),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "sb2: now for {ours} (was mailbox relay@sandbox.example"
+            )),
             "{text}"
         );
     }

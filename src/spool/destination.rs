@@ -59,6 +59,7 @@ pub fn sort(entries: Vec<QueueEntry>, ours: &Destination) -> Sorted {
             Owner::Ours => sorted.mine.push(e),
             Owner::Unrecorded => {
                 e.destination = Some(ours.clone());
+                e.mailbox = ours.mailbox.clone();
                 sorted.adopted += 1;
                 sorted.mine.push(e);
             }

@@ -338,6 +338,7 @@ impl Spool {
                 .inspect_err(|e| {
                     faults.failed(e);
                 })?;
+            faults.worked();
             std::fs::rename(&tmp, &path)
         })
         .await
@@ -391,6 +392,7 @@ impl Spool {
                 .inspect_err(|e| {
                     faults.failed(e);
                 })?;
+            faults.worked();
             // Envelope, then body, then the queue envelope goes: a crash at any point leaves
             // either a complete queued message or a complete failed one (recovery discards a
             // queue envelope whose body has moved).
@@ -493,10 +495,11 @@ impl Spool {
         Ok(true)
     }
 
-    /// `queue adopt`: forgets the destination a queued message was recorded for, so the
-    /// next relay that reads the queue (a running one within about two seconds) adopts it as
-    /// its own. Returns false if the id is not queued.
-    pub fn forget_destination(&self, id: &str) -> io::Result<bool> {
+    /// `queue adopt`: records `to` as the destination of a queued message (the configured
+    /// one), or forgets the recorded one when the configuration names none, so that the next
+    /// relay to read the queue adopts it. A running relay re-reads the queue within about two
+    /// seconds. Returns false if the id is not queued.
+    pub fn set_destination(&self, id: &str, to: Option<&Destination>) -> io::Result<bool> {
         let mut entry = match read_entry(&self.path(Area::Queue, id, "json")) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
@@ -505,14 +508,27 @@ impl Spool {
         if !self.body_path(id).exists() {
             return Ok(false);
         }
-        entry.destination = None;
+        entry.destination = to.cloned();
+        if let Some(to) = to {
+            entry.mailbox = to.mailbox.clone();
+        }
         let bytes = serde_json::to_vec_pretty(&entry).map_err(io::Error::other)?;
-        let tmp = self.path(Area::Queue, id, "json.tmp");
+        // A name of this process's own: the running relay writes `<id>.json.tmp` for its updates.
+        let tmp = self.path(
+            Area::Queue,
+            id,
+            &format!("json.adopt-{}.tmp", std::process::id()),
+        );
         write_synced(&tmp, &bytes)?;
         std::fs::rename(&tmp, self.path(Area::Queue, id, "json"))?;
-        sync_dir(&self.queue)?;
-        self.request_rescan()?;
         Ok(true)
+    }
+
+    /// After `queue adopt`: makes the rewritten envelopes durable and asks a running relay to
+    /// re-read the queue (once for any number of messages).
+    pub fn adopted(&self) -> io::Result<()> {
+        sync_dir(&self.queue)?;
+        self.request_rescan()
     }
 
     /// Asks a running relay to re-read `queue/`.
