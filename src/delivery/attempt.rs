@@ -147,7 +147,13 @@ impl Delivery {
                 self.attempt(entry, &mut MessageBody::Stream(&mut file), first)
                     .await
             }
-            Err(e) => Report::from_spool_error(&entry.rcpt_to, e),
+            Err(e) => {
+                // Exchange never saw this attempt: its permit spends nothing.
+                if let Some(permit) = first {
+                    permit.refund();
+                }
+                Report::from_spool_error(&entry.rcpt_to, e)
+            }
         }
     }
 
