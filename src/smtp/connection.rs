@@ -88,17 +88,18 @@ where
                         Some(bye) => Action::Close(bye),
                         None => session.command(request),
                     },
-                    // A refused address or SIZE: refused commands count as junk too.
-                    Err(refusal) => match budget.junk_line(&listen.hostname) {
-                        Some(bye) => Action::Close(bye),
-                        None => Action::Reply(refusal),
-                    },
+                    Err(refusal) => Action::Reply(refusal),
                 },
-                Framed::TooLong => match budget.junk_line(&listen.hostname) {
-                    Some(bye) => Action::Close(bye),
-                    None => Action::Reply(reply::line_too_long()),
-                },
+                Framed::TooLong => Action::Reply(reply::line_too_long()),
                 Framed::Skipped => continue,
+            };
+            // Every refused command counts as junk, whatever refused it.
+            let action = match action {
+                Action::Reply(r) if !r.is_positive() => match budget.refused(&listen.hostname) {
+                    Some(bye) => Action::Close(bye),
+                    None => Action::Reply(r),
+                },
+                other => other,
             };
             match action {
                 Action::Reply(r) => r.write_to(&mut out),
@@ -586,6 +587,28 @@ mod tests {
             c.expect(250).await;
         }
         c.send(b"NOOP\r\n").await;
+        let r = c.expect(421).await;
+        assert_eq!(r.status(), Some("4.7.0"));
+        assert!(c.reply().await.is_none(), "and the slot is free");
+        c.server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_commands_of_every_kind_count_as_junk() {
+        let mut c = connect("127.0.0.1:4000", 64 * 1024);
+        c.expect(220).await;
+        // Out of sequence (503), a bad address (553 5.6.7 without SMTPUTF8), unknown (500).
+        let lines: [(&[u8], u16); 3] = [
+            (b"RCPT TO:<b@y>\r\n", 503),
+            ("MAIL FROM:<j\u{f6}rg@x>\r\n".as_bytes(), 553),
+            (b"FOO\r\n", 500),
+        ];
+        for i in 0..100 {
+            let (line, code) = lines[i % 3];
+            c.send(line).await;
+            c.expect(code).await;
+        }
+        c.send(b"RCPT TO:<b@y>\r\n").await;
         let r = c.expect(421).await;
         assert_eq!(r.status(), Some("4.7.0"));
         assert!(c.reply().await.is_none(), "and the slot is free");

@@ -231,9 +231,8 @@ impl Budget {
             Ok(Request::Mail { .. }) if self.messages >= self.max_messages => {
                 return Some(reply::too_many_messages(hostname));
             }
-            Ok(_) => false,
-            Err(smtp_proto::Error::UnknownCommand | smtp_proto::Error::SyntaxError { .. }) => true,
-            Err(_) => false,
+            // Lines the parser refuses count when their refusal is answered (`refused`).
+            Ok(_) | Err(_) => false,
         };
         if junk {
             self.junk += 1;
@@ -244,8 +243,10 @@ impl Budget {
         None
     }
 
-    /// A line too long to parse counts as junk too.
-    pub fn junk_line(&mut self, hostname: &str) -> Option<Reply> {
+    /// A command the relay refused (any 4xx or 5xx answer: unknown, bad syntax, out of
+    /// sequence, a bad address, a line too long) counts as junk too: a client looping on
+    /// refusals must not hold its slot for the whole session.
+    pub fn refused(&mut self, hostname: &str) -> Option<Reply> {
         self.junk += 1;
         (self.junk > self.max_junk).then(|| reply::too_much_junk(hostname))
     }
@@ -373,14 +374,15 @@ mod tests {
         assert_eq!((r.code, r.status()), (421, Some("4.7.0")));
 
         let mut b = Budget::new(3, 2);
-        assert_eq!(b.check(&parse("FOO"), "h"), None);
-        assert_eq!(b.junk_line("h"), None);
+        assert_eq!(b.check(&parse("FOO"), "h"), None, "counted when refused");
+        assert_eq!(b.refused("h"), None);
+        assert_eq!(b.refused("h"), None);
         assert_eq!(b.check(&parse("NOOP"), "h"), None);
         b.message_accepted();
         for _ in 0..3 {
             assert_eq!(b.check(&parse("NOOP"), "h"), None, "counting starts again");
         }
-        assert!(b.junk_line("h").is_some());
+        assert!(b.refused("h").is_some());
     }
 
     #[test]

@@ -92,7 +92,9 @@ impl Session {
 
     /// Handles one command line as received (CRLF included). `MAIL` and `RCPT` arguments are
     /// read from the raw bytes ([`super::mail_rcpt`]), so addresses stay exactly as written;
-    /// every other command goes through smtp-proto's parser.
+    /// every other command goes through smtp-proto's parser. (The connection calls
+    /// [`parse_line`], its slot budget, then [`command`](Self::command); tests call this.)
+    #[cfg(test)]
     pub fn line(&mut self, line: &[u8]) -> Action {
         match parse_line(line) {
             Ok(request) => self.command(request),
