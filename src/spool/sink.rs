@@ -136,7 +136,10 @@ impl BodySink {
             }
         }
         let failed = match (self.file.take(), self.failed) {
-            (Some(_), None) => return Ok(Body::File(self.path)),
+            (Some(_), None) => {
+                self.faults.worked();
+                return Ok(Body::File(self.path));
+            }
             (_, Some(fault)) => fault,
             (None, None) => WriteFault::Other,
         };
@@ -240,6 +243,16 @@ mod tests {
         assert!(matches!(sink.finish(&spool).await, Err(WriteFault::Other)));
         drop(leases);
         spool.faults().inject(None);
+        assert!(
+            spool.faults().full(),
+            "the last no-space failure is remembered"
+        );
+        // A body written to disk again (no commit needed: hybrid may deliver it straight
+        // away) says the spool is writable.
+        let mut sink = BodySink::new(&spool, &MessageId::generate()).await;
+        sink.write(&vec![b'z'; MEMORY_BODY_MAX + 1]).await;
+        assert!(matches!(sink.finish(&spool).await, Ok(Body::File(_))));
+        assert!(!spool.faults().full(), "a successful write clears it");
     }
 
     #[tokio::test]
