@@ -41,6 +41,9 @@ impl Scrubber {
             secret.to_string(),
             form.clone(),
             form.replace('+', "%20"),
+            // RFC 3986 style (JavaScript's encodeURIComponent): `~` stays as it is.
+            form.replace("%7E", "~"),
+            form.replace("%7E", "~").replace('+', "%20"),
             json_escape(secret, false),
             json_escape(secret, true),
             // Encoded twice, as a proxy that quotes a URL might.
@@ -231,6 +234,7 @@ mod tests {
             json[1..json.len() - 1].to_string(),
             json_escape(SECRET, true),
             form_encode(&form),
+            form.replace("%7E", "~"),
         ];
         for f in forms {
             let text = format!("echo: client_id=x&client_secret={f}&scope=y");
