@@ -6,7 +6,9 @@ use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
 /// One line of at most `width` characters: control characters (CR, LF, tabs of multi-line
-/// replies) become spaces, runs of spaces collapse, and a cut is marked with `…`.
+/// replies) become spaces, runs of spaces collapse, invisible format characters (bidi
+/// overrides, zero-width marks) are shown escaped as `queue show` shows them, and a cut is
+/// marked with `…`.
 pub fn truncate(text: &str, width: usize) -> String {
     let mut flat = String::with_capacity(text.len());
     for c in text.chars() {
@@ -16,7 +18,7 @@ pub fn truncate(text: &str, width: usize) -> String {
         }
         flat.push(c);
     }
-    let flat = flat.trim_end();
+    let flat = crate::wire::header::terminal_safe(flat.trim_end());
     if flat.chars().count() <= width {
         return flat.to_string();
     }
@@ -145,6 +147,15 @@ pub fn format_time(now: u64, t: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cells_show_format_characters_escaped() {
+        // U+202E would reverse the rest of the line; ESC would start a terminal sequence.
+        assert_eq!(
+            truncate("a\u{202e}gpj.exe@x\u{1b}[2J", 40),
+            "a\\u{202e}gpj.exe@x [2J"
+        );
+    }
 
     #[test]
     fn truncation() {
