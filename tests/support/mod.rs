@@ -222,15 +222,11 @@ fn complete_reply(buf: &[u8]) -> Option<usize> {
 
 /// Polls `cond` every 10 ms until it holds; panics naming `what` if `limit` passes first. The
 /// limit only matters when the test fails: it is not a guess at how long something takes.
-pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+pub async fn wait_until(what: &str, limit: Duration, cond: impl FnMut() -> bool) {
+    assert!(
+        eventually(limit, cond).await,
+        "timed out after {limit:?} waiting for {what}"
+    );
 }
 
 /// The send queue (bytes not yet acknowledged by the peer) and the receive queue (bytes the
@@ -342,7 +338,7 @@ pub fn reply_id(reply: &str) -> String {
         .to_string()
 }
 
-/// Polls `cond` every 50 ms until it holds or `limit` passes. Returns whether it held (for
+/// Polls `cond` every 10 ms until it holds or `limit` passes. Returns whether it held (for
 /// tests that assert on the outcome themselves; [`wait_until`] panics instead).
 pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
@@ -353,6 +349,6 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
         if tokio::time::Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
