@@ -15,7 +15,7 @@ use crate::ops::admin;
 use crate::smtp::connection::Context;
 use crate::smtp::listener;
 use crate::spool::{now_unix, Destination, Spool};
-use crate::token::{ClientSecretSource, TokenCache};
+use crate::token::{Reloaded, TokenCache, TokenSource};
 use crate::upstream::Upstream;
 
 /// Why the relay could not start. Each variant names what to fix.
@@ -30,6 +30,8 @@ pub enum StartError {
     },
     #[error("TLS setup: {0}")]
     Tls(#[from] crate::tls::TlsSetupError),
+    #[error("credential: {0}")]
+    Credential(String),
     #[error("cannot listen on {addr} (admin.listen / SMTP_OAUTH_RELAY_ADMIN_LISTEN): {source}")]
     AdminBind {
         addr: SocketAddr,
@@ -37,13 +39,13 @@ pub enum StartError {
     },
 }
 
-/// What SIGHUP did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Reload {
-    /// The secret file was read again; `changed` says whether its value is new.
-    SecretReloaded { changed: bool },
-    /// The secret is not from a file: nothing to re-read.
-    NothingToReload,
+impl From<crate::token::BuildError> for StartError {
+    fn from(e: crate::token::BuildError) -> Self {
+        match e {
+            crate::token::BuildError::Tls(t) => StartError::Tls(t),
+            crate::token::BuildError::Credential(m) => StartError::Credential(m),
+        }
+    }
 }
 
 /// How often the token keeper looks at the cached token when all is well (it refreshes ahead
@@ -69,8 +71,7 @@ pub struct Relay {
     upstream: Arc<Upstream>,
     delivery: Arc<Delivery>,
     tokens: TokenCache,
-    secret_source: Arc<ClientSecretSource>,
-    secret_file: Option<std::path::PathBuf>,
+    source: Arc<dyn TokenSource>,
     admin_addr: Option<SocketAddr>,
     admin_stop: CancellationToken,
     admin_task: Option<tokio::task::JoinHandle<()>>,
@@ -101,8 +102,7 @@ impl Relay {
                 source,
             })?;
         let account = &config.account;
-        let source = ClientSecretSource::new(account.credential.clone())?;
-        let source = Arc::new(source);
+        let source = crate::token::credential::build(&account.credential)?;
         let tokens = TokenCache::new(source.clone(), account.refresh_margin);
         let tls = crate::tls::client_config(&config.extra_roots)?;
         let upstream = Arc::new(Upstream::new(
@@ -205,8 +205,7 @@ impl Relay {
             upstream,
             delivery,
             tokens,
-            secret_source: source,
-            secret_file: account.client_secret_file.clone(),
+            source,
             admin_addr,
             admin_stop,
             admin_task,
@@ -226,27 +225,16 @@ impl Relay {
         &self.tokens
     }
 
-    /// SIGHUP: reads the client secret file again (a rotated secret), checks its shape, and
-    /// uses it for the next token request. Connections and the current token are kept.
-    pub fn reload_secrets(&self) -> Result<Reload, crate::config::ConfigError> {
-        let Some(path) = &self.secret_file else {
-            return Ok(Reload::NothingToReload);
-        };
-        let secret = crate::config::read_secret_file(path)?;
-        if let Some(advice) =
-            crate::diagnose::lint_secret(secrecy::ExposeSecret::expose_secret(&secret))
-        {
-            return Err(crate::config::ConfigError {
-                key: "account.client_secret_file".into(),
-                message: advice.to_string(),
-            });
-        }
-        let changed = self.secret_source.replace_secret(secret);
-        if changed {
-            // A failure remembered for the old secret must not hold back the new one.
+    /// SIGHUP: reads the credential's files again (a rotated secret, certificate or key)
+    /// and uses them for the next token request. Connections and the current token are kept.
+    /// The error names the file and what is wrong with it.
+    pub fn reload_secrets(&self) -> Result<Reloaded, String> {
+        let reloaded = self.source.reload()?;
+        if reloaded == Reloaded::Changed {
+            // A failure remembered for the old credential must not hold back the new one.
             self.tokens.forget_failure();
         }
-        Ok(Reload::SecretReloaded { changed })
+        Ok(reloaded)
     }
 
     pub fn upstream(&self) -> &Arc<Upstream> {

@@ -367,7 +367,7 @@ async fn sighup_rereads_a_rotated_secret_without_dropping_connections() {
     assert_eq!(status.code(), Some(0), "{}", relay.stderr_tail(30));
 
     let log = relay.stderr();
-    assert!(log.contains("client secret file read again"), "{log}");
+    assert!(log.contains("credential files read again"), "{log}");
     assert!(
         !log.contains(WRONG_SECRET),
         "the old secret leaked into the log"

@@ -18,7 +18,11 @@ use crate::spool::{Area, Destination, QueueEntry, Spool};
 /// own (`app::destination`).
 pub fn configured(config: &Config) -> Option<Destination> {
     let a = &config.account;
-    let (host, port) = split_host_port(&config.upstream.address)?;
+    let address = match &config.upstream.address {
+        Some(a) => a.clone(),
+        None => a.cloud.smtp_address().to_string(),
+    };
+    let (host, port) = split_host_port(&address)?;
     Some(Destination {
         tenant: a.tenant.clone()?,
         client_id: a.client_id.clone()?,
@@ -148,7 +152,7 @@ mod tests {
         config.account.tenant = Some("t".into());
         config.account.client_id = Some("c".into());
         config.account.mailbox = Some("relay@x".into());
-        config.upstream.address = " smtp.office365.com:587".into();
+        config.upstream.address = Some(" smtp.office365.com:587".into());
         assert_eq!(
             configured(&config),
             Some(dest("relay@x", "smtp.office365.com:587"))

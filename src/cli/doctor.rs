@@ -8,13 +8,12 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::process::{init_tracing, runtime, EXIT_CONFIG, EXIT_UNAVAILABLE};
 use crate::config::{unknown_env_vars, Config, ValidConfig};
 use crate::diagnose;
-use crate::token::{ClientSecretSource, TokenCache, TokenSource};
+use crate::token::TokenCache;
 use crate::upstream::{MessageBody, OutboundMessage, Upstream};
 
 #[derive(Debug, clap::Args)]
@@ -147,9 +146,9 @@ pub fn run(which: Doctor, config: Config, env: &[(String, String)]) -> ExitCode 
 
 async fn diagnose_online<W: Write>(which: Doctor, valid: ValidConfig, report: &mut Report<W>) {
     let account = &valid.account;
-    let source = match ClientSecretSource::new(account.credential.clone()) {
-        Ok(s) => Arc::new(s),
-        Err(e) => return report.fail("TLS set-up", None, &e.to_string(), None),
+    let source = match crate::token::credential::build(&account.credential) {
+        Ok(s) => s,
+        Err(e) => return report.fail("credential", None, &e.to_string(), None),
     };
 
     // Token.

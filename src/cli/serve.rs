@@ -11,9 +11,10 @@ use figment::providers::{Format, Toml};
 use figment::Figment;
 
 use super::process::{config_error, init_tracing, runtime};
-use crate::app::{Relay, Reload};
+use crate::app::Relay;
 use crate::config::{env_overrides, unknown_env_vars, Config, ValidConfig};
 use crate::sandbox::{Sandbox, SandboxOptions};
+use crate::token::Reloaded;
 
 /// What `serve --sandbox` records as the upstream of the mail it queues: the stand-in's port
 /// changes with every start, while its queued mail must survive a restart.
@@ -114,17 +115,17 @@ pub fn run(config_file: Option<&Path>, env: &[(String, String)], args: ServeArgs
             match signals.next().await {
                 Signal::Stop => break,
                 Signal::Reload => match relay.reload_secrets() {
-                    Ok(Reload::SecretReloaded { changed: true }) => {
-                        tracing::info!("SIGHUP: client secret file read again; the new secret is used from the next token request");
+                    Ok(Reloaded::Changed) => {
+                        tracing::info!("SIGHUP: credential files read again; the new credential is used from the next token request");
                     }
-                    Ok(Reload::SecretReloaded { changed: false }) => {
-                        tracing::info!("SIGHUP: client secret file read again; unchanged");
+                    Ok(Reloaded::Unchanged) => {
+                        tracing::info!("SIGHUP: credential files read again; unchanged");
                     }
-                    Ok(Reload::NothingToReload) => {
-                        tracing::info!("SIGHUP: nothing to re-read (the client secret is not from a file; restart to change configuration)");
+                    Ok(Reloaded::NothingToReload) => {
+                        tracing::info!("SIGHUP: nothing to re-read (the credential is not from a file; restart to change configuration)");
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, "SIGHUP: cannot use the secret file; keeping the secret in use");
+                        tracing::error!(error = %e, "SIGHUP: cannot use the credential files; keeping the credential in use");
                     }
                 },
             }
@@ -179,8 +180,8 @@ async fn start_sandbox(config: &mut Config, dir: &Path) -> std::io::Result<Sandb
     account.client_secret = Some(o.client_secret.clone());
     account.client_secret_file = None;
     account.mailbox = Some(o.mailboxes[0].clone());
-    account.authority = sandbox.authority();
-    config.upstream.address = sandbox.smtp_addr().to_string();
+    account.authority = Some(sandbox.authority());
+    config.upstream.address = Some(sandbox.smtp_addr().to_string());
     config.upstream.tls_server_name = Some("localhost".into());
     config.tls.extra_ca_file = Some(ca);
     tracing::info!(

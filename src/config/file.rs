@@ -9,7 +9,10 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::delivery::{DeliveryMode, EnvelopeSender};
+use crate::token::{AssertionAlgorithm, Cloud, CredentialKind};
 
+/// IMDS's token URL on an Azure VM or VM scale set (reference §1.5).
+pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
 /// Default Microsoft identity platform host (global cloud).
 pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
 /// The documented scope for app-only SMTP AUTH (reference §1.2).
@@ -136,18 +139,48 @@ pub struct AccountConfig {
     pub tenant: Option<String>,
     /// Application (client) ID of the app registration.
     pub client_id: Option<String>,
+    /// How the relay proves who it is: `secret`, `certificate`, `workload-identity`,
+    /// `managed-identity` or `delegated`. Chosen automatically when only one kind is
+    /// configured.
+    pub credential: Option<CredentialKind>,
+    /// `global`, `usgov` (GCC High, DoD) or `china` (21Vianet): chooses the login host, the
+    /// token scope and the default SMTP host.
+    pub cloud: Cloud,
     /// The client secret *value* (not its ID). Prefer `client_secret_file`.
     #[serde(serialize_with = "serialize_redacted")]
     pub client_secret: Option<SecretString>,
     /// File holding the client secret value (trailing newline ignored).
     pub client_secret_file: Option<PathBuf>,
+    /// PEM certificate registered on the app, with its private key unless
+    /// `client_key_file` is set.
+    pub client_certificate_file: Option<PathBuf>,
+    /// PEM private key of the certificate (PKCS#8, PKCS#1 or encrypted PKCS#8).
+    pub client_key_file: Option<PathBuf>,
+    /// File holding the passphrase of an encrypted private key.
+    pub client_key_passphrase_file: Option<PathBuf>,
+    /// `PS256` (with `x5t#S256`, the default) or `RS256` (with the SHA-1 `x5t`, for old
+    /// registrations).
+    pub certificate_algorithm: AssertionAlgorithm,
+    /// Workload identity: the projected service-account token file (re-read for every
+    /// request). Set by `AZURE_FEDERATED_TOKEN_FILE` in an AKS pod.
+    pub federated_token_file: Option<PathBuf>,
+    /// Managed identity: client ID of the user-assigned identity (a federated credential of
+    /// the app registration).
+    pub managed_identity_client_id: Option<String>,
+    /// Managed identity: IMDS's token URL.
+    pub imds_endpoint: String,
+    /// Delegated: the file `login` stores the refresh token in (0600, rotated on every
+    /// refresh).
+    pub refresh_token_file: Option<PathBuf>,
     /// Mailbox to send as: the XOAUTH2 `user=`.
     pub mailbox: Option<String>,
-    /// Token service base URL. A Jama-style `https://login.microsoftonline.com/<tenant>/v2.0`
-    /// is accepted too and supplies the tenant.
-    pub authority: String,
-    /// Token scope.
-    pub scope: String,
+    /// Token service base URL. Default: the cloud's login host. A Jama-style
+    /// `https://login.microsoftonline.com/<tenant>/v2.0` is accepted too and supplies the
+    /// tenant.
+    pub authority: Option<String>,
+    /// Token scope. Default: the cloud's Exchange resource with `/.default` (app-only), or
+    /// `…/SMTP.Send offline_access` (delegated).
+    pub scope: Option<String>,
     /// Refresh the token in the background when less than this many seconds are left.
     pub refresh_margin_secs: u64,
     /// Seconds a token request may take.
@@ -163,11 +196,21 @@ impl Default for AccountConfig {
         Self {
             tenant: None,
             client_id: None,
+            credential: None,
+            cloud: Cloud::Global,
             client_secret: None,
             client_secret_file: None,
+            client_certificate_file: None,
+            client_key_file: None,
+            client_key_passphrase_file: None,
+            certificate_algorithm: AssertionAlgorithm::PS256,
+            federated_token_file: None,
+            managed_identity_client_id: None,
+            imds_endpoint: DEFAULT_IMDS_ENDPOINT.into(),
+            refresh_token_file: None,
             mailbox: None,
-            authority: DEFAULT_AUTHORITY.into(),
-            scope: DEFAULT_SCOPE.into(),
+            authority: None,
+            scope: None,
             refresh_margin_secs: 15 * 60,
             token_timeout_secs: 30,
             envelope_sender: EnvelopeSender::Mailbox,
@@ -180,17 +223,31 @@ impl std::fmt::Debug for AccountConfig {
         f.debug_struct("AccountConfig")
             .field("tenant", &self.tenant)
             .field("client_id", &self.client_id)
+            .field("credential", &self.credential)
+            .field("cloud", &self.cloud)
             .field(
                 "client_secret",
                 &self.client_secret.as_ref().map(|_| "<redacted>"),
             )
             .field("client_secret_file", &self.client_secret_file)
+            .field("client_certificate_file", &self.client_certificate_file)
+            .field("client_key_file", &self.client_key_file)
+            .field(
+                "client_key_passphrase_file",
+                &self.client_key_passphrase_file,
+            )
+            .field("federated_token_file", &self.federated_token_file)
+            .field(
+                "managed_identity_client_id",
+                &self.managed_identity_client_id,
+            )
+            .field("refresh_token_file", &self.refresh_token_file)
             .field("mailbox", &self.mailbox)
             .field("authority", &self.authority)
             .field("scope", &self.scope)
             .field("refresh_margin_secs", &self.refresh_margin_secs)
             .field("envelope_sender", &self.envelope_sender)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -206,8 +263,9 @@ fn serialize_redacted<S: serde::Serializer>(
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// `host:port` of the STARTTLS submission server.
-    pub address: String,
+    /// `host:port` of the STARTTLS submission server. Default: the cloud's SMTP host
+    /// (`smtp.office365.com:587` in the global cloud).
+    pub address: Option<String>,
     /// Name to verify the server certificate against. Default: the host of `address`.
     pub tls_server_name: Option<String>,
     /// Authenticated connections per mailbox. Exchange allows 3 (reference §4.1); 0 = no
@@ -230,7 +288,7 @@ pub struct UpstreamConfig {
 impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {
-            address: DEFAULT_UPSTREAM.into(),
+            address: None,
             tls_server_name: None,
             max_connections: 3,
             connect_timeout_secs: 30,

@@ -8,7 +8,7 @@
 //! Config sits above the rooms: each room defines the settings it needs
 //! ([`crate::smtp::ListenSettings`], [`crate::upstream::UpstreamSettings`],
 //! [`crate::delivery::DeliverySettings`], [`crate::governor::Limits`],
-//! [`crate::token::ClientSecretSettings`]) and [`ValidConfig`] is made of them; no room imports
+//! [`crate::token::SourceSettings`]) and [`ValidConfig`] is made of them; no room imports
 //! this one.
 //!
 //! - `file.rs`: the file's shape and its defaults; `mod.rs`: loading.
@@ -18,6 +18,7 @@
 //! The environment is passed in as a list of `(name, value)` pairs instead of being read
 //! here, so tests never have to set real environment variables.
 
+mod credential;
 mod env;
 mod file;
 mod keys;
@@ -37,9 +38,7 @@ pub use file::{
     LogConfig, LogFormat, ShutdownConfig, TlsConfig, UpstreamConfig, DEFAULT_AUTHORITY,
     DEFAULT_SCOPE, DEFAULT_UPSTREAM, EXCHANGE_MAX_SIZE,
 };
-pub use validate::{
-    read_secret_file, split_authority, split_host_port, validate_admin, ValidAccount, ValidConfig,
-};
+pub use validate::{split_authority, split_host_port, validate_admin, ValidAccount, ValidConfig};
 
 impl Config {
     /// Loads the TOML file (if any), then applies environment overrides: the public names
@@ -78,7 +77,9 @@ impl Config {
                 keys::describe(&unknown),
             ));
         }
-        figment.extract_lossy::<Config>().map_err(in_file)
+        let mut config = figment.extract_lossy::<Config>().map_err(in_file)?;
+        apply_azure_env(&mut config.account, env);
+        Ok(config)
     }
 
     /// Loads from a TOML string (tests, `config/*.toml` checks).
@@ -91,5 +92,42 @@ impl Config {
     /// Checks every value and resolves files (secret, CA). Names the key at fault.
     pub fn validate(self) -> Result<ValidConfig, ConfigError> {
         validate::validate(self)
+    }
+}
+
+/// The workload identity variables of an AKS pod (`AZURE_*`, reference §1.4) configure the
+/// account when it uses workload identity: named so, or with no other credential configured.
+/// Our own settings win over them.
+fn apply_azure_env(account: &mut AccountConfig, env: &[(String, String)]) {
+    use crate::token::CredentialKind;
+    let get = |name: &str| {
+        env.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let Some(token_file) = get("AZURE_FEDERATED_TOKEN_FILE") else {
+        return;
+    };
+    let applies = match account.credential {
+        Some(kind) => kind == CredentialKind::WorkloadIdentity,
+        None => credential::configured_kinds(account)
+            .iter()
+            .all(|k| *k == CredentialKind::WorkloadIdentity),
+    };
+    if !applies {
+        return;
+    }
+    if account.federated_token_file.is_none() {
+        account.federated_token_file = Some(token_file.into());
+    }
+    if account.client_id.is_none() {
+        account.client_id = get("AZURE_CLIENT_ID");
+    }
+    if account.tenant.is_none() {
+        account.tenant = get("AZURE_TENANT_ID");
+    }
+    if account.authority.is_none() {
+        account.authority = get("AZURE_AUTHORITY_HOST");
     }
 }

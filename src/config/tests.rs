@@ -64,10 +64,7 @@ fn nested_env_and_numbers_override() {
 #[test]
 fn all_digit_secret_stays_a_string() {
     let c = load(&[("SMTP_OAUTH_RELAY_CLIENT_SECRET", "12345678901234567890")]).unwrap();
-    assert_eq!(
-        c.account.credential.client_secret.expose_secret(),
-        "12345678901234567890"
-    );
+    assert_eq!(secret_of(&c).expose_secret(), "12345678901234567890");
 }
 
 #[test]
@@ -111,7 +108,7 @@ fn secret_file_is_read_and_trimmed() {
         .validate()
         .unwrap();
     assert_eq!(
-        c.account.credential.client_secret.expose_secret(),
+        secret_of(&c).expose_secret(),
         "abc8Q~file-secret-value-000000000000000"
     );
 }
@@ -435,5 +432,12 @@ fn listen_slot_limits_have_defaults_and_env_overrides() {
         let var = format!("SMTP_OAUTH_RELAY__LISTEN__{}", key.to_ascii_uppercase());
         let err = load(&[(var.as_str(), "0")]).unwrap_err();
         assert_eq!(err.key, format!("listen.{key}"));
+    }
+}
+
+fn secret_of(c: &ValidConfig) -> secrecy::SecretString {
+    match &c.account.credential.credential {
+        crate::token::Credential::Secret { secret, .. } => secret.clone(),
+        other => panic!("expected a client secret, got {other:?}"),
     }
 }

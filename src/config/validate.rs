@@ -1,11 +1,10 @@
 //! Checking every value and resolving it into the rooms' settings, naming the key at fault.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rustls_pki_types::{CertificateDer, ServerName};
-use secrecy::{ExposeSecret, SecretString};
 
 use super::env::{ENV_KEYS, ENV_PREFIX};
 use super::file::{
@@ -15,7 +14,7 @@ use super::file::{
 use crate::delivery::{DeliverySettings, EnvelopeSender};
 use crate::governor::Limits;
 use crate::smtp::ListenSettings;
-use crate::token::{token_url, ClientSecretSettings};
+use crate::token::{token_url, Cloud, CredentialKind, SourceSettings};
 use crate::upstream::UpstreamSettings;
 
 /// Validated, resolved configuration: the only form the rest of the crate accepts. Made of
@@ -42,11 +41,11 @@ pub struct ValidAccount {
     pub tenant: String,
     /// The mailbox to send as (the XOAUTH2 `user=`).
     pub mailbox: String,
-    /// What the client-secret token source needs (its `Debug` hides the secret).
-    pub credential: ClientSecretSettings,
+    pub cloud: Cloud,
+    /// What the token source needs: endpoint, app, scope and credential (its `Debug` hides
+    /// every secret).
+    pub credential: SourceSettings,
     pub refresh_margin: Duration,
-    /// Where the secret came from, if a file: SIGHUP reads it again.
-    pub client_secret_file: Option<PathBuf>,
 }
 
 /// See [`Config::validate`].
@@ -55,7 +54,7 @@ pub(super) fn validate(config: Config) -> Result<ValidConfig, ConfigError> {
     // In the order of the file, so that the first of several mistakes is the one named.
     let listen = validate_listen(&config.listen)?;
     let mut account = validate_account(&config.account, &mut warnings)?;
-    let upstream = validate_upstream(&config.upstream, &listen.hostname)?;
+    let upstream = validate_upstream(&config.upstream, &listen.hostname, account.cloud)?;
     let extra_roots = match &config.tls.extra_ca_file {
         None => Vec::new(),
         Some(path) => crate::tls::load_pem_certificates(path)
@@ -291,8 +290,15 @@ fn validate_account(
     a: &AccountConfig,
     warnings: &mut Vec<String>,
 ) -> Result<ValidAccount, ConfigError> {
+    let cloud = a.cloud;
+    let authority_text = a
+        .authority
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .unwrap_or(cloud.authority());
     let (authority, tenant_from_authority) =
-        split_authority(&a.authority).map_err(|m| ConfigError::new("account.authority", m))?;
+        split_authority(authority_text).map_err(|m| ConfigError::new("account.authority", m))?;
     let tenant = match (a.tenant.as_deref().map(str::trim), tenant_from_authority) {
         (Some(t), Some(from_url)) if !t.is_empty() && !t.eq_ignore_ascii_case(&from_url) => {
             return Err(ConfigError::new(
@@ -319,17 +325,7 @@ fn validate_account(
     if let Some(a) = crate::diagnose::lint_client_id(&client_id) {
         return Err(ConfigError::new("account.client_id", a.to_string()));
     }
-    let client_secret = resolve_secret(a)?;
-    if let Some(advice) = crate::diagnose::lint_secret(client_secret.expose_secret()) {
-        // Name where the value came from: the file, when there is one.
-        return Err(match &a.client_secret_file {
-            Some(path) => ConfigError::new(
-                "account.client_secret_file",
-                format!("the file {} holds a bad value. {advice}", path.display()),
-            ),
-            None => ConfigError::new("account.client_secret", advice.to_string()),
-        });
-    }
+    let credential = super::credential::resolve(a, "account", warnings)?;
     let mailbox = required(&a.mailbox, "account.mailbox", "the mailbox to send as")?.to_string();
     if !mailbox.contains('@') || mailbox.chars().any(|c| c.is_whitespace() || c == '<') {
         return Err(ConfigError::new(
@@ -337,9 +333,16 @@ fn validate_account(
             format!("`{mailbox}` is not an email address such as relay@contoso.com"),
         ));
     }
-    let scope = a.scope.trim().to_string();
-    if let Some(a) = crate::diagnose::lint_scope(&scope) {
-        return Err(ConfigError::new("account.scope", a.to_string()));
+    let delegated = credential.kind() == CredentialKind::Delegated;
+    let scope = match a.scope.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        Some(s) => s.to_string(),
+        None if delegated => cloud.delegated_scope(),
+        None => cloud.app_scope(),
+    };
+    if !delegated {
+        if let Some(a) = crate::diagnose::lint_scope(&scope) {
+            return Err(ConfigError::new("account.scope", a.to_string()));
+        }
     }
     if a.refresh_margin_secs < 60 {
         warnings.push(format!(
@@ -354,59 +357,20 @@ fn validate_account(
         ));
     }
     Ok(ValidAccount {
-        credential: ClientSecretSettings {
+        credential: SourceSettings {
             token_url: token_url(&authority, &tenant),
             client_id,
-            client_secret,
             scope,
             // Filled in once `tls.extra_ca_file` is read.
             extra_roots: Vec::new(),
             timeout: Duration::from_secs(a.token_timeout_secs),
+            credential,
         },
         tenant,
         mailbox,
+        cloud,
         refresh_margin: Duration::from_secs(a.refresh_margin_secs),
-        client_secret_file: a.client_secret_file.clone(),
     })
-}
-
-fn resolve_secret(a: &AccountConfig) -> Result<SecretString, ConfigError> {
-    match (&a.client_secret, &a.client_secret_file) {
-        (Some(_), Some(_)) => Err(ConfigError::new(
-            "account.client_secret_file",
-            "set either client_secret or client_secret_file, not both",
-        )),
-        (Some(s), None) => {
-            let trimmed = s.expose_secret().trim();
-            if trimmed.is_empty() {
-                return Err(ConfigError::new("account.client_secret", "is empty"));
-            }
-            Ok(SecretString::from(trimmed.to_string()))
-        }
-        (None, Some(path)) => read_secret_file(path),
-        (None, None) => Err(ConfigError::new(
-            "account.client_secret",
-            format!(
-                "missing: the client secret value (env {ENV_PREFIX}CLIENT_SECRET or \
-                 {ENV_PREFIX}CLIENT_SECRET_FILE)"
-            ),
-        )),
-    }
-}
-
-/// Reads a secret file (trailing newline ignored). Used at start-up and again on SIGHUP, when a rotated secret has been written to the file.
-pub fn read_secret_file(path: &Path) -> Result<SecretString, ConfigError> {
-    let key = "account.client_secret_file";
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(key, format!("cannot read {}: {e}", path.display())))?;
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Err(ConfigError::new(
-            key,
-            format!("{} is empty", path.display()),
-        ));
-    }
-    Ok(SecretString::from(trimmed.to_string()))
 }
 
 /// Splits an authority into base URL and, for a Jama/MSAL-style authority
@@ -464,14 +428,21 @@ fn is_loopback_host(host_port: &str) -> bool {
             .unwrap_or(false)
 }
 
-fn validate_upstream(u: &UpstreamConfig, hostname: &str) -> Result<UpstreamSettings, ConfigError> {
-    let (host, port) = split_host_port(&u.address).ok_or_else(|| {
+fn validate_upstream(
+    u: &UpstreamConfig,
+    hostname: &str,
+    cloud: Cloud,
+) -> Result<UpstreamSettings, ConfigError> {
+    let address = u
+        .address
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .unwrap_or(cloud.smtp_address());
+    let (host, port) = split_host_port(address).ok_or_else(|| {
         ConfigError::new(
             "upstream.address",
-            format!(
-                "`{}` is not host:port such as {DEFAULT_UPSTREAM}",
-                u.address
-            ),
+            format!("`{address}` is not host:port such as {DEFAULT_UPSTREAM}"),
         )
     })?;
     for (key, v) in [

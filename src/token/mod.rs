@@ -1,8 +1,8 @@
 //! The token room: getting OAuth2 access tokens for Exchange Online and keeping them fresh.
 //!
 //! The upstream pulls a token each time it opens an authenticated SMTP session. Tokens come
-//! from a [`TokenSource`] (one implementation per credential kind: today the client secret in
-//! [`client_secret`]) and are cached per credential by [`TokenCache`], because one app-only token
+//! from a [`TokenSource`] (one implementation per credential kind, listed in [`credential`], all
+//! talking to Entra through [`endpoint`]) and are cached per credential by [`TokenCache`], because one app-only token
 //! serves every mailbox of that app registration (DESIGN §6). The cache refreshes ahead of expiry
 //! in the background, makes one request for many concurrent misses, and remembers failures
 //! briefly so a storm of connections cannot hammer Entra.
@@ -15,11 +15,19 @@
 
 pub mod cache;
 pub mod client_secret;
+pub mod cloud;
+pub mod credential;
+pub mod endpoint;
 pub mod error;
 pub mod scrub;
 pub mod source;
 
 pub use cache::TokenCache;
-pub use client_secret::{token_url, ClientSecretSettings, ClientSecretSource};
+pub use client_secret::{read_secret_file, ClientSecretSettings, ClientSecretSource};
+pub use cloud::Cloud;
+pub use credential::{
+    AssertionAlgorithm, BuildError, CertificateFiles, Credential, CredentialKind, SourceSettings,
+};
+pub use endpoint::{token_url, TokenEndpoint, TokenGrant};
 pub use error::TokenError;
-pub use source::{AccessToken, FetchFuture, TokenSource};
+pub use source::{AccessToken, FetchFuture, Reloaded, TokenSource};

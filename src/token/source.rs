@@ -93,6 +93,30 @@ pub trait TokenSource: Send + Sync + 'static {
     /// Says which credential this is, for logs and `check` output, without any secret,
     /// e.g. `client secret for app <client_id> in tenant <tenant>`.
     fn describe(&self) -> String;
+
+    /// SIGHUP: reads the credential's files again (a rotated secret, certificate or key) and
+    /// uses them from the next request on. The error names the file and what is wrong with
+    /// it, never its content. Kinds with nothing to re-read keep the default.
+    fn reload(&self) -> Result<Reloaded, String> {
+        Ok(Reloaded::NothingToReload)
+    }
+
+    /// When the credential itself stops working (a certificate's `notAfter`), for kinds that
+    /// have such a date: `check` and the log warn ahead of it, `/readyz` fails after it.
+    fn not_after(&self) -> Option<std::time::SystemTime> {
+        None
+    }
+}
+
+/// What [`TokenSource::reload`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reloaded {
+    /// The files were read again and hold a new credential.
+    Changed,
+    /// The files were read again and hold the credential in use.
+    Unchanged,
+    /// This credential has no file to read again.
+    NothingToReload,
 }
 
 #[cfg(test)]

@@ -30,7 +30,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::process::{config_error, runtime};
-use crate::config::{read_secret_file, split_host_port};
+use crate::config::split_host_port;
+use crate::token::read_secret_file;
 pub use report::{latency, Latency, Report};
 pub use run::run;
 pub use spec::{body, parse_size_spec, stamp, Auth, Options, SizeSpec, Tls, MIN_SIZE};
@@ -175,7 +176,7 @@ fn options(a: &LoadgenArgs) -> Result<Options, String> {
     if let Some(mech) = &a.auth {
         let user = a.user.clone().ok_or("--auth needs --user")?;
         let path = a.secret_file.as_ref().ok_or("--auth needs --secret-file")?;
-        let secret = read_secret_file(path).map_err(|e| format!("--secret-file: {}", e.message))?;
+        let secret = read_secret_file(path).map_err(|e| format!("--secret-file: {e}"))?;
         o.auth = Some(match mech.as_str() {
             "plain" => Auth::Plain {
                 user,
