@@ -64,6 +64,11 @@ pub enum TokenError {
     /// The configured token URL cannot be used at all.
     #[error("token URL {url} is not valid: {reason}")]
     InvalidUrl { url: String, reason: String },
+    /// The credential itself cannot be used, before any request: a certificate or key that
+    /// does not parse, a token file that cannot be read. Names the file and the fault, never
+    /// its content.
+    #[error("the credential cannot be used: {0}")]
+    Credential(String),
 }
 
 /// AADSTS codes that mean "too many requests" whatever `error` class they come with.
@@ -95,7 +100,7 @@ impl TokenError {
     pub fn is_config(&self) -> bool {
         match self {
             TokenError::Network(_) | TokenError::Timeout | TokenError::BadResponse(_) => false,
-            TokenError::InvalidUrl { .. } => true,
+            TokenError::InvalidUrl { .. } | TokenError::Credential(_) => true,
             TokenError::Http { status, .. } => !transient_status(*status),
             TokenError::Rejected {
                 status,

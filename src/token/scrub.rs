@@ -102,6 +102,7 @@ impl Scrubber {
                 url: scrub(url),
                 reason: scrub(reason),
             },
+            TokenError::Credential(s) => TokenError::Credential(scrub(s)),
             TokenError::Timeout => TokenError::Timeout,
         }
     }
