@@ -24,6 +24,7 @@ mod hold;
 pub mod notice;
 pub mod outcome;
 pub mod queue;
+pub mod route;
 pub mod retry;
 mod runner;
 mod settings;

@@ -14,6 +14,7 @@ pub mod address;
 pub mod data;
 pub mod header;
 pub mod reply;
+pub mod rewrite;
 pub mod xoauth2;
 
 pub use reply::Reply;
