@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::ValidConfig;
-use crate::delivery::{self, Delivery};
+use crate::config::{ValidConfig, ValidLane};
+use crate::delivery::{self, Delivery, Lanes};
 use crate::governor::Governor;
 use crate::ops::admin;
 use crate::smtp::connection::Context;
@@ -52,15 +52,28 @@ impl From<crate::token::BuildError> for StartError {
 /// of expiry when due, see `TokenCache::keep_warm`).
 const KEEP_WARM_PERIOD: Duration = Duration::from_secs(60);
 
-/// The destination a relay with `config` delivers to: recorded in every message it queues,
-/// and the only one whose queued messages it delivers.
+/// The destination of the relay's first lane (its first account's own mailbox): recorded in
+/// every message it queues, and the only one whose queued messages that lane delivers.
 pub fn destination(config: &ValidConfig) -> Destination {
+    lane_destination(config, &config.lanes[0])
+}
+
+/// The destination of one lane: its account's tenant, app and endpoint, and its mailbox.
+pub fn lane_destination(config: &ValidConfig, lane: &ValidLane) -> Destination {
+    let account = &config.accounts[lane.account];
     Destination {
-        tenant: config.account.tenant.clone(),
-        client_id: config.account.credential.client_id.clone(),
-        mailbox: config.account.mailbox.clone(),
-        upstream: format!("{}:{}", config.upstream.host, config.upstream.port),
+        tenant: account.tenant.clone(),
+        client_id: account.credential.client_id.clone(),
+        mailbox: lane.mailbox.clone(),
+        upstream: format!("{}:{}", account.upstream.host, account.upstream.port),
     }
+}
+
+/// One account at run time: its token source and the cache every mailbox of it shares.
+struct Account {
+    name: String,
+    source: Arc<dyn TokenSource>,
+    tokens: TokenCache,
 }
 
 /// A running relay.
@@ -68,10 +81,8 @@ pub struct Relay {
     local_addr: SocketAddr,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    upstream: Arc<Upstream>,
-    delivery: Arc<Delivery>,
-    tokens: TokenCache,
-    source: Arc<dyn TokenSource>,
+    lanes: Arc<Lanes>,
+    accounts: Vec<Account>,
     admin_addr: Option<SocketAddr>,
     admin_stop: CancellationToken,
     admin_task: Option<tokio::task::JoinHandle<()>>,
@@ -85,9 +96,9 @@ impl Relay {
         Relay::start_for(config, destination).await
     }
 
-    /// [`start`](Self::start), recording and delivering queued mail for `destination`
-    /// instead of the one the configuration names (`serve --sandbox`: the stand-in's port
-    /// changes with every start, its mail must not).
+    /// [`start`](Self::start), recording and delivering queued mail of the first lane for
+    /// `destination` instead of the one the configuration names (`serve --sandbox`: the
+    /// stand-in's port changes with every start, its mail must not).
     pub async fn start_for(
         config: ValidConfig,
         destination: Destination,
@@ -101,16 +112,17 @@ impl Relay {
                 dir: config.spool_dir.display().to_string(),
                 source,
             })?;
-        let account = &config.account;
-        let source = crate::token::credential::build(&account.credential)?;
-        let tokens = TokenCache::new(source.clone(), account.refresh_margin);
+        let mut accounts = Vec::with_capacity(config.accounts.len());
+        for account in &config.accounts {
+            let source = crate::token::credential::build(&account.credential)?;
+            let tokens = TokenCache::new(source.clone(), account.refresh_margin);
+            accounts.push(Account {
+                name: account.name.clone(),
+                source,
+                tokens,
+            });
+        }
         let tls = crate::tls::client_config(&config.extra_roots)?;
-        let upstream = Arc::new(Upstream::new(
-            config.upstream.clone(),
-            tls,
-            tokens.clone(),
-            account.mailbox.clone(),
-        ));
         let listener =
             listener::bind(config.listen.address).map_err(|source| StartError::Bind {
                 addr: config.listen.address,
@@ -130,22 +142,53 @@ impl Relay {
         };
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let governor = Governor::new(config.governor.clone());
-        let delivery = Delivery::new(delivery::Parts {
-            settings: config.delivery.clone(),
-            hostname: config.listen.hostname.clone(),
-            upstream: upstream.clone(),
-            governor,
-            spool: spool.clone(),
-            destination,
-            recovered,
-            tracker: tracker.clone(),
-            shutdown: shutdown.clone(),
-        });
+        let mut destinations: Vec<Destination> = config
+            .lanes
+            .iter()
+            .map(|lane| lane_destination(&config, lane))
+            .collect();
+        destinations[0] = destination;
+        let mut lanes = Vec::with_capacity(config.lanes.len());
+        for (i, lane) in config.lanes.iter().enumerate() {
+            let account = &config.accounts[lane.account];
+            let upstream = Arc::new(Upstream::new(
+                account.upstream.clone(),
+                tls.clone(),
+                accounts[lane.account].tokens.clone(),
+                lane.mailbox.clone(),
+            ));
+            let siblings = destinations
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, d)| d.clone())
+                .collect();
+            let delivery = Delivery::new(delivery::Parts {
+                settings: config.lane_delivery(lane),
+                hostname: config.listen.hostname.clone(),
+                upstream: upstream.clone(),
+                governor: Governor::new(account.limits.clone()),
+                spool: spool.clone(),
+                destination: destinations[i].clone(),
+                siblings,
+                adopts: i == 0,
+                recovered: recovered.clone(),
+                tracker: tracker.clone(),
+                shutdown: shutdown.clone(),
+            });
+            tracker.spawn(delivery.clone().run());
+            tracker.spawn(reap_idle(
+                upstream,
+                shutdown.clone(),
+                account.upstream.idle_timeout,
+            ));
+            lanes.push(delivery);
+        }
+        let lanes = Lanes::new(config.routes.clone(), lanes);
         let accepting = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let ctx = Arc::new(Context {
             listen: config.listen.clone(),
-            deliver: delivery.clone(),
+            deliver: lanes.clone(),
             spool,
             shutdown: shutdown.clone(),
         });
@@ -155,19 +198,25 @@ impl Relay {
             accepting.clone(),
             tracker.clone(),
         ));
-        tracker.spawn(delivery.clone().run());
-        tracker.spawn(reap_idle(
-            upstream.clone(),
-            shutdown.clone(),
-            config.upstream.idle_timeout,
-        ));
-        {
+        for (a, account) in accounts.iter().enumerate() {
             // Keep a token ready: the first message need not wait, and readiness tells
-            // the truth about the credentials.
-            let (tokens, delivery, stop) = (tokens.clone(), delivery.clone(), shutdown.clone());
+            // the truth about the credentials. A token that works again lifts the holds it
+            // caused on every mailbox of the account.
+            let mine: Vec<Arc<Delivery>> = config
+                .lanes
+                .iter()
+                .zip(lanes.all())
+                .filter(|(l, _)| l.account == a)
+                .map(|(_, d)| d.clone())
+                .collect();
+            let (tokens, stop) = (account.tokens.clone(), shutdown.clone());
             tracker.spawn(async move {
                 tokens
-                    .keep_warm(KEEP_WARM_PERIOD, stop, || delivery.token_recovered())
+                    .keep_warm(KEEP_WARM_PERIOD, stop, || {
+                        for d in &mine {
+                            d.token_recovered();
+                        }
+                    })
                     .await
             });
         }
@@ -181,19 +230,31 @@ impl Relay {
                 draining: shutdown.clone(),
                 spool_dir: config.spool_dir.clone(),
                 state: Arc::new(Observed {
-                    tokens: tokens.clone(),
-                    delivery: delivery.clone(),
-                    mailbox: account.mailbox.clone(),
+                    accounts: accounts
+                        .iter()
+                        .map(|a| (a.name.clone(), a.tokens.clone()))
+                        .collect(),
+                    lanes: lanes.clone(),
                 }),
             });
             tokio::spawn(admin::serve(l, health, admin_stop.clone()))
         });
+        for (lane, d) in config.lanes.iter().zip(lanes.all()) {
+            let account = &config.accounts[lane.account];
+            tracing::info!(
+                account = %account.name,
+                mailbox = %lane.mailbox,
+                upstream = %d.upstream().address(),
+                token_url = %account.credential.token_url,
+                credential = %account.credential.credential.kind(),
+                "lane ready"
+            );
+        }
         tracing::info!(
             listen = %local_addr,
             admin = %admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
-            upstream = %upstream.address(),
-            mailbox = %account.mailbox,
-            token_url = %account.credential.token_url,
+            accounts = config.accounts.len(),
+            mailboxes = config.lanes.len(),
             mode = ?config.delivery.mode,
             spool = %config.spool_dir.display(),
             "smtp-oauth-relay ready"
@@ -202,10 +263,8 @@ impl Relay {
             local_addr,
             shutdown,
             tracker,
-            upstream,
-            delivery,
-            tokens,
-            source,
+            lanes,
+            accounts,
             admin_addr,
             admin_stop,
             admin_task,
@@ -221,28 +280,52 @@ impl Relay {
         self.admin_addr
     }
 
+    /// The first account's token cache.
     pub fn tokens(&self) -> &TokenCache {
-        &self.tokens
+        &self.accounts[0].tokens
     }
 
-    /// SIGHUP: reads the credential's files again (a rotated secret, certificate or key)
-    /// and uses them for the next token request. Connections and the current token are kept.
-    /// The error names the file and what is wrong with it.
+    /// SIGHUP: reads every account's credential files again (a rotated secret, certificate
+    /// or key) and uses them for the next token request. Connections and current tokens are
+    /// kept. `Changed` when any credential changed; the error names the account, the file and
+    /// what is wrong (the other accounts are reloaded all the same).
     pub fn reload_secrets(&self) -> Result<Reloaded, String> {
-        let reloaded = self.source.reload()?;
-        if reloaded == Reloaded::Changed {
-            // A failure remembered for the old credential must not hold back the new one.
-            self.tokens.forget_failure();
+        let mut result = Ok(Reloaded::NothingToReload);
+        for account in &self.accounts {
+            match account.source.reload() {
+                Ok(Reloaded::Changed) => {
+                    // A failure remembered for the old credential must not hold back the new.
+                    account.tokens.forget_failure();
+                    if result.is_ok() {
+                        result = Ok(Reloaded::Changed);
+                    }
+                }
+                Ok(Reloaded::Unchanged) => {
+                    if result == Ok(Reloaded::NothingToReload) {
+                        result = Ok(Reloaded::Unchanged);
+                    }
+                }
+                Ok(Reloaded::NothingToReload) => {}
+                Err(e) if self.accounts.len() == 1 => result = Err(e),
+                Err(e) => result = Err(format!("account {}: {e}", account.name)),
+            }
         }
-        Ok(reloaded)
+        result
     }
 
+    /// The first lane's upstream pool.
     pub fn upstream(&self) -> &Arc<Upstream> {
-        &self.upstream
+        self.lanes.first().upstream()
     }
 
+    /// The first lane (the only one of a single-account relay).
     pub fn delivery(&self) -> &Arc<Delivery> {
-        &self.delivery
+        self.lanes.first()
+    }
+
+    /// Every lane, in configuration order.
+    pub fn lanes(&self) -> &Arc<Lanes> {
+        &self.lanes
     }
 
     /// A handle that stops the relay when cancelled.
@@ -259,12 +342,17 @@ impl Relay {
         let finished = tokio::time::timeout(grace, self.tracker.wait())
             .await
             .is_ok();
-        self.upstream.close_idle(true).await;
-        let others: usize = self.delivery.others().iter().map(|(_, n)| n).sum();
+        let mut queued = 0;
+        for lane in self.lanes.all() {
+            lane.upstream().close_idle(true).await;
+            queued += lane.queued();
+        }
+        let first = self.lanes.first();
+        let others: usize = first.others().iter().map(|(_, n)| n).sum();
         tracing::info!(
-            queued = self.delivery.queued(),
+            queued,
             for_other_destinations = others,
-            spool = %self.delivery.spool().root().display(),
+            spool = %first.spool().root().display(),
             "messages remain queued in the spool for the next start"
         );
         self.admin_stop.cancel();
@@ -277,32 +365,51 @@ impl Relay {
 
 /// The relay's state as the admin port reports it.
 struct Observed {
-    tokens: TokenCache,
-    delivery: Arc<Delivery>,
-    mailbox: String,
+    /// Each account's name and token cache.
+    accounts: Vec<(String, TokenCache)>,
+    lanes: Arc<Lanes>,
 }
 
 impl admin::RelayState for Observed {
-    fn token(&self) -> admin::TokenState {
-        admin::TokenState {
-            valid_for: self.tokens.usable_for(),
-            last_error: self.tokens.last_error().map(|e| {
-                let text = match e.advice() {
-                    Some(a) => format!("{e} ({a})"),
-                    None => e.to_string(),
+    fn tokens(&self) -> Vec<(String, admin::TokenState)> {
+        let one = self.accounts.len() == 1;
+        self.accounts
+            .iter()
+            .map(|(name, tokens)| {
+                let state = admin::TokenState {
+                    valid_for: tokens.usable_for(),
+                    last_error: tokens.last_error().map(|e| {
+                        let text = match e.advice() {
+                            Some(a) => format!("{e} ({a})"),
+                            None => e.to_string(),
+                        };
+                        (e.is_config(), text)
+                    }),
                 };
-                (e.is_config(), text)
-            }),
-        }
+                (if one { String::new() } else { name.clone() }, state)
+            })
+            .collect()
     }
 
-    fn held(&self) -> Option<String> {
-        self.delivery.held()
+    fn holds(&self) -> Vec<(String, Option<String>)> {
+        let one = self.lanes.all().len() == 1;
+        self.lanes
+            .all()
+            .iter()
+            .map(|d| {
+                let label = if one {
+                    String::new()
+                } else {
+                    d.upstream().mailbox().to_string()
+                };
+                (label, d.held())
+            })
+            .collect()
     }
 
     fn warnings(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .delivery
+        let first = self.lanes.first();
+        let mut out: Vec<String> = first
             .others()
             .into_iter()
             .map(|(d, n)| {
@@ -311,31 +418,39 @@ impl admin::RelayState for Observed {
                 )
             })
             .collect();
-        if self.delivery.spool().faults().full() {
+        if first.spool().faults().full() {
             out.push("spool: the last write failed: no space left; new mail is refused with 452 4.3.1 until a write works again".into());
         }
         out
     }
 
     fn gauges(&self) -> admin::Gauges {
-        let governor = self.delivery.governor().snapshot();
+        let lanes = self.lanes.all();
+        let oldest = lanes.iter().filter_map(|d| d.oldest_queued()).min();
+        let token_expiry = self
+            .accounts
+            .iter()
+            .filter_map(|(_, t)| t.expires_in())
+            .min()
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
         admin::Gauges {
-            mailbox: self.mailbox.clone(),
-            queued: self.delivery.queued(),
-            oldest_queued_secs: self
-                .delivery
-                .oldest_queued()
-                .map(|t| now_unix().saturating_sub(t))
-                .unwrap_or(0),
-            token_expiry_secs: self
-                .tokens
-                .expires_in()
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0),
-            sends_in_window: governor.sends_in_window,
-            sessions_in_flight: governor.in_flight,
-            recipients_24h: governor.recipients_in_24h,
-            held: self.delivery.held().is_some(),
+            queued: lanes.iter().map(|d| d.queued()).sum(),
+            oldest_queued_secs: oldest.map(|t| now_unix().saturating_sub(t)).unwrap_or(0),
+            token_expiry_secs: token_expiry,
+            mailboxes: lanes
+                .iter()
+                .map(|d| {
+                    let governor = d.governor().snapshot();
+                    admin::MailboxGauges {
+                        mailbox: d.upstream().mailbox().to_string(),
+                        sends_in_window: governor.sends_in_window,
+                        sessions_in_flight: governor.in_flight,
+                        recipients_24h: governor.recipients_in_24h,
+                        held: d.held().is_some(),
+                    }
+                })
+                .collect(),
         }
     }
 }

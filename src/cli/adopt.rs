@@ -17,10 +17,13 @@ use crate::spool::{Area, Destination, QueueEntry, Spool};
 /// commands do not need a valid account, so it may not). Built like the relay builds its
 /// own (`app::destination`).
 pub fn configured(config: &Config) -> Option<Destination> {
-    let a = &config.account;
-    let address = match &config.upstream.address {
-        Some(a) => a.clone(),
-        None => a.cloud.smtp_address().to_string(),
+    let a = config.account.first()?;
+    let address = match (&a.upstream, &config.upstream.address) {
+        (Some(u), _) | (None, Some(u)) => u.clone(),
+        (None, None) => match a.endpoint {
+            crate::config::EndpointKind::Hve => crate::config::HVE_UPSTREAM.to_string(),
+            crate::config::EndpointKind::Standard => a.cloud.smtp_address().to_string(),
+        },
     };
     let (host, port) = split_host_port(&address)?;
     Some(Destination {
@@ -149,9 +152,12 @@ mod tests {
     fn the_configuration_names_a_destination_like_the_relay() {
         let mut config = Config::default();
         assert_eq!(configured(&config), None, "no account configured");
-        config.account.tenant = Some("t".into());
-        config.account.client_id = Some("c".into());
-        config.account.mailbox = Some("relay@x".into());
+        config.account = vec![crate::config::AccountConfig {
+            tenant: Some("t".into()),
+            client_id: Some("c".into()),
+            mailbox: Some("relay@x".into()),
+            ..Default::default()
+        }];
         config.upstream.address = Some(" smtp.office365.com:587".into());
         assert_eq!(
             configured(&config),

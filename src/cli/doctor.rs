@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::process::{init_tracing, runtime, EXIT_CONFIG, EXIT_UNAVAILABLE};
-use crate::config::{unknown_env_vars, Config, ValidConfig};
+use crate::config::{unknown_env_vars, Config, ValidAccount, ValidConfig};
 use crate::diagnose;
 use crate::token::TokenCache;
 use crate::upstream::{MessageBody, OutboundMessage, Upstream};
@@ -112,24 +112,32 @@ pub fn run(which: Doctor, config: Config, env: &[(String, String)]) -> ExitCode 
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    report.ok(
-        "configuration",
-        None,
-        &format!(
-            "tenant {}, app {}, mailbox {}, upstream {}:{}",
-            valid.account.tenant,
-            valid.account.credential.client_id,
-            valid.account.mailbox,
-            valid.upstream.host,
-            valid.upstream.port
-        ),
-    );
+    for account in &valid.accounts {
+        let name = if valid.accounts.len() > 1 {
+            format!("account {}: ", account.name)
+        } else {
+            String::new()
+        };
+        report.ok(
+            "configuration",
+            None,
+            &format!(
+                "{name}tenant {}, app {}, credential {}, mailbox {}, upstream {}:{}",
+                account.tenant,
+                account.credential.client_id,
+                account.credential.credential.kind(),
+                account.mailbox,
+                account.upstream.host,
+                account.upstream.port
+            ),
+        );
+    }
     for w in &valid.warnings {
         report.info(&format!("note: {w}"));
     }
     report.info(&format!(
         "proxy for the token request: {}",
-        super::proxy::describe(&valid.account.credential.token_url, env)
+        super::proxy::describe(&valid.account().credential.token_url, env)
     ));
     let runtime = match runtime(false) {
         Ok(rt) => rt,
@@ -144,8 +152,27 @@ pub fn run(which: Doctor, config: Config, env: &[(String, String)]) -> ExitCode 
     }
 }
 
+/// Every account in turn (`send-test` sends through the first only).
 async fn diagnose_online<W: Write>(which: Doctor, valid: ValidConfig, report: &mut Report<W>) {
-    let account = &valid.account;
+    let several = valid.accounts.len() > 1;
+    for (i, account) in valid.accounts.iter().enumerate() {
+        if several {
+            report.info(&format!("account {}:", account.name));
+        }
+        let which = match &which {
+            Doctor::SendTest { .. } if i > 0 => Doctor::Check,
+            other => other.clone(),
+        };
+        diagnose_account(which, &valid, account, report).await;
+    }
+}
+
+async fn diagnose_account<W: Write>(
+    which: Doctor,
+    valid: &ValidConfig,
+    account: &ValidAccount,
+    report: &mut Report<W>,
+) {
     let source = match crate::token::credential::build(&account.credential) {
         Ok(s) => s,
         Err(e) => return report.fail("credential", None, &e.to_string(), None),
@@ -217,7 +244,12 @@ async fn diagnose_online<W: Write>(which: Doctor, valid: ValidConfig, report: &m
         Err(e) => return report.fail("TLS set-up", None, &e.to_string(), None),
     };
     let tokens = TokenCache::new(source, account.refresh_margin);
-    let upstream = Upstream::new(valid.upstream.clone(), tls, tokens, account.mailbox.clone());
+    let upstream = Upstream::new(
+        account.upstream.clone(),
+        tls,
+        tokens,
+        account.mailbox.clone(),
+    );
     let started = Instant::now();
     let conn = upstream.connect().await;
     let mut conn = match conn {
@@ -227,7 +259,7 @@ async fn diagnose_online<W: Write>(which: Doctor, valid: ValidConfig, report: &m
             return report.fail(
                 &format!(
                     "SMTP {}:{} (STARTTLS, AUTH XOAUTH2 as {})",
-                    valid.upstream.host, valid.upstream.port, account.mailbox
+                    account.upstream.host, account.upstream.port, account.mailbox
                 ),
                 Some(started.elapsed()),
                 &e.to_string(),
@@ -240,7 +272,7 @@ async fn diagnose_online<W: Write>(which: Doctor, valid: ValidConfig, report: &m
         Some(started.elapsed()),
         &format!(
             "{}:{} connect, EHLO, STARTTLS (TLS verified), EHLO, AUTH XOAUTH2 user={} <token redacted>: 235",
-            valid.upstream.host, valid.upstream.port, account.mailbox
+            account.upstream.host, account.upstream.port, account.mailbox
         ),
     );
     let Doctor::SendTest { to, from } = which else {
@@ -259,6 +291,7 @@ async fn diagnose_online<W: Write>(which: Doctor, valid: ValidConfig, report: &m
         body_8bit: false,
         smtputf8: false,
         all_or_nothing: true,
+        headers: None,
         start_by: None,
     };
     let started = Instant::now();
@@ -266,7 +299,7 @@ async fn diagnose_online<W: Write>(which: Doctor, valid: ValidConfig, report: &m
         .transact(
             &msg,
             &mut MessageBody::Bytes(&body),
-            valid.upstream.data_timeout,
+            account.upstream.data_timeout,
         )
         .await;
     match result {

@@ -12,7 +12,7 @@ use figment::Figment;
 
 use super::process::{config_error, init_tracing, runtime};
 use crate::app::Relay;
-use crate::config::{env_overrides, unknown_env_vars, Config, ValidConfig};
+use crate::config::{env_overrides, unknown_env_vars, AccountConfig, Config, ValidConfig};
 use crate::sandbox::{Sandbox, SandboxOptions};
 use crate::token::Reloaded;
 
@@ -71,7 +71,11 @@ pub fn run(config_file: Option<&Path>, env: &[(String, String)], args: ServeArgs
                 }
             }
         } else {
-            if config.account.tenant.is_none() && config.account.client_id.is_none() {
+            let none = config
+                .account
+                .iter()
+                .all(|a| a.tenant.is_none() && a.client_id.is_none());
+            if none {
                 return config_error(
                     "no Microsoft 365 tenant is configured (account.tenant / \
                      SMTP_OAUTH_RELAY_TENANT). Configure one (see config/relay.example.toml), \
@@ -164,8 +168,8 @@ fn spool_dir_is_set(config_file: Option<&Path>, env: &[(String, String)]) -> boo
 
 /// Starts the embedded sandbox and points the account at it.
 async fn start_sandbox(config: &mut Config, dir: &Path) -> std::io::Result<Sandbox> {
-    if config.account.tenant.is_some() {
-        tracing::warn!("--sandbox: the configured Microsoft tenant and upstream are ignored");
+    if config.account.iter().any(|a| a.tenant.is_some()) {
+        tracing::warn!("--sandbox: the configured Microsoft tenants, accounts, routes and upstream are ignored");
     }
     std::fs::create_dir_all(dir)?;
     let mut opts = SandboxOptions::new(dir.to_path_buf());
@@ -174,13 +178,21 @@ async fn start_sandbox(config: &mut Config, dir: &Path) -> std::io::Result<Sandb
     let ca = dir.join("sandbox-ca.pem");
     sandbox.write_ca_file(&ca)?;
     let o = sandbox.options();
-    let account = &mut config.account;
-    account.tenant = Some(o.tenant.clone());
-    account.client_id = Some(o.client_id.clone());
-    account.client_secret = Some(o.client_secret.clone());
-    account.client_secret_file = None;
-    account.mailbox = Some(o.mailboxes[0].clone());
-    account.authority = Some(sandbox.authority());
+    // One account, the sandbox's app with its client secret; the sender policy of the first
+    // configured account is kept, so its From rewrite can be tried out.
+    let first = config.account.first().cloned().unwrap_or_default();
+    config.account = vec![AccountConfig {
+        tenant: Some(o.tenant.clone()),
+        client_id: Some(o.client_id.clone()),
+        client_secret: Some(o.client_secret.clone()),
+        mailbox: Some(o.mailboxes[0].clone()),
+        authority: Some(sandbox.authority()),
+        envelope_sender: first.envelope_sender,
+        from_rewrite: first.from_rewrite,
+        send_as: first.send_as,
+        ..AccountConfig::default()
+    }];
+    config.route.clear();
     config.upstream.address = Some(sandbox.smtp_addr().to_string());
     config.upstream.tls_server_name = Some("localhost".into());
     config.tls.extra_ca_file = Some(ca);

@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::delivery::{DeliveryMode, EnvelopeSender};
+use crate::delivery::{DeliveryMode, EnvelopeSender, FromRewrite};
 use crate::token::{AssertionAlgorithm, Cloud, CredentialKind};
 
 /// IMDS's token URL on an Azure VM or VM scale set (reference §1.5).
@@ -28,7 +28,15 @@ pub const EXCHANGE_MAX_SIZE: u64 = 157_286_400;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub listen: ListenConfig,
-    pub account: AccountConfig,
+    /// One `[account]` table, or several `[[account]]` entries (each with a `name`).
+    #[serde(
+        deserialize_with = "one_or_many",
+        serialize_with = "serialize_first_account"
+    )]
+    pub account: Vec<AccountConfig>,
+    /// `[[route]]` entries: which senders go out through which account and mailbox.
+    #[serde(serialize_with = "serialize_route_keys")]
+    pub route: Vec<RouteConfig>,
     pub upstream: UpstreamConfig,
     pub tls: TlsConfig,
     pub delivery: DeliveryConfig,
@@ -131,10 +139,56 @@ impl Default for ListenConfig {
     }
 }
 
+/// `account` is one table or a list of tables.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<AccountConfig>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(Box<AccountConfig>),
+        Many(Vec<AccountConfig>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(a) => vec![*a],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// Configuration is serialised only to list its keys (the unknown-key check and the docs
+/// checks): `account` shows the keys of one account, `route` those of one route.
+fn serialize_first_account<S: serde::Serializer>(
+    value: &[AccountConfig],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    value.first().cloned().unwrap_or_default().serialize(s)
+}
+
+fn serialize_route_keys<S: serde::Serializer>(_: &[RouteConfig], s: S) -> Result<S::Ok, S::Error> {
+    RouteConfig::default().serialize(s)
+}
+
+/// A routing rule (`[[route]]`): mail from these senders (and, if listed, these client
+/// networks) goes out through this account and mailbox.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Envelope senders: an address (`app@contoso.com`), a domain (`@contoso.com`) or `*`.
+    pub senders: Vec<String>,
+    /// Client networks the rule is limited to (empty: any client).
+    pub clients: Vec<IpNet>,
+    /// The `name` of the account to send through (may be left out with one account).
+    pub account: Option<String>,
+    /// The mailbox to send as (the XOAUTH2 `user=`); default: the account's `mailbox`. One
+    /// app-only token serves every mailbox of the app registration.
+    pub mailbox: Option<String>,
+}
+
 /// The Microsoft 365 app registration and mailbox the relay sends as.
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AccountConfig {
+    /// The account's name, for `[[route]]` entries, logs and metrics. Needed with several
+    /// accounts; one account is called `default`.
+    pub name: Option<String>,
     /// Directory (tenant) ID, or a verified domain. Not `common`/`organizations`.
     pub tenant: Option<String>,
     /// Application (client) ID of the app registration.
@@ -189,11 +243,45 @@ pub struct AccountConfig {
     /// mailbox, which Exchange always accepts) or `client` (the app's own envelope sender,
     /// which needs SendAs rights on that address).
     pub envelope_sender: EnvelopeSender,
+    /// Rewrite `From:` (and `MAIL FROM`) to the mailbox, keeping the original in
+    /// `Reply-To:`: `never`, `when-not-allowed` (the sender is neither the mailbox nor in
+    /// `send_as`) or `always`. For devices that send from arbitrary addresses.
+    pub from_rewrite: FromRewrite,
+    /// Addresses (or `@domain`) the mailbox has SendAs rights on: `when-not-allowed` leaves
+    /// these alone.
+    pub send_as: Vec<String>,
+    /// `standard` (`smtp.office365.com`) or `hve` (High Volume Email,
+    /// `smtp-hve.office365.com`: internal recipients only, `Mail.Send` permission).
+    pub endpoint: EndpointKind,
+    /// This account's SMTP `host:port`. Default: `upstream.address`, else the endpoint's and
+    /// cloud's host.
+    pub upstream: Option<String>,
+    /// This account's messages per rolling window. Default: `governor.rate_per_minute`.
+    pub rate_per_minute: Option<u32>,
+    /// This account's sessions per mailbox. Default: `upstream.max_connections`.
+    pub max_connections: Option<usize>,
+    /// This account's recipients per 24 h per mailbox. Default: `governor.daily_recipients`.
+    pub daily_recipients: Option<u32>,
 }
+
+/// Which Exchange Online submission endpoint an account uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointKind {
+    /// `smtp.office365.com` (SMTP AUTH client submission, `SMTP.SendAsApp`).
+    #[default]
+    Standard,
+    /// `smtp-hve.office365.com` (High Volume Email).
+    Hve,
+}
+
+/// The High Volume Email submission endpoint (reference §8).
+pub const HVE_UPSTREAM: &str = "smtp-hve.office365.com:587";
 
 impl Default for AccountConfig {
     fn default() -> Self {
         Self {
+            name: None,
             tenant: None,
             client_id: None,
             credential: None,
@@ -214,6 +302,13 @@ impl Default for AccountConfig {
             refresh_margin_secs: 15 * 60,
             token_timeout_secs: 30,
             envelope_sender: EnvelopeSender::Mailbox,
+            from_rewrite: FromRewrite::Never,
+            send_as: Vec::new(),
+            endpoint: EndpointKind::Standard,
+            upstream: None,
+            rate_per_minute: None,
+            max_connections: None,
+            daily_recipients: None,
         }
     }
 }
@@ -221,6 +316,7 @@ impl Default for AccountConfig {
 impl std::fmt::Debug for AccountConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AccountConfig")
+            .field("name", &self.name)
             .field("tenant", &self.tenant)
             .field("client_id", &self.client_id)
             .field("credential", &self.credential)
@@ -247,6 +343,9 @@ impl std::fmt::Debug for AccountConfig {
             .field("scope", &self.scope)
             .field("refresh_margin_secs", &self.refresh_margin_secs)
             .field("envelope_sender", &self.envelope_sender)
+            .field("from_rewrite", &self.from_rewrite)
+            .field("endpoint", &self.endpoint)
+            .field("upstream", &self.upstream)
             .finish_non_exhaustive()
     }
 }

@@ -18,15 +18,38 @@ pub fn unknown_keys(given: &Value, known: &Value) -> Vec<(String, String)> {
             out.push((section.clone(), hint(section, known, "sections")));
             continue;
         };
-        let (Some(keys), Some(known_keys)) = (value.as_object(), known_keys.as_object()) else {
-            // A value where a table belongs: serde names the wrong type.
+        // A list section (`[[account]]`): each entry has the keys of the one known entry.
+        let known_keys = match known_keys {
+            Value::Array(one) => one.first().unwrap_or(&Value::Null),
+            other => other,
+        };
+        let Some(known_keys) = known_keys.as_object() else {
             continue;
         };
-        for key in keys.keys() {
-            if !known_keys.contains_key(key) {
-                let name = format!("{section}.{key}");
-                let what = format!("keys of [{section}]");
-                out.push((name, hint(key, known_keys, &what)));
+        let entries: Vec<(String, &Map<String, Value>)> = match value {
+            Value::Object(keys) => vec![(section.clone(), keys)],
+            Value::Array(list) => list
+                .iter()
+                .enumerate()
+                .filter_map(|(i, entry)| {
+                    let keys = entry.as_object()?;
+                    let label = match keys.get("name").and_then(Value::as_str) {
+                        Some(name) => format!("{section}.{name}"),
+                        None => format!("{section}[{}]", i + 1),
+                    };
+                    Some((label, keys))
+                })
+                .collect(),
+            // A value where a table belongs: serde names the wrong type.
+            _ => continue,
+        };
+        for (label, keys) in entries {
+            for key in keys.keys() {
+                if !known_keys.contains_key(key) {
+                    let name = format!("{label}.{key}");
+                    let what = format!("keys of [{section}]");
+                    out.push((name, hint(key, known_keys, &what)));
+                }
             }
         }
     }

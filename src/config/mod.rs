@@ -18,6 +18,9 @@
 //! The environment is passed in as a list of `(name, value)` pairs instead of being read
 //! here, so tests never have to set real environment variables.
 
+mod account;
+mod accounts;
+mod address;
 mod credential;
 mod env;
 mod file;
@@ -31,18 +34,21 @@ use std::path::Path;
 use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 
+pub use account::ValidLane;
 use env::env_value;
 pub use env::{env_overrides, unknown_env_vars, ENV_KEYS, ENV_PREFIX};
 pub use file::{
-    AccountConfig, AdminConfig, Config, ConfigError, DeliveryConfig, GovernorConfig, ListenConfig,
-    LogConfig, LogFormat, ShutdownConfig, TlsConfig, UpstreamConfig, DEFAULT_AUTHORITY,
-    DEFAULT_SCOPE, DEFAULT_UPSTREAM, EXCHANGE_MAX_SIZE,
+    AccountConfig, AdminConfig, Config, ConfigError, DeliveryConfig, EndpointKind, GovernorConfig,
+    ListenConfig, LogConfig, LogFormat, RouteConfig, ShutdownConfig, TlsConfig, UpstreamConfig,
+    DEFAULT_AUTHORITY, DEFAULT_SCOPE, DEFAULT_UPSTREAM, EXCHANGE_MAX_SIZE, HVE_UPSTREAM,
 };
 pub use validate::{split_authority, split_host_port, validate_admin, ValidAccount, ValidConfig};
 
 impl Config {
     /// Loads the TOML file (if any), then applies environment overrides: the public names
-    /// of [`ENV_KEYS`], and `SMTP_OAUTH_RELAY__SECTION__KEY` for any key.
+    /// of [`ENV_KEYS`], `SMTP_OAUTH_RELAY__SECTION__KEY` for any key, and
+    /// `SMTP_OAUTH_RELAY__ACCOUNT__<NAME>__<KEY>` for a key of the account named `<name>`
+    /// (made if the file has none of that name).
     pub fn load(file: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
         let mut figment = Figment::new();
         if let Some(path) = file {
@@ -54,9 +60,6 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        for (key, value) in env_overrides(env) {
-            figment = figment.merge(Serialized::global(&key, env_value(&key, value)));
-        }
         // A syntax error names the file (its line and column come with the message).
         let in_file = |e: figment::Error| {
             let key = match (e.path.is_empty(), file) {
@@ -66,9 +69,26 @@ impl Config {
             };
             ConfigError::new(&key, e.kind.to_string())
         };
+        let mut merged: serde_json::Value = figment.extract().map_err(in_file)?;
+        if !merged.is_object() {
+            merged = serde_json::Value::Object(Default::default());
+        }
+        let mut overrides = Vec::new();
+        for (key, value) in env_overrides(env) {
+            let value = serde_json::to_value(env_value(&key, value)).unwrap_or_default();
+            overrides.push((key, value));
+        }
+        accounts::apply_overrides(&mut merged, overrides)?;
         // Every unknown key at once, before serde stops at the first.
-        let merged: serde_json::Value = figment.extract().map_err(in_file)?;
-        let known = serde_json::to_value(Config::default()).unwrap_or_default();
+        let mut known = serde_json::to_value(Config::default()).unwrap_or_default();
+        if let Some(k) = known.as_object_mut() {
+            // Known keys of the list sections are those of one entry.
+            for list in ["account", "route"] {
+                if let Some(v) = k.get_mut(list) {
+                    *v = serde_json::Value::Array(vec![v.take()]);
+                }
+            }
+        }
         let unknown = keys::unknown_keys(&merged, &known);
         if !unknown.is_empty() {
             let names: Vec<&str> = unknown.iter().map(|(k, _)| k.as_str()).collect();
@@ -77,8 +97,16 @@ impl Config {
                 keys::describe(&unknown),
             ));
         }
-        let mut config = figment.extract_lossy::<Config>().map_err(in_file)?;
-        apply_azure_env(&mut config.account, env);
+        let mut config = Figment::from(Serialized::defaults(merged))
+            .extract_lossy::<Config>()
+            .map_err(in_file)?;
+        if let [account] = config.account.as_mut_slice() {
+            apply_azure_env(account, env);
+        } else if config.account.is_empty() {
+            let mut account = AccountConfig::default();
+            apply_azure_env(&mut account, env);
+            config.account.push(account);
+        }
         Ok(config)
     }
 

@@ -37,13 +37,13 @@ fn load(extra: &[(&str, &str)]) -> Result<ValidConfig, ConfigError> {
 #[test]
 fn env_alone_configures_a_single_account() {
     let c = load(&[]).unwrap();
-    assert_eq!(c.account.mailbox, "relay@contoso.com");
+    assert_eq!(c.account().mailbox, "relay@contoso.com");
     assert_eq!(
-        c.account.credential.token_url,
+        c.account().credential.token_url,
         "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/oauth2/v2.0/token"
     );
-    assert_eq!(c.upstream.host, "smtp.office365.com");
-    assert_eq!(c.upstream.port, 587);
+    assert_eq!(c.account().upstream.host, "smtp.office365.com");
+    assert_eq!(c.account().upstream.port, 587);
     assert_eq!(c.listen.address, "127.0.0.1:2525".parse().unwrap());
     assert_eq!(c.delivery.mode, DeliveryMode::Hybrid);
 }
@@ -57,7 +57,7 @@ fn nested_env_and_numbers_override() {
     ])
     .unwrap();
     assert_eq!(c.listen.max_recipients, 7);
-    assert_eq!(c.upstream.max_connections, 2);
+    assert_eq!(c.account().upstream.max_connections, 2);
     assert!(!c.listen.received_header);
 }
 
@@ -124,9 +124,9 @@ fn jama_style_authority_supplies_tenant() {
         .unwrap()
         .validate()
         .unwrap();
-    assert_eq!(c.account.tenant, "11111111-2222-3333-4444-555555555555");
+    assert_eq!(c.account().tenant, "11111111-2222-3333-4444-555555555555");
     assert!(c
-        .account
+        .account()
         .credential
         .token_url
         .ends_with("/11111111-2222-3333-4444-555555555555/oauth2/v2.0/token"));
@@ -212,10 +212,13 @@ fn modes_and_governor_settings() {
         ("SMTP_OAUTH_RELAY_MAX_CONNECTIONS", "0"),
     ])
     .unwrap();
-    assert_eq!(c.governor.rate, 0);
-    assert_eq!(c.governor.max_connections, 0);
-    assert!(c.upstream.max_connections > 3, "0 means no pool limit");
-    assert_eq!(load(&[]).unwrap().governor.rate, 30);
+    assert_eq!(c.account().limits.rate, 0);
+    assert_eq!(c.account().limits.max_connections, 0);
+    assert!(
+        c.account().upstream.max_connections > 3,
+        "0 means no pool limit"
+    );
+    assert_eq!(load(&[]).unwrap().account().limits.rate, 30);
 }
 
 #[test]
@@ -436,7 +439,7 @@ fn listen_slot_limits_have_defaults_and_env_overrides() {
 }
 
 fn secret_of(c: &ValidConfig) -> secrecy::SecretString {
-    match &c.account.credential.credential {
+    match &c.account().credential.credential {
         crate::token::Credential::Secret { secret, .. } => secret.clone(),
         other => panic!("expected a client secret, got {other:?}"),
     }

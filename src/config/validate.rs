@@ -1,33 +1,41 @@
 //! Checking every value and resolving it into the rooms' settings, naming the key at fault.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use rustls_pki_types::{CertificateDer, ServerName};
 
-use super::env::{ENV_KEYS, ENV_PREFIX};
+use super::account::{validate_accounts, ValidLane};
+pub use super::address::{split_authority, split_host_port};
 use super::file::{
-    AccountConfig, AdminConfig, Config, ConfigError, DeliveryConfig, GovernorConfig, ListenConfig,
-    NoticeConfig, UpstreamConfig, DEFAULT_AUTHORITY, DEFAULT_UPSTREAM, EXCHANGE_MAX_SIZE,
+    AdminConfig, Config, ConfigError, DeliveryConfig, GovernorConfig, ListenConfig, NoticeConfig,
+    UpstreamConfig, DEFAULT_UPSTREAM, EXCHANGE_MAX_SIZE,
 };
-use crate::delivery::{DeliverySettings, EnvelopeSender};
+use crate::delivery::route::Routes;
+use crate::delivery::{DeliverySettings, EnvelopeSender, FromRewrite};
 use crate::governor::Limits;
 use crate::smtp::ListenSettings;
-use crate::token::{token_url, Cloud, CredentialKind, SourceSettings};
 use crate::upstream::UpstreamSettings;
+
+pub use super::account::ValidAccount;
 
 /// Validated, resolved configuration: the only form the rest of the crate accepts. Made of
 /// the rooms' own settings.
 #[derive(Debug, Clone)]
 pub struct ValidConfig {
     pub listen: ListenSettings,
-    pub account: ValidAccount,
-    pub upstream: UpstreamSettings,
+    /// Every account, in the order of the file (one when configured by environment).
+    pub accounts: Vec<ValidAccount>,
+    /// Every mailbox mail goes out through, with its account: each gets its own upstream
+    /// pool, governor, hold and queue. The first lane of each account is its own mailbox.
+    pub lanes: Vec<ValidLane>,
+    /// Which lane each envelope sender (and client) goes out through.
+    pub routes: Routes,
     pub extra_roots: Vec<CertificateDer<'static>>,
     pub spool_dir: PathBuf,
+    /// Delivery settings shared by every lane (each lane adds its account's sender policy).
     pub delivery: DeliverySettings,
-    pub governor: Limits,
     /// Admin HTTP address; `None` when `admin.listen = "off"`.
     pub admin: Option<SocketAddr>,
     pub shutdown_grace: Duration,
@@ -35,17 +43,27 @@ pub struct ValidConfig {
     pub warnings: Vec<String>,
 }
 
-/// The account: which tenant and mailbox, and the credential the token source uses.
-#[derive(Debug, Clone)]
-pub struct ValidAccount {
-    pub tenant: String,
-    /// The mailbox to send as (the XOAUTH2 `user=`).
-    pub mailbox: String,
-    pub cloud: Cloud,
-    /// What the token source needs: endpoint, app, scope and credential (its `Debug` hides
-    /// every secret).
-    pub credential: SourceSettings,
-    pub refresh_margin: Duration,
+impl ValidConfig {
+    /// The first account: the only one of a relay configured by environment variables.
+    pub fn account(&self) -> &ValidAccount {
+        &self.accounts[0]
+    }
+
+    /// The first account, to change (tests and `serve --sandbox`).
+    pub fn account_mut(&mut self) -> &mut ValidAccount {
+        &mut self.accounts[0]
+    }
+
+    /// The delivery settings of a lane: the shared ones with its account's sender policy.
+    pub fn lane_delivery(&self, lane: &ValidLane) -> DeliverySettings {
+        let account = &self.accounts[lane.account];
+        DeliverySettings {
+            envelope_sender: account.envelope_sender,
+            from_rewrite: account.from_rewrite,
+            send_as: account.send_as.clone(),
+            ..self.delivery.clone()
+        }
+    }
 }
 
 /// See [`Config::validate`].
@@ -53,31 +71,36 @@ pub(super) fn validate(config: Config) -> Result<ValidConfig, ConfigError> {
     let mut warnings = Vec::new();
     // In the order of the file, so that the first of several mistakes is the one named.
     let listen = validate_listen(&config.listen)?;
-    let mut account = validate_account(&config.account, &mut warnings)?;
-    let upstream = validate_upstream(&config.upstream, &listen.hostname, account.cloud)?;
+    let base_upstream = validate_upstream(&config.upstream, &listen.hostname)?;
+    let base_limits = validate_governor(&config.governor, &config.upstream);
+    let (mut accounts, lanes, routes) = validate_accounts(
+        &config.account,
+        &config.route,
+        &config.upstream,
+        &base_upstream,
+        &base_limits,
+        &mut warnings,
+    )?;
     let extra_roots = match &config.tls.extra_ca_file {
         None => Vec::new(),
         Some(path) => crate::tls::load_pem_certificates(path)
             .map_err(|e| ConfigError::new("tls.extra_ca_file", e.to_string()))?,
     };
-    account.credential.extra_roots = extra_roots.clone();
-    let delivery = validate_delivery(
-        &config.delivery,
-        &config.notice,
-        config.account.envelope_sender,
-    )?;
-    let governor = validate_governor(&config.governor, &config.upstream);
+    for account in &mut accounts {
+        account.credential.extra_roots = extra_roots.clone();
+    }
+    let delivery = validate_delivery(&config.delivery, &config.notice)?;
     if config.delivery.spool_dir.as_os_str().is_empty() {
         return Err(ConfigError::new("delivery.spool_dir", "must not be empty"));
     }
     Ok(ValidConfig {
         listen,
-        account,
-        upstream,
+        accounts,
+        lanes,
+        routes,
         extra_roots,
         spool_dir: config.delivery.spool_dir,
         delivery,
-        governor,
         admin: validate_admin(&config.admin)?,
         shutdown_grace: Duration::from_secs(config.shutdown.grace_secs),
         warnings,
@@ -124,7 +147,6 @@ pub fn socket_address(text: &str, port: u16) -> Result<SocketAddr, String> {
 fn validate_delivery(
     d: &DeliveryConfig,
     n: &NoticeConfig,
-    envelope_sender: EnvelopeSender,
 ) -> Result<DeliverySettings, ConfigError> {
     let notice_to = match n.to.as_deref().map(str::trim) {
         None | Some("") => None,
@@ -152,7 +174,10 @@ fn validate_delivery(
     }
     Ok(DeliverySettings {
         mode: d.mode,
-        envelope_sender,
+        // Each lane's account sets these (`ValidConfig::lane_delivery`).
+        envelope_sender: EnvelopeSender::Mailbox,
+        from_rewrite: FromRewrite::Never,
+        send_as: Vec::new(),
         try_now_timeout: Duration::from_secs(d.try_now_timeout_secs),
         max_age: Duration::from_secs(d.max_age_secs),
         failed_retention: Duration::from_secs(d.failed_retention_secs),
@@ -161,7 +186,7 @@ fn validate_delivery(
     })
 }
 
-fn validate_governor(g: &GovernorConfig, u: &UpstreamConfig) -> Limits {
+pub(super) fn validate_governor(g: &GovernorConfig, u: &UpstreamConfig) -> Limits {
     Limits {
         max_connections: u.max_connections as u32,
         rate: g.rate_per_minute,
@@ -266,179 +291,15 @@ pub(super) fn validate_listen(l: &ListenConfig) -> Result<ListenSettings, Config
     })
 }
 
-fn required<'a>(value: &'a Option<String>, key: &str, what: &str) -> Result<&'a str, ConfigError> {
-    match value.as_deref().map(str::trim) {
-        Some(v) if !v.is_empty() => Ok(v),
-        _ => Err(ConfigError::new(
-            key,
-            format!(
-                "missing: {what} (env {})",
-                env_name_for(key).unwrap_or_else(|| "-".into())
-            ),
-        )),
-    }
-}
-
-fn env_name_for(key: &str) -> Option<String> {
-    ENV_KEYS
-        .iter()
-        .find(|(_, k)| *k == key)
-        .map(|(n, _)| format!("{ENV_PREFIX}{n}"))
-}
-
-fn validate_account(
-    a: &AccountConfig,
-    warnings: &mut Vec<String>,
-) -> Result<ValidAccount, ConfigError> {
-    let cloud = a.cloud;
-    let authority_text = a
-        .authority
-        .as_deref()
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .unwrap_or(cloud.authority());
-    let (authority, tenant_from_authority) =
-        split_authority(authority_text).map_err(|m| ConfigError::new("account.authority", m))?;
-    let tenant = match (a.tenant.as_deref().map(str::trim), tenant_from_authority) {
-        (Some(t), Some(from_url)) if !t.is_empty() && !t.eq_ignore_ascii_case(&from_url) => {
-            return Err(ConfigError::new(
-                "account.authority",
-                format!(
-                    "the authority URL names tenant `{from_url}` but `account.tenant` is `{t}`; \
-                     keep one of them"
-                ),
-            ))
-        }
-        (Some(t), _) if !t.is_empty() => t.to_string(),
-        (_, Some(from_url)) => from_url,
-        _ => required(&a.tenant, "account.tenant", "the Directory (tenant) ID")?.to_string(),
-    };
-    if let Some(a) = crate::diagnose::lint_tenant(&tenant) {
-        return Err(ConfigError::new("account.tenant", a.to_string()));
-    }
-    let client_id = required(
-        &a.client_id,
-        "account.client_id",
-        "the Application (client) ID",
-    )?
-    .to_string();
-    if let Some(a) = crate::diagnose::lint_client_id(&client_id) {
-        return Err(ConfigError::new("account.client_id", a.to_string()));
-    }
-    let credential = super::credential::resolve(a, "account", warnings)?;
-    let mailbox = required(&a.mailbox, "account.mailbox", "the mailbox to send as")?.to_string();
-    if !mailbox.contains('@') || mailbox.chars().any(|c| c.is_whitespace() || c == '<') {
-        return Err(ConfigError::new(
-            "account.mailbox",
-            format!("`{mailbox}` is not an email address such as relay@contoso.com"),
-        ));
-    }
-    let delegated = credential.kind() == CredentialKind::Delegated;
-    let scope = match a.scope.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-        Some(s) => s.to_string(),
-        None if delegated => cloud.delegated_scope(),
-        None => cloud.app_scope(),
-    };
-    if !delegated {
-        if let Some(a) = crate::diagnose::lint_scope(&scope) {
-            return Err(ConfigError::new("account.scope", a.to_string()));
-        }
-    }
-    if a.refresh_margin_secs < 60 {
-        warnings.push(format!(
-            "account.refresh_margin_secs = {} is short; tokens will be refreshed late",
-            a.refresh_margin_secs
-        ));
-    }
-    if a.token_timeout_secs == 0 {
-        return Err(ConfigError::new(
-            "account.token_timeout_secs",
-            "must be at least 1 second",
-        ));
-    }
-    Ok(ValidAccount {
-        credential: SourceSettings {
-            token_url: token_url(&authority, &tenant),
-            client_id,
-            scope,
-            // Filled in once `tls.extra_ca_file` is read.
-            extra_roots: Vec::new(),
-            timeout: Duration::from_secs(a.token_timeout_secs),
-            credential,
-        },
-        tenant,
-        mailbox,
-        cloud,
-        refresh_margin: Duration::from_secs(a.refresh_margin_secs),
-    })
-}
-
-/// Splits an authority into base URL and, for a Jama/MSAL-style authority
-/// (`https://login.microsoftonline.com/<tenant>/v2.0`), the tenant it names.
-pub fn split_authority(authority: &str) -> Result<(String, Option<String>), String> {
-    let a = authority.trim().trim_end_matches('/');
-    let (scheme, rest) = a
-        .split_once("://")
-        .ok_or_else(|| format!("`{authority}` is not a URL such as {DEFAULT_AUTHORITY}"))?;
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    if host.is_empty() {
-        return Err(format!("`{authority}` has no host"));
-    }
-    match scheme {
-        "https" => {}
-        "http" if is_loopback_host(host) => {}
-        _ => {
-            return Err(format!(
-            "`{authority}` must use https:// (plain http is allowed only on loopback, for tests)"
-        ))
-        }
-    }
-    let mut segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    for suffix in [
-        &["oauth2", "v2.0", "token"][..],
-        &["oauth2", "v2.0"],
-        &["v2.0"],
-    ] {
-        if segments.ends_with(suffix) {
-            segments.truncate(segments.len() - suffix.len());
-            break;
-        }
-    }
-    let base = format!("{scheme}://{host}");
-    match segments.as_slice() {
-        [] => Ok((base, None)),
-        [tenant] => Ok((base, Some((*tenant).to_string()))),
-        _ => Err(format!(
-            "`{authority}` has an unexpected path; use {DEFAULT_AUTHORITY} or \
-             {DEFAULT_AUTHORITY}/<tenant id>/v2.0"
-        )),
-    }
-}
-
-fn is_loopback_host(host_port: &str) -> bool {
-    let host = if let Some(rest) = host_port.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else {
-        host_port.split(':').next().unwrap_or("")
-    };
-    host == "localhost"
-        || host
-            .parse::<IpAddr>()
-            .map(|ip| ip.is_loopback())
-            .unwrap_or(false)
-}
-
-fn validate_upstream(
-    u: &UpstreamConfig,
-    hostname: &str,
-    cloud: Cloud,
-) -> Result<UpstreamSettings, ConfigError> {
+/// The `[upstream]` settings every account shares; the host and port are resolved per
+/// account ([`upstream_for`]), here only checked when set.
+fn validate_upstream(u: &UpstreamConfig, hostname: &str) -> Result<UpstreamSettings, ConfigError> {
     let address = u
         .address
         .as_deref()
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .unwrap_or(cloud.smtp_address());
+        .unwrap_or(DEFAULT_UPSTREAM);
     let (host, port) = split_host_port(address).ok_or_else(|| {
         ConfigError::new(
             "upstream.address",
@@ -478,18 +339,4 @@ fn validate_upstream(
         max_session_age: Duration::from_secs(u.max_session_age_secs),
         helo_name: u.helo_name.clone().unwrap_or_else(|| hostname.to_string()),
     })
-}
-
-/// `host:port`, `[v6]:port`. Returns the host without brackets.
-pub fn split_host_port(s: &str) -> Option<(String, u16)> {
-    let s = s.trim();
-    if let Ok(addr) = s.parse::<SocketAddr>() {
-        return Some((addr.ip().to_string(), addr.port()));
-    }
-    let (host, port) = s.rsplit_once(':')?;
-    let port: u16 = port.parse().ok()?;
-    if host.is_empty() || host.contains(':') || port == 0 {
-        return None;
-    }
-    Some((host.to_string(), port))
 }

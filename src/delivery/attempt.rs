@@ -170,6 +170,27 @@ impl Delivery {
         let direct = self.settings.mode == DeliveryMode::Direct;
         let start_by = direct.then(|| tokio::time::Instant::now() + self.settings.try_now_timeout);
         let mut report = Report::default();
+        let swap = match super::rewrite::header_swap(
+            self.settings.from_rewrite,
+            self.upstream.mailbox(),
+            &self.settings.send_as,
+            &entry.mail_from,
+            body,
+        )
+        .await
+        {
+            Ok(swap) => swap,
+            Err(e) => {
+                if let Some(permit) = first {
+                    permit.refund();
+                }
+                return Report::from_spool_error(&entry.rcpt_to, e);
+            }
+        };
+        let size = match &swap {
+            Some(h) => entry.size - h.replaces.min(entry.size) + h.block.len() as u64,
+            None => entry.size,
+        };
         let batch_size = self.governor.limits().max_recipients_per_message;
         let mut stop: Option<(Verdict, String)> = None;
         for batch in split_batches(&entry.rcpt_to, batch_size) {
@@ -190,16 +211,21 @@ impl Delivery {
                 },
             };
             let msg = OutboundMessage {
-                mail_from: upstream_sender(
-                    self.settings.envelope_sender,
-                    &entry.mail_from,
-                    self.upstream.mailbox(),
-                ),
+                // A rewritten From: goes with the mailbox as the envelope sender too.
+                mail_from: match &swap {
+                    Some(_) => self.upstream.mailbox().to_string(),
+                    None => upstream_sender(
+                        self.settings.envelope_sender,
+                        &entry.mail_from,
+                        self.upstream.mailbox(),
+                    ),
+                },
                 rcpt_to: batch.to_vec(),
-                size: entry.size,
+                size,
                 body_8bit: entry.body_8bit,
                 smtputf8: entry.smtputf8,
                 all_or_nothing: direct,
+                headers: swap.clone(),
                 start_by,
             };
             let result = self.upstream.send(&msg, body).await;

@@ -21,17 +21,20 @@
 
 mod attempt;
 mod hold;
+pub mod lanes;
 pub mod notice;
 pub mod outcome;
 pub mod queue;
 pub mod route;
 pub mod retry;
+mod rewrite;
 mod runner;
 mod settings;
 mod state;
 mod submit;
 
 pub use attempt::{RcptFailure, Report};
+pub use lanes::Lanes;
 pub use outcome::{Outcome, Queued, Submitted, Temporary};
-pub use settings::{upstream_sender, DeliveryMode, DeliverySettings, EnvelopeSender};
+pub use settings::{upstream_sender, DeliveryMode, DeliverySettings, EnvelopeSender, FromRewrite};
 pub use state::{Delivery, Parts, Spooled};

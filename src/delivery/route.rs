@@ -63,6 +63,12 @@ impl SenderPattern {
         }
     }
 
+    /// Whether `address` matches any of `patterns` (case does not matter).
+    pub fn any_matches(patterns: &[SenderPattern], address: &str) -> bool {
+        let address = address.trim().to_ascii_lowercase();
+        patterns.iter().any(|p| p.matches(&address))
+    }
+
     /// Whether `sender` (already lower-case) matches.
     fn matches(&self, sender: &str) -> bool {
         match self {

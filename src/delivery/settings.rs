@@ -33,6 +33,19 @@ pub enum EnvelopeSender {
     Client,
 }
 
+/// Whether the `From:` header (and `MAIL FROM`) is rewritten to the mailbox (issue 12).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FromRewrite {
+    /// Messages go out as the app wrote them.
+    #[default]
+    Never,
+    /// Only when the sender is neither the mailbox nor an address it may send as.
+    WhenNotAllowed,
+    /// Every message.
+    Always,
+}
+
 /// How delivery behaves (built and checked by `config`).
 #[derive(Debug, Clone)]
 pub struct DeliverySettings {
@@ -49,6 +62,9 @@ pub struct DeliverySettings {
     pub failure_notice: bool,
     /// Where failure notices go instead of the envelope sender (`notice.to`).
     pub notice_to: Option<String>,
+    /// The account's From rewrite, and the addresses its mailbox may send as.
+    pub from_rewrite: FromRewrite,
+    pub send_as: Vec<super::route::SenderPattern>,
 }
 
 /// The upstream `MAIL FROM` (see `account.envelope_sender`). The null sender always becomes

@@ -36,9 +36,14 @@ pub struct Parts {
     pub upstream: Arc<Upstream>,
     pub governor: Arc<Governor>,
     pub spool: Spool,
-    /// The destination this relay delivers to: recorded in every message it accepts, and
+    /// The destination this lane delivers to: recorded in every message it accepts, and
     /// the only one whose queued messages it delivers.
     pub destination: Destination,
+    /// The destinations of the relay's other lanes: their queued mail is theirs, neither
+    /// delivered here nor reported as another relay's.
+    pub siblings: Vec<Destination>,
+    /// Whether this lane adopts queued mail with no recorded destination (the first lane).
+    pub adopts: bool,
     /// The queue as the spool had it at start-up.
     pub recovered: Vec<QueueEntry>,
     /// Owns the background attempts and the loop's deliveries.
@@ -54,6 +59,8 @@ pub struct Delivery {
     pub(super) governor: Arc<Governor>,
     pub(super) spool: Spool,
     pub(super) destination: Destination,
+    pub(super) siblings: Vec<Destination>,
+    pub(super) adopts: bool,
     /// Queued messages kept for other destinations (never delivered here), per destination.
     pub(super) others: Mutex<Vec<(Destination, usize)>>,
     pub(super) queue: Queue,
@@ -66,7 +73,14 @@ pub struct Delivery {
 
 impl Delivery {
     pub fn new(parts: Parts) -> Arc<Self> {
-        let sorted = destination::sort(parts.recovered, &parts.destination);
+        let sorted = destination::sort_among(
+            parts.recovered,
+            &destination::Lane {
+                ours: &parts.destination,
+                siblings: &parts.siblings,
+                adopts: parts.adopts,
+            },
+        );
         if !sorted.mine.is_empty() {
             tracing::info!(
                 queued = sorted.mine.len(),
@@ -82,6 +96,8 @@ impl Delivery {
             governor: parts.governor,
             spool: parts.spool,
             destination: parts.destination,
+            siblings: parts.siblings,
+            adopts: parts.adopts,
             others: Mutex::new(sorted.others),
             queue: Queue::new(sorted.mine),
             holds: Holds::default(),
@@ -122,7 +138,14 @@ impl Delivery {
     /// Brings the in-memory queue in line with `on_disk` (after a queue command), keeping
     /// other destinations' messages out of it.
     pub(super) fn resync(&self, on_disk: Vec<QueueEntry>) {
-        let sorted = destination::sort(on_disk, &self.destination);
+        let sorted = destination::sort_among(
+            on_disk,
+            &destination::Lane {
+                ours: &self.destination,
+                siblings: &self.siblings,
+                adopts: self.adopts,
+            },
+        );
         report_sorted(&sorted, &self.destination, &self.spool);
         *self.others.locked() = sorted.others;
         self.queue.sync_with_disk(sorted.mine);

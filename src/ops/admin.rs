@@ -41,10 +41,12 @@ pub struct Health {
 
 /// The running relay as the admin port sees it (implemented in `app`).
 pub trait RelayState: Send + Sync + 'static {
-    /// The token's state for readiness.
-    fn token(&self) -> TokenState;
-    /// The advice of a configuration hold on the account, if there is one.
-    fn held(&self) -> Option<String>;
+    /// Each account's token state for readiness, with the account's name (empty for the one
+    /// account of a single-account relay).
+    fn tokens(&self) -> Vec<(String, TokenState)>;
+    /// Each mailbox and the advice of a configuration hold on it, if there is one (the name
+    /// is empty for a single-mailbox relay).
+    fn holds(&self) -> Vec<(String, Option<String>)>;
     /// Things an operator should see that do not make the relay unready (e.g. queued mail
     /// kept for another destination).
     fn warnings(&self) -> Vec<String> {
@@ -57,14 +59,20 @@ pub trait RelayState: Send + Sync + 'static {
 /// The gauges that describe current state (never stale: read at scrape time).
 #[derive(Debug, Clone, Default)]
 pub struct Gauges {
-    /// The mailbox the governor figures are for (the label).
-    pub mailbox: String,
-    /// Messages in the spool's queue.
+    /// Messages in the spool's queue (every mailbox).
     pub queued: usize,
     /// Age of the oldest queued message, in seconds (0 when the queue is empty).
     pub oldest_queued_secs: u64,
-    /// Seconds until the cached token expires (0 when there is none).
+    /// Seconds until the soonest-expiring cached token expires (0 when there is none).
     pub token_expiry_secs: f64,
+    /// The governor and hold of each mailbox.
+    pub mailboxes: Vec<MailboxGauges>,
+}
+
+/// One mailbox's governor figures and hold (labelled `mailbox`).
+#[derive(Debug, Clone, Default)]
+pub struct MailboxGauges {
+    pub mailbox: String,
     pub sends_in_window: u32,
     pub sessions_in_flight: u32,
     pub recipients_24h: u64,
@@ -88,9 +96,10 @@ pub struct ReadyInputs {
     pub listen: SocketAddr,
     /// `Err` says why the spool cannot be written.
     pub spool: Result<(), String>,
-    pub token: TokenState,
-    /// The advice of a configuration hold on the account.
-    pub hold: Option<String>,
+    /// Each account's token (named, or not when there is one account).
+    pub tokens: Vec<(String, TokenState)>,
+    /// Each mailbox's configuration hold, if any (named, or not when there is one).
+    pub holds: Vec<(String, Option<String>)>,
     /// `WARN` lines: shown, never a reason to be unready.
     pub warnings: Vec<String>,
 }
@@ -136,24 +145,38 @@ pub fn evaluate(i: &ReadyInputs) -> Readiness {
         Ok(()) => check(true, "spool: writable".into()),
         Err(e) => check(false, format!("spool: not writable: {e}")),
     }
-    match (&i.token.valid_for, &i.token.last_error) {
-        (_, Some((true, e))) => check(
-            false,
-            format!("token: the token endpoint refused the credentials: {e}"),
-        ),
-        (Some(left), _) => check(
-            true,
-            format!("token: valid, expires in {} s", left.as_secs()),
-        ),
-        (None, Some((false, e))) => check(false, format!("token: cannot obtain one: {e}")),
-        (None, None) => check(false, "token: none obtained yet".into()),
+    for (name, token) in &i.tokens {
+        let what = if name.is_empty() {
+            "token".to_string()
+        } else {
+            format!("token ({name})")
+        };
+        match (&token.valid_for, &token.last_error) {
+            (_, Some((true, e))) => check(
+                false,
+                format!("{what}: the token endpoint refused the credentials: {e}"),
+            ),
+            (Some(left), _) => check(
+                true,
+                format!("{what}: valid, expires in {} s", left.as_secs()),
+            ),
+            (None, Some((false, e))) => check(false, format!("{what}: cannot obtain one: {e}")),
+            (None, None) => check(false, format!("{what}: none obtained yet")),
+        }
     }
-    match &i.hold {
-        None => check(true, "account: not held".into()),
-        Some(advice) => check(
-            false,
-            format!("account: held for a configuration error: {advice}"),
-        ),
+    for (name, hold) in &i.holds {
+        let what = if name.is_empty() {
+            "account".to_string()
+        } else {
+            format!("mailbox {name}")
+        };
+        match hold {
+            None => check(true, format!("{what}: not held")),
+            Some(advice) => check(
+                false,
+                format!("{what}: held for a configuration error: {advice}"),
+            ),
+        }
     }
     for w in &i.warnings {
         lines.push(format!("WARN {w}"));
@@ -168,8 +191,8 @@ impl Health {
             accepting: self.accepting.load(Ordering::Relaxed),
             listen: self.listen,
             spool: probe_spool(&self.spool_dir),
-            token: self.state.token(),
-            hold: self.state.held(),
+            tokens: self.state.tokens(),
+            holds: self.state.holds(),
             warnings: self.state.warnings(),
         }
     }
@@ -181,18 +204,20 @@ impl Health {
         metrics::gauge!("smtp_oauth_relay_spool_oldest_message_age_seconds")
             .set(g.oldest_queued_secs as f64);
         metrics::gauge!("smtp_oauth_relay_token_expiry_seconds").set(g.token_expiry_secs);
-        let mailbox = g.mailbox;
-        metrics::gauge!("smtp_oauth_relay_governor_sends_in_window", "mailbox" => mailbox.clone())
-            .set(f64::from(g.sends_in_window));
-        metrics::gauge!("smtp_oauth_relay_governor_sessions_in_flight", "mailbox" => mailbox.clone())
-            .set(f64::from(g.sessions_in_flight));
-        metrics::gauge!("smtp_oauth_relay_governor_recipients_24h", "mailbox" => mailbox.clone())
-            .set(g.recipients_24h as f64);
-        metrics::gauge!("smtp_oauth_relay_account_held", "mailbox" => mailbox).set(if g.held {
-            1.0
-        } else {
-            0.0
-        });
+        for m in g.mailboxes {
+            let mailbox = m.mailbox;
+            metrics::gauge!("smtp_oauth_relay_governor_sends_in_window", "mailbox" => mailbox.clone())
+                .set(f64::from(m.sends_in_window));
+            metrics::gauge!("smtp_oauth_relay_governor_sessions_in_flight", "mailbox" => mailbox.clone())
+                .set(f64::from(m.sessions_in_flight));
+            metrics::gauge!("smtp_oauth_relay_governor_recipients_24h", "mailbox" => mailbox.clone())
+                .set(m.recipients_24h as f64);
+            metrics::gauge!("smtp_oauth_relay_account_held", "mailbox" => mailbox).set(if m.held {
+                1.0
+            } else {
+                0.0
+            });
+        }
     }
 }
 
@@ -304,11 +329,14 @@ mod tests {
             listen: "127.0.0.1:2525".parse().unwrap(),
             spool: Ok(()),
             warnings: Vec::new(),
-            token: TokenState {
-                valid_for: Some(Duration::from_secs(3000)),
-                last_error: None,
-            },
-            hold: None,
+            tokens: vec![(
+                String::new(),
+                TokenState {
+                    valid_for: Some(Duration::from_secs(3000)),
+                    last_error: None,
+                },
+            )],
+            holds: vec![(String::new(), None)],
         }
     }
 
@@ -345,7 +373,7 @@ mod tests {
         assert!(failed(&r)[0].contains("spool: not writable: /spool: Read-only"));
 
         let mut i = inputs();
-        i.hold = Some("grant SMTP.SendAsApp".into());
+        i.holds[0].1 = Some("grant SMTP.SendAsApp".into());
         let r = evaluate(&i);
         assert!(!r.ready);
         assert!(failed(&r)[0].contains("held"));
@@ -389,21 +417,53 @@ mod tests {
         // A configuration error fails readiness even while an old token is still valid: the
         // next refresh will fail too, and the operator must act.
         let mut i = inputs();
-        i.token.last_error = Some((true, "invalid_client".into()));
+        i.tokens[0].1.last_error = Some((true, "invalid_client".into()));
         let r = evaluate(&i);
         assert!(!r.ready);
         assert!(failed(&r)[0].contains("refused the credentials: invalid_client"));
 
         // A transient failure with a valid token left is fine (refresh-ahead retries).
         let mut i = inputs();
-        i.token.last_error = Some((false, "timeout".into()));
+        i.tokens[0].1.last_error = Some((false, "timeout".into()));
         assert!(evaluate(&i).ready);
 
         // No token at all: not ready, whatever the reason.
-        i.token.valid_for = None;
+        i.tokens[0].1.valid_for = None;
         assert!(failed(&evaluate(&i))[0].contains("cannot obtain one: timeout"));
-        i.token.last_error = None;
+        i.tokens[0].1.last_error = None;
         assert!(failed(&evaluate(&i))[0].contains("none obtained yet"));
+    }
+
+    #[test]
+    fn several_accounts_and_mailboxes_are_named() {
+        let mut i = inputs();
+        let good = i.tokens[0].1.clone();
+        let mut bad = good.clone();
+        bad.last_error = Some((true, "invalid_client".into()));
+        i.tokens = vec![("erp".into(), good), ("scanners".into(), bad)];
+        i.holds = vec![
+            ("erp@contoso.com".into(), None),
+            ("scan@contoso.com".into(), Some("enable SMTP AUTH".into())),
+        ];
+        let r = evaluate(&i);
+        assert!(!r.ready);
+        let body = r.body();
+        assert!(body.contains("ok   token (erp): valid"), "{body}");
+        assert!(
+            body.contains("FAIL token (scanners): the token endpoint refused"),
+            "{body}"
+        );
+        assert!(
+            body.contains("ok   mailbox erp@contoso.com: not held"),
+            "{body}"
+        );
+        assert!(
+            body.contains(
+                "FAIL mailbox scan@contoso.com: held for a configuration error: enable SMTP AUTH"
+            ),
+            "{body}"
+        );
+        assert_eq!(failed(&r).len(), 2);
     }
 
     #[test]

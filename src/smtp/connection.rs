@@ -23,6 +23,7 @@ use super::limits::{Budget, CommandWait, Slot, Timeouts};
 use super::message::{self, DataEnd};
 use super::reply;
 use super::session::{Action, Session, SessionConfig, Transaction};
+use smtp_proto::Request;
 
 /// How long a last reply before closing (421, 221 after errors) may take to write.
 pub const FAREWELL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -86,7 +87,15 @@ where
                 Framed::Line(line) => match super::session::parse_line(&line) {
                     Ok(request) => match budget.check(&request, &listen.hostname) {
                         Some(bye) => Action::Close(bye),
-                        None => session.command(request),
+                        None => {
+                            let mail = matches!(request, Ok(Request::Mail { .. }));
+                            let action = session.command(request);
+                            if mail {
+                                route_sender(&mut session, action, &ctx.deliver, peer)
+                            } else {
+                                action
+                            }
+                        }
                     },
                     Err(refusal) => Action::Reply(refusal),
                 },
@@ -188,6 +197,33 @@ where
             Ok(Ok(0)) => return Ok(()),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
+        }
+    }
+}
+
+/// After an accepted `MAIL FROM`: a sender no route takes is refused with `550 5.7.1` and
+/// its transaction dropped, so the client never sends a body that has nowhere to go.
+fn route_sender<D: Deliver>(
+    session: &mut Session,
+    action: Action,
+    deliver: &D,
+    peer: SocketAddr,
+) -> Action {
+    let Action::Reply(r) = &action else {
+        return action;
+    };
+    if !r.is_positive() {
+        return action;
+    }
+    let Some(sender) = session.transaction().map(|t| t.mail_from.clone()) else {
+        return action;
+    };
+    match deliver.check_sender(&sender, peer.ip()) {
+        Ok(()) => action,
+        Err(why) => {
+            session.drop_transaction();
+            tracing::info!(client = %peer, sender = %crate::wire::header::terminal_safe(&sender), "sender refused at MAIL FROM: no route");
+            Action::Reply(reply::sender_not_routed(&why))
         }
     }
 }

@@ -5,24 +5,43 @@
 
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
 use super::ListenSettings;
-use crate::delivery::{Delivery, Spooled, Submitted};
+use crate::delivery::{Delivery, Lanes, Spooled, Submitted};
 use crate::spool::Spool;
 
 /// Where a complete message goes: delivery, in the relay; a stand-in in tests.
 pub trait Deliver: Send + Sync + 'static {
     /// Takes the message and says what became of it.
     fn submit(&self, msg: Spooled) -> impl Future<Output = Submitted> + Send;
+
+    /// At `MAIL FROM`: `Err` with the reason when mail from `sender` (sent by `client`) has
+    /// nowhere to go, so the client hears `550 5.7.1` before it sends a body.
+    fn check_sender(&self, sender: &str, client: IpAddr) -> Result<(), String> {
+        let _ = (sender, client);
+        Ok(())
+    }
 }
 
 impl Deliver for Arc<Delivery> {
     fn submit(&self, msg: Spooled) -> impl Future<Output = Submitted> + Send {
         Delivery::submit(self, msg)
+    }
+}
+
+impl Deliver for Arc<Lanes> {
+    fn submit(&self, msg: Spooled) -> impl Future<Output = Submitted> + Send {
+        let lanes = self.clone();
+        async move { Lanes::submit(&lanes, msg).await }
+    }
+
+    fn check_sender(&self, sender: &str, client: IpAddr) -> Result<(), String> {
+        Lanes::check_sender(self, sender, client)
     }
 }
 

@@ -110,6 +110,10 @@ pub fn line_too_long() -> Reply {
 pub fn syntax(what: &str) -> Reply {
     Reply::new(501, "5.5.4", format!("Syntax error, expected: {what}"))
 }
+/// No route takes mail from this sender (issue 12): refused for good, with the reason.
+pub fn sender_not_routed(why: &str) -> Reply {
+    Reply::new(550, "5.7.1", why)
+}
 pub fn bad_sender() -> Reply {
     Reply::new(501, "5.1.7", "Bad sender address syntax")
 }

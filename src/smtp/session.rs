@@ -201,6 +201,12 @@ impl Session {
     pub fn transaction(&self) -> Option<&Transaction> {
         self.transaction.as_ref()
     }
+
+    /// Ends the transaction just begun (its sender was refused after all): the next command
+    /// needs a new `MAIL`.
+    pub fn drop_transaction(&mut self) {
+        self.transaction = None;
+    }
 }
 
 /// Maps smtp-proto's parse errors to replies.

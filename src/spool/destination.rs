@@ -53,10 +53,36 @@ impl Sorted {
 /// Splits queued entries into this relay's (adopting unrecorded ones) and other
 /// destinations'. Pure.
 pub fn sort(entries: Vec<QueueEntry>, ours: &Destination) -> Sorted {
+    sort_among(
+        entries,
+        &Lane {
+            ours,
+            siblings: &[],
+            adopts: true,
+        },
+    )
+}
+
+/// One lane of a relay that sends through several mailboxes: its own destination, those of
+/// the relay's other lanes (their mail is theirs, not another relay's), and whether it is
+/// the lane that adopts unrecorded mail (the first).
+#[derive(Debug, Clone, Copy)]
+pub struct Lane<'a> {
+    pub ours: &'a Destination,
+    pub siblings: &'a [Destination],
+    pub adopts: bool,
+}
+
+/// [`sort`] for one lane of several: entries of sibling lanes are left out (neither mine nor
+/// another relay's), and only the adopting lane takes unrecorded ones. Pure.
+pub fn sort_among(entries: Vec<QueueEntry>, lane: &Lane<'_>) -> Sorted {
+    let ours = lane.ours;
     let mut sorted = Sorted::default();
     for mut e in entries {
         match owner(&e, ours) {
             Owner::Ours => sorted.mine.push(e),
+            Owner::Unrecorded if !lane.adopts => {}
+            Owner::Other(d) if lane.siblings.iter().any(|s| s.same_as(&d)) => {}
             Owner::Unrecorded => {
                 e.destination = Some(ours.clone());
                 e.mailbox = ours.mailbox.clone();
@@ -175,6 +201,47 @@ mod tests {
         );
         assert_eq!(sorted.others, vec![(sandbox, 2), (other_mailbox, 1)]);
         assert_eq!(sorted.others_total(), 3);
+    }
+
+    #[test]
+    fn lanes_leave_each_others_mail_alone() {
+        let first = real();
+        let second = Destination {
+            mailbox: "billing@contoso.com".into(),
+            ..real()
+        };
+        let stranger = dest("t", "c", "relay@sandbox.example", "sandbox");
+        let entries = vec![
+            entry("old", None),
+            entry("a", Some(first.clone())),
+            entry("b", Some(second.clone())),
+            entry("x", Some(stranger.clone())),
+        ];
+        let siblings_of_first = [second.clone()];
+        let sorted = sort_among(
+            entries.clone(),
+            &Lane {
+                ours: &first,
+                siblings: &siblings_of_first,
+                adopts: true,
+            },
+        );
+        let ids: Vec<&str> = sorted.mine.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["old", "a"]);
+        assert_eq!(sorted.others, vec![(stranger.clone(), 1)]);
+        let siblings_of_second = [first.clone()];
+        let sorted = sort_among(
+            entries,
+            &Lane {
+                ours: &second,
+                siblings: &siblings_of_second,
+                adopts: false,
+            },
+        );
+        let ids: Vec<&str> = sorted.mine.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["b"], "only the first lane adopts unrecorded mail");
+        assert_eq!(sorted.adopted, 0);
+        assert_eq!(sorted.others, vec![(stranger, 1)]);
     }
 
     #[test]

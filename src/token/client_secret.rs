@@ -13,6 +13,8 @@ use rustls_pki_types::CertificateDer;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::endpoint::TokenEndpoint;
+use super::error::TokenError;
+use super::source::AccessToken;
 use super::source::{FetchFuture, Reloaded, TokenSource};
 use crate::sync::RwLock as _;
 use crate::tls::TlsSetupError;
@@ -110,7 +112,7 @@ impl ClientSecretSource {
         self.client_secret.read_now().clone()
     }
 
-    async fn fetch_once(&self) -> Result<super::AccessToken, super::TokenError> {
+    async fn fetch_once(&self) -> Result<AccessToken, TokenError> {
         let secret = self.secret();
         let form = [
             ("client_id", self.client_id.as_str()),

@@ -209,6 +209,14 @@ pub trait BodyStream: AsyncRead + AsyncSeek + Unpin + Send {}
 
 impl<T: AsyncRead + AsyncSeek + Unpin + Send> BodyStream for T {}
 
+/// A replacement for the start of a body: `block` is sent instead of its first `replaces`
+/// bytes (a rewritten header block, see `wire::rewrite`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderSwap {
+    pub block: Vec<u8>,
+    pub replaces: u64,
+}
+
 /// One message (or one batch of its recipients) for one transaction. The body is passed
 /// separately ([`MessageBody`]), so it can be read again from the start.
 #[derive(Debug, Clone)]
@@ -222,6 +230,9 @@ pub struct OutboundMessage {
     /// DATA at all (the client gets 451 and retries the whole message) rather than deliver
     /// to some recipients and silently drop the others.
     pub all_or_nothing: bool,
+    /// Sent in place of the body's first bytes (the From rewrite), if set. `size` already
+    /// counts it.
+    pub headers: Option<HeaderSwap>,
     /// The envelope must have been accepted by then, or the attempt ends before any message
     /// data is sent (`Timeout`), so a client that gave up cannot cause a duplicate.
     pub start_by: Option<Instant>,
@@ -349,7 +360,7 @@ impl Connection {
                 reply,
             });
         }
-        let reply = match timeout(data_timeout, self.send_body(body)).await {
+        let reply = match timeout(data_timeout, self.send_body(body, msg.headers.as_ref())).await {
             Err(_) => {
                 return Err(UpstreamError::Timeout {
                     stage: Stage::EndOfData,
@@ -418,12 +429,24 @@ impl Connection {
 
     /// Streams the spooled body from its start, dot-stuffed, then the terminator; returns
     /// the final reply.
-    async fn send_body(&mut self, body: &mut MessageBody<'_>) -> Result<Reply, UpstreamError> {
+    async fn send_body(
+        &mut self,
+        body: &mut MessageBody<'_>,
+        swap: Option<&HeaderSwap>,
+    ) -> Result<Reply, UpstreamError> {
         const CHUNK: usize = 64 * 1024;
         let mut stuffer = DotStuffer::default();
         let mut out = Vec::new();
+        let skip = match swap {
+            Some(h) => {
+                stuffer.push(&h.block, &mut out);
+                h.replaces
+            }
+            None => 0,
+        };
         match body {
             MessageBody::Bytes(bytes) => {
+                let bytes = &bytes[(skip as usize).min(bytes.len())..];
                 out.reserve(bytes.len().min(CHUNK) + 1024);
                 let mut pieces = bytes.chunks(CHUNK).peekable();
                 while let Some(piece) = pieces.next() {
@@ -437,7 +460,7 @@ impl Connection {
             }
             MessageBody::Stream(stream) => {
                 stream
-                    .seek(std::io::SeekFrom::Start(0))
+                    .seek(std::io::SeekFrom::Start(skip))
                     .await
                     .map_err(UpstreamError::Body)?;
                 let mut chunk = vec![0u8; CHUNK];
@@ -493,6 +516,7 @@ mod tests {
             body_8bit: false,
             smtputf8: true,
             all_or_nothing: false,
+            headers: None,
             start_by: None,
         };
         let without = Capabilities::default();

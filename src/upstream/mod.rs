@@ -20,7 +20,7 @@ use rustls_pki_types::ServerName;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-pub use conn::{BodyStream, Delivered, MessageBody, OutboundMessage};
+pub use conn::{BodyStream, Delivered, HeaderSwap, MessageBody, OutboundMessage};
 pub use error::{Stage, UpstreamError, Verdict};
 
 use crate::sync::Lock as _;
