@@ -195,7 +195,12 @@ async fn diagnose_online<W: Write>(which: Doctor, valid: ValidConfig, report: &m
                 claims.appid.as_deref().unwrap_or("-")
             ));
             report.info(&format!("tid:   {}", claims.tid.as_deref().unwrap_or("-")));
-            let problems = diagnose::check_claims(&claims, now, &account.credential.client_id);
+            let problems = diagnose::check_claims(
+                &claims,
+                now,
+                &account.credential.client_id,
+                valid.upstream.endpoint,
+            );
             if problems.is_empty() {
                 report.ok(
                     "token claims",
