@@ -172,10 +172,9 @@ pub(super) fn hve_reply(reply: &Reply, mailbox: &str) -> Option<Advice> {
 fn external_recipient() -> Advice {
     Advice::new(
         "hve-external-recipient",
-        "High Volume Email delivers only to recipients inside your organisation (its accepted \
-         domains); this recipient is external (550 5.5.105).",
-        "Send external mail through an account on the standard endpoint (another account, \
-         endpoint = \"standard\").",
+        // Short: it is quoted after Exchange's reply in a client's one-line reply.
+        "High Volume Email sends only inside your organisation (accepted domains).",
+        "Send external mail through an account on the standard endpoint.",
     )
 }
 
