@@ -2,13 +2,14 @@
 //! `535 5.7.3` (or High Volume Email's `501 5.5.127`, token will expire soon) one fresh token
 //! is fetched and tried once more; a second refusal is reported as configuration. On HVE a
 //! cached token with less than the endpoint's minimum life left is replaced before AUTH
-//! (`endpoint.rs`), and then counts as that one fresh token. Whatever the server says back is
+//! (`endpoint.rs`, `TokenCache::get_with_at_least`); if even the fresh one is that short, it
+//! counts as the one fresh token. Whatever the server says back is
 //! scrubbed of the credential before it can reach a log or an error.
 
 use secrecy::ExposeSecret;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::endpoint::{needs_fresh_token, Endpoint};
+use super::endpoint::{min_token_life_at_auth, Endpoint};
 use super::error::{classify_auth, worth_a_fresh_token, Stage, UpstreamError, Verdict};
 use super::stream::SmtpStream;
 use crate::token::scrub::scrub_jwts;
@@ -62,17 +63,11 @@ pub(super) async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     tokens: &TokenCache,
     endpoint: Endpoint,
 ) -> Result<AccessToken, UpstreamError> {
-    let mut token = tokens.get().await?;
-    let mut refreshed = false;
-    if needs_fresh_token(endpoint, token.remaining()) {
-        tracing::info!(
-            remaining_s = token.remaining().as_secs(),
-            "High Volume Email wants at least 10 minutes of token life at AUTH; fetching a fresh token first"
-        );
-        tokens.invalidate(&token);
-        token = tokens.get().await?;
-        refreshed = true;
-    }
+    let min = min_token_life_at_auth(endpoint);
+    let mut token = tokens.get_with_at_least(min).await?;
+    // Still too short: it was fetched just now and a fresh one is no better, so it counts as
+    // the one fresh token (a 5.5.127 then is final).
+    let mut refreshed = token.remaining() < min;
     loop {
         let blob = xoauth2::encode(mailbox, token.expose());
         let mut reply = s
@@ -100,7 +95,7 @@ pub(super) async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
                 "upstream refused the cached token; fetching a fresh one and trying once more"
             );
             tokens.invalidate(&token);
-            token = tokens.get().await?;
+            token = tokens.get_with_at_least(min).await?;
             refreshed = true;
             continue;
         }

@@ -2,7 +2,7 @@
 //! Volume Email refuses a token with less than 10 minutes left at AUTH (`501 5.5.127 Invalid
 //! XOAUTH2 auth data - Token will expire soon`), so before AUTH on HVE a cached token with less
 //! than that, plus a margin for the dialog and clock differences, is replaced by a fresh one.
-//! Pure: the decision here, the fetching in `auth.rs`.
+//! Pure: the minimum here, the fetching in `auth.rs` (`TokenCache::get_with_at_least`).
 //!
 //! The noun itself lives in `diagnose` (advice depends on it, and that room is below this one)
 //! and is re-exported from here and from `upstream`.
@@ -23,30 +23,16 @@ pub fn min_token_life_at_auth(endpoint: Endpoint) -> Duration {
     }
 }
 
-/// Whether a token with `remaining` life must be replaced by a fresh one before AUTH.
-pub fn needs_fresh_token(endpoint: Endpoint, remaining: Duration) -> bool {
-    remaining < min_token_life_at_auth(endpoint)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn hve_wants_ten_minutes_and_a_margin() {
-        let min = |m: u64| Duration::from_secs(m * 60);
-        assert!(!needs_fresh_token(
-            Endpoint::Standard,
-            Duration::from_secs(5)
-        ));
-        assert!(needs_fresh_token(Endpoint::Hve, min(9)));
-        assert!(needs_fresh_token(Endpoint::Hve, min(10)));
-        assert!(needs_fresh_token(
-            Endpoint::Hve,
-            min(11) - Duration::from_secs(1)
-        ));
-        assert!(!needs_fresh_token(Endpoint::Hve, min(11)));
-        assert!(!needs_fresh_token(Endpoint::Hve, min(60)));
-        assert_eq!(min_token_life_at_auth(Endpoint::Hve), min(11));
+        assert_eq!(min_token_life_at_auth(Endpoint::Standard), Duration::ZERO);
+        assert_eq!(
+            min_token_life_at_auth(Endpoint::Hve),
+            Duration::from_secs(11 * 60)
+        );
     }
 }
