@@ -7,10 +7,13 @@
 //! replies (reference §3.5, §4.3, §6). Most people who need this relay are stuck on Microsoft
 //! setup, not on SMTP, so the fixes name the portal page or PowerShell command.
 
+mod endpoint;
+
 use base64::Engine;
 use serde::Deserialize;
 
 use crate::wire::Reply;
+pub use endpoint::{recipient_refused, Endpoint, HVE_MIN_TOKEN_MINUTES};
 
 /// A recognised mistake: what is wrong and exactly what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -366,8 +369,14 @@ const EXCHANGE_AUDIENCES: &[&str] = &[
     "00000002-0000-0ff1-ce00-000000000000",
 ];
 
-/// Problems visible in the claims of an app-only token.
-pub fn check_claims(claims: &Claims, now_unix: u64, client_id: &str) -> Vec<Advice> {
+/// Problems visible in the claims of an app-only token for `endpoint`, which decides the role
+/// expected (`SMTP.SendAsApp`, or `Mail.Send` for High Volume Email).
+pub fn check_claims(
+    claims: &Claims,
+    now_unix: u64,
+    client_id: &str,
+    endpoint: Endpoint,
+) -> Vec<Advice> {
     let mut out = Vec::new();
     let aud = claims.aud.trim_end_matches('/');
     if !EXCHANGE_AUDIENCES.contains(&aud) {
@@ -383,22 +392,8 @@ pub fn check_claims(claims: &Claims, now_unix: u64, client_id: &str) -> Vec<Advi
             "Set the scope to https://outlook.office365.com/.default.",
         ));
     }
-    if claims.upn.is_none() && !claims.roles.iter().any(|r| r == "SMTP.SendAsApp") {
-        let has_mail_send = claims.roles.iter().any(|r| r == "Mail.Send");
-        out.push(Advice::new(
-            "token-missing-role",
-            if has_mail_send {
-                "The token carries Mail.Send but not SMTP.SendAsApp: Mail.Send does not authorize SMTP AUTH.".to_string()
-            } else {
-                format!(
-                    "The token has no SMTP.SendAsApp role (roles: {}).",
-                    if claims.roles.is_empty() { "none".into() } else { claims.roles.join(", ") }
-                )
-            },
-            "In App registrations > your app > API permissions add Office 365 Exchange Online > \
-             Application permissions > SMTP.SendAsApp and grant admin consent (not SMTP.Send, which \
-             is delegated). If you use Exchange RBAC for Applications instead, no role is expected.",
-        ));
+    if claims.upn.is_none() {
+        out.extend(endpoint::missing_role(&claims.roles, endpoint));
     }
     if let Some(appid) = &claims.appid {
         if !appid.eq_ignore_ascii_case(client_id) {
@@ -423,20 +418,15 @@ pub fn check_claims(claims: &Claims, now_unix: u64, client_id: &str) -> Vec<Advi
 
 // ---- Exchange replies --------------------------------------------------------------------
 
-/// Advice for an Exchange reply (reference §3.5, §4, §6). `mailbox` is the XOAUTH2 user.
-pub fn smtp_reply(reply: &Reply, mailbox: &str) -> Option<Advice> {
+/// Advice for an Exchange reply (reference §3.5, §3.6, §4, §6). `mailbox` is the XOAUTH2
+/// user; `endpoint` decides which permissions a refused token is advised to need.
+pub fn smtp_reply(reply: &Reply, mailbox: &str, endpoint: Endpoint) -> Option<Advice> {
+    if let Some(a) = endpoint::hve_reply(reply, mailbox) {
+        return Some(a);
+    }
     let status = reply.status().unwrap_or("");
     let a = match status {
-        "5.7.3" if reply.code == 535 => Advice::new(
-            "smtp-535-5.7.3",
-            "Exchange refused the token (535 5.7.3); it gives no finer reason.",
-            format!(
-                "Check: the app has Office 365 Exchange Online > Application permission SMTP.SendAsApp \
-                 with admin consent; `New-ServicePrincipal -AppId <client id> -ObjectId <Enterprise \
-                 application object id>` was run; `Add-MailboxPermission -Identity {mailbox} -User \
-                 <client id> -AccessRights FullAccess` was granted (allow up to an hour)."
-            ),
-        ),
+        "5.7.3" if reply.code == 535 => endpoint::token_refused(endpoint, mailbox),
         "5.7.139" if reply.mentions("disabled for the Tenant") => Advice::new(
             "smtp-auth-disabled-tenant",
             "SMTP AUTH is switched off for the tenant (535 5.7.139).",
@@ -599,12 +589,17 @@ mod tests {
             r#"{"aud":"https://outlook.office365.com","roles":["SMTP.SendAsApp"],"appid":"app-1","tid":"t","exp":2000}"#,
         ))
         .unwrap();
-        assert!(check_claims(&good, 1000, "APP-1").is_empty());
+        assert!(check_claims(&good, 1000, "APP-1", Endpoint::Standard).is_empty());
         let rules = |payload: &str| -> Vec<&'static str> {
-            check_claims(&decode_claims(&jwt(payload)).unwrap(), 1000, "app-1")
-                .into_iter()
-                .map(|a| a.rule)
-                .collect()
+            check_claims(
+                &decode_claims(&jwt(payload)).unwrap(),
+                1000,
+                "app-1",
+                Endpoint::Standard,
+            )
+            .into_iter()
+            .map(|a| a.rule)
+            .collect()
         };
         assert_eq!(
             rules(
@@ -640,8 +635,51 @@ mod tests {
             .unwrap(),
             0,
             "x",
+            Endpoint::Standard,
         );
         assert!(missing[0].problem.contains("Mail.Send"));
+    }
+
+    #[test]
+    fn hve_tokens_need_mail_send_not_smtp_sendasapp() {
+        let claims = |roles: &str| {
+            decode_claims(&jwt(&format!(
+                r#"{{"aud":"https://outlook.office365.com","roles":{roles},"appid":"app-1","exp":2000}}"#
+            )))
+            .unwrap()
+        };
+        let rules = |c: &Claims, e: Endpoint| -> Vec<&'static str> {
+            check_claims(c, 1000, "app-1", e)
+                .into_iter()
+                .map(|a| a.rule)
+                .collect()
+        };
+        let mail_send = claims(r#"["Mail.Send"]"#);
+        let send_as_app = claims(r#"["SMTP.SendAsApp"]"#);
+        assert!(rules(&mail_send, Endpoint::Hve).is_empty());
+        assert_eq!(
+            rules(&send_as_app, Endpoint::Hve),
+            vec!["token-missing-role"]
+        );
+        assert_eq!(
+            rules(&mail_send, Endpoint::Standard),
+            vec!["token-missing-role"]
+        );
+        let fix = &check_claims(&send_as_app, 1000, "app-1", Endpoint::Hve)[0].fix;
+        assert!(
+            fix.contains("Mail.Send") && fix.contains("Add-HVEAppAccess"),
+            "{fix}"
+        );
+        // A refused token is advised on by endpoint; HVE's own replies whatever the endpoint.
+        let refused = Reply::line("535 5.7.3 Authentication unsuccessful");
+        let hve = smtp_reply(&refused, "hve@contoso.com", Endpoint::Hve).unwrap();
+        assert_eq!(hve.rule, "smtp-535-5.7.3-hve");
+        assert!(hve.fix.contains("Add-HVEAppAccess"), "{hve}");
+        let soon = Reply::line("501 5.5.127 Invalid XOAUTH2 auth data - Token will expire soon");
+        assert_eq!(
+            smtp_reply(&soon, "m", Endpoint::Standard).unwrap().rule,
+            "hve-token-expires-soon"
+        );
     }
 
     #[test]
@@ -662,14 +700,15 @@ mod tests {
             ("432 4.3.2 Concurrent connections limit exceeded.", "smtp-concurrency"),
         ];
         for (text, rule) in rows {
-            let a = smtp_reply(&Reply::line(text), "relay@contoso.com")
+            let a = smtp_reply(&Reply::line(text), "relay@contoso.com", Endpoint::Standard)
                 .unwrap_or_else(|| panic!("{text}"));
             assert_eq!(a.rule, *rule, "{text}");
         }
-        assert!(smtp_reply(&Reply::line("250 2.0.0 OK"), "m").is_none());
+        assert!(smtp_reply(&Reply::line("250 2.0.0 OK"), "m", Endpoint::Standard).is_none());
         assert!(smtp_reply(
             &Reply::line("535 5.7.139 … disabled for the Mailbox."),
-            "relay@contoso.com"
+            "relay@contoso.com",
+            Endpoint::Standard,
         )
         .unwrap()
         .fix

@@ -221,12 +221,20 @@ async fn diagnose_account<W: Write>(
                 claims.appid.as_deref().unwrap_or("-")
             ));
             report.info(&format!("tid:   {}", claims.tid.as_deref().unwrap_or("-")));
-            let problems = diagnose::check_claims(&claims, now, &account.credential.client_id);
+            let problems = diagnose::check_claims(
+                &claims,
+                now,
+                &account.credential.client_id,
+                account.upstream.endpoint,
+            );
             if problems.is_empty() {
                 report.ok(
                     "token claims",
                     None,
-                    "Exchange audience and SMTP.SendAsApp role",
+                    &format!(
+                        "Exchange audience and {} role",
+                        account.upstream.endpoint.role()
+                    ),
                 );
             }
             for a in problems {

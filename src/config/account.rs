@@ -363,6 +363,10 @@ fn validate_account(
         &address,
         &upstream_key,
     )?;
+    upstream.endpoint = match a.endpoint {
+        EndpointKind::Standard => crate::upstream::Endpoint::Standard,
+        EndpointKind::Hve => crate::upstream::Endpoint::Hve,
+    };
     if let Some(n) = a.max_connections {
         // 0 = unlimited (benchmarks); a pool still needs a bound.
         upstream.max_connections = if n == 0 { 1024 } else { n };

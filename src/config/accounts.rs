@@ -30,6 +30,17 @@ pub(super) fn apply_overrides(
     Ok(())
 }
 
+/// `account` as a list whatever the file wrote: one `[account]` table becomes its only
+/// entry, so the structs see one shape (the environment's strings are still converted to
+/// numbers and booleans where a key wants them, which an either-or type would not do).
+pub(super) fn normalise(root: &mut Value) {
+    if let Some(account) = root.as_object_mut().and_then(|r| r.get_mut("account")) {
+        if account.is_object() {
+            *account = Value::Array(vec![account.take()]);
+        }
+    }
+}
+
 fn object(v: &mut Value) -> &mut Map<String, Value> {
     if !v.is_object() {
         *v = Value::Object(Map::new());

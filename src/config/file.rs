@@ -28,11 +28,9 @@ pub const EXCHANGE_MAX_SIZE: u64 = 157_286_400;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub listen: ListenConfig,
-    /// One `[account]` table, or several `[[account]]` entries (each with a `name`).
-    #[serde(
-        deserialize_with = "one_or_many",
-        serialize_with = "serialize_first_account"
-    )]
+    /// One `[account]` table, or several `[[account]]` entries (each with a `name`); the
+    /// loaders make a single table the list's one entry.
+    #[serde(serialize_with = "serialize_first_account")]
     pub account: Vec<AccountConfig>,
     /// `[[route]]` entries: which senders go out through which account and mailbox.
     #[serde(serialize_with = "serialize_route_keys")]
@@ -137,20 +135,6 @@ impl Default for ListenConfig {
             received_header: true,
         }
     }
-}
-
-/// `account` is one table or a list of tables.
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<AccountConfig>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(Box<AccountConfig>),
-        Many(Vec<AccountConfig>),
-    }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(a) => vec![*a],
-        OneOrMany::Many(v) => v,
-    })
 }
 
 /// Configuration is serialised only to list its keys (the unknown-key check and the docs

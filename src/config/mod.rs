@@ -79,6 +79,7 @@ impl Config {
             overrides.push((key, value));
         }
         accounts::apply_overrides(&mut merged, overrides)?;
+        accounts::normalise(&mut merged);
         // Every unknown key at once, before serde stops at the first.
         let mut known = serde_json::to_value(Config::default()).unwrap_or_default();
         if let Some(k) = known.as_object_mut() {
@@ -112,9 +113,13 @@ impl Config {
 
     /// Loads from a TOML string (tests, `config/*.toml` checks).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        Figment::from(Toml::string(text))
+        let named = |e: figment::Error| ConfigError::new(&e.path.join("."), e.kind.to_string());
+        let mut value: serde_json::Value =
+            Figment::from(Toml::string(text)).extract().map_err(named)?;
+        accounts::normalise(&mut value);
+        Figment::from(Serialized::defaults(value))
             .extract::<Config>()
-            .map_err(|e| ConfigError::new(&e.path.join("."), e.kind.to_string()))
+            .map_err(named)
     }
 
     /// Checks every value and resolves files (secret, CA). Names the key at fault.

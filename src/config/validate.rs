@@ -338,5 +338,6 @@ fn validate_upstream(u: &UpstreamConfig, hostname: &str) -> Result<UpstreamSetti
         idle_timeout: Duration::from_secs(u.idle_timeout_secs),
         max_session_age: Duration::from_secs(u.max_session_age_secs),
         helo_name: u.helo_name.clone().unwrap_or_else(|| hostname.to_string()),
+        endpoint: crate::upstream::Endpoint::Standard,
     })
 }

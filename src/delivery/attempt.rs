@@ -10,7 +10,7 @@ use crate::governor::{split_batches, Permit};
 use crate::ops::audit;
 use crate::spool::body::Body;
 use crate::spool::{QueueEntry, Refusal};
-use crate::upstream::error::classify_reply;
+use crate::upstream::error::{classify_reply, recipient_reason};
 use crate::upstream::{MessageBody, OutboundMessage, UpstreamError, Verdict};
 use crate::wire::Reply;
 
@@ -244,7 +244,7 @@ impl Delivery {
                         report.failed.push(RcptFailure {
                             rcpt,
                             verdict,
-                            reason: reply.to_string(),
+                            reason: recipient_reason(&reply),
                             reply: Some(reply),
                         });
                     }
@@ -253,7 +253,7 @@ impl Delivery {
                 Err(e) => {
                     let verdict = e.verdict();
                     self.governor_feedback(verdict);
-                    let reason = e.to_string();
+                    let reason = e.reason();
                     report.fail_all(batch, verdict, &reason, e.reply());
                     if verdict == Verdict::Config {
                         self.hold(&e);

@@ -22,6 +22,10 @@ pub(crate) const EXCHANGE_AUDIENCES: [&str; 2] = [
 pub(crate) const GRAPH_AUDIENCE: &str = "https://graph.microsoft.com";
 /// The application permission an app-only SMTP token must carry.
 pub(crate) const SMTP_ROLE: &str = "SMTP.SendAsApp";
+/// The application permission High Volume Email checks instead (reference §8).
+pub(crate) const HVE_ROLE: &str = "Mail.Send";
+/// High Volume Email refuses a token with less life than this left (reference §3.6).
+pub(crate) const HVE_MIN_LIFE_SECS: u64 = 600;
 
 /// Beyond this many remembered tokens, expired ones are forgotten.
 const PRUNE_ABOVE: usize = 10_000;
@@ -36,12 +40,18 @@ pub(crate) struct IssuedToken {
 }
 
 impl IssuedToken {
-    /// Would Exchange accept this token for app-only SMTP AUTH at `now` (Unix seconds)?
-    pub(crate) fn valid_for_smtp(&self, now: u64) -> bool {
+    /// Would Exchange accept this token for app-only SMTP AUTH at `now` (Unix seconds), on an
+    /// endpoint that checks `role` ([`SMTP_ROLE`], or [`HVE_ROLE`] for High Volume Email)?
+    pub(crate) fn valid_for_smtp(&self, now: u64, role: &str) -> bool {
         self.nbf <= now
             && now < self.exp
             && EXCHANGE_AUDIENCES.contains(&self.aud.as_str())
-            && self.roles.iter().any(|r| r == SMTP_ROLE)
+            && self.roles.iter().any(|r| r == role)
+    }
+
+    /// Whether High Volume Email finds the token too close to expiry at `now`.
+    pub(crate) fn expires_soon_for_hve(&self, now: u64) -> bool {
+        self.exp.saturating_sub(now) < HVE_MIN_LIFE_SECS
     }
 }
 
@@ -83,16 +93,37 @@ mod tests {
             nbf: 100,
             exp: 200,
         };
-        assert!(t.valid_for_smtp(150));
-        assert!(!t.valid_for_smtp(99));
-        assert!(!t.valid_for_smtp(200));
+        assert!(t.valid_for_smtp(150, SMTP_ROLE));
+        assert!(!t.valid_for_smtp(99, SMTP_ROLE));
+        assert!(!t.valid_for_smtp(200, SMTP_ROLE));
+        assert!(!t.valid_for_smtp(150, HVE_ROLE), "HVE wants Mail.Send");
         let graph = IssuedToken {
             aud: GRAPH_AUDIENCE.into(),
             roles: vec!["Mail.Send".into()],
             ..t.clone()
         };
-        assert!(!graph.valid_for_smtp(150));
+        assert!(!graph.valid_for_smtp(150, SMTP_ROLE));
+        assert!(!graph.valid_for_smtp(150, HVE_ROLE), "Graph audience");
+        let mail_send = IssuedToken {
+            roles: vec![HVE_ROLE.into()],
+            ..t.clone()
+        };
+        assert!(mail_send.valid_for_smtp(150, HVE_ROLE));
+        assert!(!mail_send.valid_for_smtp(150, SMTP_ROLE));
         let no_role = IssuedToken { roles: vec![], ..t };
-        assert!(!no_role.valid_for_smtp(150));
+        assert!(!no_role.valid_for_smtp(150, SMTP_ROLE));
+    }
+
+    #[test]
+    fn hve_wants_ten_minutes_left() {
+        let t = IssuedToken {
+            aud: "https://outlook.office365.com".into(),
+            roles: vec![HVE_ROLE.into()],
+            nbf: 0,
+            exp: 10_000,
+        };
+        assert!(!t.expires_soon_for_hve(10_000 - 600));
+        assert!(t.expires_soon_for_hve(10_000 - 599));
+        assert!(t.expires_soon_for_hve(20_000));
     }
 }

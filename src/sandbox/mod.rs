@@ -42,6 +42,8 @@ mod clock;
 mod dialog_tests;
 mod issued;
 #[cfg(test)]
+mod hve_tests;
+#[cfg(test)]
 mod limits_tests;
 mod listener;
 mod options;
@@ -262,6 +264,12 @@ impl Sandbox {
     /// Every token issued so far becomes invalid: the next AUTH with one gets `535 5.7.3`.
     pub fn revoke_tokens(&self) {
         self.shared.tokens.revoke_all();
+    }
+
+    /// Tokens issued from now on live `lifetime` (`expires_in`); tokens already issued keep
+    /// theirs. `options()` keeps showing the lifetime the sandbox started with.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.shared.set_token_lifetime(lifetime);
     }
 
     /// Makes the token endpoint fail in the given way until called with `None`.

@@ -58,6 +58,22 @@ pub struct SandboxOptions {
     /// The filler lets a test put the secret where an error excerpt is cut. `None` (the
     /// default): Entra's own answers.
     pub echo_token_requests: Option<usize>,
+    /// SendAs rights: (mailbox, address or `@domain`) pairs, compared case-insensitively. A
+    /// mailbox may always send as itself. Read only while `enforce_send_as` is on.
+    pub send_as: Vec<(String, String)>,
+    /// When on, `MAIL FROM` may name any address, and the end of DATA refuses a message whose
+    /// envelope sender or `From:` is neither the authenticated mailbox nor covered by
+    /// `send_as` with Exchange's `554 5.2.252 SendAsDenied` (reference §4.3). When off (the
+    /// default), `MAIL FROM` must be the authenticated mailbox (`550 5.7.60` otherwise).
+    pub enforce_send_as: bool,
+    /// High Volume Email mode (reference §3.6, §4.7): AUTH wants the `Mail.Send` role and at
+    /// least 10 minutes of token life (`501 5.5.127`), a `user=` that is not one of
+    /// `mailboxes` gets `501 5.5.124`, and a recipient outside `accepted_domains` gets
+    /// `550 5.5.105`.
+    pub hve: bool,
+    /// The organisation's domains, for HVE's internal-only rule. Empty (the default): the
+    /// domains of `mailboxes`.
+    pub accepted_domains: Vec<String>,
 }
 
 impl SandboxOptions {
@@ -80,6 +96,10 @@ impl SandboxOptions {
             smtp_port: 0,
             token_port: 0,
             echo_token_requests: None,
+            send_as: Vec::new(),
+            enforce_send_as: false,
+            hve: false,
+            accepted_domains: Vec::new(),
         }
     }
 }

@@ -134,6 +134,8 @@ pub(crate) struct Shared {
     pub token_arrived: Notify,
     /// SMTP connections whose task is running (accepted and not yet finished).
     smtp_open: AtomicU64,
+    /// `expires_in` of tokens issued from now on, in seconds (starts as `token_lifetime`).
+    token_lifetime_secs: AtomicU64,
 }
 
 impl Shared {
@@ -151,6 +153,7 @@ impl Shared {
             times: HashMap::new(),
         };
         let max_connections = AtomicU32::new(opts.max_connections_per_mailbox);
+        let token_lifetime_secs = AtomicU64::new(opts.token_lifetime.as_secs());
         Shared {
             opts,
             tenant_id,
@@ -168,7 +171,18 @@ impl Shared {
             token_hold: tokio::sync::watch::Sender::new(false),
             token_arrived: Notify::new(),
             smtp_open: AtomicU64::new(0),
+            token_lifetime_secs,
         }
+    }
+
+    /// The lifetime of tokens issued from now on.
+    pub(crate) fn token_lifetime(&self) -> Duration {
+        Duration::from_secs(self.token_lifetime_secs.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_token_lifetime(&self, lifetime: Duration) {
+        self.token_lifetime_secs
+            .store(lifetime.as_secs(), Ordering::Relaxed);
     }
 
     /// Counts one token request (a POST to the token path) and wakes whoever waits for it.

@@ -19,6 +19,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::auth::authenticate;
+use super::endpoint::Endpoint;
 use super::error::{Stage, UpstreamError};
 use super::stream::SmtpStream;
 use crate::token::TokenCache;
@@ -47,6 +48,9 @@ pub struct ConnectParams<'a> {
     pub command_timeout: Duration,
     pub mailbox: &'a str,
     pub tokens: &'a TokenCache,
+    /// Standard or High Volume Email: what AUTH needs of the token, and whose advice a
+    /// refusal gets.
+    pub endpoint: Endpoint,
 }
 
 /// An authenticated session, ready for `MAIL FROM`.
@@ -145,7 +149,7 @@ impl Connection {
                 .and_then(|s| s.trim().parse().ok())
                 .filter(|&s: &u64| s > 0),
         };
-        let token = authenticate(&mut stream, p.mailbox, p.tokens).await?;
+        let token = authenticate(&mut stream, p.mailbox, p.tokens, p.endpoint).await?;
         let now = Instant::now();
         Ok(Connection {
             stream,

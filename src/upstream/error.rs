@@ -1,7 +1,7 @@
 //! The one place where what happened upstream becomes a verdict: delivered, retry, hold for
 //! configuration, or fail (DESIGN §4, reference §6 "Reply-code handbook").
 
-use crate::diagnose;
+use crate::diagnose::{self, Endpoint};
 use crate::token::TokenError;
 use crate::wire::Reply;
 
@@ -60,6 +60,10 @@ pub enum UpstreamError {
     Token(#[from] TokenError),
     #[error("upstream refused authentication{}: {reply}", if *after_refresh { " with a freshly fetched token" } else { "" })]
     Auth { reply: Reply, after_refresh: bool },
+    /// As `Auth`, on the High Volume Email endpoint, whose permissions differ (`Mail.Send`
+    /// and `Add-HVEAppAccess`, not `SMTP.SendAsApp`), so its advice does too.
+    #[error("the High Volume Email endpoint refused authentication{}: {reply}", if *after_refresh { " with a freshly fetched token" } else { "" })]
+    HveAuth { reply: Reply, after_refresh: bool },
     #[error("upstream refused at {}: {reply}", stage.as_str())]
     Rejected { stage: Stage, reply: Reply },
     #[error("cannot read the spooled message: {0}")]
@@ -118,6 +122,10 @@ impl UpstreamError {
             UpstreamError::Auth {
                 reply,
                 after_refresh,
+            }
+            | UpstreamError::HveAuth {
+                reply,
+                after_refresh,
             } => classify_auth(reply, *after_refresh),
             UpstreamError::Rejected { reply, .. } => classify_reply(reply),
         }
@@ -133,7 +141,8 @@ impl UpstreamError {
             | UpstreamError::NoStartTls
             | UpstreamError::NoXoauth2 { .. }
             | UpstreamError::Token(_)
-            | UpstreamError::Auth { .. } => false,
+            | UpstreamError::Auth { .. }
+            | UpstreamError::HveAuth { .. } => false,
             UpstreamError::Timeout { stage }
             | UpstreamError::Io { stage, .. }
             | UpstreamError::Protocol { stage, .. }
@@ -148,9 +157,9 @@ impl UpstreamError {
     /// The upstream's reply, when the failure is one.
     pub fn reply(&self) -> Option<&Reply> {
         match self {
-            UpstreamError::Auth { reply, .. } | UpstreamError::Rejected { reply, .. } => {
-                Some(reply)
-            }
+            UpstreamError::Auth { reply, .. }
+            | UpstreamError::HveAuth { reply, .. }
+            | UpstreamError::Rejected { reply, .. } => Some(reply),
             _ => None,
         }
     }
@@ -169,7 +178,10 @@ impl UpstreamError {
                 Some(diagnose::upstream_unreachable(addr).to_string())
             }
             UpstreamError::Auth { reply, .. } | UpstreamError::Rejected { reply, .. } => {
-                diagnose::smtp_reply(reply, mailbox).map(|a| a.to_string())
+                diagnose::smtp_reply(reply, mailbox, Endpoint::Standard).map(|a| a.to_string())
+            }
+            UpstreamError::HveAuth { reply, .. } => {
+                diagnose::smtp_reply(reply, mailbox, Endpoint::Hve).map(|a| a.to_string())
             }
             _ => None,
         }
@@ -179,18 +191,52 @@ impl UpstreamError {
     pub fn hold_advice(&self, mailbox: &str) -> String {
         self.advice_for(mailbox).unwrap_or_else(|| self.to_string())
     }
+
+    /// Why the recipients of a failed attempt were not delivered, for the log, the client's
+    /// reply and the failure notice: the error, with advice when every recipient was refused
+    /// in a way whose reply alone does not say what to do (see [`recipient_reason`]).
+    pub fn reason(&self) -> String {
+        match self {
+            UpstreamError::Rejected {
+                stage: Stage::RcptTo,
+                reply,
+            } => match diagnose::recipient_refused(reply) {
+                Some(advice) => format!("{self} ({advice})"),
+                None => self.to_string(),
+            },
+            _ => self.to_string(),
+        }
+    }
 }
 
-/// AUTH replies (reference §3.5): `535 5.7.3` is worth one fresh token, then configuration;
-/// `5.7.139` (SMTP AUTH switched off, Conditional Access) is configuration at once.
+/// Why one recipient was refused at RCPT: Exchange's reply, plus plain advice when the reply
+/// alone does not say what to do (`550 5.5.105`: High Volume Email sends only inside the
+/// organisation).
+pub fn recipient_reason(reply: &Reply) -> String {
+    match diagnose::recipient_refused(reply) {
+        Some(advice) => format!("{reply} ({advice})"),
+        None => reply.to_string(),
+    }
+}
+
+/// AUTH replies (reference §3.5, §3.6): `535 5.7.3` and HVE's `501 5.5.127` (token will
+/// expire soon) are worth one fresh token, then configuration; `5.7.139` (SMTP AUTH switched
+/// off, Conditional Access) and HVE's `501 5.5.124` (not an HVE account) are configuration at
+/// once.
 pub fn classify_auth(reply: &Reply, after_refresh: bool) -> Verdict {
     if reply.is_transient() && !reply.has_status("4.7.66") {
         return Verdict::Transient;
     }
-    if reply.has_status("5.7.3") && !after_refresh {
+    if worth_a_fresh_token(reply) && !after_refresh {
         return Verdict::Transient;
     }
     Verdict::Config
+}
+
+/// AUTH refusals a freshly fetched token may cure: a token Exchange no longer takes
+/// (`535 5.7.3`), or one HVE finds too close to expiry (`501 5.5.127`).
+pub fn worth_a_fresh_token(reply: &Reply) -> bool {
+    reply.has_status("5.7.3") || reply.has_status("5.5.127")
 }
 
 /// Replies to MAIL, RCPT, DATA and the final dot (reference §6). Classified by enhanced
@@ -343,6 +389,10 @@ mod tests {
                 "550 5.1.10 RESOLVER.ADR.RecipientNotFound",
                 Verdict::Permanent,
             ),
+            (
+                "550 5.5.105 External sending is not supported for High Volume Email accounts",
+                Verdict::Permanent,
+            ),
         ];
         for (text, verdict) in rows {
             assert_eq!(classify_reply(&Reply::line(text)), *verdict, "{text}");
@@ -370,5 +420,72 @@ mod tests {
             ),
             Verdict::Config
         );
+        let soon = Reply::line("501 5.5.127 Invalid XOAUTH2 auth data - Token will expire soon");
+        assert_eq!(classify_auth(&soon, false), Verdict::Transient);
+        assert_eq!(classify_auth(&soon, true), Verdict::Config);
+        let not_hve = Reply::line(
+            "501 5.5.124 Invalid XOAUTH2 auth data - User address provided is not valid",
+        );
+        assert_eq!(classify_auth(&not_hve, false), Verdict::Config);
+    }
+
+    #[test]
+    fn advice_names_the_permissions_of_the_endpoint_that_refused() {
+        let refused = || Reply::line("535 5.7.3 Authentication unsuccessful");
+        let standard = UpstreamError::Auth {
+            reply: refused(),
+            after_refresh: true,
+        };
+        let hve = UpstreamError::HveAuth {
+            reply: refused(),
+            after_refresh: true,
+        };
+        assert_eq!(hve.verdict(), Verdict::Config);
+        assert!(!hve.reached_mail_from());
+        let s = standard.hold_advice("relay@contoso.com");
+        assert!(
+            s.contains("SMTP.SendAsApp") && !s.contains("Mail.Send"),
+            "{s}"
+        );
+        let h = hve.hold_advice("hve@contoso.com");
+        assert!(
+            h.contains("Mail.Send") && h.contains("Add-HVEAppAccess"),
+            "{h}"
+        );
+        assert!(hve.to_string().contains("High Volume Email"), "{hve}");
+        let soon = UpstreamError::HveAuth {
+            reply: Reply::line("501 5.5.127 Invalid XOAUTH2 auth data - Token will expire soon"),
+            after_refresh: true,
+        };
+        assert_eq!(soon.verdict(), Verdict::Config);
+        assert!(soon.hold_advice("m").contains("10 minutes"), "{soon}");
+    }
+
+    #[test]
+    fn an_external_recipient_on_hve_is_explained() {
+        let external = Reply::line(
+            "550 5.5.105 External sending is not supported for High Volume Email accounts",
+        );
+        let one = recipient_reason(&external);
+        assert!(one.starts_with("550 5.5.105 External sending"), "{one}");
+        assert!(one.contains("inside your organisation"), "{one}");
+        assert!(one.contains("standard endpoint"), "{one}");
+        let other = Reply::line("550 5.1.10 RESOLVER.ADR.RecipientNotFound");
+        assert_eq!(recipient_reason(&other), other.to_string());
+        let all = UpstreamError::Rejected {
+            stage: Stage::RcptTo,
+            reply: external.clone(),
+        };
+        assert_eq!(all.verdict(), Verdict::Permanent);
+        assert!(
+            all.reason().contains("inside your organisation"),
+            "{}",
+            all.reason()
+        );
+        let at_data = UpstreamError::Rejected {
+            stage: Stage::EndOfData,
+            reply: other,
+        };
+        assert_eq!(at_data.reason(), at_data.to_string());
     }
 }

@@ -10,6 +10,7 @@
 
 mod auth;
 pub mod conn;
+pub mod endpoint;
 pub mod error;
 mod stream;
 
@@ -21,6 +22,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 pub use conn::{BodyStream, Delivered, HeaderSwap, MessageBody, OutboundMessage};
+pub use endpoint::Endpoint;
 pub use error::{Stage, UpstreamError, Verdict};
 
 use crate::sync::Lock as _;
@@ -48,6 +50,9 @@ pub struct UpstreamSettings {
     pub max_session_age: Duration,
     /// Our name in EHLO.
     pub helo_name: String,
+    /// The Exchange service behind `host`: standard SMTP AUTH or High Volume Email, which
+    /// needs `Mail.Send`, at least 10 minutes of token life at AUTH, and internal recipients.
+    pub endpoint: Endpoint,
 }
 
 /// Don't start a transaction on a session whose token expires sooner than this.
@@ -98,6 +103,11 @@ impl Upstream {
         &self.tokens
     }
 
+    /// The Exchange service this upstream submits to.
+    pub fn endpoint(&self) -> Endpoint {
+        self.settings.endpoint
+    }
+
     fn params(&self) -> ConnectParams<'_> {
         ConnectParams {
             host: &self.settings.host,
@@ -109,6 +119,7 @@ impl Upstream {
             command_timeout: self.settings.command_timeout,
             mailbox: &self.mailbox,
             tokens: &self.tokens,
+            endpoint: self.settings.endpoint,
         }
     }
 

@@ -6,7 +6,10 @@
 //! refuses a token. An XOAUTH2 `user=` must be a configured mailbox with SMTP AUTH on, and
 //! the token one the token endpoint issued and nobody revoked, with an Exchange audience,
 //! the `SMTP.SendAsApp` role, and within `nbf`..`exp`. Every XOAUTH2 refusal but the SMTP AUTH
-//! switch gets Exchange's uninformative `535 5.7.3`. Neither the token nor the blob is ever logged.
+//! switch gets Exchange's uninformative `535 5.7.3`. In High Volume Email mode the role is
+//! `Mail.Send`, a `user=` that is not a configured mailbox gets `501 5.5.124`, and a token
+//! with less than 10 minutes left gets `501 5.5.127` (reference §3.6). Neither the token nor
+//! the blob is ever logged.
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -14,9 +17,10 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::exchange::HOST;
+use super::exchange::{HOST, HVE_EXPIRES_SOON, HVE_USER_INVALID};
 use super::wire::{trim_eol, LineRead, Wire, MAX_AUTH_LINE};
 use crate::sandbox::clock::{unix_now, UtcTime};
+use crate::sandbox::issued::{HVE_ROLE, SMTP_ROLE};
 use crate::sandbox::shared::{SessionGuard, Shared};
 
 /// An authenticated session: its mailbox, counted in that mailbox's concurrency while the
@@ -112,7 +116,11 @@ fn verify_xoauth2(shared: &Shared, session_id: &str, blob: &str) -> Result<Strin
     let (user, token) = crate::wire::xoauth2::decode(blob).ok_or_else(failed)?;
     let opts = &shared.opts;
     if !opts.mailboxes.iter().any(|m| m.eq_ignore_ascii_case(&user)) {
-        return Err(failed());
+        return Err(if opts.hve {
+            HVE_USER_INVALID.into()
+        } else {
+            failed()
+        });
     }
     if opts
         .smtp_auth_disabled
@@ -126,8 +134,16 @@ fn verify_xoauth2(shared: &Shared, session_id: &str, blob: &str) -> Result<Strin
                 .into(),
         );
     }
+    let role = if opts.hve { HVE_ROLE } else { SMTP_ROLE };
+    let now = unix_now();
     match shared.tokens.lookup(&token) {
-        Some(issued) if issued.valid_for_smtp(unix_now()) => Ok(user),
+        Some(issued) if issued.valid_for_smtp(now, role) => {
+            if opts.hve && issued.expires_soon_for_hve(now) {
+                Err(HVE_EXPIRES_SOON.into())
+            } else {
+                Ok(user)
+            }
+        }
         _ => Err(failed()),
     }
 }

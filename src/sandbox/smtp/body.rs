@@ -17,8 +17,10 @@ use smtp_proto::request::receiver::DataReceiver;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::exchange::{
-    ACCESS_DENIED_LATER, MAILBOX_SERVER, MAX_MESSAGE, QUOTA_EXCEEDED, SERVICE_NOT_AVAILABLE,
+    send_as_denied, ACCESS_DENIED_LATER, MAILBOX_SERVER, MAX_MESSAGE, QUOTA_EXCEEDED,
+    SERVICE_NOT_AVAILABLE,
 };
+use super::rights::send_as_refusal;
 use super::script::{end_of_data_script, header_from, Script};
 use super::wire::{Flow, Wire, READ_CHUNK};
 use crate::sandbox::shared::{Shared, SmtpOutage};
@@ -170,6 +172,18 @@ pub(super) async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
         wire.reply(QUOTA_EXCEEDED);
         return Ok(Flow::Continue);
     }
+    if shared.opts.enforce_send_as {
+        let header = header_from(&txn.head);
+        if let Some(refused) = send_as_refusal(
+            auth_user,
+            &txn.mail_from,
+            header.as_deref(),
+            &shared.opts.send_as,
+        ) {
+            wire.reply(&send_as_denied(auth_user, refused));
+            return Ok(Flow::Continue);
+        }
+    }
     match end_of_data_script(&txn.rcpts) {
         Some(Script::DataPerm) => {
             wire.reply("554 5.6.0 Invalid message content");
@@ -181,11 +195,7 @@ pub(super) async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Some(Script::SendAsDenied) => {
             let from = header_from(&txn.head).unwrap_or_else(|| txn.mail_from.clone());
-            wire.reply(&format!(
-                "554 5.2.252 SendAsDenied; {auth_user} not allowed to send as {from}; \
-                 STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied; \
-                 Failed to process message due to a permanent exception"
-            ));
+            wire.reply(&send_as_denied(auth_user, &from));
             return Ok(Flow::Continue);
         }
         Some(Script::DropAfterDot) => return Ok(Flow::Drop),

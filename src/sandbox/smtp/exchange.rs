@@ -27,6 +27,28 @@ pub(super) const QUOTA_EXCEEDED: &str = "554 5.2.0 STOREDRV.Submission.Exception
     SubmissionQuotaExceededException; Failed to process message due to a permanent exception \
     with message [BeginDiagnosticData]Cannot submit message.";
 
+/// End of DATA when the mailbox may not send as the sender (reference §4.3, the Nov-2025
+/// transcript); `user` is the authenticated mailbox, `from` the address refused.
+pub(super) fn send_as_denied(user: &str, from: &str) -> String {
+    format!(
+        "554 5.2.252 SendAsDenied; {user} not allowed to send as {from}; \
+         STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied; \
+         Failed to process message due to a permanent exception"
+    )
+}
+
+/// High Volume Email, AUTH with a token too close to expiry (reference §3.6, exact text).
+pub(super) const HVE_EXPIRES_SOON: &str =
+    "501 5.5.127 Invalid XOAUTH2 auth data - Token will expire soon";
+/// High Volume Email, AUTH as an address that is not an HVE account. The reference has only
+/// a log excerpt cut after "Please ensure the auth d"; the rest here is our guess.
+pub(super) const HVE_USER_INVALID: &str = "501 5.5.124 Invalid XOAUTH2 auth data - User address \
+    provided is not valid. Please ensure the auth data is correct";
+/// High Volume Email, RCPT outside the organisation. The code is from the reference's short
+/// form (§8: "an external one gets `550 5.5.105`"); the text is the one reported in §4.7.
+pub(super) const HVE_EXTERNAL_RECIPIENT: &str =
+    "550 5.5.105 External sending is not supported for High Volume Email accounts";
+
 #[cfg(test)]
 mod tests {
     use super::*;

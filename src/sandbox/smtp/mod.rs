@@ -19,13 +19,14 @@
 //! is why smtp-proto's receiver is not used for framing) and buffers replies for
 //! PIPELINING; `auth.rs` runs AUTH; `body.rs` streams DATA and BDAT to the store and decides
 //! the end of data; `script.rs` holds the faults scripted by recipient local part
-//! (`rcpt-perm`, `slow-<N>`, ...); `exchange.rs` holds Exchange's names, limits and shared
-//! reply texts. Complete non-AUTH command lines are parsed here with smtp-proto's
+//! (`rcpt-perm`, `slow-<N>`, ...); `rights.rs` decides SendAs rights and High Volume Email's
+//! internal-only rule; `exchange.rs` holds Exchange's names, limits and shared reply texts. Complete non-AUTH command lines are parsed here with smtp-proto's
 //! `Request::parse`.
 
 mod auth;
 mod body;
 mod exchange;
+mod rights;
 mod script;
 mod wire;
 
@@ -44,7 +45,10 @@ use super::clock::UtcTime;
 use super::shared::{Shared, SmtpOutage};
 use auth::{authenticate, AuthEnd, Authed};
 use body::{drop_after_some_bytes, finish, receive_chunk, receive_data, Txn};
-use exchange::{ACCESS_DENIED_LATER, HOST, MAX_MESSAGE, MAX_RECIPIENTS, SERVICE_NOT_AVAILABLE};
+use exchange::{
+    ACCESS_DENIED_LATER, HOST, HVE_EXTERNAL_RECIPIENT, MAX_MESSAGE, MAX_RECIPIENTS,
+    SERVICE_NOT_AVAILABLE,
+};
 use script::{drops_data, Script};
 use wire::{command_cap, skip_bytes, starts_with_ignore_case, trim_eol, Flow, LineRead, Wire};
 
@@ -258,7 +262,8 @@ impl Session {
         if declared_size > MAX_MESSAGE {
             return "552 5.3.4 Message size exceeds fixed maximum message size".into();
         }
-        if !from.eq_ignore_ascii_case(&auth.mailbox) {
+        // With SendAs rights enforced, the sender is judged at the end of DATA (5.2.252).
+        if !self.shared.opts.enforce_send_as && !from.eq_ignore_ascii_case(&auth.mailbox) {
             return "550 5.7.60 SMTP; Client does not have permissions to send as this sender"
                 .into();
         }
@@ -295,6 +300,15 @@ impl Session {
         };
         if txn.rcpts.len() >= MAX_RECIPIENTS {
             return "452 4.5.3 Too many recipients".into();
+        }
+        let opts = &self.shared.opts;
+        if opts.hve
+            && !rights::is_internal(
+                to,
+                &rights::accepted_domains(&opts.accepted_domains, &opts.mailboxes),
+            )
+        {
+            return HVE_EXTERNAL_RECIPIENT.into();
         }
         match Script::of(to) {
             Some(Script::RcptPerm) => {

@@ -136,10 +136,10 @@ fn answer(shared: &Shared, tenant: &str, head: &Head, body: &[u8]) -> Response {
                 app_oid: &shared.app_oid,
                 client_id: &shared.opts.client_id,
                 app_roles: &shared.opts.app_roles,
-                lifetime: shared.opts.token_lifetime,
+                lifetime: shared.token_lifetime(),
             };
             let (token, issued) = mint(&issuer, &grant, unix_now());
-            let lifetime = shared.opts.token_lifetime.as_secs();
+            let lifetime = issuer.lifetime.as_secs();
             let body = json!({
                 "token_type": "Bearer",
                 "expires_in": lifetime,
