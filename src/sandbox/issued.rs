@@ -33,6 +33,9 @@ pub(crate) struct IssuedToken {
     pub roles: Vec<String>,
     pub nbf: u64,
     pub exp: u64,
+    /// Delegated tokens only: the signed-in user (`upn`) and the scopes (`scp`).
+    pub upn: Option<String>,
+    pub scp: Option<String>,
 }
 
 impl IssuedToken {
@@ -42,6 +45,29 @@ impl IssuedToken {
             && now < self.exp
             && EXCHANGE_AUDIENCES.contains(&self.aud.as_str())
             && self.roles.iter().any(|r| r == SMTP_ROLE)
+    }
+
+    /// Would Exchange accept this token for XOAUTH2 `user=` at `now`? App-only tokens as
+    /// [`valid_for_smtp`](Self::valid_for_smtp); a delegated token (reference §1.10) needs an
+    /// Exchange audience, `SMTP.Send` in `scp`, and `user` to be its `upn` or a mailbox the
+    /// user has FullAccess to (`full_access`: (user, mailbox) pairs).
+    pub(crate) fn accepts(&self, user: &str, now: u64, full_access: &[(String, String)]) -> bool {
+        let Some(upn) = &self.upn else {
+            return self.valid_for_smtp(now);
+        };
+        let scoped = self
+            .scp
+            .as_deref()
+            .is_some_and(|s| s.split_whitespace().any(|p| p == "SMTP.Send"));
+        let may_send_as = upn.eq_ignore_ascii_case(user)
+            || full_access
+                .iter()
+                .any(|(u, m)| u.eq_ignore_ascii_case(upn) && m.eq_ignore_ascii_case(user));
+        self.nbf <= now
+            && now < self.exp
+            && EXCHANGE_AUDIENCES.contains(&self.aud.as_str())
+            && scoped
+            && may_send_as
     }
 }
 
@@ -82,8 +108,11 @@ mod tests {
             roles: vec![SMTP_ROLE.into()],
             nbf: 100,
             exp: 200,
+            upn: None,
+            scp: None,
         };
         assert!(t.valid_for_smtp(150));
+        assert!(t.accepts("anyone@x", 150, &[]), "app-only: any mailbox");
         assert!(!t.valid_for_smtp(99));
         assert!(!t.valid_for_smtp(200));
         let graph = IssuedToken {
@@ -94,5 +123,33 @@ mod tests {
         assert!(!graph.valid_for_smtp(150));
         let no_role = IssuedToken { roles: vec![], ..t };
         assert!(!no_role.valid_for_smtp(150));
+    }
+
+    #[test]
+    fn delegated_tokens_send_as_their_user_or_a_full_access_mailbox() {
+        let t = IssuedToken {
+            aud: "https://outlook.office.com".into(),
+            roles: vec![],
+            nbf: 100,
+            exp: 200,
+            upn: Some("alice@x".into()),
+            scp: Some("SMTP.Send".into()),
+        };
+        assert!(t.accepts("Alice@X", 150, &[]));
+        assert!(!t.accepts("shared@x", 150, &[]));
+        let grants = [("alice@x".to_string(), "shared@x".to_string())];
+        assert!(t.accepts("shared@x", 150, &grants));
+        assert!(!t.accepts("other@x", 150, &grants));
+        assert!(!t.accepts("alice@x", 200, &[]), "expired");
+        let no_scope = IssuedToken {
+            scp: Some("Mail.Read".into()),
+            ..t.clone()
+        };
+        assert!(!no_scope.accepts("alice@x", 150, &[]));
+        let graph = IssuedToken {
+            aud: GRAPH_AUDIENCE.into(),
+            ..t
+        };
+        assert!(!graph.accepts("alice@x", 150, &[]));
     }
 }

@@ -58,6 +58,13 @@ pub struct SandboxOptions {
     /// The filler lets a test put the secret where an error excerpt is cut. `None` (the
     /// default): Entra's own answers.
     pub echo_token_requests: Option<usize>,
+    /// Delegated sign-ins: (user, mailbox) pairs where the user has FullAccess to the mailbox
+    /// (a shared mailbox), so the user's delegated token may authenticate as it.
+    pub full_access: Vec<(String, String)>,
+    /// `expires_in` of device codes (Entra: 900 s).
+    pub device_code_lifetime: Duration,
+    /// `interval` of device codes: how often `login` may poll (Entra: 5 s).
+    pub device_code_interval: Duration,
 }
 
 impl SandboxOptions {
@@ -80,6 +87,9 @@ impl SandboxOptions {
             smtp_port: 0,
             token_port: 0,
             echo_token_requests: None,
+            full_access: Vec::new(),
+            device_code_lifetime: Duration::from_secs(900),
+            device_code_interval: Duration::from_secs(5),
         }
     }
 }

@@ -5,7 +5,7 @@
 //! Why the sandbox checks tokens for real: the relay must learn, in tests, each way Exchange
 //! refuses a token. An XOAUTH2 `user=` must be a configured mailbox with SMTP AUTH on, and
 //! the token one the token endpoint issued and nobody revoked, with an Exchange audience,
-//! the `SMTP.SendAsApp` role, and within `nbf`..`exp`. Every XOAUTH2 refusal but the SMTP AUTH
+//! the `SMTP.SendAsApp` role (or, delegated, `SMTP.Send` and `upn` = `user=` or FullAccess), and within `nbf`..`exp`. Every XOAUTH2 refusal but the SMTP AUTH
 //! switch gets Exchange's uninformative `535 5.7.3`. Neither the token nor the blob is ever logged.
 
 use std::io;
@@ -127,7 +127,7 @@ fn verify_xoauth2(shared: &Shared, session_id: &str, blob: &str) -> Result<Strin
         );
     }
     match shared.tokens.lookup(&token) {
-        Some(issued) if issued.valid_for_smtp(unix_now()) => Ok(user),
+        Some(issued) if issued.accepts(&user, unix_now(), &opts.full_access) => Ok(user),
         _ => Err(failed()),
     }
 }
