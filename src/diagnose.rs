@@ -234,6 +234,36 @@ pub fn aadsts(code: u32) -> Option<Advice> {
             "The token URL uses a multi-tenant alias, which this app cannot use.",
             "Set the tenant to its GUID or domain, not common or organizations.",
         ),
+        700082 => (
+            "aadsts-700082",
+            "The stored refresh token has expired (AADSTS700082): it was not used for too long (90 days by default).",
+            SIGN_IN_AGAIN,
+        ),
+        70008 => (
+            "aadsts-70008",
+            "The stored refresh token has expired or was revoked (AADSTS70008).",
+            SIGN_IN_AGAIN,
+        ),
+        50173 => (
+            "aadsts-50173",
+            "The stored refresh token was revoked (AADSTS50173): the user's password changed or an admin revoked their sessions.",
+            SIGN_IN_AGAIN,
+        ),
+        70043 => (
+            "aadsts-70043",
+            "A Conditional Access sign-in frequency policy ended the user's session (AADSTS70043).",
+            SIGN_IN_AGAIN,
+        ),
+        50076 => (
+            "aadsts-50076",
+            "Entra now requires multi-factor authentication for this user (AADSTS50076).",
+            SIGN_IN_AGAIN,
+        ),
+        65001 => (
+            "aadsts-65001",
+            "The user or an admin has not consented to SMTP.Send for this app (AADSTS65001).",
+            "Grant consent to the delegated permission SMTP.Send in the app registration's API permissions (or accept the consent prompt), then sign in again with `smtp-oauth-relay login` (run with the relay's own --config file or environment).",
+        ),
         50196 | 90055 => (
             "aadsts-throttled",
             "Entra is throttling token requests for this app or tenant.",
@@ -242,6 +272,44 @@ pub fn aadsts(code: u32) -> Option<Advice> {
         _ => return None,
     };
     Some(Advice::new(rule, problem, fix))
+}
+
+/// The fix for every "a human must sign in again" error of a delegated credential.
+const SIGN_IN_AGAIN: &str = "Sign in again: run `smtp-oauth-relay login` with the relay's own \
+     configuration (the same --config file or environment; in a container `docker exec -it \
+     <container> smtp-oauth-relay login`). It stores a new refresh token; then send the relay \
+     SIGHUP or restart it.";
+
+/// A delegated credential's refresh token was refused without a code we know (`invalid_grant`
+/// or `interaction_required`, reference §1.6): a human must sign in again. Names the file
+/// `login` writes, never its content.
+pub fn sign_in_again(refresh_token_file: &str) -> Advice {
+    Advice::new(
+        "delegated-sign-in-again",
+        format!("Entra no longer accepts the refresh token stored in {refresh_token_file}."),
+        SIGN_IN_AGAIN,
+    )
+}
+
+/// A delegated credential has no refresh token yet: nobody ran `login`.
+pub fn not_signed_in(refresh_token_file: &str) -> Advice {
+    Advice::new(
+        "delegated-not-signed-in",
+        format!("There is no refresh token in {refresh_token_file}: nobody has signed in yet."),
+        "Run `smtp-oauth-relay login` once with the relay's own configuration (the same \
+         --config file or environment) and sign in as the mailbox's user; then send the relay \
+         SIGHUP or restart it.",
+    )
+}
+
+/// `login` was refused a device code or a token because the app is a confidential client
+/// (AADSTS7000218 for a request without a secret, reference §1.6, §1.8).
+pub fn public_client_flows_off() -> Advice {
+    Advice::new(
+        "delegated-public-client-off",
+        "Entra wants a client secret for this app (AADSTS7000218): the app registration does not allow public client flows, which the device code sign-in needs.",
+        "In Entra admin center > App registrations > your app > Authentication, set \"Allow public client flows\" to Yes, then run `login` again.",
+    )
 }
 
 /// The token URL answered 404: the authority or tenant is wrong.
@@ -348,6 +416,9 @@ pub struct Claims {
     pub tid: Option<String>,
     #[serde(default)]
     pub upn: Option<String>,
+    /// The user's name in older tokens and some tenants, where `upn` may be missing.
+    #[serde(default)]
+    pub unique_name: Option<String>,
     #[serde(default)]
     pub exp: Option<u64>,
 }

@@ -5,7 +5,8 @@
 //! - `queue list|show|retry|delete|adopt`: the spool, safe while the relay runs ([`queue`],
 //!   with the table renderer in [`table`] and whose each message is in [`adopt`]);
 //! - `loadgen`: benchmark load ([`loadgen`]);
-//! - `healthcheck`: ask the admin port ([`healthcheck`]).
+//! - `healthcheck`: ask the admin port ([`healthcheck`]);
+//! - `login`: sign a user in once for a delegated account ([`login`]).
 //!
 //! Exit codes ([`process`]): 0 ok, 64 bad configuration or usage, 69 upstream or credentials
 //! unusable, 1 anything else.
@@ -14,6 +15,7 @@ pub mod adopt;
 pub mod doctor;
 pub mod healthcheck;
 pub mod loadgen;
+pub mod login;
 pub mod process;
 pub mod proxy;
 pub mod queue;
@@ -66,6 +68,15 @@ pub enum Command {
     /// Benchmark load: send many messages over many connections to an SMTP server (the
     /// relay, or the sandbox) and report messages/s, MB/s, latency percentiles and errors.
     Loadgen(Box<loadgen::LoadgenArgs>),
+    /// Sign a user in once for `account.credential = "delegated"` (device code flow): prints
+    /// where to go and which code to enter, waits for the sign-in, and stores the refresh
+    /// token in account.refresh_token_file (0600). Exit 0 when stored, 69 if the sign-in
+    /// failed or expired.
+    Login {
+        /// The `[[account]]` to sign in for, by name (needed when several are delegated).
+        #[arg(long)]
+        account: Option<String>,
+    },
 }
 
 /// Parses the command line and runs the chosen command.
@@ -97,6 +108,7 @@ pub fn run() -> ExitCode {
         Some(Command::Token) => doctor::command(config, &env, Doctor::Token),
         Some(Command::Healthcheck(a)) => healthcheck::run(config, &env, a),
         Some(Command::Loadgen(a)) => loadgen::command(*a),
+        Some(Command::Login { account }) => login::command(config, &env, account.as_deref()),
         Some(Command::SendTest(a)) => doctor::command(
             config,
             &env,

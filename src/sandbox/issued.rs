@@ -37,6 +37,9 @@ pub(crate) struct IssuedToken {
     pub roles: Vec<String>,
     pub nbf: u64,
     pub exp: u64,
+    /// Delegated tokens only: the signed-in user (`upn`) and the scopes (`scp`).
+    pub upn: Option<String>,
+    pub scp: Option<String>,
 }
 
 impl IssuedToken {
@@ -52,6 +55,36 @@ impl IssuedToken {
     /// Whether High Volume Email finds the token too close to expiry at `now`.
     pub(crate) fn expires_soon_for_hve(&self, now: u64) -> bool {
         self.exp.saturating_sub(now) < HVE_MIN_LIFE_SECS
+    }
+
+    /// Would Exchange accept this token for XOAUTH2 `user=` at `now`? App-only tokens as
+    /// [`valid_for_smtp`](Self::valid_for_smtp); a delegated token (reference §1.10) needs an
+    /// Exchange audience, `SMTP.Send` in `scp`, and `user` to be its `upn` or a mailbox the
+    /// user has FullAccess to (`full_access`: (user, mailbox) pairs).
+    /// `role` is the application permission app-only tokens must carry on this endpoint.
+    pub(crate) fn accepts(
+        &self,
+        user: &str,
+        now: u64,
+        role: &str,
+        full_access: &[(String, String)],
+    ) -> bool {
+        let Some(upn) = &self.upn else {
+            return self.valid_for_smtp(now, role);
+        };
+        let scoped = self
+            .scp
+            .as_deref()
+            .is_some_and(|s| s.split_whitespace().any(|p| p == "SMTP.Send"));
+        let may_send_as = upn.eq_ignore_ascii_case(user)
+            || full_access
+                .iter()
+                .any(|(u, m)| u.eq_ignore_ascii_case(upn) && m.eq_ignore_ascii_case(user));
+        self.nbf <= now
+            && now < self.exp
+            && EXCHANGE_AUDIENCES.contains(&self.aud.as_str())
+            && scoped
+            && may_send_as
     }
 }
 
@@ -92,8 +125,14 @@ mod tests {
             roles: vec![SMTP_ROLE.into()],
             nbf: 100,
             exp: 200,
+            upn: None,
+            scp: None,
         };
         assert!(t.valid_for_smtp(150, SMTP_ROLE));
+        assert!(
+            t.accepts("anyone@x", 150, SMTP_ROLE, &[]),
+            "app-only: any mailbox"
+        );
         assert!(!t.valid_for_smtp(99, SMTP_ROLE));
         assert!(!t.valid_for_smtp(200, SMTP_ROLE));
         assert!(!t.valid_for_smtp(150, HVE_ROLE), "HVE wants Mail.Send");
@@ -121,9 +160,39 @@ mod tests {
             roles: vec![HVE_ROLE.into()],
             nbf: 0,
             exp: 10_000,
+            upn: None,
+            scp: None,
         };
         assert!(!t.expires_soon_for_hve(10_000 - 600));
         assert!(t.expires_soon_for_hve(10_000 - 599));
         assert!(t.expires_soon_for_hve(20_000));
+    }
+
+    #[test]
+    fn delegated_tokens_send_as_their_user_or_a_full_access_mailbox() {
+        let t = IssuedToken {
+            aud: "https://outlook.office.com".into(),
+            roles: vec![],
+            nbf: 100,
+            exp: 200,
+            upn: Some("alice@x".into()),
+            scp: Some("SMTP.Send".into()),
+        };
+        assert!(t.accepts("Alice@X", 150, SMTP_ROLE, &[]));
+        assert!(!t.accepts("shared@x", 150, SMTP_ROLE, &[]));
+        let grants = [("alice@x".to_string(), "shared@x".to_string())];
+        assert!(t.accepts("shared@x", 150, SMTP_ROLE, &grants));
+        assert!(!t.accepts("other@x", 150, SMTP_ROLE, &grants));
+        assert!(!t.accepts("alice@x", 200, SMTP_ROLE, &[]), "expired");
+        let no_scope = IssuedToken {
+            scp: Some("Mail.Read".into()),
+            ..t.clone()
+        };
+        assert!(!no_scope.accepts("alice@x", 150, SMTP_ROLE, &[]));
+        let graph = IssuedToken {
+            aud: GRAPH_AUDIENCE.into(),
+            ..t
+        };
+        assert!(!graph.accepts("alice@x", 150, SMTP_ROLE, &[]));
     }
 }

@@ -23,7 +23,10 @@
 //! - `shared.rs`: the runtime state both servers and the handle use (counters, switches,
 //!   limits, session guards); `options.rs`: [`SandboxOptions`]; `issued.rs`: the tokens the
 //!   token endpoint issued and SMTP checks; `store.rs`: the mail store; `tls.rs`: the
-//!   self-signed certificate both listeners use; `clock.rs`: dates in Microsoft's formats.
+//!   self-signed certificate both listeners use; `clock.rs`: dates in Microsoft's formats;
+//!   `delegated.rs`: device codes and rotating refresh tokens of delegated sign-ins, which
+//!   tests steer with `approve_device_code`, `decline_device_code` and
+//!   `revoke_refresh_tokens`.
 //!
 //! Tests of the relay's queue and governor steer it at runtime: rate and concurrency limits
 //! (`set_rate_limit`, `set_concurrency_limit`), outages (`set_smtp_outage`,
@@ -38,6 +41,7 @@
 //! so it must never be reachable from elsewhere. Tokens and secrets are never logged.
 
 mod clock;
+mod delegated;
 #[cfg(test)]
 mod dialog_tests;
 mod issued;
@@ -270,6 +274,33 @@ impl Sandbox {
     /// theirs. `options()` keeps showing the lifetime the sandbox started with.
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         self.shared.set_token_lifetime(lifetime);
+    }
+
+    /// The user `upn` signs in with the device code whose user code is `user_code` (every
+    /// waiting code when `None`), as on Microsoft's device login page: the next poll of
+    /// `login` gets tokens for `upn`. Returns how many codes were approved.
+    pub fn approve_device_code(&self, user_code: Option<&str>, upn: &str) -> usize {
+        let now = tokio::time::Instant::now().into_std();
+        self.shared.delegated.locked().approve(user_code, upn, now)
+    }
+
+    /// The user declines the sign-in (every waiting code when `None`): the next poll gets
+    /// `authorization_declined`.
+    pub fn decline_device_code(&self, user_code: Option<&str>) -> usize {
+        let now = tokio::time::Instant::now().into_std();
+        self.shared.delegated.locked().decline(user_code, now)
+    }
+
+    /// User codes issued and still waiting for a sign-in.
+    pub fn pending_device_codes(&self) -> Vec<String> {
+        let now = tokio::time::Instant::now().into_std();
+        self.shared.delegated.locked().pending(now)
+    }
+
+    /// Every refresh token issued so far is revoked (a password reset or an admin revoking
+    /// the user's sessions): the next refresh gets `invalid_grant` AADSTS50173.
+    pub fn revoke_refresh_tokens(&self) {
+        self.shared.delegated.locked().revoke_all();
     }
 
     /// Makes the token endpoint fail in the given way until called with `None`.

@@ -74,6 +74,13 @@ pub struct SandboxOptions {
     /// The organisation's domains, for HVE's internal-only rule. Empty (the default): the
     /// domains of `mailboxes`.
     pub accepted_domains: Vec<String>,
+    /// Delegated sign-ins: (user, mailbox) pairs where the user has FullAccess to the mailbox
+    /// (a shared mailbox), so the user's delegated token may authenticate as it.
+    pub full_access: Vec<(String, String)>,
+    /// `expires_in` of device codes (Entra: 900 s).
+    pub device_code_lifetime: Duration,
+    /// `interval` of device codes: how often `login` may poll (Entra: 5 s).
+    pub device_code_interval: Duration,
 }
 
 impl SandboxOptions {
@@ -100,6 +107,9 @@ impl SandboxOptions {
             enforce_send_as: false,
             hve: false,
             accepted_domains: Vec::new(),
+            full_access: Vec::new(),
+            device_code_lifetime: Duration::from_secs(900),
+            device_code_interval: Duration::from_secs(5),
         }
     }
 }

@@ -116,6 +116,8 @@ pub(crate) struct Shared {
     pub app_oid: String,
     pub counters: Counters,
     pub tokens: Registry,
+    /// Device codes and refresh tokens of delegated sign-ins.
+    pub delegated: Mutex<super::delegated::Delegated>,
     pub token_failure: Mutex<Option<TokenFailure>>,
     sessions: Mutex<HashMap<String, MailboxSessions>>,
     pub store: Store,
@@ -160,6 +162,7 @@ impl Shared {
             app_oid,
             counters: Counters::default(),
             tokens: Registry::default(),
+            delegated: Mutex::new(Default::default()),
             token_failure: Mutex::new(None),
             sessions: Mutex::new(HashMap::new()),
             store,

@@ -192,6 +192,14 @@ pub fn build(settings: &SourceSettings) -> Result<Arc<dyn TokenSource>, BuildErr
             .with_secret_file(file.clone());
             Ok(Arc::new(source))
         }
+        Credential::Delegated { refresh_token_file } => {
+            let source = super::delegated::DelegatedSource::new(settings, refresh_token_file)
+                .map_err(|e| match e {
+                    super::delegated::BuildFailure::Tls(t) => BuildError::Tls(t),
+                    super::delegated::BuildFailure::File(m) => BuildError::Credential(m),
+                })?;
+            Ok(Arc::new(source))
+        }
         other => Err(BuildError::Credential(format!(
             "the `{}` credential is not available in this build",
             other.kind()

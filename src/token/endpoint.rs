@@ -147,25 +147,65 @@ impl TokenEndpoint {
         self.exchange(request, "", source).await
     }
 
-    async fn exchange(
+    /// POSTs `form` to `url`, another endpoint of the same authority (the device code
+    /// endpoint, reference §1.6), and returns the JSON object of a 2xx answer. An error
+    /// answer becomes a [`TokenError`] exactly as [`post_form`](Self::post_form) makes it;
+    /// `secret` is scrubbed the same way.
+    pub async fn post_form_json(
         &self,
-        request: reqwest::RequestBuilder,
+        url: &str,
+        form: &[(&str, &str)],
         secret: &str,
         source: &str,
-    ) -> Result<TokenGrant, TokenError> {
+    ) -> Result<serde_json::Map<String, Value>, TokenError> {
+        let parsed = Url::parse(url).map_err(|e| TokenError::InvalidUrl {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+        let request = self
+            .client
+            .post(parsed)
+            .header(ACCEPT, "application/json")
+            .form(form);
         let scrubber = Scrubber::new(secret);
-        let started = tokio::time::Instant::now();
+        let (status, retry_after, mut body) = self.read(request, &scrubber, source).await?;
+        let json = match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(map)) if (200..300).contains(&status) => Ok(map),
+            _ if (200..300).contains(&status) => Err(TokenError::BadResponse(format!(
+                "HTTP {status} body is not a JSON object"
+            ))),
+            _ => match parse_token_response(status, retry_after, &body, &scrubber) {
+                Err(e) => Err(scrubber.scrub_error(e)),
+                Ok(_) => Err(TokenError::BadResponse(format!(
+                    "HTTP {status} with a token where none was expected"
+                ))),
+            },
+        };
+        body.zeroize();
+        if let Err(error) = &json {
+            tracing::debug!(status, source, %error, "request to {url} failed");
+        }
+        json
+    }
+
+    /// Sends `request` and reads the status, `Retry-After` and a bounded body.
+    async fn read(
+        &self,
+        request: reqwest::RequestBuilder,
+        scrubber: &Scrubber,
+        source: &str,
+    ) -> Result<(u16, Option<Duration>, Vec<u8>), TokenError> {
         let mut response = request
             .send()
             .await
-            .map_err(|e| self.request_error(&e, &scrubber, source))?;
+            .map_err(|e| self.request_error(&e, scrubber, source))?;
         let status = response.status().as_u16();
         let retry_after = retry_after_header(response.headers(), SystemTime::now());
         let mut body = Vec::new();
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| self.request_error(&e, &scrubber, source))?
+            .map_err(|e| self.request_error(&e, scrubber, source))?
         {
             if body.len() + chunk.len() > MAX_BODY {
                 body.zeroize();
@@ -176,6 +216,18 @@ impl TokenEndpoint {
             }
             body.extend_from_slice(&chunk);
         }
+        Ok((status, retry_after, body))
+    }
+
+    async fn exchange(
+        &self,
+        request: reqwest::RequestBuilder,
+        secret: &str,
+        source: &str,
+    ) -> Result<TokenGrant, TokenError> {
+        let scrubber = Scrubber::new(secret);
+        let started = tokio::time::Instant::now();
+        let (status, retry_after, mut body) = self.read(request, &scrubber, source).await?;
         let parsed = parse_token_response(status, retry_after, &body, &scrubber);
         body.zeroize();
         let elapsed_ms = started.elapsed().as_millis() as u64;

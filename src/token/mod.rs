@@ -17,8 +17,11 @@ pub mod cache;
 pub mod client_secret;
 pub mod cloud;
 pub mod credential;
+pub mod delegated;
+pub mod device_code;
 pub mod endpoint;
 pub mod error;
+pub mod refresh_file;
 pub mod scrub;
 pub mod source;
 

@@ -5,11 +5,11 @@
 //! Why the sandbox checks tokens for real: the relay must learn, in tests, each way Exchange
 //! refuses a token. An XOAUTH2 `user=` must be a configured mailbox with SMTP AUTH on, and
 //! the token one the token endpoint issued and nobody revoked, with an Exchange audience,
-//! the `SMTP.SendAsApp` role, and within `nbf`..`exp`. Every XOAUTH2 refusal but the SMTP AUTH
-//! switch gets Exchange's uninformative `535 5.7.3`. In High Volume Email mode the role is
-//! `Mail.Send`, a `user=` that is not a configured mailbox gets `501 5.5.124`, and a token
-//! with less than 10 minutes left gets `501 5.5.127` (reference §3.6). Neither the token nor
-//! the blob is ever logged.
+//! the `SMTP.SendAsApp` role (or, delegated, `SMTP.Send` and `upn` = `user=` or FullAccess),
+//! and within `nbf`..`exp`. Every XOAUTH2 refusal but the SMTP AUTH switch gets Exchange's
+//! uninformative `535 5.7.3`. In High Volume Email mode the role is `Mail.Send`, a `user=`
+//! that is not a configured mailbox gets `501 5.5.124`, and a token with less than 10 minutes
+//! left gets `501 5.5.127` (reference §3.6). Neither the token nor the blob is ever logged.
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -137,7 +137,7 @@ fn verify_xoauth2(shared: &Shared, session_id: &str, blob: &str) -> Result<Strin
     let role = if opts.hve { HVE_ROLE } else { SMTP_ROLE };
     let now = unix_now();
     match shared.tokens.lookup(&token) {
-        Some(issued) if issued.valid_for_smtp(now, role) => {
+        Some(issued) if issued.accepts(&user, now, role, &opts.full_access) => {
             if opts.hve && issued.expires_soon_for_hve(now) {
                 Err(HVE_EXPIRES_SOON.into())
             } else {

@@ -298,13 +298,13 @@ pub(super) fn error_response(err: &EntraError, correlation_id: Option<&str>) -> 
 // ---------------------------------------------------------------------------------------
 // Minting (JWT-shaped, unsigned)
 
-fn random_b64url(n: usize) -> String {
+pub(super) fn random_b64url(n: usize) -> String {
     let bytes: Vec<u8> = (0..n).map(|_| rand::random::<u8>()).collect();
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// The key thumbprint in every token header, fixed per process like a real signing key.
-fn key_thumbprint() -> &'static str {
+pub(super) fn key_thumbprint() -> &'static str {
     static X5T: OnceLock<String> = OnceLock::new();
     X5T.get_or_init(|| random_b64url(20))
 }
@@ -375,6 +375,8 @@ pub(super) fn mint(issuer: &Issuer<'_>, grant: &Grant, now: u64) -> (String, Iss
             roles,
             nbf,
             exp,
+            upn: None,
+            scp: None,
         },
     )
 }

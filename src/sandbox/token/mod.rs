@@ -6,13 +6,15 @@
 //! What it must get right is Entra's behaviour as the relay sees it (reference §1.2, §1.7,
 //! §1.8): success bodies with integer `expires_in`, error bodies with `AADSTSnnnn:` text,
 //! `error_codes`, trace and correlation IDs, 401 for `invalid_client`, and the realistic
-//! mistakes (secret ID instead of value, wrong scope, a Graph token). Those rules live in
+//! mistakes (secret ID instead of value, wrong scope, a Graph token). The delegated flows
+//! (device code endpoint, device code and refresh token grants) are `device.rs`. Those rules live in
 //! `entra.rs`, the HTTP/1.1 parsing and encoding in `http.rs`, both without I/O; this file
 //! adds what needs the shared state: the failure switches (`TokenFailure`), held requests
 //! (`Sandbox::hold_token_requests`), counting, and remembering each token issued
 //! (`issued.rs`) so SMTP AUTH can check it. Header block capped at 16 KiB, body at 64 KiB.
 //! Neither tokens nor secrets are ever logged.
 
+mod device;
 mod entra;
 mod http;
 
@@ -49,6 +51,14 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// release. `None`: the sandbox shut down while the request was held.
 async fn handle(shared: &Shared, head: &Head, body: &[u8]) -> Option<Response> {
     let correlation = head.header("client-request-id");
+    if let Some(tenant) = device::devicecode_path_tenant(&head.target) {
+        return Some(device::answer_devicecode(
+            shared,
+            tenant,
+            &parse_form(body),
+            correlation,
+        ));
+    }
     let Some(tenant) = token_path_tenant(&head.target) else {
         return Some(Response {
             status: 404,
@@ -111,6 +121,9 @@ fn answer(shared: &Shared, tenant: &str, head: &Head, body: &[u8]) -> Response {
     }
 
     let mut form = parse_form(body);
+    if device::is_delegated_grant(form.get("grant_type").map(String::as_str)) {
+        return device::answer_grant(shared, tenant, &form, correlation);
+    }
     let basic = head.header("authorization").and_then(parse_basic);
     let (client_id, client_secret) = match basic {
         Some((id, secret)) => (Some(id), Some(secret)),
