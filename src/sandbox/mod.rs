@@ -22,7 +22,10 @@
 //! - `listener.rs`: sockets that close and re-bind at runtime, and the accept loop.
 //! - `shared.rs`: the runtime state both servers and the handle use (counters, switches,
 //!   limits, session guards); `options.rs`: [`SandboxOptions`]; `issued.rs`: the tokens the
-//!   token endpoint issued and SMTP checks; `store.rs`: the mail store; `tls.rs`: the
+//!   token endpoint issued and SMTP checks; `federated.rs`: federated tokens the sandbox
+//!   mints as an OIDC issuer or IMDS, and the app's federated credentials (checked by
+//!   `token/federation.rs`; IMDS is `token/imds.rs`, plain HTTP on loopback, `imds_url`);
+//!   `store.rs`: the mail store; `tls.rs`: the
 //!   self-signed certificate both listeners use; `clock.rs`: dates in Microsoft's formats.
 //!
 //! Tests of the relay's queue and governor steer it at runtime: rate and concurrency limits
@@ -40,6 +43,7 @@
 mod clock;
 #[cfg(test)]
 mod dialog_tests;
+mod federated;
 mod issued;
 #[cfg(test)]
 mod limits_tests;
@@ -62,6 +66,9 @@ use std::time::{Duration, Instant};
 use crate::sync::Lock as _;
 use tokio_util::task::TaskTracker;
 
+pub use federated::{
+    FederatedCredential, ManagedIdentity, DEFAULT_OIDC_ISSUER, DEFAULT_SUBJECT, FEDERATION_AUDIENCE,
+};
 pub use options::SandboxOptions;
 pub use shared::{SmtpOutage, TokenFailure};
 pub use store::{StoredEnvelope, StoredMessage};
@@ -74,6 +81,8 @@ pub struct Sandbox {
     shared: Arc<Shared>,
     smtp_addr: SocketAddr,
     token_addr: SocketAddr,
+    /// The IMDS stand-in (plain HTTP).
+    imds_addr: SocketAddr,
     /// Closed and re-bound by `SmtpOutage::Refuse`.
     smtp_listener: Arc<Listener>,
     ca_pem: String,
@@ -102,8 +111,10 @@ impl Sandbox {
             opts.listen_ip,
             opts.token_port,
         ))?);
+        let imds_listener = Arc::new(Listener::bind(SocketAddr::new(opts.listen_ip, 0))?);
         let smtp_addr = smtp_listener.addr;
         let token_addr = token_listener.addr;
+        let imds_addr = imds_listener.addr;
 
         let tenant_id = if token::is_guid(&opts.tenant) {
             opts.tenant.to_ascii_lowercase()
@@ -138,11 +149,19 @@ impl Sandbox {
             tracker.clone(),
             move |tcp, _peer| token::serve(token_shared.clone(), https_acceptor.clone(), tcp),
         ));
+        let imds_shared = shared.clone();
+        tracker.spawn(listener::accept_loop(
+            imds_listener,
+            shared.cancel.clone(),
+            tracker.clone(),
+            move |tcp, _peer| token::serve_imds(imds_shared.clone(), tcp),
+        ));
 
         Ok(Sandbox {
             shared,
             smtp_addr,
             token_addr,
+            imds_addr,
             smtp_listener,
             ca_pem: tls.ca_pem,
             tracker,
@@ -161,6 +180,34 @@ impl Sandbox {
             self.authority(),
             self.shared.opts.tenant
         )
+    }
+
+    /// The IMDS stand-in's token URL (plain HTTP on loopback), for `account.imds_endpoint`:
+    /// `http://127.0.0.1:PORT/metadata/identity/oauth2/token`.
+    pub fn imds_url(&self) -> String {
+        format!("http://{}/metadata/identity/oauth2/token", self.imds_addr)
+    }
+
+    /// IMDS requests answered with a token.
+    pub fn imds_tokens_issued(&self) -> u64 {
+        self.shared.federation.imds_tokens.load(Ordering::Relaxed)
+    }
+
+    /// A federated token as a cluster's OIDC issuer would project it into a pod: issuer
+    /// `options().oidc_issuer`, this `subject` (`system:serviceaccount:<ns>:<sa>`) and
+    /// `audience`, valid from now for `lifetime` (zero: already expired). Remembered, so the
+    /// token endpoint accepts it as genuine when a federated credential matches.
+    pub fn federated_token(&self, subject: &str, audience: &str, lifetime: Duration) -> String {
+        let now = clock::unix_now();
+        self.shared
+            .federation
+            .mint(federated::service_account_claims(
+                &self.shared.opts.oidc_issuer,
+                subject,
+                audience,
+                now,
+                now + lifetime.as_secs(),
+            ))
     }
 
     pub fn smtp_addr(&self) -> SocketAddr {

@@ -13,6 +13,10 @@ use std::time::Duration;
 use rand::Rng;
 use secrecy::SecretString;
 
+use super::federated::{
+    entra_issuer, FederatedCredential, ManagedIdentity, DEFAULT_OIDC_ISSUER, DEFAULT_SUBJECT,
+    FEDERATION_AUDIENCE,
+};
 use super::issued::SMTP_ROLE;
 
 /// How the sandbox is set up. `Debug` redacts the client secret (it is a `SecretString`).
@@ -58,6 +62,22 @@ pub struct SandboxOptions {
     /// The filler lets a test put the secret where an error excerpt is cut. `None` (the
     /// default): Entra's own answers.
     pub echo_token_requests: Option<usize>,
+    /// The issuer (`iss`) of `Sandbox::federated_token`: the sandbox plays a cluster's OIDC
+    /// issuer. Default: an AKS-shaped URL.
+    pub oidc_issuer: String,
+    /// The app's federated identity credentials (reference §1.4). Default: the service
+    /// account `system:serviceaccount:mail:smtp-oauth-relay` of `oidc_issuer`, and the
+    /// first of `managed_identities` (issuer Entra, subject its object ID), both for
+    /// `api://AzureADTokenExchange`.
+    pub federated_credentials: Vec<FederatedCredential>,
+    /// User-assigned identities attached to the machine the IMDS stand-in serves. Default:
+    /// one.
+    pub managed_identities: Vec<ManagedIdentity>,
+    /// The machine's system-assigned identity, if it has one (default: none). It can get an
+    /// IMDS token but cannot be a federated credential (reference §1.5).
+    pub system_assigned_identity: Option<ManagedIdentity>,
+    /// `expires_in` of IMDS tokens (IMDS: about 24 h).
+    pub imds_token_lifetime: Duration,
 }
 
 impl SandboxOptions {
@@ -80,7 +100,33 @@ impl SandboxOptions {
             smtp_port: 0,
             token_port: 0,
             echo_token_requests: None,
+            oidc_issuer: DEFAULT_OIDC_ISSUER.to_string(),
+            federated_credentials: Vec::new(),
+            managed_identities: vec![ManagedIdentity {
+                client_id: "99999999-8888-7777-6666-555555555555".to_string(),
+                object_id: "12121212-3434-5656-7878-909090909090".to_string(),
+            }],
+            system_assigned_identity: None,
+            imds_token_lifetime: Duration::from_secs(86399),
         }
+        .with_default_federation()
+    }
+
+    /// The default federated credentials (see [`Self::federated_credentials`]).
+    fn with_default_federation(mut self) -> Self {
+        self.federated_credentials = vec![FederatedCredential {
+            issuer: self.oidc_issuer.clone(),
+            subject: DEFAULT_SUBJECT.to_string(),
+            audience: FEDERATION_AUDIENCE.to_string(),
+        }];
+        if let Some(mi) = self.managed_identities.first() {
+            self.federated_credentials.push(FederatedCredential {
+                issuer: entra_issuer(&self.tenant),
+                subject: mi.object_id.clone(),
+                audience: FEDERATION_AUDIENCE.to_string(),
+            });
+        }
+        self
     }
 }
 

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::federated::Federation;
 use super::issued::Registry;
 use super::options::SandboxOptions;
 use super::store::Store;
@@ -116,6 +117,8 @@ pub(crate) struct Shared {
     pub app_oid: String,
     pub counters: Counters,
     pub tokens: Registry,
+    /// Federated tokens minted (`Sandbox::federated_token`, IMDS) and IMDS's count.
+    pub federation: Federation,
     pub token_failure: Mutex<Option<TokenFailure>>,
     sessions: Mutex<HashMap<String, MailboxSessions>>,
     pub store: Store,
@@ -157,6 +160,7 @@ impl Shared {
             app_oid,
             counters: Counters::default(),
             tokens: Registry::default(),
+            federation: Federation::default(),
             token_failure: Mutex::new(None),
             sessions: Mutex::new(HashMap::new()),
             store,

@@ -19,8 +19,10 @@ pub mod cloud;
 pub mod credential;
 pub mod endpoint;
 pub mod error;
+pub mod managed_identity;
 pub mod scrub;
 pub mod source;
+pub mod workload_identity;
 
 pub use cache::TokenCache;
 pub use client_secret::{read_secret_file, ClientSecretSettings, ClientSecretSource};
@@ -30,4 +32,6 @@ pub use credential::{
 };
 pub use endpoint::{token_url, TokenEndpoint, TokenGrant};
 pub use error::TokenError;
+pub use managed_identity::{ImdsSettings, ManagedIdentitySource};
 pub use source::{AccessToken, FetchFuture, Reloaded, TokenSource};
+pub use workload_identity::{read_token_file, WorkloadIdentitySource};
