@@ -255,6 +255,62 @@ mod tests {
         assert!(e.to_string().contains(&file.display().to_string()), "{e}");
     }
 
+    /// An endpoint that quotes the assertion back (URL-encoded, in an OAuth error): the
+    /// error keeps the rest of what it said, never the assertion. Not JWT-shaped, so only
+    /// the secret scrubbing can catch it.
+    #[tokio::test]
+    async fn an_echoed_assertion_is_scrubbed_from_the_error() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        crate::tls::install_crypto_provider();
+        let assertion = "opaque~Assertion+Value/with=odd&chars";
+        let encoded = crate::token::scrub::form_encode(assertion);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut got = Vec::new();
+            while !String::from_utf8_lossy(&got).contains("client_assertion=") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "request ended early");
+                got.extend_from_slice(&buf[..n]);
+            }
+            let body = serde_json::json!({
+                "error": "invalid_request",
+                "error_description": format!("AADSTS90014: bad form: client_assertion={encoded} raw {assertion}"),
+                "error_codes": [90014],
+            })
+            .to_string();
+            let resp = format!(
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(resp.as_bytes()).await.unwrap();
+        });
+        let endpoint = TokenEndpoint::new(
+            &format!("http://{addr}/tid/oauth2/v2.0/token"),
+            &[],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let e = post_assertion(
+            &endpoint,
+            "app",
+            "https://outlook.office365.com/.default",
+            &SecretString::from(assertion),
+            "test",
+        )
+        .await
+        .unwrap_err();
+        server.await.unwrap();
+        let shown = format!("{e} {e:?}");
+        assert!(shown.contains("AADSTS90014: bad form"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        for piece in ["opaque", "Assertion", "odd%26chars"] {
+            assert!(!shown.contains(piece), "{piece} leaked: {shown}");
+        }
+    }
+
     #[test]
     fn describe_names_file_app_and_tenant() {
         crate::tls::install_crypto_provider();
