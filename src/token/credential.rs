@@ -20,6 +20,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use super::client_secret::{ClientSecretSettings, ClientSecretSource};
+use super::endpoint::TokenEndpoint;
 use super::managed_identity::{ImdsSettings, ManagedIdentitySource};
 use super::source::TokenSource;
 use super::workload_identity::WorkloadIdentitySource;
@@ -199,24 +200,34 @@ pub fn build(settings: &SourceSettings) -> Result<Arc<dyn TokenSource>, BuildErr
             Ok(Arc::new(source))
         }
         Credential::WorkloadIdentity { token_file } => Ok(Arc::new(WorkloadIdentitySource::new(
-            settings,
+            entra(settings)?,
+            settings.client_id.clone(),
+            settings.scope.clone(),
             token_file.clone(),
-        )?)),
+        ))),
         Credential::ManagedIdentity {
             imds_endpoint,
             identity_client_id,
             federation_audience,
         } => Ok(Arc::new(ManagedIdentitySource::new(
-            settings,
+            entra(settings)?,
+            settings.client_id.clone(),
+            settings.scope.clone(),
             ImdsSettings {
                 endpoint: imds_endpoint.clone(),
                 identity_client_id: identity_client_id.clone(),
                 audience: federation_audience.clone(),
             },
+            settings.timeout,
         )?)),
         other => Err(BuildError::Credential(format!(
             "the `{}` credential is not available in this build",
             other.kind()
         ))),
     }
+}
+
+/// The HTTPS client for the account's token URL.
+fn entra(settings: &SourceSettings) -> Result<TokenEndpoint, TlsSetupError> {
+    TokenEndpoint::new(&settings.token_url, &settings.extra_roots, settings.timeout)
 }

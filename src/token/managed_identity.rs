@@ -24,7 +24,6 @@ use std::time::Duration;
 use reqwest::Url;
 use secrecy::SecretString;
 
-use super::credential::SourceSettings;
 use super::endpoint::TokenEndpoint;
 use super::error::TokenError;
 use super::source::{AccessToken, FetchFuture, TokenSource};
@@ -73,25 +72,27 @@ impl fmt::Debug for ManagedIdentitySource {
 }
 
 impl ManagedIdentitySource {
-    /// Builds both HTTP clients (IMDS without proxy). A malformed IMDS URL is reported by
-    /// every fetch.
-    pub fn new(settings: &SourceSettings, imds: ImdsSettings) -> Result<Self, TlsSetupError> {
+    /// A source for app `client_id` at `entra`, asking `imds`. Builds IMDS's HTTP client
+    /// (no proxy; `timeout` as for Entra). A malformed IMDS URL is reported by every fetch.
+    pub fn new(
+        entra: TokenEndpoint,
+        client_id: String,
+        scope: String,
+        imds: ImdsSettings,
+        timeout: Duration,
+    ) -> Result<Self, TlsSetupError> {
         let imds_url = imds_url(
             &imds.endpoint,
             &imds.audience,
             imds.identity_client_id.as_deref(),
         );
         Ok(ManagedIdentitySource {
-            imds: TokenEndpoint::direct(&imds.endpoint, &settings.extra_roots, settings.timeout)?,
+            imds: TokenEndpoint::direct(&imds.endpoint, &[], timeout)?,
             imds_url,
             identity_client_id: imds.identity_client_id,
-            entra: TokenEndpoint::new(
-                &settings.token_url,
-                &settings.extra_roots,
-                settings.timeout,
-            )?,
-            client_id: settings.client_id.clone(),
-            scope: settings.scope.clone(),
+            entra,
+            client_id,
+            scope,
             assertion: Mutex::new(None),
         })
     }
@@ -240,7 +241,6 @@ pub fn explain_imds_error(error: TokenError, endpoint: &str, identity: &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token::Credential;
 
     const IMDS: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
 
@@ -337,29 +337,28 @@ mod tests {
     #[test]
     fn describe_names_the_identity_and_the_app() {
         crate::tls::install_crypto_provider();
-        let settings = |id: Option<&str>| SourceSettings {
-            token_url: "https://login.microsoftonline.com/tid/oauth2/v2.0/token".into(),
-            client_id: "app-1".into(),
-            scope: "https://outlook.office365.com/.default".into(),
-            extra_roots: Vec::new(),
-            timeout: Duration::from_secs(5),
-            credential: Credential::ManagedIdentity {
-                imds_endpoint: IMDS.into(),
-                identity_client_id: id.map(str::to_string),
-                federation_audience: "api://AzureADTokenExchange".into(),
-            },
-        };
         let imds = |id: Option<&str>| ImdsSettings {
             endpoint: IMDS.into(),
             identity_client_id: id.map(str::to_string),
             audience: "api://AzureADTokenExchange".into(),
         };
-        let s = ManagedIdentitySource::new(&settings(Some("mi-1")), imds(Some("mi-1"))).unwrap();
+        let source = |id: Option<&str>| {
+            let entra = TokenEndpoint::new(
+                "https://login.microsoftonline.com/tid/oauth2/v2.0/token",
+                &[],
+                Duration::from_secs(5),
+            )
+            .unwrap();
+            let scope = "https://outlook.office365.com/.default".to_string();
+            ManagedIdentitySource::new(entra, "app-1".into(), scope, imds(id), Duration::ZERO)
+                .unwrap()
+        };
+        let s = source(Some("mi-1"));
         assert_eq!(
             s.describe(),
             "managed identity mi-1 as federated credential of app app-1 in tenant tid"
         );
-        let s = ManagedIdentitySource::new(&settings(None), imds(None)).unwrap();
+        let s = source(None);
         assert_eq!(
             s.describe(),
             "managed identity system-assigned as federated credential of app app-1 in tenant tid"

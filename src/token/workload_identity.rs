@@ -16,11 +16,9 @@ use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::credential::SourceSettings;
 use super::endpoint::{TokenEndpoint, TokenGrant};
 use super::error::TokenError;
 use super::source::{AccessToken, FetchFuture, TokenSource};
-use crate::tls::TlsSetupError;
 
 /// `client_assertion_type` of a JWT bearer assertion (RFC 7523).
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -47,18 +45,20 @@ impl fmt::Debug for WorkloadIdentitySource {
 }
 
 impl WorkloadIdentitySource {
-    /// Builds the HTTPS client. The file is not read here: every fetch reads it.
-    pub fn new(settings: &SourceSettings, token_file: PathBuf) -> Result<Self, TlsSetupError> {
-        Ok(WorkloadIdentitySource {
-            endpoint: TokenEndpoint::new(
-                &settings.token_url,
-                &settings.extra_roots,
-                settings.timeout,
-            )?,
-            client_id: settings.client_id.clone(),
-            scope: settings.scope.clone(),
+    /// A source for app `client_id` at `endpoint`. The file is not read here: every fetch
+    /// reads it.
+    pub fn new(
+        endpoint: TokenEndpoint,
+        client_id: String,
+        scope: String,
+        token_file: PathBuf,
+    ) -> Self {
+        WorkloadIdentitySource {
+            endpoint,
+            client_id,
+            scope,
             token_file,
-        })
+        }
     }
 
     async fn fetch_once(&self) -> Result<AccessToken, TokenError> {
@@ -162,22 +162,18 @@ pub fn read_token_file(path: &Path) -> Result<SecretString, TokenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token::Credential;
     use std::time::Duration;
 
     const ASSERTION: &str = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJodHRwczovL29pZGMifQ.c2lnbmF0dXJl";
 
-    fn settings(url: &str, file: &Path) -> SourceSettings {
-        SourceSettings {
-            token_url: url.to_string(),
-            client_id: "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee".into(),
-            scope: "https://outlook.office365.com/.default".into(),
-            extra_roots: Vec::new(),
-            timeout: Duration::from_secs(5),
-            credential: Credential::WorkloadIdentity {
-                token_file: file.to_path_buf(),
-            },
-        }
+    fn source(url: &str, file: &Path) -> WorkloadIdentitySource {
+        let endpoint = TokenEndpoint::new(url, &[], Duration::from_secs(5)).unwrap();
+        WorkloadIdentitySource::new(
+            endpoint,
+            "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee".into(),
+            "https://outlook.office365.com/.default".into(),
+            file.to_path_buf(),
+        )
     }
 
     #[test]
@@ -245,11 +241,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("gone");
         // Port 9 on loopback: nothing listens, and the file check comes first anyway.
-        let source = WorkloadIdentitySource::new(
-            &settings("https://127.0.0.1:9/tid/oauth2/v2.0/token", &file),
-            file.clone(),
-        )
-        .unwrap();
+        let source = source("https://127.0.0.1:9/tid/oauth2/v2.0/token", &file);
         let e = source.fetch().await.unwrap_err();
         assert!(matches!(e, TokenError::Credential(_)), "{e:?}");
         assert!(e.to_string().contains(&file.display().to_string()), "{e}");
@@ -315,14 +307,10 @@ mod tests {
     fn describe_names_file_app_and_tenant() {
         crate::tls::install_crypto_provider();
         let file = PathBuf::from("/var/run/secrets/azure/tokens/azure-identity-token");
-        let source = WorkloadIdentitySource::new(
-            &settings(
-                "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token",
-                &file,
-            ),
-            file.clone(),
-        )
-        .unwrap();
+        let source = source(
+            "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token",
+            &file,
+        );
         assert_eq!(
             source.describe(),
             "workload identity (token file /var/run/secrets/azure/tokens/azure-identity-token) \
