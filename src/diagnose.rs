@@ -264,6 +264,16 @@ pub fn aadsts(code: u32) -> Option<Advice> {
             "The user or an admin has not consented to SMTP.Send for this app (AADSTS65001).",
             "Grant consent to the delegated permission SMTP.Send in the app registration's API permissions (or accept the consent prompt), then sign in again with `smtp-oauth-relay login` (run with the relay's own --config file or environment).",
         ),
+        70021 => (
+            "aadsts-70021",
+            "Entra found no federated credential on the app matching the token the relay presented (AADSTS70021): its issuer, subject and audience must all match one exactly.",
+            "In Entra admin center > App registrations > your app > Certificates & secrets > Federated credentials, compare with the Assertion Issuer/Subject/Audience in the error. For AKS the issuer is the cluster's OIDC issuer URL (az aks show -g <rg> -n <cluster> --query oidcIssuerProfile.issuerUrl -o tsv, trailing slash included), the subject is system:serviceaccount:<namespace>:<serviceaccount> and the audience api://AzureADTokenExchange; create it with az ad app federated-credential create (on an app) or az identity federated-credential create (on a user-assigned identity). For a managed identity the issuer is https://login.microsoftonline.com/<tenant id>/v2.0 and the subject the identity's Object (principal) ID.",
+        ),
+        700024 => (
+            "aadsts-700024",
+            "The client assertion is outside its valid time (AADSTS700024): an expired copy of the federated token file, or a wrong clock.",
+            "Point account.federated_token_file (AZURE_FEDERATED_TOKEN_FILE) at the file the kubelet keeps rotating, not a copy, and check that this machine's clock is synchronised (NTP).",
+        ),
         50196 | 90055 => (
             "aadsts-throttled",
             "Entra is throttling token requests for this app or tenant.",
@@ -644,7 +654,7 @@ mod tests {
             match code {
                 // Certificate / federation / request-shape codes belong to credential kinds and
                 // request building this version does not have; they fall back to Entra's text.
-                700027 | 700024 | 70021 | 50012 | 900144 => assert!(aadsts(code).is_none()),
+                700027 | 50012 | 900144 => assert!(aadsts(code).is_none()),
                 _ => {
                     let a = aadsts(code).unwrap_or_else(|| panic!("no advice for {code}"));
                     assert!(!a.fix.is_empty());
@@ -652,6 +662,23 @@ mod tests {
             }
         }
         assert!(aadsts(7000215).unwrap().fix.contains("Value"));
+    }
+
+    #[test]
+    fn federation_advice_names_issuer_subject_and_audience() {
+        let a = aadsts(70021).unwrap().to_string();
+        for needle in [
+            "system:serviceaccount:<namespace>:<serviceaccount>",
+            "oidcIssuerProfile.issuerUrl",
+            "api://AzureADTokenExchange",
+            "az identity federated-credential create",
+            "Federated credentials",
+        ] {
+            assert!(a.contains(needle), "{needle}: {a}");
+        }
+        let a = aadsts(700024).unwrap().to_string();
+        assert!(a.contains("clock"), "{a}");
+        assert!(a.contains("federated_token_file"), "{a}");
     }
 
     #[test]

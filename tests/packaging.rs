@@ -735,7 +735,8 @@ fn kubernetes_probes_reach_the_admin_server() {
     let image_env = dockerfile_env(final_stage(&instructions(&read("Dockerfile"))));
     for file in kubernetes_manifests() {
         let text = std::fs::read_to_string(&file).unwrap();
-        if !text.contains("smtp-oauth-relay") || yaml_values(&text, "kind") != ["Deployment"] {
+        if !text.contains("smtp-oauth-relay") || !yaml_values(&text, "kind").contains(&"Deployment")
+        {
             continue;
         }
         let env = manifest_env(&text);
@@ -778,13 +779,31 @@ fn kubernetes_probes_reach_the_admin_server() {
                 rel(&file)
             );
         }
-        // The client secret comes from a mounted file, never a literal value.
+        // The client secret comes from a mounted file, never a literal value; with workload
+        // identity there is no secret at all, and the pod is labelled for the webhook and runs
+        // as the ServiceAccount carrying the client ID.
         assert!(
-            env.contains_key("SMTP_OAUTH_RELAY_CLIENT_SECRET_FILE")
-                && !env.contains_key("SMTP_OAUTH_RELAY_CLIENT_SECRET"),
+            !env.contains_key("SMTP_OAUTH_RELAY_CLIENT_SECRET"),
             "{}: use SMTP_OAUTH_RELAY_CLIENT_SECRET_FILE with a Secret volume",
             rel(&file)
         );
+        if env.get("SMTP_OAUTH_RELAY_CREDENTIAL").map(String::as_str) == Some("workload-identity") {
+            assert!(
+                !env.contains_key("SMTP_OAUTH_RELAY_CLIENT_SECRET_FILE")
+                    && yaml_values(&text, "azure.workload.identity/use").contains(&"true")
+                    && !yaml_values(&text, "azure.workload.identity/client-id").is_empty()
+                    && !yaml_values(&text, "serviceAccountName").is_empty(),
+                "{}: workload identity needs the pod label azure.workload.identity/use: \"true\", \
+                 a ServiceAccount annotated azure.workload.identity/client-id, and no secret",
+                rel(&file)
+            );
+        } else {
+            assert!(
+                env.contains_key("SMTP_OAUTH_RELAY_CLIENT_SECRET_FILE"),
+                "{}: use SMTP_OAUTH_RELAY_CLIENT_SECRET_FILE with a Secret volume",
+                rel(&file)
+            );
+        }
         let security = [
             ("runAsNonRoot", "true"),
             ("readOnlyRootFilesystem", "true"),

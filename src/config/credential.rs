@@ -141,6 +141,7 @@ pub(super) fn resolve(
             Ok(Credential::ManagedIdentity {
                 imds_endpoint: url.to_string(),
                 identity_client_id,
+                federation_audience: a.cloud.federation_audience().to_string(),
             })
         }
         CredentialKind::Delegated => {

@@ -444,3 +444,175 @@ fn secret_of(c: &ValidConfig) -> secrecy::SecretString {
         other => panic!("expected a client secret, got {other:?}"),
     }
 }
+
+// ---- Workload identity from the AKS webhook's AZURE_* variables (reference §1.4) ----------
+
+/// A token file, and the webhook's four variables pointing at it.
+fn azure_env(authority: &str) -> (tempfile::TempDir, Vec<(String, String)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("azure-identity-token");
+    std::fs::write(&file, "eyJ.x.y\n").unwrap();
+    let pairs = env(&[
+        ("AZURE_FEDERATED_TOKEN_FILE", file.to_str().unwrap()),
+        ("AZURE_CLIENT_ID", "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"),
+        ("AZURE_TENANT_ID", "11111111-2222-3333-4444-555555555555"),
+        ("AZURE_AUTHORITY_HOST", authority),
+        ("SMTP_OAUTH_RELAY_MAILBOX", "relay@contoso.com"),
+    ]);
+    (dir, pairs)
+}
+
+fn load_env(pairs: &[(String, String)]) -> Result<ValidConfig, ConfigError> {
+    Config::load(None, pairs)?.validate()
+}
+
+#[test]
+fn azure_variables_alone_configure_workload_identity() {
+    for authority in [
+        "https://login.microsoftonline.com/",
+        "https://login.microsoftonline.com",
+    ] {
+        let (dir, pairs) = azure_env(authority);
+        let c = load_env(&pairs).unwrap();
+        let s = &c.account().credential;
+        assert_eq!(
+            s.token_url,
+            "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/oauth2/v2.0/token",
+            "{authority}"
+        );
+        assert_eq!(s.client_id, "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee");
+        assert_eq!(s.scope, "https://outlook.office365.com/.default");
+        match &s.credential {
+            crate::token::Credential::WorkloadIdentity { token_file } => {
+                assert_eq!(token_file, &dir.path().join("azure-identity-token"))
+            }
+            other => panic!("expected workload identity, got {other:?}"),
+        }
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+}
+
+#[test]
+fn our_own_settings_win_over_azure_variables() {
+    let (dir, mut pairs) = azure_env("https://login.microsoftonline.com/");
+    let own = dir.path().join("own-token");
+    std::fs::write(&own, "eyJ.a.b").unwrap();
+    pairs.extend(env(&[
+        (
+            "SMTP_OAUTH_RELAY_CLIENT_ID",
+            "bbbbbbbb-bbbb-cccc-dddd-eeeeeeeeeeee",
+        ),
+        ("SMTP_OAUTH_RELAY_TENANT", "contoso.onmicrosoft.com"),
+        ("SMTP_OAUTH_RELAY_AUTHORITY", "https://127.0.0.1:8443/"),
+        (
+            "SMTP_OAUTH_RELAY_FEDERATED_TOKEN_FILE",
+            own.to_str().unwrap(),
+        ),
+    ]));
+    let c = load_env(&pairs).unwrap();
+    let s = &c.account().credential;
+    assert_eq!(
+        s.token_url,
+        "https://127.0.0.1:8443/contoso.onmicrosoft.com/oauth2/v2.0/token"
+    );
+    assert_eq!(s.client_id, "bbbbbbbb-bbbb-cccc-dddd-eeeeeeeeeeee");
+    assert!(
+        matches!(&s.credential, crate::token::Credential::WorkloadIdentity { token_file } if token_file == &own)
+    );
+}
+
+#[test]
+fn azure_variables_leave_other_credentials_alone() {
+    // A client secret configured: the pod's webhook variables are not ours.
+    let (_dir, mut pairs) = azure_env("https://login.microsoftonline.com/");
+    pairs.extend(env(GOOD));
+    let c = load_env(&pairs).unwrap();
+    assert!(matches!(
+        c.account().credential.credential,
+        crate::token::Credential::Secret { .. }
+    ));
+    assert_eq!(
+        c.account().credential.client_id,
+        "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+    );
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+
+    // A managed identity: neither the token file nor the app's tenant comes from AZURE_*.
+    let (_dir, mut pairs) = azure_env("https://login.microsoftonline.com/");
+    pairs.retain(|(k, _)| k != "AZURE_CLIENT_ID");
+    pairs.extend(env(&[(
+        "SMTP_OAUTH_RELAY_MANAGED_IDENTITY_CLIENT_ID",
+        "99999999-8888-7777-6666-555555555555",
+    )]));
+    let e = load_env(&pairs).unwrap_err();
+    assert_eq!(e.key, "account.tenant", "{e:?}");
+
+    // Named explicitly, workload identity takes them even with a secret set (which is
+    // then warned about as unused).
+    let (_dir, mut pairs) = azure_env("https://login.microsoftonline.com/");
+    pairs.extend(env(&[
+        (
+            "SMTP_OAUTH_RELAY_CLIENT_SECRET",
+            "abc8Q~abcdefghijklmnopqrstuvwxyz01234567",
+        ),
+        ("SMTP_OAUTH_RELAY_CREDENTIAL", "workload-identity"),
+    ]));
+    let c = load_env(&pairs).unwrap();
+    assert_eq!(
+        c.account().credential.credential.kind(),
+        crate::token::CredentialKind::WorkloadIdentity
+    );
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(!format!("{:?}", c.warnings).contains("abc8Q~"));
+
+    // Without the token file the other AZURE_* variables mean nothing to the relay.
+    let (_dir, mut pairs) = azure_env("https://login.microsoftonline.com/");
+    pairs.retain(|(k, _)| k != "AZURE_FEDERATED_TOKEN_FILE");
+    let e = load_env(&pairs).unwrap_err();
+    assert_eq!(e.key, "account.tenant", "{e:?}");
+}
+
+#[test]
+fn managed_identity_gets_the_clouds_federation_audience() {
+    for (cloud, audience) in [
+        ("global", "api://AzureADTokenExchange"),
+        ("usgov", "api://AzureADTokenExchangeUSGov"),
+        ("china", "api://AzureADTokenExchangeChina"),
+    ] {
+        let c = load_env(&env(&[
+            (
+                "SMTP_OAUTH_RELAY_TENANT",
+                "11111111-2222-3333-4444-555555555555",
+            ),
+            (
+                "SMTP_OAUTH_RELAY_CLIENT_ID",
+                "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
+            ),
+            ("SMTP_OAUTH_RELAY_MAILBOX", "relay@contoso.com"),
+            ("SMTP_OAUTH_RELAY_CLOUD", cloud),
+            (
+                "SMTP_OAUTH_RELAY_MANAGED_IDENTITY_CLIENT_ID",
+                "99999999-8888-7777-6666-555555555555",
+            ),
+        ]))
+        .unwrap();
+        match &c.account().credential.credential {
+            crate::token::Credential::ManagedIdentity {
+                imds_endpoint,
+                identity_client_id,
+                federation_audience,
+            } => {
+                assert_eq!(
+                    imds_endpoint,
+                    "http://169.254.169.254/metadata/identity/oauth2/token"
+                );
+                assert_eq!(
+                    identity_client_id.as_deref(),
+                    Some("99999999-8888-7777-6666-555555555555")
+                );
+                assert_eq!(federation_audience, audience, "{cloud}");
+            }
+            other => panic!("expected managed identity, got {other:?}"),
+        }
+    }
+}

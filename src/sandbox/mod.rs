@@ -22,11 +22,13 @@
 //! - `listener.rs`: sockets that close and re-bind at runtime, and the accept loop.
 //! - `shared.rs`: the runtime state both servers and the handle use (counters, switches,
 //!   limits, session guards); `options.rs`: [`SandboxOptions`]; `issued.rs`: the tokens the
-//!   token endpoint issued and SMTP checks; `store.rs`: the mail store; `tls.rs`: the
-//!   self-signed certificate both listeners use; `clock.rs`: dates in Microsoft's formats;
-//!   `delegated.rs`: device codes and rotating refresh tokens of delegated sign-ins, which
-//!   tests steer with `approve_device_code`, `decline_device_code` and
-//!   `revoke_refresh_tokens`.
+//!   token endpoint issued and SMTP checks; `federated.rs`: federated tokens the sandbox
+//!   mints as an OIDC issuer or IMDS, and the app's federated credentials (checked by
+//!   `token/federation.rs`; IMDS is `token/imds.rs`, plain HTTP on loopback, `imds_url`);
+//!   `store.rs`: the mail store; `tls.rs`: the self-signed certificate both listeners use;
+//!   `clock.rs`: dates in Microsoft's formats; `delegated.rs`: device codes and rotating
+//!   refresh tokens of delegated sign-ins, which tests steer with `approve_device_code`,
+//!   `decline_device_code` and `revoke_refresh_tokens`.
 //!
 //! Tests of the relay's queue and governor steer it at runtime: rate and concurrency limits
 //! (`set_rate_limit`, `set_concurrency_limit`), outages (`set_smtp_outage`,
@@ -44,6 +46,7 @@ mod clock;
 mod delegated;
 #[cfg(test)]
 mod dialog_tests;
+mod federated;
 mod issued;
 #[cfg(test)]
 mod hve_tests;
@@ -68,6 +71,9 @@ use std::time::{Duration, Instant};
 use crate::sync::Lock as _;
 use tokio_util::task::TaskTracker;
 
+pub use federated::{
+    FederatedCredential, ManagedIdentity, DEFAULT_OIDC_ISSUER, DEFAULT_SUBJECT, FEDERATION_AUDIENCE,
+};
 pub use options::SandboxOptions;
 pub use shared::{SmtpOutage, TokenFailure};
 pub use store::{StoredEnvelope, StoredMessage};
@@ -80,6 +86,8 @@ pub struct Sandbox {
     shared: Arc<Shared>,
     smtp_addr: SocketAddr,
     token_addr: SocketAddr,
+    /// The IMDS stand-in (plain HTTP).
+    imds_addr: SocketAddr,
     /// Closed and re-bound by `SmtpOutage::Refuse`.
     smtp_listener: Arc<Listener>,
     ca_pem: String,
@@ -108,8 +116,10 @@ impl Sandbox {
             opts.listen_ip,
             opts.token_port,
         ))?);
+        let imds_listener = Arc::new(Listener::bind(SocketAddr::new(opts.listen_ip, 0))?);
         let smtp_addr = smtp_listener.addr;
         let token_addr = token_listener.addr;
+        let imds_addr = imds_listener.addr;
 
         let tenant_id = if token::is_guid(&opts.tenant) {
             opts.tenant.to_ascii_lowercase()
@@ -144,11 +154,19 @@ impl Sandbox {
             tracker.clone(),
             move |tcp, _peer| token::serve(token_shared.clone(), https_acceptor.clone(), tcp),
         ));
+        let imds_shared = shared.clone();
+        tracker.spawn(listener::accept_loop(
+            imds_listener,
+            shared.cancel.clone(),
+            tracker.clone(),
+            move |tcp, _peer| token::serve_imds(imds_shared.clone(), tcp),
+        ));
 
         Ok(Sandbox {
             shared,
             smtp_addr,
             token_addr,
+            imds_addr,
             smtp_listener,
             ca_pem: tls.ca_pem,
             tracker,
@@ -167,6 +185,34 @@ impl Sandbox {
             self.authority(),
             self.shared.opts.tenant
         )
+    }
+
+    /// The IMDS stand-in's token URL (plain HTTP on loopback), for `account.imds_endpoint`:
+    /// `http://127.0.0.1:PORT/metadata/identity/oauth2/token`.
+    pub fn imds_url(&self) -> String {
+        format!("http://{}/metadata/identity/oauth2/token", self.imds_addr)
+    }
+
+    /// IMDS requests answered with a token.
+    pub fn imds_tokens_issued(&self) -> u64 {
+        self.shared.federation.imds_tokens.load(Ordering::Relaxed)
+    }
+
+    /// A federated token as a cluster's OIDC issuer would project it into a pod: issuer
+    /// `options().oidc_issuer`, this `subject` (`system:serviceaccount:<ns>:<sa>`) and
+    /// `audience`, valid from now for `lifetime` (zero: already expired). Remembered, so the
+    /// token endpoint accepts it as genuine when a federated credential matches.
+    pub fn federated_token(&self, subject: &str, audience: &str, lifetime: Duration) -> String {
+        let now = clock::unix_now();
+        self.shared
+            .federation
+            .mint(federated::service_account_claims(
+                &self.shared.opts.oidc_issuer,
+                subject,
+                audience,
+                now,
+                now + lifetime.as_secs(),
+            ))
     }
 
     pub fn smtp_addr(&self) -> SocketAddr {

@@ -13,6 +13,10 @@ use std::time::Duration;
 use rand::Rng;
 use secrecy::SecretString;
 
+use super::federated::{
+    entra_issuer, FederatedCredential, ManagedIdentity, DEFAULT_OIDC_ISSUER, DEFAULT_SUBJECT,
+    FEDERATION_AUDIENCE,
+};
 use super::issued::SMTP_ROLE;
 
 /// How the sandbox is set up. `Debug` redacts the client secret (it is a `SecretString`).
@@ -81,6 +85,22 @@ pub struct SandboxOptions {
     pub device_code_lifetime: Duration,
     /// `interval` of device codes: how often `login` may poll (Entra: 5 s).
     pub device_code_interval: Duration,
+    /// The issuer (`iss`) of `Sandbox::federated_token`: the sandbox plays a cluster's OIDC
+    /// issuer. Default: an AKS-shaped URL.
+    pub oidc_issuer: String,
+    /// The app's federated identity credentials (reference §1.4). Default: the service
+    /// account `system:serviceaccount:mail:smtp-oauth-relay` of `oidc_issuer`, and the
+    /// first of `managed_identities` (issuer Entra, subject its object ID), both for
+    /// `api://AzureADTokenExchange`.
+    pub federated_credentials: Vec<FederatedCredential>,
+    /// User-assigned identities attached to the machine the IMDS stand-in serves. Default:
+    /// one.
+    pub managed_identities: Vec<ManagedIdentity>,
+    /// The machine's system-assigned identity, if it has one (default: none). It can get an
+    /// IMDS token but cannot be a federated credential (reference §1.5).
+    pub system_assigned_identity: Option<ManagedIdentity>,
+    /// `expires_in` of IMDS tokens (IMDS: about 24 h).
+    pub imds_token_lifetime: Duration,
 }
 
 impl SandboxOptions {
@@ -110,7 +130,33 @@ impl SandboxOptions {
             full_access: Vec::new(),
             device_code_lifetime: Duration::from_secs(900),
             device_code_interval: Duration::from_secs(5),
+            oidc_issuer: DEFAULT_OIDC_ISSUER.to_string(),
+            federated_credentials: Vec::new(),
+            managed_identities: vec![ManagedIdentity {
+                client_id: "99999999-8888-7777-6666-555555555555".to_string(),
+                object_id: "12121212-3434-5656-7878-909090909090".to_string(),
+            }],
+            system_assigned_identity: None,
+            imds_token_lifetime: Duration::from_secs(86399),
         }
+        .with_default_federation()
+    }
+
+    /// The default federated credentials (see [`Self::federated_credentials`]).
+    fn with_default_federation(mut self) -> Self {
+        self.federated_credentials = vec![FederatedCredential {
+            issuer: self.oidc_issuer.clone(),
+            subject: DEFAULT_SUBJECT.to_string(),
+            audience: FEDERATION_AUDIENCE.to_string(),
+        }];
+        if let Some(mi) = self.managed_identities.first() {
+            self.federated_credentials.push(FederatedCredential {
+                issuer: entra_issuer(&self.tenant),
+                subject: mi.object_id.clone(),
+                audience: FEDERATION_AUDIENCE.to_string(),
+            });
+        }
+        self
     }
 }
 

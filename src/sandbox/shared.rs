@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::federated::Federation;
 use super::issued::Registry;
 use super::options::SandboxOptions;
 use super::store::Store;
@@ -118,6 +119,8 @@ pub(crate) struct Shared {
     pub tokens: Registry,
     /// Device codes and refresh tokens of delegated sign-ins.
     pub delegated: Mutex<super::delegated::Delegated>,
+    /// Federated tokens minted (`Sandbox::federated_token`, IMDS) and IMDS's count.
+    pub federation: Federation,
     pub token_failure: Mutex<Option<TokenFailure>>,
     sessions: Mutex<HashMap<String, MailboxSessions>>,
     pub store: Store,
@@ -163,6 +166,7 @@ impl Shared {
             counters: Counters::default(),
             tokens: Registry::default(),
             delegated: Mutex::new(Default::default()),
+            federation: Federation::default(),
             token_failure: Mutex::new(None),
             sessions: Mutex::new(HashMap::new()),
             store,

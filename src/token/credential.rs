@@ -20,7 +20,10 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use super::client_secret::{ClientSecretSettings, ClientSecretSource};
+use super::endpoint::TokenEndpoint;
+use super::managed_identity::{ImdsSettings, ManagedIdentitySource};
 use super::source::TokenSource;
+use super::workload_identity::WorkloadIdentitySource;
 use crate::tls::TlsSetupError;
 
 /// The credential kinds, by their configuration names (`account.credential`).
@@ -98,10 +101,12 @@ pub enum Credential {
     WorkloadIdentity {
         token_file: PathBuf,
     },
-    /// IMDS's token URL (without query) and, for a user-assigned identity, its client ID.
+    /// IMDS's token URL (without query) and, for a user-assigned identity, its client ID;
+    /// the audience its token is asked for (the cloud's `api://AzureADTokenExchange…`).
     ManagedIdentity {
         imds_endpoint: String,
         identity_client_id: Option<String>,
+        federation_audience: String,
     },
     /// The file holding the refresh token `login` stored (0600, rotated on every refresh).
     Delegated {
@@ -137,10 +142,12 @@ impl fmt::Debug for Credential {
             Credential::ManagedIdentity {
                 imds_endpoint,
                 identity_client_id,
+                federation_audience,
             } => f
                 .debug_struct("ManagedIdentity")
                 .field("imds_endpoint", imds_endpoint)
                 .field("identity_client_id", identity_client_id)
+                .field("federation_audience", federation_audience)
                 .finish(),
             Credential::Delegated { refresh_token_file } => f
                 .debug_struct("Delegated")
@@ -200,9 +207,35 @@ pub fn build(settings: &SourceSettings) -> Result<Arc<dyn TokenSource>, BuildErr
                 })?;
             Ok(Arc::new(source))
         }
+        Credential::WorkloadIdentity { token_file } => Ok(Arc::new(WorkloadIdentitySource::new(
+            entra(settings)?,
+            settings.client_id.clone(),
+            settings.scope.clone(),
+            token_file.clone(),
+        ))),
+        Credential::ManagedIdentity {
+            imds_endpoint,
+            identity_client_id,
+            federation_audience,
+        } => Ok(Arc::new(ManagedIdentitySource::new(
+            entra(settings)?,
+            settings.client_id.clone(),
+            settings.scope.clone(),
+            ImdsSettings {
+                endpoint: imds_endpoint.clone(),
+                identity_client_id: identity_client_id.clone(),
+                audience: federation_audience.clone(),
+            },
+            settings.timeout,
+        )?)),
         other => Err(BuildError::Credential(format!(
             "the `{}` credential is not available in this build",
             other.kind()
         ))),
     }
+}
+
+/// The HTTPS client for the account's token URL.
+fn entra(settings: &SourceSettings) -> Result<TokenEndpoint, TlsSetupError> {
+    TokenEndpoint::new(&settings.token_url, &settings.extra_roots, settings.timeout)
 }

@@ -76,13 +76,37 @@ impl TokenEndpoint {
         extra_roots: &[CertificateDer<'static>],
         timeout: Duration,
     ) -> Result<Self, TlsSetupError> {
+        Self::build(token_url, extra_roots, timeout, true)
+    }
+
+    /// [`new`](Self::new), but never through a proxy: IMDS (a link-local address on the
+    /// machine itself) must be reached directly, and a proxy taken from `HTTP_PROXY` would
+    /// answer for it or not at all.
+    pub fn direct(
+        token_url: &str,
+        extra_roots: &[CertificateDer<'static>],
+        timeout: Duration,
+    ) -> Result<Self, TlsSetupError> {
+        Self::build(token_url, extra_roots, timeout, false)
+    }
+
+    fn build(
+        token_url: &str,
+        extra_roots: &[CertificateDer<'static>],
+        timeout: Duration,
+        proxy: bool,
+    ) -> Result<Self, TlsSetupError> {
         let tls = crate::tls::client_config(extra_roots)?;
         let timeout = if timeout.is_zero() {
             DEFAULT_TIMEOUT
         } else {
             timeout
         };
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if !proxy {
+            builder = builder.no_proxy();
+        }
+        let client = builder
             .tls_backend_preconfigured((*tls).clone())
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)

@@ -22,8 +22,10 @@ pub mod device_code;
 pub mod endpoint;
 pub mod error;
 pub mod refresh_file;
+pub mod managed_identity;
 pub mod scrub;
 pub mod source;
+pub mod workload_identity;
 
 pub use cache::TokenCache;
 pub use client_secret::{read_secret_file, ClientSecretSettings, ClientSecretSource};
@@ -33,4 +35,6 @@ pub use credential::{
 };
 pub use endpoint::{token_url, TokenEndpoint, TokenGrant};
 pub use error::TokenError;
+pub use managed_identity::{ImdsSettings, ManagedIdentitySource};
 pub use source::{AccessToken, FetchFuture, Reloaded, TokenSource};
+pub use workload_identity::{read_token_file, WorkloadIdentitySource};

@@ -28,7 +28,14 @@ pub(crate) struct App<'a> {
     pub tenant: &'a str,
     pub client_id: &'a str,
     pub client_secret: &'a str,
+    /// Checks of a `client_assertion`, one per kind (federated, certificate): each answers
+    /// `None` for an assertion that is not its kind. One that none claims is refused as a bad
+    /// signature (AADSTS700027).
+    pub assertion_checks: &'a [AssertionCheck<'a>],
 }
+
+/// See [`App::assertion_checks`].
+pub(crate) type AssertionCheck<'a> = &'a dyn Fn(&str) -> Option<Result<(), EntraError>>;
 
 /// The fields of a token request that matter, after form and Basic decoding.
 #[derive(Debug, Default, Clone)]
@@ -177,15 +184,24 @@ pub(crate) fn decide(app: &App<'_>, req: &TokenRequest) -> Result<Grant, EntraEr
                 return Err(EntraError::bad_secret(client_id));
             }
         }
-        (None, Some(_)) => {
-            return Err(EntraError::new(
-                401,
-                "invalid_client",
-                700027,
-                "Client assertion contains an invalid signature. [Reason - The key was not \
-                 found.]"
-                    .to_string(),
-            ))
+        (None, Some(assertion)) => {
+            match app
+                .assertion_checks
+                .iter()
+                .find_map(|check| check(assertion))
+            {
+                Some(verdict) => verdict?,
+                None => {
+                    return Err(EntraError::new(
+                        401,
+                        "invalid_client",
+                        700027,
+                        "Client assertion contains an invalid signature. [Reason - The key was \
+                         not found.]"
+                            .to_string(),
+                    ))
+                }
+            }
         }
         (None, None) => {
             return Err(EntraError::new(
@@ -410,6 +426,7 @@ mod tests {
         tenant: "11111111-2222-3333-4444-555555555555",
         client_id: "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
         client_secret: "abc8Q~0123456789abcdefghijklmnopqrstuvwx",
+        assertion_checks: &[],
     };
 
     fn good() -> TokenRequest {
@@ -493,6 +510,34 @@ mod tests {
         assert_eq!(code(&r), (400, "invalid_scope", 700022));
         r.scope = None;
         assert_eq!(code(&r), (400, "invalid_request", 900144));
+    }
+
+    #[test]
+    fn an_assertion_goes_to_the_check_that_claims_it() {
+        let mut r = good();
+        r.client_secret = None;
+        r.client_assertion = Some("x.y.z".into());
+        // No check claims it: a bad signature.
+        assert_eq!(code(&r), (401, "invalid_client", 700027));
+        let declines = |_: &str| None;
+        let refuses = |a: &str| {
+            (a == "x.y.z").then(|| Err(EntraError::new(400, "invalid_request", 70021, "no".into())))
+        };
+        let accepts = |_: &str| Some(Ok(()));
+        let refused_first: [AssertionCheck<'_>; 3] = [&declines, &refuses, &accepts];
+        let accepted_first: [AssertionCheck<'_>; 3] = [&declines, &accepts, &refuses];
+        let none_claims: [AssertionCheck<'_>; 1] = [&declines];
+        let only_accepts: [AssertionCheck<'_>; 1] = [&accepts];
+        let app = |checks| App {
+            assertion_checks: checks,
+            ..APP
+        };
+        assert_eq!(decide(&app(&refused_first), &r).unwrap_err().code, 70021);
+        assert!(decide(&app(&accepted_first), &r).is_ok());
+        assert_eq!(decide(&app(&none_claims), &r).unwrap_err().code, 700027);
+        // The scope is still checked after an accepted assertion.
+        r.scope = None;
+        assert_eq!(decide(&app(&only_accepts), &r).unwrap_err().code, 900144);
     }
 
     #[test]

@@ -16,7 +16,9 @@
 
 mod device;
 mod entra;
+mod federation;
 mod http;
+mod imds;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -37,6 +39,7 @@ use http::{
 };
 
 pub(crate) use entra::{is_guid, random_guid};
+pub(crate) use imds::serve as serve_imds;
 
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 64 * 1024;
@@ -137,10 +140,16 @@ fn answer(shared: &Shared, tenant: &str, head: &Head, body: &[u8]) -> Response {
         client_assertion: form.remove("client_assertion"),
         scope: form.remove("scope"),
     };
+    let federated = |assertion: &str| {
+        let minted = shared.federation.lookup(assertion);
+        let (client_id, fics) = (&shared.opts.client_id, &shared.opts.federated_credentials);
+        federation::check(assertion, client_id, fics, minted.as_ref(), unix_now())
+    };
     let app = App {
         tenant: &shared.opts.tenant,
         client_id: &shared.opts.client_id,
         client_secret: shared.opts.client_secret.expose_secret(),
+        assertion_checks: &[&federated],
     };
     match decide(&app, &req) {
         Ok(grant) => {
