@@ -211,6 +211,21 @@ pub fn aadsts(code: u32) -> Option<Advice> {
             "No client secret reached Entra (AADSTS7000218).",
             "Configure the client secret value (account.client_secret or client_secret_file).",
         ),
+        700027 | 50012 => (
+            "aadsts-700027",
+            "Entra cannot verify the certificate assertion (AADSTS700027): the certificate is not uploaded to this app, has expired there, or the key does not match it.",
+            "In Entra admin center > App registrations > your app > Certificates & secrets > Certificates, upload the certificate's public part (.cer or .pem, never the key) and compare its Thumbprint with the one the relay logs; renew an expired certificate; keep certificate_algorithm at PS256 unless the app needs RS256.",
+        ),
+        700024 => (
+            "aadsts-700024",
+            "The client assertion is outside its valid time range (AADSTS700024): this machine's clock is off, or a federated token file is stale.",
+            "Check the clock (timedatectl, NTP); the relay makes a fresh assertion for every request, valid for 5 minutes.",
+        ),
+        700021 | 50027 => (
+            "aadsts-50027",
+            "Entra refused the client assertion's claims: its issuer, subject or audience does not match the request.",
+            "Check client_id and the tenant: the assertion names the client ID and the token URL the relay posts to.",
+        ),
         700025 => (
             "aadsts-700025",
             "The app is registered as a public client and cannot use a secret (AADSTS700025).",
@@ -581,9 +596,9 @@ mod tests {
             900144, 50196, 90055,
         ] {
             match code {
-                // Certificate / federation / request-shape codes belong to credential kinds and
-                // request building this version does not have; they fall back to Entra's text.
-                700027 | 700024 | 70021 | 50012 | 900144 => assert!(aadsts(code).is_none()),
+                // Federation / request-shape codes belong to credential kinds and request
+                // building this version does not have; they fall back to Entra's text.
+                70021 | 900144 => assert!(aadsts(code).is_none()),
                 _ => {
                     let a = aadsts(code).unwrap_or_else(|| panic!("no advice for {code}"));
                     assert!(!a.fix.is_empty());
@@ -674,5 +689,16 @@ mod tests {
         .unwrap()
         .fix
         .contains("Set-CASMailbox -Identity relay@contoso.com"));
+    }
+
+    #[test]
+    fn certificate_assertion_codes_have_advice() {
+        let a = aadsts(700027).unwrap();
+        assert!(a.fix.contains("Certificates & secrets"), "{}", a.fix);
+        assert!(a.fix.contains("Thumbprint"), "{}", a.fix);
+        assert!(a.fix.contains("public part"), "{}", a.fix);
+        assert_eq!(aadsts(50012).unwrap().rule, "aadsts-700027");
+        assert!(aadsts(700024).unwrap().fix.contains("clock"));
+        assert!(aadsts(50027).unwrap().fix.contains("client_id"));
     }
 }

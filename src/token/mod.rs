@@ -14,15 +14,20 @@
 //! any excerpt of it is cut.
 
 pub mod cache;
+pub mod certificate;
+pub mod certificate_files;
 pub mod client_secret;
 pub mod cloud;
 pub mod credential;
 pub mod endpoint;
 pub mod error;
+pub mod expiry;
+pub mod jwt;
 pub mod scrub;
 pub mod source;
 
 pub use cache::TokenCache;
+pub use certificate::{CertificateSettings, CertificateSource};
 pub use client_secret::{read_secret_file, ClientSecretSettings, ClientSecretSource};
 pub use cloud::Cloud;
 pub use credential::{
@@ -30,4 +35,5 @@ pub use credential::{
 };
 pub use endpoint::{token_url, TokenEndpoint, TokenGrant};
 pub use error::TokenError;
+pub use expiry::{expiry, Expiry};
 pub use source::{AccessToken, FetchFuture, Reloaded, TokenSource};
