@@ -37,6 +37,7 @@
 //! Everything binds loopback only: the sandbox accepts any client and stores mail on disk,
 //! so it must never be reachable from elsewhere. Tokens and secrets are never logged.
 
+mod assertion;
 mod clock;
 #[cfg(test)]
 mod dialog_tests;
@@ -62,7 +63,8 @@ use std::time::{Duration, Instant};
 use crate::sync::Lock as _;
 use tokio_util::task::TaskTracker;
 
-pub use options::SandboxOptions;
+pub use assertion::AcceptedAssertion;
+pub use options::{RegisteredCertificate, SandboxOptions};
 pub use shared::{SmtpOutage, TokenFailure};
 pub use store::{StoredEnvelope, StoredMessage};
 
@@ -257,6 +259,28 @@ impl Sandbox {
     /// a client has gone means every session it had is over: nothing more of it gets stored.
     pub fn smtp_connections_open(&self) -> u64 {
         self.shared.smtp_connections_open()
+    }
+
+    /// Uploads a certificate to the app (or replaces the one with the same bytes, e.g. to
+    /// mark it expired): assertions it signs are accepted from now on.
+    pub fn register_certificate(&self, cert: RegisteredCertificate) {
+        let mut state = self.shared.assertions.locked();
+        state.registered.retain(|r| r.der != cert.der);
+        state.registered.push(cert);
+    }
+
+    /// Deletes the certificate with these DER bytes from the app.
+    pub fn unregister_certificate(&self, der: &[u8]) {
+        self.shared
+            .assertions
+            .locked()
+            .registered
+            .retain(|r| r.der != der);
+    }
+
+    /// The certificate assertions accepted so far (the latest 1000), oldest first.
+    pub fn accepted_assertions(&self) -> Vec<AcceptedAssertion> {
+        self.shared.assertions.locked().accepted.clone()
     }
 
     /// Every token issued so far becomes invalid: the next AUTH with one gets `535 5.7.3`.

@@ -58,6 +58,40 @@ pub struct SandboxOptions {
     /// The filler lets a test put the secret where an error excerpt is cut. `None` (the
     /// default): Entra's own answers.
     pub echo_token_requests: Option<usize>,
+    /// Certificates uploaded to the app ("Certificates & secrets"): client assertions signed
+    /// with their keys are accepted. `Sandbox::register_certificate` and
+    /// `unregister_certificate` change the list at runtime.
+    pub certificates: Vec<RegisteredCertificate>,
+}
+
+/// A certificate uploaded to the app registration: its DER bytes, and whether it has expired
+/// (Entra then refuses assertions it signed with AADSTS700027).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredCertificate {
+    pub der: Vec<u8>,
+    pub expired: bool,
+}
+
+impl RegisteredCertificate {
+    pub fn from_der(der: Vec<u8>) -> Self {
+        RegisteredCertificate {
+            der,
+            expired: false,
+        }
+    }
+
+    /// The first `CERTIFICATE` block of a PEM text (the public part one uploads), if any.
+    pub fn from_pem(pem_text: &str) -> Option<Self> {
+        let blocks = pem::parse_many(pem_text).ok()?;
+        let cert = blocks.into_iter().find(|b| b.tag() == "CERTIFICATE")?;
+        Some(Self::from_der(cert.into_contents()))
+    }
+
+    /// The same certificate, marked expired.
+    pub fn expired(mut self) -> Self {
+        self.expired = true;
+        self
+    }
 }
 
 impl SandboxOptions {
@@ -80,6 +114,7 @@ impl SandboxOptions {
             smtp_port: 0,
             token_port: 0,
             echo_token_requests: None,
+            certificates: Vec::new(),
         }
     }
 }

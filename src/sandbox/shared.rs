@@ -116,6 +116,8 @@ pub(crate) struct Shared {
     pub app_oid: String,
     pub counters: Counters,
     pub tokens: Registry,
+    /// Registered certificates, `jti`s seen, assertions accepted (`assertion.rs`).
+    pub assertions: Mutex<super::assertion::AssertionState>,
     pub token_failure: Mutex<Option<TokenFailure>>,
     sessions: Mutex<HashMap<String, MailboxSessions>>,
     pub store: Store,
@@ -151,7 +153,11 @@ impl Shared {
             times: HashMap::new(),
         };
         let max_connections = AtomicU32::new(opts.max_connections_per_mailbox);
+        let assertions = Mutex::new(super::assertion::AssertionState::new(
+            opts.certificates.clone(),
+        ));
         Shared {
+            assertions,
             opts,
             tenant_id,
             app_oid,

@@ -23,11 +23,17 @@ use crate::sandbox::issued::{IssuedToken, EXCHANGE_AUDIENCES, GRAPH_AUDIENCE};
 // ---------------------------------------------------------------------------------------
 // The grant decision (pure)
 
+/// Checks a client assertion, as Entra would (`assertion.rs` behind the sandbox's lock).
+pub(crate) type CheckAssertion<'a> = dyn Fn(&str) -> Result<(), EntraError> + 'a;
+
 /// The registered app, as the decision needs it.
 pub(crate) struct App<'a> {
     pub tenant: &'a str,
     pub client_id: &'a str,
     pub client_secret: &'a str,
+    /// Checks a certificate client assertion (`assertion.rs`); `None`: no certificate is
+    /// registered, so every assertion names an unknown key.
+    pub check_assertion: Option<&'a CheckAssertion<'a>>,
 }
 
 /// The fields of a token request that matter, after form and Basic decoding.
@@ -177,15 +183,18 @@ pub(crate) fn decide(app: &App<'_>, req: &TokenRequest) -> Result<Grant, EntraEr
                 return Err(EntraError::bad_secret(client_id));
             }
         }
-        (None, Some(_)) => {
-            return Err(EntraError::new(
-                401,
-                "invalid_client",
-                700027,
-                "Client assertion contains an invalid signature. [Reason - The key was not \
-                 found.]"
-                    .to_string(),
-            ))
+        (None, Some(jws)) => {
+            match app.check_assertion {
+                Some(check) => check(jws)?,
+                None => return Err(EntraError::new(
+                    401,
+                    "invalid_client",
+                    700027,
+                    "Client assertion contains an invalid signature. [Reason - The key was not \
+                     found.]"
+                        .to_string(),
+                )),
+            }
         }
         (None, None) => {
             return Err(EntraError::new(
@@ -408,6 +417,7 @@ mod tests {
         tenant: "11111111-2222-3333-4444-555555555555",
         client_id: "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
         client_secret: "abc8Q~0123456789abcdefghijklmnopqrstuvwx",
+        check_assertion: None,
     };
 
     fn good() -> TokenRequest {
