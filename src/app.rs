@@ -293,6 +293,12 @@ impl admin::RelayState for Observed {
                 };
                 (e.is_config(), text)
             }),
+            credential_expired: crate::token::expiry(
+                self.tokens.not_after(),
+                std::time::SystemTime::now(),
+            )
+            .filter(|e| e.is_expired())
+            .map(|e| e.to_string()),
         }
     }
 

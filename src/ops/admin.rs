@@ -78,6 +78,8 @@ pub struct TokenState {
     pub valid_for: Option<Duration>,
     /// The last token request failed: (a configuration error?, what it said and the advice).
     pub last_error: Option<(bool, String)>,
+    /// The credential itself has expired (a certificate past its `notAfter`): what to say.
+    pub credential_expired: Option<String>,
 }
 
 /// Everything readiness decides on.
@@ -147,6 +149,9 @@ pub fn evaluate(i: &ReadyInputs) -> Readiness {
         ),
         (None, Some((false, e))) => check(false, format!("token: cannot obtain one: {e}")),
         (None, None) => check(false, "token: none obtained yet".into()),
+    }
+    if let Some(e) = &i.token.credential_expired {
+        check(false, format!("credential: {e}"));
     }
     match &i.hold {
         None => check(true, "account: not held".into()),
@@ -307,6 +312,7 @@ mod tests {
             token: TokenState {
                 valid_for: Some(Duration::from_secs(3000)),
                 last_error: None,
+                credential_expired: None,
             },
             hold: None,
         }
@@ -404,6 +410,19 @@ mod tests {
         assert!(failed(&evaluate(&i))[0].contains("cannot obtain one: timeout"));
         i.token.last_error = None;
         assert!(failed(&evaluate(&i))[0].contains("none obtained yet"));
+    }
+
+    #[test]
+    fn an_expired_credential_is_not_ready() {
+        // Even with a token still cached: the next refresh cannot work.
+        let mut i = inputs();
+        i.token.credential_expired = Some("the certificate expired on 2026-01-01T00:00:00Z".into());
+        let r = evaluate(&i);
+        assert!(!r.ready);
+        assert_eq!(
+            failed(&r),
+            ["FAIL credential: the certificate expired on 2026-01-01T00:00:00Z"]
+        );
     }
 
     #[test]
