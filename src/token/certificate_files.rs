@@ -3,7 +3,8 @@
 //! ([`parse`]); [`load`] only reads the files first.
 //!
 //! Keys accepted: PKCS#8 `PRIVATE KEY`, PKCS#1 `RSA PRIVATE KEY`, and PKCS#8 `ENCRYPTED
-//! PRIVATE KEY` (PBES2: PBKDF2 or scrypt with AES-CBC, what `openssl pkcs8 -topk8` writes).
+//! PRIVATE KEY` (PBES2: PBKDF2 or scrypt with AES-CBC, what `openssl pkcs8 -topk8` writes, or
+//! with 3DES-CBC, what OpenSSL 3.0's `req -keyout` writes by default).
 //! OpenSSL's old encrypted PKCS#1 (`Proc-Type: 4,ENCRYPTED`) is refused with the command that
 //! converts it. The key must be RSA (Entra signs and checks RSA assertions) and must belong
 //! to the certificate. Every error names the file and the configuration key at fault
@@ -293,7 +294,11 @@ fn private_key(
                 pkcs8::EncryptedPrivateKeyInfo::from_der(block.contents()).map_err(|_| {
                     fault(
                         at,
-                        format!("{name}: the ENCRYPTED PRIVATE KEY block is malformed"),
+                        format!(
+                            "{name}: the ENCRYPTED PRIVATE KEY block is damaged or uses an \
+                             encryption scheme that is not supported: re-encrypt it with \
+                             `openssl pkcs8 -topk8 -v2 aes-256-cbc -in {name} -out new.key`"
+                        ),
                     )
                 })?;
             let plain = info

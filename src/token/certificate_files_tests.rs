@@ -239,3 +239,29 @@ fn load_reads_files_and_names_the_missing_one() {
     assert_eq!(f.at, FaultAt::Passphrase);
     assert!(f.message.contains("missing"), "{f}");
 }
+
+#[test]
+fn a_3des_encrypted_key_as_openssl_3_req_writes_it() {
+    use pkcs8::pkcs5::pbes2;
+    let p = rsa();
+    let info = pkcs8::PrivateKeyInfo::try_from(p.key_der.as_slice()).unwrap();
+    let params = pbes2::Parameters {
+        kdf: pbes2::Pbkdf2Params::hmac_with_sha256(2048, &[1u8; 8])
+            .unwrap()
+            .into(),
+        encryption: pbes2::EncryptionScheme::DesEde3Cbc { iv: &[2u8; 8] },
+    };
+    let doc = info.encrypt_with_params(params, b"pass phrase").unwrap();
+    let enc = pem::encode(&pem::Pem::new("ENCRYPTED PRIVATE KEY", doc.as_bytes()));
+    let pass = SecretString::from("pass phrase");
+    let mut inputs = with_key(&p.cert_pem, &enc);
+    inputs.passphrase = Some(("/etc/relay/pass", &pass));
+    assert!(parse(&inputs).is_ok());
+    // A block that does not parse names the conversion.
+    let junk = pem::encode(&pem::Pem::new("ENCRYPTED PRIVATE KEY", vec![0x30, 0x00]));
+    let mut inputs = with_key(&p.cert_pem, &junk);
+    inputs.passphrase = Some(("/etc/relay/pass", &pass));
+    let f = fails(&inputs);
+    assert_eq!(f.at, FaultAt::Key);
+    assert!(f.message.contains("openssl pkcs8 -topk8"), "{f}");
+}
