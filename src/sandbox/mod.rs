@@ -22,12 +22,16 @@
 //! - `listener.rs`: sockets that close and re-bind at runtime, and the accept loop.
 //! - `shared.rs`: the runtime state both servers and the handle use (counters, switches,
 //!   limits, session guards); `options.rs`: [`SandboxOptions`]; `issued.rs`: the tokens the
-//!   token endpoint issued and SMTP checks; `store.rs`: the mail store; `tls.rs`: the
+//!   token endpoint issued and SMTP checks; `assertion.rs`: Entra's checks of certificate
+//!   client assertions (registered certificates, signature, claims, time, one use per `jti`);
+//!   `store.rs`: the mail store; `tls.rs`: the
 //!   self-signed certificate both listeners use; `clock.rs`: dates in Microsoft's formats.
 //!
 //! Tests of the relay's queue and governor steer it at runtime: rate and concurrency limits
 //! (`set_rate_limit`, `set_concurrency_limit`), outages (`set_smtp_outage`,
-//! `set_token_failure`), the submission quota (`set_quota_exceeded`), and read back
+//! `set_token_failure`), the submission quota (`set_quota_exceeded`), the app's certificates
+//! (`register_certificate`, `unregister_certificate`; `accepted_assertions` reads back which
+//! certificate signed each token request), and read back
 //! `message_times`, `rate_violations`, `concurrency_rejections`, `message_count` and
 //! `count_by_header` (duplicates). Tests that wait for an event instead of sleeping can hold
 //! token requests unanswered (`hold_token_requests`, `wait_for_token_requests`) and read
