@@ -385,6 +385,12 @@ impl admin::RelayState for Observed {
                         };
                         (e.is_config(), text)
                     }),
+                    credential_expired: crate::token::expiry(
+                        tokens.not_after(),
+                        std::time::SystemTime::now(),
+                    )
+                    .filter(|e| e.is_expired())
+                    .map(|e| e.to_string()),
                 };
                 (if one { String::new() } else { name.clone() }, state)
             })

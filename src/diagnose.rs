@@ -214,6 +214,21 @@ pub fn aadsts(code: u32) -> Option<Advice> {
             "No client secret reached Entra (AADSTS7000218).",
             "Configure the client secret value (account.client_secret or client_secret_file).",
         ),
+        700027 | 50012 => (
+            "aadsts-700027",
+            "Entra cannot verify the certificate assertion (AADSTS700027): the certificate is not uploaded to this app, has expired there, or the key does not match it.",
+            "In Entra admin center > App registrations > your app > Certificates & secrets > Certificates, upload the certificate's public part (.cer or .pem, never the key) and compare its Thumbprint with the one the relay logs; renew an expired certificate; keep certificate_algorithm at PS256 unless the app needs RS256.",
+        ),
+        700024 => (
+            "aadsts-700024",
+            "The client assertion is outside its valid time range (AADSTS700024): this machine's clock is off, or a federated token file is stale.",
+            "Check that this machine's clock is synchronised (timedatectl, NTP): the relay makes a fresh certificate assertion for every request, valid for 5 minutes. With workload identity, point account.federated_token_file (AZURE_FEDERATED_TOKEN_FILE) at the file the kubelet keeps rotating, not a copy.",
+        ),
+        700021 | 50027 => (
+            "aadsts-50027",
+            "Entra refused the client assertion's claims: its issuer, subject or audience does not match the request.",
+            "Check client_id and the tenant: the assertion names the client ID and the token URL the relay posts to.",
+        ),
         700025 => (
             "aadsts-700025",
             "The app is registered as a public client and cannot use a secret (AADSTS700025).",
@@ -268,11 +283,6 @@ pub fn aadsts(code: u32) -> Option<Advice> {
             "aadsts-70021",
             "Entra found no federated credential on the app matching the token the relay presented (AADSTS70021): its issuer, subject and audience must all match one exactly.",
             "In Entra admin center > App registrations > your app > Certificates & secrets > Federated credentials, compare with the Assertion Issuer/Subject/Audience in the error. For AKS the issuer is the cluster's OIDC issuer URL (az aks show -g <rg> -n <cluster> --query oidcIssuerProfile.issuerUrl -o tsv, trailing slash included), the subject is system:serviceaccount:<namespace>:<serviceaccount> and the audience api://AzureADTokenExchange; create it with az ad app federated-credential create (on an app) or az identity federated-credential create (on a user-assigned identity). For a managed identity the issuer is https://login.microsoftonline.com/<tenant id>/v2.0 and the subject the identity's Object (principal) ID.",
-        ),
-        700024 => (
-            "aadsts-700024",
-            "The client assertion is outside its valid time (AADSTS700024): an expired copy of the federated token file, or a wrong clock.",
-            "Point account.federated_token_file (AZURE_FEDERATED_TOKEN_FILE) at the file the kubelet keeps rotating, not a copy, and check that this machine's clock is synchronised (NTP).",
         ),
         50196 | 90055 => (
             "aadsts-throttled",
@@ -652,9 +662,9 @@ mod tests {
             900144, 50196, 90055,
         ] {
             match code {
-                // Certificate / federation / request-shape codes belong to credential kinds and
-                // request building this version does not have; they fall back to Entra's text.
-                700027 | 50012 | 900144 => assert!(aadsts(code).is_none()),
+                // Request-shape codes belong to request building this version does not
+                // have; they fall back to Entra's text.
+                900144 => assert!(aadsts(code).is_none()),
                 _ => {
                     let a = aadsts(code).unwrap_or_else(|| panic!("no advice for {code}"));
                     assert!(!a.fix.is_empty());
@@ -811,5 +821,16 @@ mod tests {
         .unwrap()
         .fix
         .contains("Set-CASMailbox -Identity relay@contoso.com"));
+    }
+
+    #[test]
+    fn certificate_assertion_codes_have_advice() {
+        let a = aadsts(700027).unwrap();
+        assert!(a.fix.contains("Certificates & secrets"), "{}", a.fix);
+        assert!(a.fix.contains("Thumbprint"), "{}", a.fix);
+        assert!(a.fix.contains("public part"), "{}", a.fix);
+        assert_eq!(aadsts(50012).unwrap().rule, "aadsts-700027");
+        assert!(aadsts(700024).unwrap().fix.contains("clock"));
+        assert!(aadsts(50027).unwrap().fix.contains("client_id"));
     }
 }

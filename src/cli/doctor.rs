@@ -177,6 +177,12 @@ async fn diagnose_account<W: Write>(
         Ok(s) => s,
         Err(e) => return report.fail("credential", None, &e.to_string(), None),
     };
+    // A certificate about to expire is a note of the configuration step; an expired one fails.
+    if let Some(e) = crate::token::expiry(source.not_after(), SystemTime::now()) {
+        if e.is_expired() {
+            report.fail("credential", None, &e.to_string(), None);
+        }
+    }
 
     // Token.
     let started = Instant::now();

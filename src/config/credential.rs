@@ -101,12 +101,24 @@ pub(super) fn resolve(
                     readable(p, &format!("{key}.{name}"))?;
                 }
             }
-            Ok(Credential::Certificate(CertificateFiles {
+            let files = CertificateFiles {
                 certificate,
                 key: a.client_key_file.clone(),
                 passphrase: a.client_key_passphrase_file.clone(),
                 algorithm: a.certificate_algorithm,
-            }))
+            };
+            // Parse now, so a wrong key or passphrase is named before the relay starts.
+            let loaded = crate::token::certificate_files::load(&files)
+                .map_err(|f| ConfigError::new(&format!("{key}.{}", f.at.key_name()), f.message))?;
+            if let Some(e) =
+                crate::token::expiry(Some(loaded.not_after), std::time::SystemTime::now())
+            {
+                warnings.push(format!(
+                    "{key}.client_certificate_file: {e} (thumbprint {})",
+                    loaded.thumbprints.portal()
+                ));
+            }
+            Ok(Credential::Certificate(files))
         }
         CredentialKind::WorkloadIdentity => Ok(Credential::WorkloadIdentity {
             token_file: required_file(
@@ -297,7 +309,7 @@ mod tests {
     fn unused_inputs_of_another_kind_are_warned_about() {
         let dir = tempfile::tempdir().unwrap();
         let cert = dir.path().join("c.pem");
-        std::fs::write(&cert, "x").unwrap();
+        std::fs::write(&cert, rsa_pem()).unwrap();
         let mut a = account();
         a.credential = Some(CredentialKind::Certificate);
         a.client_certificate_file = Some(cert);
@@ -308,6 +320,36 @@ mod tests {
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("`secret`"), "{warnings:?}");
         assert!(!format!("{c:?} {warnings:?}").contains("abc8Q~"));
+    }
+
+    /// A self-signed RSA certificate followed by its key.
+    fn rsa_pem() -> String {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["relay".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        format!("{}{}", cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn certificate_faults_name_the_key_at_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("c.pem");
+        let key = dir.path().join("k.pem");
+        std::fs::write(&cert, rsa_pem()).unwrap();
+        std::fs::write(&key, "not a key").unwrap();
+        let mut a = account();
+        a.client_certificate_file = Some(cert.clone());
+        assert!(resolve(&a, "account", &mut Vec::new()).is_ok());
+        a.client_key_file = Some(key.clone());
+        let e = resolve(&a, "account", &mut Vec::new()).unwrap_err();
+        assert_eq!(e.key, "account.client_key_file");
+        assert!(e.message.contains("k.pem"), "{}", e.message);
+        a.client_key_file = None;
+        std::fs::write(&cert, "garbage").unwrap();
+        let e = resolve(&a, "account", &mut Vec::new()).unwrap_err();
+        assert_eq!(e.key, "account.client_certificate_file");
     }
 
     #[test]

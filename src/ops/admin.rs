@@ -86,6 +86,8 @@ pub struct TokenState {
     pub valid_for: Option<Duration>,
     /// The last token request failed: (a configuration error?, what it said and the advice).
     pub last_error: Option<(bool, String)>,
+    /// The credential itself has expired (a certificate past its `notAfter`): what to say.
+    pub credential_expired: Option<String>,
 }
 
 /// Everything readiness decides on.
@@ -162,6 +164,15 @@ pub fn evaluate(i: &ReadyInputs) -> Readiness {
             ),
             (None, Some((false, e))) => check(false, format!("{what}: cannot obtain one: {e}")),
             (None, None) => check(false, format!("{what}: none obtained yet")),
+        }
+    }
+    for (name, token) in &i.tokens {
+        if let Some(e) = &token.credential_expired {
+            if name.is_empty() {
+                check(false, format!("credential: {e}"));
+            } else {
+                check(false, format!("credential ({name}): {e}"));
+            }
         }
     }
     for (name, hold) in &i.holds {
@@ -334,6 +345,7 @@ mod tests {
                 TokenState {
                     valid_for: Some(Duration::from_secs(3000)),
                     last_error: None,
+                    credential_expired: None,
                 },
             )],
             holds: vec![(String::new(), None)],
@@ -464,6 +476,20 @@ mod tests {
             "{body}"
         );
         assert_eq!(failed(&r).len(), 2);
+    }
+
+    #[test]
+    fn an_expired_credential_is_not_ready() {
+        // Even with a token still cached: the next refresh cannot work.
+        let mut i = inputs();
+        i.tokens[0].1.credential_expired =
+            Some("the certificate expired on 2026-01-01T00:00:00Z".into());
+        let r = evaluate(&i);
+        assert!(!r.ready);
+        assert_eq!(
+            failed(&r),
+            ["FAIL credential: the certificate expired on 2026-01-01T00:00:00Z"]
+        );
     }
 
     #[test]

@@ -22,17 +22,21 @@
 //! - `listener.rs`: sockets that close and re-bind at runtime, and the accept loop.
 //! - `shared.rs`: the runtime state both servers and the handle use (counters, switches,
 //!   limits, session guards); `options.rs`: [`SandboxOptions`]; `issued.rs`: the tokens the
-//!   token endpoint issued and SMTP checks; `federated.rs`: federated tokens the sandbox
-//!   mints as an OIDC issuer or IMDS, and the app's federated credentials (checked by
-//!   `token/federation.rs`; IMDS is `token/imds.rs`, plain HTTP on loopback, `imds_url`);
-//!   `store.rs`: the mail store; `tls.rs`: the self-signed certificate both listeners use;
-//!   `clock.rs`: dates in Microsoft's formats; `delegated.rs`: device codes and rotating
-//!   refresh tokens of delegated sign-ins, which tests steer with `approve_device_code`,
-//!   `decline_device_code` and `revoke_refresh_tokens`.
+//!   token endpoint issued and SMTP checks; `assertion.rs`: Entra's checks of certificate
+//!   client assertions (registered certificates, signature, claims, time, one use per `jti`);
+//!   `federated.rs`: federated tokens the sandbox mints as an OIDC issuer or IMDS, and the
+//!   app's federated credentials (checked by `token/federation.rs`; IMDS is `token/imds.rs`,
+//!   plain HTTP on loopback, `imds_url`); `store.rs`: the mail store; `tls.rs`: the
+//!   self-signed certificate both listeners use; `clock.rs`: dates in Microsoft's formats;
+//!   `delegated.rs`: device codes and rotating refresh tokens of delegated sign-ins, which
+//!   tests steer with `approve_device_code`, `decline_device_code` and
+//!   `revoke_refresh_tokens`.
 //!
 //! Tests of the relay's queue and governor steer it at runtime: rate and concurrency limits
 //! (`set_rate_limit`, `set_concurrency_limit`), outages (`set_smtp_outage`,
-//! `set_token_failure`), the submission quota (`set_quota_exceeded`), and read back
+//! `set_token_failure`), the submission quota (`set_quota_exceeded`), the app's certificates
+//! (`register_certificate`, `unregister_certificate`; `accepted_assertions` reads back which
+//! certificate signed each token request), and read back
 //! `message_times`, `rate_violations`, `concurrency_rejections`, `message_count` and
 //! `count_by_header` (duplicates). Tests that wait for an event instead of sleeping can hold
 //! token requests unanswered (`hold_token_requests`, `wait_for_token_requests`) and read
@@ -42,6 +46,7 @@
 //! Everything binds loopback only: the sandbox accepts any client and stores mail on disk,
 //! so it must never be reachable from elsewhere. Tokens and secrets are never logged.
 
+mod assertion;
 mod clock;
 mod delegated;
 #[cfg(test)]
@@ -71,10 +76,11 @@ use std::time::{Duration, Instant};
 use crate::sync::Lock as _;
 use tokio_util::task::TaskTracker;
 
+pub use assertion::AcceptedAssertion;
 pub use federated::{
     FederatedCredential, ManagedIdentity, DEFAULT_OIDC_ISSUER, DEFAULT_SUBJECT, FEDERATION_AUDIENCE,
 };
-pub use options::SandboxOptions;
+pub use options::{RegisteredCertificate, SandboxOptions};
 pub use shared::{SmtpOutage, TokenFailure};
 pub use store::{StoredEnvelope, StoredMessage};
 
@@ -309,6 +315,28 @@ impl Sandbox {
     /// a client has gone means every session it had is over: nothing more of it gets stored.
     pub fn smtp_connections_open(&self) -> u64 {
         self.shared.smtp_connections_open()
+    }
+
+    /// Uploads a certificate to the app (or replaces the one with the same bytes, e.g. to
+    /// mark it expired): assertions it signs are accepted from now on.
+    pub fn register_certificate(&self, cert: RegisteredCertificate) {
+        let mut state = self.shared.assertions.locked();
+        state.registered.retain(|r| r.der != cert.der);
+        state.registered.push(cert);
+    }
+
+    /// Deletes the certificate with these DER bytes from the app.
+    pub fn unregister_certificate(&self, der: &[u8]) {
+        self.shared
+            .assertions
+            .locked()
+            .registered
+            .retain(|r| r.der != der);
+    }
+
+    /// The certificate assertions accepted so far (the latest 1000), oldest first.
+    pub fn accepted_assertions(&self) -> Vec<AcceptedAssertion> {
+        self.shared.assertions.locked().accepted.clone()
     }
 
     /// Every token issued so far becomes invalid: the next AUTH with one gets `535 5.7.3`.

@@ -101,6 +101,40 @@ pub struct SandboxOptions {
     pub system_assigned_identity: Option<ManagedIdentity>,
     /// `expires_in` of IMDS tokens (IMDS: about 24 h).
     pub imds_token_lifetime: Duration,
+    /// Certificates uploaded to the app ("Certificates & secrets"): client assertions signed
+    /// with their keys are accepted. `Sandbox::register_certificate` and
+    /// `unregister_certificate` change the list at runtime.
+    pub certificates: Vec<RegisteredCertificate>,
+}
+
+/// A certificate uploaded to the app registration: its DER bytes, and whether it has expired
+/// (Entra then refuses assertions it signed with AADSTS700027).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredCertificate {
+    pub der: Vec<u8>,
+    pub expired: bool,
+}
+
+impl RegisteredCertificate {
+    pub fn from_der(der: Vec<u8>) -> Self {
+        RegisteredCertificate {
+            der,
+            expired: false,
+        }
+    }
+
+    /// The first `CERTIFICATE` block of a PEM text (the public part one uploads), if any.
+    pub fn from_pem(pem_text: &str) -> Option<Self> {
+        let blocks = pem::parse_many(pem_text).ok()?;
+        let cert = blocks.into_iter().find(|b| b.tag() == "CERTIFICATE")?;
+        Some(Self::from_der(cert.into_contents()))
+    }
+
+    /// The same certificate, marked expired.
+    pub fn expired(mut self) -> Self {
+        self.expired = true;
+        self
+    }
 }
 
 impl SandboxOptions {
@@ -138,6 +172,7 @@ impl SandboxOptions {
             }],
             system_assigned_identity: None,
             imds_token_lifetime: Duration::from_secs(86399),
+            certificates: Vec::new(),
         }
         .with_default_federation()
     }

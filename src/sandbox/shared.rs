@@ -121,6 +121,8 @@ pub(crate) struct Shared {
     pub delegated: Mutex<super::delegated::Delegated>,
     /// Federated tokens minted (`Sandbox::federated_token`, IMDS) and IMDS's count.
     pub federation: Federation,
+    /// Registered certificates, `jti`s seen, assertions accepted (`assertion.rs`).
+    pub assertions: Mutex<super::assertion::AssertionState>,
     pub token_failure: Mutex<Option<TokenFailure>>,
     sessions: Mutex<HashMap<String, MailboxSessions>>,
     pub store: Store,
@@ -159,7 +161,11 @@ impl Shared {
         };
         let max_connections = AtomicU32::new(opts.max_connections_per_mailbox);
         let token_lifetime_secs = AtomicU64::new(opts.token_lifetime.as_secs());
+        let assertions = Mutex::new(super::assertion::AssertionState::new(
+            opts.certificates.clone(),
+        ));
         Shared {
+            assertions,
             opts,
             tenant_id,
             app_oid,

@@ -477,6 +477,12 @@ impl TokenCache {
     pub fn describe(&self) -> String {
         self.inner.source.describe()
     }
+
+    /// When the credential itself stops working (a certificate's `notAfter`), if it has such
+    /// a date: readiness fails after it.
+    pub fn not_after(&self) -> Option<std::time::SystemTime> {
+        self.inner.source.not_after()
+    }
 }
 
 #[cfg(test)]

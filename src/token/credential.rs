@@ -19,8 +19,10 @@ use rustls_pki_types::CertificateDer;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+pub use super::certificate_files::CertificateFiles;
 use super::client_secret::{ClientSecretSettings, ClientSecretSource};
 use super::endpoint::TokenEndpoint;
+pub use super::jwt::AssertionAlgorithm;
 use super::managed_identity::{ImdsSettings, ManagedIdentitySource};
 use super::source::TokenSource;
 use super::workload_identity::WorkloadIdentitySource;
@@ -63,29 +65,6 @@ impl fmt::Display for CredentialKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
-}
-
-/// The JWS algorithm of a certificate assertion (reference §1.3).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum AssertionAlgorithm {
-    /// RSA-PSS with SHA-256 and the `x5t#S256` thumbprint: Microsoft's current advice.
-    #[default]
-    PS256,
-    /// RSA PKCS#1 v1.5 with SHA-256 and the SHA-1 `x5t` thumbprint: older registrations.
-    RS256,
-}
-
-/// A certificate credential's files.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertificateFiles {
-    /// PEM certificate, with its private key too unless `key` is set.
-    pub certificate: PathBuf,
-    /// PEM private key (PKCS#8, PKCS#1, or encrypted PKCS#8).
-    pub key: Option<PathBuf>,
-    /// File holding the passphrase of an encrypted key.
-    pub passphrase: Option<PathBuf>,
-    pub algorithm: AssertionAlgorithm,
 }
 
 /// A credential, resolved from configuration. `Debug` shows no secret.
@@ -228,10 +207,22 @@ pub fn build(settings: &SourceSettings) -> Result<Arc<dyn TokenSource>, BuildErr
             },
             settings.timeout,
         )?)),
-        other => Err(BuildError::Credential(format!(
-            "the `{}` credential is not available in this build",
-            other.kind()
-        ))),
+        Credential::Certificate(files) => {
+            use super::certificate::{CertificateError, CertificateSettings, CertificateSource};
+            let certificate = CertificateSettings {
+                token_url: settings.token_url.clone(),
+                client_id: settings.client_id.clone(),
+                scope: settings.scope.clone(),
+                extra_roots: settings.extra_roots.clone(),
+                timeout: settings.timeout,
+                files: files.clone(),
+            };
+            match CertificateSource::new(certificate) {
+                Ok(source) => Ok(Arc::new(source)),
+                Err(CertificateError::Tls(e)) => Err(BuildError::Tls(e)),
+                Err(CertificateError::Files(f)) => Err(BuildError::Credential(f.message)),
+            }
+        }
     }
 }
 

@@ -14,6 +14,8 @@
 //! any excerpt of it is cut.
 
 pub mod cache;
+pub mod certificate;
+pub mod certificate_files;
 pub mod client_secret;
 pub mod cloud;
 pub mod credential;
@@ -23,11 +25,14 @@ pub mod endpoint;
 pub mod error;
 pub mod refresh_file;
 pub mod managed_identity;
+pub mod expiry;
+pub mod jwt;
 pub mod scrub;
 pub mod source;
 pub mod workload_identity;
 
 pub use cache::TokenCache;
+pub use certificate::{CertificateSettings, CertificateSource};
 pub use client_secret::{read_secret_file, ClientSecretSettings, ClientSecretSource};
 pub use cloud::Cloud;
 pub use credential::{
@@ -35,6 +40,7 @@ pub use credential::{
 };
 pub use endpoint::{token_url, TokenEndpoint, TokenGrant};
 pub use error::TokenError;
+pub use expiry::{expiry, Expiry};
 pub use managed_identity::{ImdsSettings, ManagedIdentitySource};
 pub use source::{AccessToken, FetchFuture, Reloaded, TokenSource};
 pub use workload_identity::{read_token_file, WorkloadIdentitySource};

@@ -30,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
+use super::assertion::Expected;
 use super::clock::unix_now;
 use super::shared::{Shared, TokenFailure};
 use crate::sync::Lock as _;
@@ -145,11 +146,31 @@ fn answer(shared: &Shared, tenant: &str, head: &Head, body: &[u8]) -> Response {
         let (client_id, fics) = (&shared.opts.client_id, &shared.opts.federated_credentials);
         federation::check(assertion, client_id, fics, minted.as_ref(), unix_now())
     };
+    // Certificate assertions are checked against the registered certificates and the URL
+    // this request was sent to (`aud`).
+    let token_url = format!(
+        "https://{}{}",
+        head.header("host").unwrap_or(""),
+        head.target
+    );
+    let check_assertion = |jws: &str| {
+        let expected = Expected {
+            token_url: &token_url,
+            client_id: &shared.opts.client_id,
+            now: unix_now(),
+        };
+        // Every assertion the federated check leaves (its own issuer is the app) is a
+        // certificate's.
+        Some(match shared.assertions.locked().check(jws, &expected) {
+            Ok(_) => Ok(()),
+            Err(r) => Err(EntraError::new(r.status, r.error, r.code, r.text)),
+        })
+    };
     let app = App {
         tenant: &shared.opts.tenant,
         client_id: &shared.opts.client_id,
         client_secret: shared.opts.client_secret.expose_secret(),
-        assertion_checks: &[&federated],
+        assertion_checks: &[&federated, &check_assertion],
     };
     match decide(&app, &req) {
         Ok(grant) => {
