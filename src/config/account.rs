@@ -124,7 +124,19 @@ pub(super) fn validate_accounts(
         };
         valid.push(validate_account(a, &key, &shared, warnings)?);
     }
-    let (lanes, routes) = resolve_routes(&valid, routes, warnings)?;
+    // An account's `senders` is a route to its own mailbox, after the [[route]] entries.
+    let mut all_routes = routes.to_vec();
+    for (a, v) in accounts.iter().zip(&valid) {
+        if !a.senders.is_empty() {
+            all_routes.push(RouteConfig {
+                senders: a.senders.clone(),
+                clients: Vec::new(),
+                account: Some(v.name.clone()),
+                mailbox: None,
+            });
+        }
+    }
+    let (lanes, routes) = resolve_routes(&valid, &all_routes, warnings)?;
     Ok((valid, lanes, routes))
 }
 
@@ -148,8 +160,9 @@ fn resolve_routes(
             return Err(ConfigError::new(
                 "route",
                 format!(
-                    "with several accounts, [[route]] entries must say which senders use which \
-                     account, e.g. [[route]] senders = [\"@erp.contoso.com\"] account = \"{}\"",
+                    "with several accounts, [[route]] entries (or each account's `senders`) must \
+                     say which senders use which account, e.g. [[route]] senders = \
+                     [\"@erp.contoso.com\"] account = \"{}\"",
                     accounts[0].name
                 ),
             ));
@@ -398,6 +411,10 @@ fn validate_account(
         .iter()
         .map(|p| SenderPattern::parse(p).map_err(|m| ConfigError::new(&k("send_as"), m)))
         .collect::<Result<Vec<_>, _>>()?;
+    for p in &a.senders {
+        // Checked here to name the key; the route it makes is built with the others.
+        SenderPattern::parse(p).map_err(|m| ConfigError::new(&k("senders"), m))?;
+    }
     Ok(ValidAccount {
         name: account_name(a),
         upstream,
@@ -421,3 +438,7 @@ fn validate_account(
         refresh_margin: Duration::from_secs(refresh_margin_secs),
     })
 }
+
+#[cfg(test)]
+#[path = "account_tests.rs"]
+mod tests;

@@ -50,7 +50,7 @@ const ENV_NOT_KEYS: &[&str] = &["CONFIG"];
 /// `10.0.0.0/8,::1/128`) for a key that takes one, else the string as given (so an all-digit secret stays a string; serde
 /// turns strings into numbers and booleans where the key wants them).
 pub(super) fn env_value(key: &str, value: String) -> Value {
-    if LIST_KEYS.contains(&key) {
+    if is_list_key(key) {
         if value.trim_start().starts_with('[') {
             // figment parses a string into a value and never fails (at worst: a string).
             let Ok(v) = value.parse::<Value>();
@@ -71,6 +71,16 @@ pub(super) fn env_value(key: &str, value: String) -> Value {
 
 /// Keys whose value is a list.
 const LIST_KEYS: &[&str] = &["listen.allow"];
+/// Keys of an account whose value is a list (`account.<key>` or `account.<name>.<key>`).
+const ACCOUNT_LIST_KEYS: &[&str] = &["senders", "send_as"];
+
+fn is_list_key(key: &str) -> bool {
+    if LIST_KEYS.contains(&key) {
+        return true;
+    }
+    let parts: Vec<&str> = key.split('.').collect();
+    matches!(parts.as_slice(), ["account", field] | ["account", _, field] if ACCOUNT_LIST_KEYS.contains(field))
+}
 
 /// Turns the environment into `(dotted.key, value)` overrides. Unknown variables with our
 /// prefix are reported as warnings by [`unknown_env_vars`].

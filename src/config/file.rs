@@ -234,6 +234,10 @@ pub struct AccountConfig {
     /// Addresses (or `@domain`) the mailbox has SendAs rights on: `when-not-allowed` leaves
     /// these alone.
     pub send_as: Vec<String>,
+    /// Envelope senders (address, `@domain`, `*`) that go out through this account's own
+    /// mailbox: a short form of a `[[route]]`, which environment variables can set
+    /// (`SMTP_OAUTH_RELAY__ACCOUNT__<NAME>__SENDERS=@erp.contoso.com,billing@contoso.com`).
+    pub senders: Vec<String>,
     /// `standard` (`smtp.office365.com`) or `hve` (High Volume Email,
     /// `smtp-hve.office365.com`: internal recipients only, `Mail.Send` permission).
     pub endpoint: EndpointKind,
@@ -288,6 +292,7 @@ impl Default for AccountConfig {
             envelope_sender: EnvelopeSender::Mailbox,
             from_rewrite: FromRewrite::Never,
             send_as: Vec::new(),
+            senders: Vec::new(),
             endpoint: EndpointKind::Standard,
             upstream: None,
             rate_per_minute: None,

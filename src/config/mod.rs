@@ -98,9 +98,33 @@ impl Config {
                 keys::describe(&unknown),
             ));
         }
+        // A bad value in an account is named as the account's key (`account.cloud`, or
+        // `account.<name>.cloud` among several), not by its place in the list.
+        let accounts = merged
+            .get("account")
+            .and_then(serde_json::Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         let mut config = Figment::from(Serialized::defaults(merged))
             .extract_lossy::<Config>()
-            .map_err(in_file)?;
+            .map_err(|mut e| {
+                if e.path.len() >= 2 && e.path[0] == "account" {
+                    if let Ok(i) = e.path[1].parse::<usize>() {
+                        let name = accounts
+                            .get(i)
+                            .and_then(|a| a.get("name"))
+                            .and_then(serde_json::Value::as_str);
+                        match (accounts.len(), name) {
+                            (1, _) => {
+                                e.path.remove(1);
+                            }
+                            (_, Some(n)) => e.path[1] = n.to_string(),
+                            _ => e.path[1] = format!("[{}]", i + 1),
+                        }
+                    }
+                }
+                in_file(e)
+            })?;
         if let [account] = config.account.as_mut_slice() {
             apply_azure_env(account, env);
         } else if config.account.is_empty() {
