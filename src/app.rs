@@ -192,12 +192,6 @@ impl Relay {
             spool,
             shutdown: shutdown.clone(),
         });
-        tracker.spawn(listener::run(
-            listener,
-            ctx,
-            accepting.clone(),
-            tracker.clone(),
-        ));
         for (a, account) in accounts.iter().enumerate() {
             // Keep a token ready: the first message need not wait, and readiness tells
             // the truth about the credentials. A token that works again lifts the holds it
@@ -226,7 +220,7 @@ impl Relay {
             admin_addr = l.local_addr().ok();
             let health = Arc::new(admin::Health {
                 listen: local_addr,
-                accepting,
+                accepting: accepting.clone(),
                 draining: shutdown.clone(),
                 spool_dir: config.spool_dir.clone(),
                 state: Arc::new(Observed {
@@ -259,6 +253,8 @@ impl Relay {
             spool = %config.spool_dir.display(),
             "smtp-oauth-relay ready"
         );
+        // Accepting starts after the lines above: whoever sees the port open can read them.
+        tracker.spawn(listener::run(listener, ctx, accepting, tracker.clone()));
         Ok(Relay {
             local_addr,
             shutdown,
@@ -290,27 +286,31 @@ impl Relay {
     /// kept. `Changed` when any credential changed; the error names the account, the file and
     /// what is wrong (the other accounts are reloaded all the same).
     pub fn reload_secrets(&self) -> Result<Reloaded, String> {
-        let mut result = Ok(Reloaded::NothingToReload);
+        let mut result = Reloaded::NothingToReload;
+        let mut errors = Vec::new();
         for account in &self.accounts {
             match account.source.reload() {
                 Ok(Reloaded::Changed) => {
                     // A failure remembered for the old credential must not hold back the new.
                     account.tokens.forget_failure();
-                    if result.is_ok() {
-                        result = Ok(Reloaded::Changed);
-                    }
+                    result = Reloaded::Changed;
                 }
-                Ok(Reloaded::Unchanged) => {
-                    if result == Ok(Reloaded::NothingToReload) {
-                        result = Ok(Reloaded::Unchanged);
-                    }
+                Ok(Reloaded::Unchanged) if result == Reloaded::NothingToReload => {
+                    result = Reloaded::Unchanged;
                 }
-                Ok(Reloaded::NothingToReload) => {}
-                Err(e) if self.accounts.len() == 1 => result = Err(e),
-                Err(e) => result = Err(format!("account {}: {e}", account.name)),
+                Ok(_) => {}
+                Err(e) if self.accounts.len() == 1 => errors.push(e),
+                Err(e) => errors.push(format!("account {}: {e}", account.name)),
             }
         }
-        result
+        if errors.is_empty() {
+            return Ok(result);
+        }
+        let mut text = errors.join("; ");
+        if result == Reloaded::Changed {
+            text.push_str(" (the other accounts' new credentials are in use)");
+        }
+        Err(text)
     }
 
     /// The first lane's upstream pool.

@@ -301,3 +301,47 @@ async fn from_rewrite_sends_a_device_as_the_mailbox_and_keeps_the_original_in_re
     .await;
     relay.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn queue_retry_reaches_the_lane_that_owns_the_message() {
+    use smtp_oauth_relay::sandbox::SmtpOutage;
+    use smtp_oauth_relay::spool::Area;
+    let world = World::start_with(|o| o.mailboxes = vec![ERP.into(), SCANS.into()]).await;
+    let dir = world.dir.path().to_path_buf();
+    let toml = format!(
+        "[delivery]\nmode = \"queue\"\n{}",
+        two_accounts(&world, &dir, "", "")
+    );
+    let relay = Relay::start(config(&world, &toml))
+        .await
+        .expect("relay starts");
+    world.sandbox.set_smtp_outage(Some(SmtpOutage::Refuse));
+    let r = send(&relay, "scan@printers.example", "scan@printers.example", 7).await;
+    assert!(r.starts_with("250"), "queued: {r}");
+    let spool = relay.delivery().spool().clone();
+    let tried = |spool: &smtp_oauth_relay::spool::Spool| {
+        spool
+            .list(Area::Queue)
+            .unwrap()
+            .first()
+            .map(|e| (e.id.clone(), e.attempts))
+    };
+    wait_until(
+        "the scanners' lane tried once",
+        Duration::from_secs(10),
+        || tried(&spool).is_some_and(|(_, n)| n >= 1),
+    )
+    .await;
+    let (id, _) = tried(&spool).unwrap();
+    world.sandbox.set_smtp_outage(None);
+    // What `queue retry ID` does: due now, and a rescan request for the running relay. The
+    // first lane's loop may take the request; the scanners' lane must still re-read.
+    assert!(spool.retry(&id).unwrap());
+    let stored = world
+        .sandbox
+        .wait_for_messages(1, Duration::from_secs(20))
+        .await;
+    assert_eq!(stored.len(), 1, "delivered after the retry");
+    assert_eq!(stored[0].envelope.auth_user, SCANS);
+    relay.shutdown(Duration::from_secs(5)).await;
+}

@@ -361,3 +361,50 @@ async fn a_relay_without_a_login_says_to_run_login() {
     assert!(body.contains("smtp-oauth-relay login"), "{body}");
     assert!(body.contains(&file.display().to_string()), "{body}");
 }
+
+/// A delegated source for the world's app reading `file`, as `serve` and `check` build one.
+fn source_for(
+    world: &World,
+    file: &Path,
+) -> std::sync::Arc<dyn smtp_oauth_relay::token::TokenSource> {
+    let o = world.sandbox.options();
+    let settings = SourceSettings {
+        token_url: world.sandbox.token_url(),
+        client_id: o.client_id.clone(),
+        scope: "https://outlook.office.com/SMTP.Send offline_access".into(),
+        extra_roots: smtp_oauth_relay::tls::load_pem_certificates(&world.ca_file).unwrap(),
+        timeout: Duration::from_secs(10),
+        credential: Credential::Delegated {
+            refresh_token_file: file.to_path_buf(),
+        },
+    };
+    credential::build(&settings).expect("source")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_of_one_file_follow_each_others_rotations() {
+    // A relay and a `check` run beside it share the refresh token file. Each refresh spends
+    // the token it used; the other then holds a spent one, which the sandbox refuses as
+    // Entra would. The refused one must take the newer token from the file, not give up
+    // with "sign in again".
+    let world = world(Duration::from_secs(60)).await;
+    let (env, file) = delegated_env(&world);
+    sign_in(&world, &env, &file, "relay@sandbox.example").await;
+    let first = read_token(&file);
+    let relay = source_for(&world, &file);
+    let check = source_for(&world, &file);
+    relay.fetch().await.expect("the relay refreshes");
+    let after_relay = read_token(&file);
+    assert_ne!(after_relay, first, "rotated and stored");
+    check
+        .fetch()
+        .await
+        .expect("check's spent token is replaced by the file's newer one");
+    let after_check = read_token(&file);
+    assert_ne!(after_check, after_relay);
+    relay
+        .fetch()
+        .await
+        .expect("and the relay follows check's rotation in turn");
+    assert_ne!(read_token(&file), after_check);
+}

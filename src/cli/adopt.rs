@@ -13,47 +13,70 @@ use crate::config::{split_host_port, Config};
 use crate::spool::destination::{owner, Owner};
 use crate::spool::{Area, Destination, QueueEntry, Spool};
 
-/// The destination the configuration names, when it names one completely (the queue
-/// commands do not need a valid account, so it may not). Built like the relay builds its
-/// own (`app::destination`).
-pub fn configured(config: &Config) -> Option<Destination> {
-    let a = config.account.first()?;
-    let address = match (&a.upstream, &config.upstream.address) {
-        (Some(u), _) | (None, Some(u)) => u.clone(),
-        (None, None) => match a.endpoint {
-            crate::config::EndpointKind::Hve => crate::config::HVE_UPSTREAM.to_string(),
-            crate::config::EndpointKind::Standard => a.cloud.smtp_address().to_string(),
-        },
+/// The destinations the configuration names, each when it names one completely (the queue
+/// commands do not need a valid account, so it may not): every account's own mailbox, in the
+/// file's order, then the other mailboxes `[[route]]` entries name. Built like the relay
+/// builds its lanes (`app::lane_destination`). The first is the one `queue adopt` records.
+pub fn configured(config: &Config) -> Vec<Destination> {
+    let of = |a: &crate::config::AccountConfig, mailbox: Option<&String>| -> Option<Destination> {
+        let address = match (&a.upstream, &config.upstream.address) {
+            (Some(u), _) | (None, Some(u)) => u.clone(),
+            (None, None) => match (a.endpoint, a.cloud) {
+                (crate::config::EndpointKind::Hve, crate::token::Cloud::Global) => {
+                    crate::config::HVE_UPSTREAM.to_string()
+                }
+                _ => a.cloud.smtp_address().to_string(),
+            },
+        };
+        let (host, port) = split_host_port(&address)?;
+        Some(Destination {
+            tenant: a.tenant.clone()?,
+            client_id: a.client_id.clone()?,
+            mailbox: mailbox.or(a.mailbox.as_ref())?.trim().to_string(),
+            upstream: format!("{host}:{port}"),
+        })
     };
-    let (host, port) = split_host_port(&address)?;
-    Some(Destination {
-        tenant: a.tenant.clone()?,
-        client_id: a.client_id.clone()?,
-        mailbox: a.mailbox.clone()?,
-        upstream: format!("{host}:{port}"),
-    })
+    let mut out: Vec<Destination> = config.account.iter().filter_map(|a| of(a, None)).collect();
+    for r in &config.route {
+        let Some(mailbox) = &r.mailbox else { continue };
+        let account = match &r.account {
+            Some(name) => config.account.iter().find(|a| {
+                a.name
+                    .as_deref()
+                    .is_some_and(|n| n.trim().eq_ignore_ascii_case(name.trim()))
+            }),
+            None if config.account.len() == 1 => config.account.first(),
+            None => None,
+        };
+        if let Some(d) = account.and_then(|a| of(a, Some(mailbox))) {
+            if !out.iter().any(|o| o.same_as(&d)) {
+                out.push(d);
+            }
+        }
+    }
+    out
 }
 
-/// Whether `e` is recorded for a destination other than `ours` (never, when `ours` is not
-/// known, or when `e` has none recorded: a relay adopts those).
-pub fn is_other(e: &QueueEntry, ours: Option<&Destination>) -> bool {
-    ours.is_some_and(|ours| matches!(owner(e, ours), Owner::Other(_)))
+/// Whether `e` is recorded for a destination none of `ours` is (never, when `ours` is empty,
+/// or when `e` has none recorded: a relay adopts those).
+pub fn is_other(e: &QueueEntry, ours: &[Destination]) -> bool {
+    !ours.is_empty() && ours.iter().all(|o| matches!(owner(e, o), Owner::Other(_)))
 }
 
 /// Whether `queue list` needs its `FOR` column: some message is unrecorded or for another
 /// destination than the configured one (or, with none configured, they are not all for the
 /// same one). A queue that is all the relay's own keeps the table as it always was.
-pub fn for_column_needed(entries: &[QueueEntry], ours: Option<&Destination>) -> bool {
+pub fn for_column_needed(entries: &[QueueEntry], ours: &[Destination]) -> bool {
     let first = entries.first().and_then(|e| e.destination.as_ref());
-    entries.iter().any(|e| match (&e.destination, ours) {
-        (None, _) => true,
-        (Some(_), Some(_)) => is_other(e, ours),
-        (Some(d), None) => !first.is_some_and(|f| f.same_as(d)),
+    entries.iter().any(|e| match &e.destination {
+        None => true,
+        Some(_) if !ours.is_empty() => is_other(e, ours) || ours.len() > 1,
+        Some(d) => !first.is_some_and(|f| f.same_as(d)),
     })
 }
 
 /// The end of `queue list`'s summary line when messages are kept for another destination.
-pub fn others_note(entries: &[QueueEntry], ours: Option<&Destination>) -> String {
+pub fn others_note(entries: &[QueueEntry], ours: &[Destination]) -> String {
     match entries.iter().filter(|e| is_other(e, ours)).count() {
         0 => String::new(),
         n => format!(
@@ -64,7 +87,7 @@ pub fn others_note(entries: &[QueueEntry], ours: Option<&Destination>) -> String
 
 /// The `FOR` cell of `queue list`: `mailbox via upstream`, marked `OTHER:` when it is not
 /// the configured destination.
-pub fn for_cell(e: &QueueEntry, ours: Option<&Destination>) -> String {
+pub fn for_cell(e: &QueueEntry, ours: &[Destination]) -> String {
     match &e.destination {
         None => "unrecorded (any relay adopts it)".into(),
         Some(d) if is_other(e, ours) => format!("OTHER: {} via {}", d.mailbox, d.upstream),
@@ -73,7 +96,7 @@ pub fn for_cell(e: &QueueEntry, ours: Option<&Destination>) -> String {
 }
 
 /// `queue show`'s destination line.
-pub fn describe(e: &QueueEntry, ours: Option<&Destination>) -> String {
+pub fn describe(e: &QueueEntry, ours: &[Destination]) -> String {
     match &e.destination {
         None => "not recorded (queued by an older version; any relay adopts it)".into(),
         Some(d) if is_other(e, ours) => {
@@ -89,7 +112,7 @@ pub fn describe(e: &QueueEntry, ours: Option<&Destination>) -> String {
 pub fn adopt(
     spool: &Spool,
     id: Option<&str>,
-    ours: Option<&Destination>,
+    ours: &[Destination],
     out: &mut dyn Write,
 ) -> io::Result<Option<usize>> {
     let targets: Vec<QueueEntry> = match id {
@@ -100,16 +123,16 @@ pub fn adopt(
         None => spool
             .list(Area::Queue)?
             .into_iter()
-            .filter(|e| e.destination.is_some() && (ours.is_none() || is_other(e, ours)))
+            .filter(|e| e.destination.is_some() && (ours.is_empty() || is_other(e, ours)))
             .collect(),
     };
     let mut adopted = 0;
     for e in targets {
-        if spool.set_destination(&e.id, ours)? {
+        if spool.set_destination(&e.id, ours.first())? {
             adopted += 1;
             let was = e.destination.as_ref().map(|d| d.to_string());
             let was = was.as_deref().unwrap_or("not recorded");
-            match ours {
+            match ours.first() {
                 Some(d) => writeln!(out, "{}: now for {d} (was {was})", e.id)?,
                 None => writeln!(
                     out,
@@ -151,7 +174,7 @@ mod tests {
     #[test]
     fn the_configuration_names_a_destination_like_the_relay() {
         let mut config = Config::default();
-        assert_eq!(configured(&config), None, "no account configured");
+        assert_eq!(configured(&config), vec![], "no account configured");
         config.account = vec![crate::config::AccountConfig {
             tenant: Some("t".into()),
             client_id: Some("c".into()),
@@ -161,8 +184,41 @@ mod tests {
         config.upstream.address = Some(" smtp.office365.com:587".into());
         assert_eq!(
             configured(&config),
-            Some(dest("relay@x", "smtp.office365.com:587"))
+            vec![dest("relay@x", "smtp.office365.com:587")]
         );
+    }
+
+    #[test]
+    fn several_accounts_and_route_mailboxes_are_all_ours() {
+        let account = |name: &str, mailbox: &str| crate::config::AccountConfig {
+            name: Some(name.into()),
+            tenant: Some("t".into()),
+            client_id: Some("c".into()),
+            mailbox: Some(mailbox.into()),
+            ..Default::default()
+        };
+        let mut config = Config::default();
+        config.account = vec![account("erp", "erp@x"), account("scans", "scans@x")];
+        config.route = vec![crate::config::RouteConfig {
+            senders: vec!["@billing.x".into()],
+            account: Some("ERP".into()),
+            mailbox: Some("billing@x".into()),
+            ..Default::default()
+        }];
+        let ours = configured(&config);
+        let mailboxes: Vec<&str> = ours.iter().map(|d| d.mailbox.as_str()).collect();
+        assert_eq!(mailboxes, ["erp@x", "scans@x", "billing@x"]);
+        assert!(ours.iter().all(|d| d.upstream == "smtp.office365.com:587"));
+        // A lane's mail is not another relay's; a stranger's is.
+        let scans = entry("s", Some(ours[1].clone()));
+        let billing = entry("b", Some(ours[2].clone()));
+        let stranger = entry("x", Some(dest("relay@sandbox.example", "sandbox")));
+        assert!(!is_other(&scans, &ours));
+        assert!(!is_other(&billing, &ours));
+        assert!(is_other(&stranger, &ours));
+        assert!(!for_cell(&scans, &ours).starts_with("OTHER"));
+        // With several mailboxes the FOR column says which one each message is for.
+        assert!(for_column_needed(&[scans, billing], &ours));
     }
 
     #[test]
@@ -172,21 +228,22 @@ mod tests {
         let other = entry("b", Some(dest("relay@sandbox.example", "sandbox")));
         let old = entry("c", None);
         assert_eq!(
-            for_cell(&mine, Some(&ours)),
+            for_cell(&mine, std::slice::from_ref(&ours)),
             "relay@x via smtp.office365.com:587"
         );
         assert_eq!(
-            for_cell(&other, Some(&ours)),
+            for_cell(&other, std::slice::from_ref(&ours)),
             "OTHER: relay@sandbox.example via sandbox"
         );
         assert_eq!(
-            for_cell(&other, None),
+            for_cell(&other, &[]),
             "relay@sandbox.example via sandbox",
             "unknown configuration: nothing to compare with"
         );
-        assert!(for_cell(&old, Some(&ours)).starts_with("unrecorded"));
-        assert!(!is_other(&old, Some(&ours)));
-        assert!(describe(&other, Some(&ours)).contains("NOT the configured destination"));
+        assert!(for_cell(&old, std::slice::from_ref(&ours)).starts_with("unrecorded"));
+        assert!(!is_other(&old, std::slice::from_ref(&ours)));
+        assert!(describe(&other, std::slice::from_ref(&ours))
+            .contains("NOT the configured destination"));
     }
 
     #[test]
@@ -197,13 +254,16 @@ mod tests {
             entry("a", Some(ours.clone())),
             entry("b", Some(ours.clone())),
         ];
-        assert!(!for_column_needed(&mine, Some(&ours)));
-        assert!(!for_column_needed(&mine, None));
-        assert!(!for_column_needed(&[], None));
+        assert!(!for_column_needed(&mine, std::slice::from_ref(&ours)));
+        assert!(!for_column_needed(&mine, &[]));
+        assert!(!for_column_needed(&[], &[]));
         let mixed = [entry("a", Some(ours.clone())), entry("b", Some(sandbox))];
-        assert!(for_column_needed(&mixed, Some(&ours)));
-        assert!(for_column_needed(&mixed, None));
-        assert!(for_column_needed(&[entry("c", None)], Some(&ours)));
+        assert!(for_column_needed(&mixed, std::slice::from_ref(&ours)));
+        assert!(for_column_needed(&mixed, &[]));
+        assert!(for_column_needed(
+            &[entry("c", None)],
+            std::slice::from_ref(&ours)
+        ));
     }
 
     #[tokio::test]
@@ -222,13 +282,16 @@ mod tests {
         }
         let mut out = Vec::new();
         assert_eq!(
-            adopt(&spool, Some("nope"), Some(&ours), &mut out).unwrap(),
+            adopt(&spool, Some("nope"), std::slice::from_ref(&ours), &mut out).unwrap(),
             None
         );
-        assert_eq!(adopt(&spool, Some("sb1"), None, &mut out).unwrap(), Some(1));
+        assert_eq!(adopt(&spool, Some("sb1"), &[], &mut out).unwrap(), Some(1));
         assert_eq!(spool.find("sb1").unwrap().unwrap().1.destination, None);
         assert!(spool.take_rescan_request());
-        assert_eq!(adopt(&spool, None, Some(&ours), &mut out).unwrap(), Some(1));
+        assert_eq!(
+            adopt(&spool, None, std::slice::from_ref(&ours), &mut out).unwrap(),
+            Some(1)
+        );
         let sb2 = spool.find("sb2").unwrap().unwrap().1;
         assert_eq!(
             sb2.destination,

@@ -112,13 +112,13 @@ pub fn command(config_file: Option<&Path>, env: &[(String, String)], args: Queue
     if spool_dir.as_os_str().is_empty() {
         return config_error("delivery.spool_dir: must not be empty");
     }
-    run(args.command, spool_dir, adopt::configured(&config).as_ref())
+    run(args.command, spool_dir, &adopt::configured(&config))
 }
 
 /// Runs one queue command against the spool at `spool_dir`; output goes to stdout, errors to
 /// stderr.
-/// `ours` is the configured destination, if the configuration names one.
-pub fn run(cmd: QueueCommand, spool_dir: &Path, ours: Option<&Destination>) -> ExitCode {
+/// `ours` are the destinations the configuration names (none when it names none).
+pub fn run(cmd: QueueCommand, spool_dir: &Path, ours: &[Destination]) -> ExitCode {
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let result = run_to(cmd, spool_dir, &mut out, now_unix(), terminal_width(), ours);
@@ -142,7 +142,7 @@ fn run_to(
     out: &mut dyn Write,
     now: u64,
     width: usize,
-    ours: Option<&Destination>,
+    ours: &[Destination],
 ) -> Result<(), Failure> {
     let spool = Spool::open_existing(spool_dir).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => Failure::Usage(e.to_string()),
@@ -229,7 +229,7 @@ fn list(
     out: &mut dyn Write,
     now: u64,
     width: usize,
-    ours: Option<&Destination>,
+    ours: &[Destination],
 ) -> Result<(), Failure> {
     let area = if failed { Area::Failed } else { Area::Queue };
     let entries = spool.list(area)?;
@@ -267,7 +267,7 @@ pub fn render_list(
     area: Area,
     now: u64,
     width: usize,
-    ours: Option<&Destination>,
+    ours: &[Destination],
 ) -> String {
     let with_for = area == Area::Queue && for_column_needed(entries, ours);
     let rows: Vec<Vec<String>> = entries
@@ -373,7 +373,7 @@ fn show(
     json: bool,
     out: &mut dyn Write,
     now: u64,
-    ours: Option<&Destination>,
+    ours: &[Destination],
 ) -> Result<(), Failure> {
     let (area, e) = find(spool, id)?;
     let envelope_path = spool.root().join(area_dir(area)).join(format!("{id}.json"));
@@ -634,10 +634,10 @@ mod tests {
             Area::Queue,
             NOW,
             200,
-            Some(&ours()),
+            &[ours()],
         );
         assert!(!text.contains("FOR"), "all ours: the usual table\n{text}");
-        let text = render_list(&[mine, other], Area::Queue, NOW, 200, Some(&ours()));
+        let text = render_list(&[mine, other], Area::Queue, NOW, 200, &[ours()]);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].contains(" FOR "), "{text}");
         assert!(
@@ -694,7 +694,7 @@ mod tests {
             Area::Queue,
             NOW,
             usize::MAX,
-            None,
+            &[],
         );
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("ID "), "{text}");
@@ -721,7 +721,7 @@ mod tests {
         let mut long = entry("0000000000a-000001-00000001");
         long.mail_from = format!("{}@example.com", "x".repeat(40));
         long.last_error = Some("451 4.7.500 Server busy. Please try again later. ".repeat(3));
-        let text = render_list(&[long], Area::Queue, NOW, 120, None);
+        let text = render_list(&[long], Area::Queue, NOW, 120, &[]);
         for l in text.lines() {
             assert!(l.chars().count() <= 120, "{l:?}");
         }
@@ -732,7 +732,7 @@ mod tests {
         let mut failed = entry("f");
         failed.failed_at = Some(NOW - 7200);
         failed.failure_reason = Some("550 5.1.10 RESOLVER.ADR.RecipientNotFound".into());
-        let text = render_list(&[failed], Area::Failed, NOW, 200, None);
+        let text = render_list(&[failed], Area::Failed, NOW, 200, &[]);
         assert!(text.lines().next().unwrap().contains("REASON"));
         assert!(text.contains("2h00m ago"), "{text}");
         assert!(text.contains("5.1.10"));
@@ -762,7 +762,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run = |cmd: QueueCommand| {
             let mut out = Vec::new();
-            let r = run_to(cmd, dir.path(), &mut out, now_unix(), 120, None);
+            let r = run_to(cmd, dir.path(), &mut out, now_unix(), 120, &[]);
             (r, String::from_utf8(out).unwrap())
         };
         let (r, _) = run(QueueCommand::List {

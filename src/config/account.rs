@@ -240,6 +240,33 @@ fn resolve_routes(
             lane,
         });
     }
+    // Two accounts of one app sending as one mailbox would be two lanes with one
+    // destination: two governors for one mailbox's limits, and each lane delivering the
+    // other's queued mail.
+    for (i, a) in lanes.iter().enumerate() {
+        for b in &lanes[..i] {
+            let (x, y) = (&accounts[a.account], &accounts[b.account]);
+            let same = a.account != b.account
+                && a.mailbox.eq_ignore_ascii_case(&b.mailbox)
+                && x.tenant.eq_ignore_ascii_case(&y.tenant)
+                && x.credential
+                    .client_id
+                    .eq_ignore_ascii_case(&y.credential.client_id)
+                && x.upstream.host.eq_ignore_ascii_case(&y.upstream.host)
+                && x.upstream.port == y.upstream.port;
+            if same {
+                return Err(ConfigError::new(
+                    &format!("account.{}.mailbox", x.name),
+                    format!(
+                        "accounts `{}` and `{}` both send as {} through the same app and \
+                         endpoint; Exchange's limits belong to the mailbox, so one account must \
+                         serve it: route those senders to one of them",
+                        y.name, x.name, a.mailbox
+                    ),
+                ));
+            }
+        }
+    }
     for (i, a) in accounts.iter().enumerate() {
         if !rules.iter().any(|r| lanes[r.lane].account == i) {
             warnings.push(format!(
@@ -266,6 +293,42 @@ fn required<'a>(value: &'a Option<String>, key: &str, what: &str) -> Result<&'a 
             format!("missing: {what} (env {})", env_name_for(key)),
         )),
     }
+}
+
+/// For an account of several (`key` is `account.<name>`): the single-account variables an
+/// error names are refused as ambiguous there, so it names the account's own instead
+/// (`SMTP_OAUTH_RELAY__ACCOUNT__<NAME>__<KEY>`); the `AZURE_*` variables serve only a single
+/// account. Pure.
+fn named_env_vars(mut e: ConfigError, key: &str) -> ConfigError {
+    if key == "account" {
+        return e;
+    }
+    e.message = e.message.replace(" or AZURE_FEDERATED_TOKEN_FILE", "");
+    let mut names: Vec<&(&str, &str)> = ENV_KEYS
+        .iter()
+        .filter(|(_, k)| k.starts_with("account."))
+        .collect();
+    // Longer names first: CLIENT_SECRET_FILE before CLIENT_SECRET.
+    names.sort_by_key(|(n, _)| std::cmp::Reverse(n.len()));
+    for (short, k) in names {
+        let public = format!("{ENV_PREFIX}{short}");
+        if e.message.contains(&public) {
+            let field = k.trim_start_matches("account.");
+            let mut parts = e.message.split(public.as_str());
+            let mut out = parts.next().unwrap_or_default().to_string();
+            for rest in parts {
+                // Only whole names: `…_CLIENT_SECRET` is not the start of `…_CLIENT_SECRET_FILE`.
+                if rest.starts_with(|c: char| c.is_ascii_uppercase() || c == '_') {
+                    out.push_str(&public);
+                } else {
+                    out.push_str(&env_name_for(&format!("{key}.{field}")));
+                }
+                out.push_str(rest);
+            }
+            e.message = out;
+        }
+    }
+    e
 }
 
 /// The environment variable that sets `key`: a public short name for the single account,
@@ -318,7 +381,8 @@ fn validate_account(
     if let Some(a) = crate::diagnose::lint_client_id(&client_id) {
         return Err(ConfigError::new(&k("client_id"), a.to_string()));
     }
-    let credential = super::credential::resolve(a, key, warnings)?;
+    let credential =
+        super::credential::resolve(a, key, warnings).map_err(|e| named_env_vars(e, key))?;
     let mailbox = required(&a.mailbox, &k("mailbox"), "the mailbox to send as")?.to_string();
     if !mailbox.contains('@') || mailbox.chars().any(|c| c.is_whitespace() || c == '<') {
         return Err(ConfigError::new(
@@ -364,6 +428,15 @@ fn validate_account(
             EndpointKind::Hve if cloud == Cloud::Global => HVE_UPSTREAM.to_string(),
             _ => cloud.smtp_address().to_string(),
         });
+    if a.upstream.is_none()
+        && shared.upstream_config.address.is_some()
+        && (a.endpoint == EndpointKind::Hve || cloud != Cloud::Global)
+    {
+        warnings.push(format!(
+            "{key} uses upstream.address {address} (set for every account), not the default of \
+             its endpoint or cloud; set {key}.upstream if this account needs another host"
+        ));
+    }
     if a.endpoint == EndpointKind::Hve && cloud != Cloud::Global && a.upstream.is_none() {
         warnings.push(format!(
             "{key}.endpoint = \"hve\" in the {cloud} cloud: High Volume Email is documented \

@@ -298,3 +298,51 @@ fn national_clouds_choose_the_hosts_and_scope() {
     let e = Config::load(None, &env(&bad)).unwrap_err();
     assert_eq!(e.key, "account.cloud");
 }
+
+#[test]
+fn one_mailbox_of_one_app_is_served_by_one_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        format!(
+        "{}{}[[route]]\nsenders = [\"*\"]\naccount = \"devices\"\nmailbox = \"erp@contoso.com\"\n",
+        account("erp", "erp@contoso.com", "senders = [\"@erp.contoso.com\"]"),
+        account("devices", "devices@contoso.com", "from_rewrite = \"always\""),
+    );
+    let e = load_toml(dir.path(), &text, &[]).unwrap_err();
+    assert_eq!(e.key, "account.devices.mailbox");
+    assert!(e.message.contains("both send as erp@contoso.com"), "{e}");
+    // Another app's account may send as the same address: its own destination.
+    let other_app = text.replacen(APP, "bbbbbbbb-bbbb-cccc-dddd-eeeeeeeeeeee", 2);
+    let other_app = other_app.replacen("bbbbbbbb-bbbb-cccc-dddd-eeeeeeeeeeee", APP, 1);
+    assert!(load_toml(dir.path(), &other_app, &[]).is_ok());
+}
+
+#[test]
+fn errors_of_a_named_account_name_its_own_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}[[account]]\nname = \"scans\"\ntenant = \"{TENANT}\"\nclient_id = \"{APP}\"\n\
+         mailbox = \"s@contoso.com\"\ncredential = \"workload-identity\"\nsenders = [\"*\"]\n",
+        account("erp", "erp@contoso.com", "senders = [\"@erp.contoso.com\"]"),
+    );
+    let e = load_toml(dir.path(), &text, &[]).unwrap_err();
+    assert_eq!(e.key, "account.scans.federated_token_file");
+    assert!(
+        e.message
+            .contains("SMTP_OAUTH_RELAY__ACCOUNT__SCANS__FEDERATED_TOKEN_FILE"),
+        "{e}"
+    );
+    assert!(!e.message.contains("AZURE_"), "{e}");
+    let no_secret = text.replace("credential = \"workload-identity\"\n", "");
+    let e = load_toml(dir.path(), &no_secret, &[]).unwrap_err();
+    assert!(
+        e.message
+            .contains("SMTP_OAUTH_RELAY__ACCOUNT__SCANS__CLIENT_SECRET_FILE"),
+        "{e}"
+    );
+    assert!(
+        e.message
+            .contains("SMTP_OAUTH_RELAY__ACCOUNT__SCANS__CLIENT_SECRET "),
+        "{e}"
+    );
+}

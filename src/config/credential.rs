@@ -150,6 +150,14 @@ pub(super) fn resolve(
                     ));
                 }
             }
+            if identity_client_id.is_none() {
+                warnings.push(format!(
+                    "{key}.managed_identity_client_id is not set: IMDS answers with the VM's only \
+                     identity, and Entra cannot use a system-assigned identity as a federated \
+                     credential (only a user-assigned one); set the user-assigned identity's \
+                     client ID"
+                ));
+            }
             Ok(Credential::ManagedIdentity {
                 imds_endpoint: url.to_string(),
                 identity_client_id,

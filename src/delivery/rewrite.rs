@@ -137,7 +137,7 @@ mod tests {
     #[tokio::test]
     async fn header_swap_reads_memory_and_file_bodies_alike() {
         let msg = b"From: Scanner <scan@printer.local>\r\nSubject: s\r\n\r\nbody\r\n.\r\n";
-        let want = b"From: \"Scanner\" <relay@contoso.com>\r\nReply-To: Scanner <scan@printer.local>\r\nSubject: s\r\n\r\n";
+        let want = b"From: Scanner <relay@contoso.com>\r\nReply-To: Scanner <scan@printer.local>\r\nSubject: s\r\n\r\n";
         let swap = header_swap(
             FromRewrite::Always,
             "relay@contoso.com",

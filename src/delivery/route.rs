@@ -128,6 +128,8 @@ impl Routes {
     /// The lane for mail from `sender` (empty for `<>`) sent by `client`, or `None` when no
     /// rule matches.
     pub fn route(&self, sender: &str, client: IpAddr) -> Option<usize> {
+        // An IPv4 client of a listener on `[::]` arrives as `::ffff:a.b.c.d`.
+        let client = client.to_canonical();
         let sender = sender.trim().to_ascii_lowercase();
         let mut best: Option<((u8, bool), usize)> = None;
         for rule in &self.rules {
@@ -193,6 +195,8 @@ mod tests {
             // A subdomain is not the domain.
             ("x@sub.erp.contoso.com", other, Some(0)),
             ("scan@printers.contoso.com", lan, Some(3)),
+            // The same client through a dual-stack listener.
+            ("scan@printers.contoso.com", "::ffff:10.9.1.2", Some(3)),
             ("scan@printers.contoso.com", other, Some(4)),
             // A client rule beats `*` without one, but not a domain match.
             ("cron@host.example", "192.168.7.9", Some(5)),

@@ -92,8 +92,10 @@ impl Delivery {
     async fn housekeeping(&self, purge: bool) {
         let spool = self.spool.clone();
         let retention = self.settings.failed_retention;
+        let seen = self.rescans_seen.load(std::sync::atomic::Ordering::SeqCst);
         let work = tokio::task::spawn_blocking(move || {
-            let rescan = spool.take_rescan_request().then(|| spool.list(Area::Queue));
+            let generation = spool.rescan_generation();
+            let rescan = (generation != seen).then(|| (generation, spool.list(Area::Queue)));
             let purged = purge.then(|| spool.purge_failed(retention));
             (rescan, purged)
         });
@@ -104,6 +106,11 @@ impl Delivery {
                 return;
             }
         };
+        let rescan = rescan.map(|(generation, listed)| {
+            self.rescans_seen
+                .store(generation, std::sync::atomic::Ordering::SeqCst);
+            listed
+        });
         match rescan {
             Some(Ok(entries)) => {
                 tracing::info!(

@@ -67,6 +67,8 @@ pub struct Delivery {
     pub(super) holds: Holds,
     /// Hybrid messages queued for want of budget since the loop's last summary line.
     pub(super) paced: AtomicU64,
+    /// The spool's rescan count this lane last re-read the queue for.
+    pub(super) rescans_seen: AtomicU64,
     pub(super) tracker: TaskTracker,
     pub(super) shutdown: CancellationToken,
 }
@@ -102,6 +104,7 @@ impl Delivery {
             queue: Queue::new(sorted.mine),
             holds: Holds::default(),
             paced: AtomicU64::new(0),
+            rescans_seen: AtomicU64::new(0),
             tracker: parts.tracker,
             shutdown: parts.shutdown,
         })

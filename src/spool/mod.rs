@@ -71,6 +71,10 @@ pub struct Spool {
     /// (seen with perf: a quarter of the relay's CPU at 50 concurrent commits); the fsyncs of
     /// these few still share journal commits, and the directory fsync is grouped anyway.
     committers: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Rescan requests this process has taken from `control/`, shared by every clone: each
+    /// of a relay's lanes compares it with the last it acted on, so one lane taking the
+    /// request does not hide it from the others.
+    rescans: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// What bodies held in memory may use, shared by every connection (see [`body`]).
     memory: Arc<MemoryBudget>,
     /// Write failures (and the tests' seam that causes them), shared by every clone.
@@ -91,6 +95,7 @@ impl Spool {
             control: root.join("control"),
             queue_sync: std::sync::Arc::new(GroupSync::new(root.join("queue"))),
             committers: std::sync::Arc::new(tokio::sync::Semaphore::new(COMMITTERS)),
+            rescans: Default::default(),
             failed_sync: std::sync::Arc::new(GroupSync::new(root.join("failed"))),
             memory: MemoryBudget::new(body::MEMORY_BUDGET),
             faults: Arc::default(),
@@ -541,6 +546,18 @@ impl Spool {
         std::fs::remove_file(self.control.join("rescan")).is_ok()
     }
 
+    /// How many rescans this process has been asked for: takes a pending request (counting
+    /// it) and returns the count. A reader that saw a smaller count last time re-reads the
+    /// queue; every clone shares the count, so each of several lanes sees each request.
+    pub fn rescan_generation(&self) -> u64 {
+        use std::sync::atomic::Ordering;
+        if self.take_rescan_request() {
+            self.rescans.fetch_add(1, Ordering::SeqCst) + 1
+        } else {
+            self.rescans.load(Ordering::SeqCst)
+        }
+    }
+
     /// Removes failed messages older than `retention`. Returns how many.
     pub fn purge_failed(&self, retention: Duration) -> io::Result<usize> {
         let cutoff = now_unix().saturating_sub(retention.as_secs());
@@ -567,6 +584,28 @@ fn with_path(e: io::Error, path: &Path) -> io::Error {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn every_clone_sees_each_rescan_request() {
+        // A relay's lanes share one spool: the lane that takes the request from `control/`
+        // must not hide it from the others.
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        let lane2 = spool.clone();
+        assert_eq!(spool.rescan_generation(), 0);
+        spool.request_rescan().unwrap();
+        let seen_by_lane1 = spool.rescan_generation();
+        assert_eq!(seen_by_lane1, 1, "the first reader takes the request");
+        assert_eq!(lane2.rescan_generation(), 1, "and the second still sees it");
+        assert_eq!(
+            spool.rescan_generation(),
+            1,
+            "once: no new request, no new count"
+        );
+        lane2.request_rescan().unwrap();
+        assert_eq!(lane2.rescan_generation(), 2);
+        assert_eq!(spool.rescan_generation(), 2);
+    }
     use super::*;
 
     fn entry(id: &str) -> QueueEntry {

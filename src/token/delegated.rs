@@ -38,6 +38,8 @@ pub struct DelegatedSource {
     current: std::sync::Mutex<Option<SecretString>>,
     /// One refresh at a time: each one spends the token the next one needs.
     refreshing: tokio::sync::Mutex<()>,
+    /// The last rotated token could not be written: the file holds a spent one.
+    unsaved: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for DelegatedSource {
@@ -70,6 +72,7 @@ impl DelegatedSource {
             file: file.to_path_buf(),
             current: std::sync::Mutex::new(current),
             refreshing: tokio::sync::Mutex::new(()),
+            unsaved: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -89,21 +92,58 @@ impl DelegatedSource {
         }
     }
 
+    /// The token the file holds now, when it differs from `used`: someone ran `login` (or
+    /// another process rotated it) since this source read it.
+    fn newer_in_file(&self, used: &SecretString) -> Option<SecretString> {
+        if self.unsaved.load(std::sync::atomic::Ordering::SeqCst) {
+            // The file still holds a token we spent (the last write failed): not newer.
+            return None;
+        }
+        match refresh_file::read(&self.file) {
+            Ok(Stored::Token(t)) if t.expose_secret() != used.expose_secret() => Some(t),
+            _ => None,
+        }
+    }
+
     async fn fetch_once(&self) -> Result<AccessToken, TokenError> {
         let _one_at_a_time = self.refreshing.lock().await;
-        let used = self.refresh_token()?;
-        let form = [
-            ("client_id", self.client_id.as_str()),
-            ("grant_type", "refresh_token"),
-            ("refresh_token", used.expose_secret()),
-            ("scope", self.scope.as_str()),
-        ];
-        let grant = self
-            .endpoint
-            .post_form(&form, used.expose_secret(), &self.describe())
-            .await
-            .map_err(|e| explain(e, &self.file))?;
+        let mut used = self.refresh_token()?;
+        let mut retried = false;
+        let grant = loop {
+            let form = [
+                ("client_id", self.client_id.as_str()),
+                ("grant_type", "refresh_token"),
+                ("refresh_token", used.expose_secret()),
+                ("scope", self.scope.as_str()),
+            ];
+            match self
+                .endpoint
+                .post_form(&form, used.expose_secret(), &self.describe())
+                .await
+            {
+                Ok(grant) => break grant,
+                // Refused, but the file holds another token (a new `login`, or `check` run
+                // beside the relay rotated it): use that one, once.
+                Err(e) if !retried && e.is_config() => match self.newer_in_file(&used) {
+                    Some(newer) => {
+                        tracing::info!(file = %self.file.display(), "the stored refresh token was refused; the file holds a newer one, trying it");
+                        *self.current.locked() = Some(newer.clone());
+                        used = newer;
+                        retried = true;
+                    }
+                    None => return Err(explain(e, &self.file)),
+                },
+                Err(e) => return Err(explain(e, &self.file)),
+            }
+        };
         if let Some(rotated) = &grant.refresh_token {
+            // A `login` that wrote the file meanwhile wins: its token is the one to keep,
+            // and ours (of the older sign-in) is dropped rather than written over it.
+            if let Some(newer) = self.newer_in_file(&used) {
+                tracing::info!(file = %self.file.display(), "a new sign-in was stored meanwhile; keeping it");
+                *self.current.locked() = Some(newer);
+                return Ok(grant.access());
+            }
             // Stored before the access token is used: the old refresh token is spent.
             let file = self.file.clone();
             let token = rotated.clone();
@@ -121,6 +161,8 @@ impl DelegatedSource {
                     *current = Some(rotated.clone());
                 }
             }
+            self.unsaved
+                .store(stored.is_err(), std::sync::atomic::Ordering::SeqCst);
             if let Err(why) = stored {
                 tracing::warn!(file = %self.file.display(), error = %why, "cannot store the rotated refresh token");
                 return Err(TokenError::Credential(format!(
@@ -179,6 +221,20 @@ impl TokenSource for DelegatedSource {
     }
 
     fn reload(&self) -> Result<Reloaded, String> {
+        if self.unsaved.load(std::sync::atomic::Ordering::SeqCst) {
+            // The file holds a spent token: write the one in memory before reading anything.
+            let current = self.current.locked().clone();
+            if let Some(token) = current {
+                refresh_file::store(&self.file, &token, false).map_err(|why| {
+                    format!(
+                        "the rotated refresh token is still not written ({why}); the relay keeps \
+                         it in memory"
+                    )
+                })?;
+                self.unsaved
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
         let stored = refresh_file::read(&self.file)?;
         let Stored::Token(token) = stored else {
             return Err(format!(

@@ -60,13 +60,17 @@ fn fields(block: &[u8]) -> Vec<Field<'_>> {
                 last.raw = &block[from..end];
             }
             _ => {
+                // `From :` (obsolete syntax, RFC 5322 §4.5.3) names `From` too.
                 let name = match memchr::memchr(b':', line) {
-                    Some(colon)
-                        if colon > 0 && line[..colon].iter().all(|b| b.is_ascii_graphic()) =>
-                    {
-                        &line[..colon]
+                    Some(colon) => {
+                        let name = line[..colon].trim_ascii_end();
+                        if !name.is_empty() && name.iter().all(|b| b.is_ascii_graphic()) {
+                            name
+                        } else {
+                            &[][..]
+                        }
                     }
-                    _ => &[][..],
+                    None => &[][..],
                 };
                 out.push(Field { name, raw: line });
             }
@@ -78,7 +82,8 @@ fn fields(block: &[u8]) -> Vec<Field<'_>> {
 
 /// The value of a field: after the colon, unfolded, trimmed.
 fn value(field: &Field<'_>) -> String {
-    let raw = &field.raw[field.name.len() + 1..];
+    let colon = memchr::memchr(b':', field.raw).map_or(field.raw.len(), |c| c + 1);
+    let raw = &field.raw[colon..];
     let text = String::from_utf8_lossy(raw);
     text.split(['\r', '\n'])
         .map(str::trim)
@@ -107,46 +112,13 @@ pub fn address_of(from: &str) -> Option<String> {
         .then(|| candidate.to_ascii_lowercase())
 }
 
-/// The display name of a `From:` value (`"Scanner 3" <x@y>` gives `Scanner 3`), if any.
-fn display_name(from: &str) -> Option<String> {
+/// The display name of a `From:` value as the message wrote it (`"Scanner 3"`, an RFC 2047
+/// encoded-word, UTF-8 in an SMTPUTF8 message), kept verbatim: rewritten, it could lose its
+/// encoding. `None` for a bare address.
+fn display_name(from: &str) -> Option<&str> {
     let open = from.rfind('<')?;
-    let raw = from[..open].trim();
-    let name = match raw.strip_prefix('"') {
-        // A quoted string: undo its escapes, stop at the closing quote.
-        Some(inner) => {
-            let mut name = String::new();
-            let mut chars = inner.chars();
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => name.extend(chars.next()),
-                    '"' => break,
-                    c => name.push(c),
-                }
-            }
-            name
-        }
-        None => raw.to_string(),
-    };
-    let name = name.trim();
-    (!name.is_empty()).then(|| name.to_string())
-}
-
-/// A display name as an RFC 5322 quoted string (only printable ASCII kept; others dropped,
-/// since a header must not carry raw 8-bit text here).
-fn quoted(name: &str) -> String {
-    let mut out = String::from("\"");
-    for c in name.chars() {
-        match c {
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if c == ' ' || c.is_ascii_graphic() => out.push(c),
-            _ => {}
-        }
-    }
-    out.push('"');
-    out
+    let name = from[..open].trim();
+    (!name.is_empty() && !name.contains(['\r', '\n'])).then_some(name)
 }
 
 /// The header block with `From:` set to `mailbox` (the original display name kept) and the
@@ -165,8 +137,9 @@ pub fn rewrite_from(block: &[u8], mailbox: &str) -> Vec<u8> {
         .find(|f| f.name.eq_ignore_ascii_case(b"from"))
         .map(value);
     let has_reply_to = all.iter().any(|f| f.name.eq_ignore_ascii_case(b"reply-to"));
+    let original = original.filter(|v| !v.is_empty());
     let new_from = match original.as_deref().and_then(display_name) {
-        Some(name) => format!("From: {} <{mailbox}>", quoted(&name)),
+        Some(name) => format!("From: {name} <{mailbox}>"),
         None => format!("From: <{mailbox}>"),
     };
     let mut out = Vec::with_capacity(block.len() + 128);
@@ -258,6 +231,31 @@ mod tests {
         assert_eq!(out, "Subject: x\nFrom: <relay@contoso.com>\n\n");
         let out = String::from_utf8(rewrite_from(b"", "relay@contoso.com")).unwrap();
         assert_eq!(out, "From: <relay@contoso.com>\r\n\r\n");
+    }
+
+    #[test]
+    fn display_names_are_kept_as_written_and_odd_froms_handled() {
+        let out = |block: &[u8]| String::from_utf8(rewrite_from(block, "m@z")).unwrap();
+        // An encoded-word stays an encoded-word (not a quoted string, RFC 2047 §5).
+        assert_eq!(
+            out(b"From: =?UTF-8?Q?J=C3=B6rg?= <j@x>\r\n\r\n"),
+            "From: =?UTF-8?Q?J=C3=B6rg?= <m@z>\r\nReply-To: =?UTF-8?Q?J=C3=B6rg?= <j@x>\r\n\r\n"
+        );
+        // UTF-8 of an SMTPUTF8 message stays UTF-8.
+        assert_eq!(
+            out("From: Jörg Müller <j@x>\r\n\r\n".as_bytes()),
+            "From: Jörg Müller <m@z>\r\nReply-To: Jörg Müller <j@x>\r\n\r\n"
+        );
+        // An empty From: gives no empty Reply-To:.
+        assert_eq!(
+            out(b"From:\r\nSubject: s\r\n\r\n"),
+            "From: <m@z>\r\nSubject: s\r\n\r\n"
+        );
+        // `From :` is a From: too.
+        assert_eq!(
+            out(b"From : a@x\r\n\r\n"),
+            "From: <m@z>\r\nReply-To: a@x\r\n\r\n"
+        );
     }
 
     #[test]
