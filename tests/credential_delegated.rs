@@ -275,19 +275,10 @@ async fn fetch_with(world: &World, refresh_token: &str) -> TokenError {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("rt");
     std::fs::write(&file, refresh_token).unwrap();
-    let o = world.sandbox.options();
-    let settings = SourceSettings {
-        token_url: world.sandbox.token_url(),
-        client_id: o.client_id.clone(),
-        scope: "https://outlook.office.com/SMTP.Send offline_access".into(),
-        extra_roots: smtp_oauth_relay::tls::load_pem_certificates(&world.ca_file).unwrap(),
-        timeout: Duration::from_secs(10),
-        credential: Credential::Delegated {
-            refresh_token_file: file.clone(),
-        },
-    };
-    let source = credential::build(&settings).expect("source");
-    let e = source.fetch().await.expect_err("the refresh is refused");
+    let e = source_for(world, &file)
+        .fetch()
+        .await
+        .expect_err("the refresh is refused");
     assert_eq!(
         read_token(&file),
         refresh_token,

@@ -9,7 +9,7 @@
 
 use std::io::{self, Write};
 
-use crate::config::{split_host_port, Config};
+use crate::config::{split_host_port, upstream_address, Config};
 use crate::spool::destination::{owner, Owner};
 use crate::spool::{Area, Destination, QueueEntry, Spool};
 
@@ -19,15 +19,7 @@ use crate::spool::{Area, Destination, QueueEntry, Spool};
 /// builds its lanes (`app::lane_destination`). The first is the one `queue adopt` records.
 pub fn configured(config: &Config) -> Vec<Destination> {
     let of = |a: &crate::config::AccountConfig, mailbox: Option<&String>| -> Option<Destination> {
-        let address = match (&a.upstream, &config.upstream.address) {
-            (Some(u), _) | (None, Some(u)) => u.clone(),
-            (None, None) => match (a.endpoint, a.cloud) {
-                (crate::config::EndpointKind::Hve, crate::token::Cloud::Global) => {
-                    crate::config::HVE_UPSTREAM.to_string()
-                }
-                _ => a.cloud.smtp_address().to_string(),
-            },
-        };
+        let address = upstream_address(a, config.upstream.address.as_deref());
         let (host, port) = split_host_port(&address)?;
         Some(Destination {
             tenant: a.tenant.clone()?,

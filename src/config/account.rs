@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use super::address::{split_authority, upstream_for};
+use super::address::{is_plain_address, split_authority, upstream_for};
 use super::env::{ENV_KEYS, ENV_PREFIX};
 use super::file::{
     AccountConfig, ConfigError, EndpointKind, RouteConfig, UpstreamConfig, HVE_UPSTREAM,
@@ -61,6 +61,21 @@ pub(super) struct Shared<'a> {
     pub upstream: &'a UpstreamSettings,
     pub upstream_config: &'a UpstreamConfig,
     pub limits: &'a Limits,
+}
+
+/// The SMTP `host:port` an account sends to: its own `upstream`, else `upstream.address`
+/// (`global`), else its endpoint's host in its cloud. Pure; the queue commands use it too.
+pub fn upstream_address(a: &AccountConfig, global: Option<&str>) -> String {
+    a.upstream
+        .as_deref()
+        .or(global)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| match a.endpoint {
+            EndpointKind::Hve if a.cloud == Cloud::Global => HVE_UPSTREAM.to_string(),
+            _ => a.cloud.smtp_address().to_string(),
+        })
 }
 
 fn account_name(a: &AccountConfig) -> String {
@@ -215,7 +230,7 @@ fn resolve_routes(
         {
             None => accounts[account].mailbox.clone(),
             Some(m) => {
-                if !is_mailbox(m) {
+                if !is_plain_address(m) {
                     return Err(ConfigError::new(
                         &format!("{key}.mailbox"),
                         format!("`{m}` is not an email address such as relay@contoso.com"),
@@ -277,12 +292,6 @@ fn resolve_routes(
         }
     }
     Ok((lanes, Routes::new(rules)))
-}
-
-fn is_mailbox(m: &str) -> bool {
-    m.split_once('@')
-        .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !d.contains('@'))
-        && !m.contains(|c: char| c.is_whitespace() || c.is_control() || "<>".contains(c))
 }
 
 fn required<'a>(value: &'a Option<String>, key: &str, what: &str) -> Result<&'a str, ConfigError> {
@@ -417,17 +426,7 @@ fn validate_account(
         Some(_) => k("upstream"),
         None => "upstream.address".to_string(),
     };
-    let address = a
-        .upstream
-        .as_deref()
-        .or(shared.upstream_config.address.as_deref())
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .unwrap_or_else(|| match a.endpoint {
-            EndpointKind::Hve if cloud == Cloud::Global => HVE_UPSTREAM.to_string(),
-            _ => cloud.smtp_address().to_string(),
-        });
+    let address = upstream_address(a, shared.upstream_config.address.as_deref());
     if a.upstream.is_none()
         && shared.upstream_config.address.is_some()
         && (a.endpoint == EndpointKind::Hve || cloud != Cloud::Global)

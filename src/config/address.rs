@@ -105,3 +105,11 @@ pub(super) fn upstream_for(
         ..base.clone()
     })
 }
+
+/// A plain address such as `admin@contoso.com`: one `@` with text on both sides, no spaces,
+/// control characters or angle brackets.
+pub(super) fn is_plain_address(a: &str) -> bool {
+    a.split_once('@')
+        .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !d.contains('@'))
+        && !a.contains(|c: char| c.is_whitespace() || c.is_control() || "<>".contains(c))
+}

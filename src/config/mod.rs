@@ -34,7 +34,7 @@ use std::path::Path;
 use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 
-pub use account::ValidLane;
+pub use account::{upstream_address, ValidLane};
 use env::env_value;
 pub use env::{env_overrides, unknown_env_vars, ENV_KEYS, ENV_PREFIX};
 pub use file::{

@@ -151,11 +151,7 @@ fn validate_delivery(
     let notice_to = match n.to.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(a) => {
-            let plain = a
-                .split_once('@')
-                .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !d.contains('@'))
-                && !a.contains(|c: char| c.is_whitespace() || c.is_control() || "<>".contains(c));
-            if !plain {
+            if !super::address::is_plain_address(a) {
                 return Err(ConfigError::new(
                     "notice.to",
                     format!("`{a}` is not a plain address like admin@contoso.com"),

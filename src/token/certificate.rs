@@ -12,8 +12,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use secrecy::ExposeSecret;
-
 use rustls_pki_types::CertificateDer;
 
 use super::certificate_files::{load, CertificateFiles, Fault, Loaded};
@@ -115,16 +113,9 @@ impl CertificateSource {
             ),
         )
         .map_err(TokenError::Credential)?;
-        let form = [
-            ("client_id", self.client_id.as_str()),
-            ("scope", self.scope.as_str()),
-            ("grant_type", "client_credentials"),
-            ("client_assertion_type", jwt::ASSERTION_TYPE),
-            ("client_assertion", assertion.expose_secret()),
-        ];
         let grant = self
             .endpoint
-            .post_form(&form, assertion.expose_secret(), &self.describe())
+            .post_assertion(&self.client_id, &self.scope, &assertion, &self.describe())
             .await?;
         Ok(grant.access())
     }
@@ -136,18 +127,15 @@ impl TokenSource for CertificateSource {
     }
 
     fn describe(&self) -> String {
-        let where_ = match self.endpoint.tenant() {
-            Some(tenant) => format!("in tenant {tenant}"),
-            None => format!("at {}", self.endpoint.token_url()),
-        };
         format!(
-            "certificate {} ({}) for app {} {where_}",
+            "certificate {} ({}) for app {} {}",
             self.thumbprint(),
             match self.algorithm() {
                 AssertionAlgorithm::PS256 => "PS256",
                 AssertionAlgorithm::RS256 => "RS256",
             },
-            self.client_id
+            self.client_id,
+            self.endpoint.place()
         )
     }
 

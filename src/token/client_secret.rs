@@ -134,17 +134,11 @@ impl TokenSource for ClientSecretSource {
     }
 
     fn describe(&self) -> String {
-        match self.endpoint.tenant() {
-            Some(tenant) => format!(
-                "client secret for app {} in tenant {}",
-                self.client_id, tenant
-            ),
-            None => format!(
-                "client secret for app {} at {}",
-                self.client_id,
-                self.endpoint.token_url()
-            ),
-        }
+        format!(
+            "client secret for app {} {}",
+            self.client_id,
+            self.endpoint.place()
+        )
     }
 
     fn reload(&self) -> Result<Reloaded, String> {

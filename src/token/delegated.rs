@@ -204,20 +204,12 @@ impl TokenSource for DelegatedSource {
     }
 
     fn describe(&self) -> String {
-        match self.endpoint.tenant() {
-            Some(tenant) => format!(
-                "delegated sign-in (refresh token in {}) for app {} in tenant {}",
-                self.file.display(),
-                self.client_id,
-                tenant
-            ),
-            None => format!(
-                "delegated sign-in (refresh token in {}) for app {} at {}",
-                self.file.display(),
-                self.client_id,
-                self.endpoint.token_url()
-            ),
-        }
+        format!(
+            "delegated sign-in (refresh token in {}) for app {} {}",
+            self.file.display(),
+            self.client_id,
+            self.endpoint.place()
+        )
     }
 
     fn reload(&self) -> Result<Reloaded, String> {

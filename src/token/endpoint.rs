@@ -21,7 +21,7 @@ use reqwest::header::{HeaderMap, ACCEPT, RETRY_AFTER};
 use reqwest::Url;
 use rustls_pki_types::CertificateDer;
 use secrecy::zeroize::Zeroize;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 use super::error::TokenError;
@@ -129,6 +129,30 @@ impl TokenEndpoint {
     /// The tenant named in the token URL, if it has the usual shape.
     pub fn tenant(&self) -> Option<String> {
         tenant_of(&self.token_url)
+    }
+
+    /// Where the credential is used, for a source's `describe`: `in tenant <tenant>`, or
+    /// `at <token URL>` when the URL names none.
+    pub fn place(&self) -> String {
+        match self.tenant() {
+            Some(tenant) => format!("in tenant {tenant}"),
+            None => format!("at {}", self.token_url),
+        }
+    }
+
+    /// The client credentials grant with `assertion` as a JWT bearer client assertion
+    /// (reference §1.3, §1.4): the request of the certificate, workload identity and
+    /// managed identity kinds. The assertion is scrubbed from anything quoted in an error.
+    pub async fn post_assertion(
+        &self,
+        client_id: &str,
+        scope: &str,
+        assertion: &SecretString,
+        source: &str,
+    ) -> Result<TokenGrant, TokenError> {
+        let form = assertion_form(client_id, scope, assertion.expose_secret());
+        self.post_form(&form, assertion.expose_secret(), source)
+            .await
     }
 
     /// POSTs `form` to the token URL and parses the answer. `secret` (the client secret, a
@@ -337,6 +361,24 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// `client_assertion_type` of a JWT bearer assertion (RFC 7523).
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// The form of [`TokenEndpoint::post_assertion`]. Pure.
+pub(crate) fn assertion_form<'a>(
+    client_id: &'a str,
+    scope: &'a str,
+    assertion: &'a str,
+) -> [(&'a str, &'a str); 5] {
+    [
+        ("client_id", client_id),
+        ("scope", scope),
+        ("grant_type", "client_credentials"),
+        ("client_assertion_type", JWT_BEARER),
+        ("client_assertion", assertion),
+    ]
 }
 
 /// What a successful response gave us. `Debug` shows no token.

@@ -33,8 +33,6 @@ pub enum AssertionAlgorithm {
 pub const LIFETIME_SECS: u64 = 300;
 /// How far `nbf` is set back, for a token endpoint whose clock is slightly behind ours.
 pub const NBF_BACKDATE_SECS: u64 = 5;
-/// `client_assertion_type` of a JWT assertion.
-pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// The certificate's fingerprints: SHA-1 (the portal's "Thumbprint" column, and `x5t`) and
 /// SHA-256 (`x5t#S256`), both over the certificate's DER bytes.

@@ -27,7 +27,6 @@ use secrecy::SecretString;
 use super::endpoint::TokenEndpoint;
 use super::error::TokenError;
 use super::source::{AccessToken, FetchFuture, TokenSource};
-use super::workload_identity::post_assertion;
 use crate::sync::Lock as _;
 use crate::tls::TlsSetupError;
 
@@ -127,14 +126,10 @@ impl ManagedIdentitySource {
     async fn fetch_once(&self) -> Result<AccessToken, TokenError> {
         let assertion = self.imds_token().await?;
         let secret = SecretString::from(assertion.expose().to_string());
-        let result = post_assertion(
-            &self.entra,
-            &self.client_id,
-            &self.scope,
-            &secret,
-            &self.describe(),
-        )
-        .await;
+        let result = self
+            .entra
+            .post_assertion(&self.client_id, &self.scope, &secret, &self.describe())
+            .await;
         if matches!(&result, Err(e) if e.is_config()) {
             // Refused (stale, mismatched): ask IMDS again next time.
             *self.assertion.locked() = None;
@@ -153,17 +148,11 @@ impl TokenSource for ManagedIdentitySource {
             .identity_client_id
             .as_deref()
             .unwrap_or("system-assigned");
-        match self.entra.tenant() {
-            Some(tenant) => format!(
-                "managed identity {who} as federated credential of app {} in tenant {tenant}",
-                self.client_id
-            ),
-            None => format!(
-                "managed identity {who} as federated credential of app {} at {}",
-                self.client_id,
-                self.entra.token_url()
-            ),
-        }
+        format!(
+            "managed identity {who} as federated credential of app {} {}",
+            self.client_id,
+            self.entra.place()
+        )
     }
 }
 

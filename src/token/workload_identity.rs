@@ -8,20 +8,17 @@
 //! for SIGHUP to reload. The assertion is a secret: it is handed to the endpoint as the text
 //! to scrub, never logged, and an unreadable file is reported by its name only.
 //!
-//! [`post_assertion`] is the request itself; the managed identity kind sends its IMDS token
-//! through it too (reference §1.5).
+//! The request itself is [`TokenEndpoint::post_assertion`], which the certificate and
+//! managed identity kinds use too.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::endpoint::{TokenEndpoint, TokenGrant};
+use super::endpoint::TokenEndpoint;
 use super::error::TokenError;
 use super::source::{AccessToken, FetchFuture, TokenSource};
-
-/// `client_assertion_type` of a JWT bearer assertion (RFC 7523).
-pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// A token file larger than this is not a service-account token (they are 1-2 KiB).
 const MAX_TOKEN_FILE: u64 = 64 * 1024;
@@ -63,14 +60,10 @@ impl WorkloadIdentitySource {
 
     async fn fetch_once(&self) -> Result<AccessToken, TokenError> {
         let assertion = read_token_file(&self.token_file)?;
-        let grant = post_assertion(
-            &self.endpoint,
-            &self.client_id,
-            &self.scope,
-            &assertion,
-            &self.describe(),
-        )
-        .await?;
+        let grant = self
+            .endpoint
+            .post_assertion(&self.client_id, &self.scope, &assertion, &self.describe())
+            .await?;
         Ok(grant.access())
     }
 }
@@ -81,49 +74,13 @@ impl TokenSource for WorkloadIdentitySource {
     }
 
     fn describe(&self) -> String {
-        let file = self.token_file.display();
-        match self.endpoint.tenant() {
-            Some(tenant) => format!(
-                "workload identity (token file {file}) for app {} in tenant {tenant}",
-                self.client_id
-            ),
-            None => format!(
-                "workload identity (token file {file}) for app {} at {}",
-                self.client_id,
-                self.endpoint.token_url()
-            ),
-        }
+        format!(
+            "workload identity (token file {}) for app {} {}",
+            self.token_file.display(),
+            self.client_id,
+            self.endpoint.place()
+        )
     }
-}
-
-/// The client credentials request with `assertion` as a JWT bearer client assertion
-/// (reference §1.3, §1.4). The assertion is scrubbed from anything quoted in an error.
-pub async fn post_assertion(
-    endpoint: &TokenEndpoint,
-    client_id: &str,
-    scope: &str,
-    assertion: &SecretString,
-    source: &str,
-) -> Result<TokenGrant, TokenError> {
-    let form = assertion_form(client_id, scope, assertion.expose_secret());
-    endpoint
-        .post_form(&form, assertion.expose_secret(), source)
-        .await
-}
-
-/// The form of [`post_assertion`]. Pure.
-fn assertion_form<'a>(
-    client_id: &'a str,
-    scope: &'a str,
-    assertion: &'a str,
-) -> [(&'a str, &'a str); 5] {
-    [
-        ("client_id", client_id),
-        ("scope", scope),
-        ("grant_type", "client_credentials"),
-        ("client_assertion_type", JWT_BEARER),
-        ("client_assertion", assertion),
-    ]
 }
 
 /// Reads the federated token file, trimmed. Unreadable, empty or oversized:
@@ -178,7 +135,11 @@ mod tests {
 
     #[test]
     fn the_form_is_a_jwt_bearer_client_credentials_request() {
-        let form = assertion_form("app", "https://outlook.office365.com/.default", "a.b.c");
+        let form = crate::token::endpoint::assertion_form(
+            "app",
+            "https://outlook.office365.com/.default",
+            "a.b.c",
+        );
         assert_eq!(
             form,
             [
@@ -285,15 +246,15 @@ mod tests {
             Duration::from_secs(5),
         )
         .unwrap();
-        let e = post_assertion(
-            &endpoint,
-            "app",
-            "https://outlook.office365.com/.default",
-            &SecretString::from(assertion),
-            "test",
-        )
-        .await
-        .unwrap_err();
+        let e = endpoint
+            .post_assertion(
+                "app",
+                "https://outlook.office365.com/.default",
+                &SecretString::from(assertion),
+                "test",
+            )
+            .await
+            .unwrap_err();
         server.await.unwrap();
         let shown = format!("{e} {e:?}");
         assert!(shown.contains("AADSTS90014: bad form"), "{shown}");
