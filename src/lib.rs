@@ -46,7 +46,7 @@
 //! |---|---|---|
 //! | [`config`] | load once (file, then environment), validate once, into each room's own settings | `smtp`, `delivery`, `upstream`, `governor`, `token`, `diagnose`, `tls` |
 //! | [`app`] | wiring: build every room from a validated configuration, start, drain | `config`, `smtp`, `spool`, `delivery`, `governor`, `upstream`, `token`, `diagnose`, `ops`, `tls` |
-//! | [`cli`] | the commands: serve, check/token/send-test, queue, loadgen, healthcheck, login | `app`, `config`, `sandbox`, `spool`, `upstream`, `token`, `envelope`, `diagnose`, `ops`, `wire`, `tls`, `sync` |
+//! | [`cli`] | the commands: serve, check/token/send-test, queue, loadgen, healthcheck, login, hash-password | `app`, `config`, `smtp`, `sandbox`, `spool`, `upstream`, `token`, `envelope`, `diagnose`, `ops`, `wire`, `tls`, `sync` |
 #![forbid(unsafe_code)]
 
 pub mod smtp;

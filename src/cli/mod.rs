@@ -6,13 +6,15 @@
 //!   with the table renderer in [`table`] and whose each message is in [`adopt`]);
 //! - `loadgen`: benchmark load ([`loadgen`]);
 //! - `healthcheck`: ask the admin port ([`healthcheck`]);
-//! - `login`: sign a user in once for a delegated account ([`login`]).
+//! - `login`: sign a user in once for a delegated account ([`login`]);
+//! - `hash-password`: a password hash for the inbound users file ([`hash_password`]).
 //!
 //! Exit codes ([`process`]): 0 ok, 64 bad configuration or usage, 69 upstream or credentials
 //! unusable, 1 anything else.
 
 pub mod adopt;
 pub mod doctor;
+pub mod hash_password;
 pub mod healthcheck;
 pub mod loadgen;
 pub mod login;
@@ -77,6 +79,10 @@ pub enum Command {
         #[arg(long)]
         account: Option<String>,
     },
+    /// Hash a password for the users file (inbound AUTH): reads it from the first line of
+    /// stdin, prints its argon2id hash, or with NAME the users-file line `NAME:HASH`. Exit 64
+    /// for an empty password or a NAME with `:` or whitespace.
+    HashPassword(hash_password::HashPasswordArgs),
 }
 
 /// Parses the command line and runs the chosen command.
@@ -109,6 +115,7 @@ pub fn run() -> ExitCode {
         Some(Command::Healthcheck(a)) => healthcheck::run(config, &env, a),
         Some(Command::Loadgen(a)) => loadgen::command(*a),
         Some(Command::Login { account }) => login::command(config, &env, account.as_deref()),
+        Some(Command::HashPassword(a)) => hash_password::command(a),
         Some(Command::SendTest(a)) => doctor::command(
             config,
             &env,

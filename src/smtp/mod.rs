@@ -7,7 +7,12 @@
 //! slot (stress, junk, session caps, per-client count). Drivers: `listener` (the accept loop
 //! and its slots), `connection` (one client's commands, every timeout) and `message` (one
 //! body, DATA), with `context` (what they share, bounded reads), thin around them.
+//!
+//! For `AUTH` (pure as well): `users` reads the users file and checks passwords (argon2,
+//! blocking), `sasl` decodes the PLAIN and LOGIN exchanges, and `auth_limit` pauses client
+//! addresses that fail too often.
 
+pub mod auth_limit;
 pub mod connection;
 pub mod context;
 pub mod framing;
@@ -18,7 +23,9 @@ pub mod message;
 pub mod outcome;
 pub mod received;
 pub mod reply;
+pub mod sasl;
 pub mod session;
+pub mod users;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
