@@ -335,6 +335,7 @@ fn run_commands(config: &SessionConfig, peer: SocketAddr, out: &mut Vec<u8>) -> 
                 r.write_to(out);
                 break;
             }
+            Action::StartTls(_) | Action::Auth { .. } => unreachable!("not offered here"),
         }
     }
     answered
@@ -345,6 +346,7 @@ fn inbound_commands(c: &mut Criterion) {
         hostname: "relay.internal.example.com".into(),
         max_message_size: MAX_MESSAGE_SIZE,
         max_recipients: 100,
+        security: Default::default(),
     };
     let peer: SocketAddr = "10.20.30.47:51234".parse().unwrap();
     let mut out = Vec::with_capacity(1024);

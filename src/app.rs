@@ -12,8 +12,10 @@ use crate::config::{ValidConfig, ValidLane};
 use crate::delivery::{self, Delivery, Lanes};
 use crate::governor::Governor;
 use crate::ops::admin;
-use crate::smtp::connection::Context;
+use crate::smtp::connection::{Context, Door};
 use crate::smtp::listener;
+use crate::smtp::tls::TlsSource;
+use crate::smtp::ListenSettings;
 use crate::spool::{now_unix, Destination, Spool};
 use crate::token::{Reloaded, TokenCache, TokenSource};
 use crate::upstream::Upstream;
@@ -79,6 +81,8 @@ struct Account {
 /// A running relay.
 pub struct Relay {
     local_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+    listen: ListenSettings,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     lanes: Arc<Lanes>,
@@ -132,6 +136,17 @@ impl Relay {
             addr: config.listen.address,
             source,
         })?;
+        let tls_listener = match config.listen.implicit_tls_address {
+            Some(addr) => {
+                let l = listener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+                let bound = l
+                    .local_addr()
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                Some((l, bound))
+            }
+            None => None,
+        };
+        let tls_addr = tls_listener.as_ref().map(|(_, a)| *a);
         let admin_listener = match config.admin {
             Some(addr) => Some(
                 admin::bind(addr)
@@ -253,10 +268,36 @@ impl Relay {
             spool = %config.spool_dir.display(),
             "smtp-oauth-relay ready"
         );
+        log_door(&config.listen, tls_addr);
         // Accepting starts after the lines above: whoever sees the port open can read them.
-        tracker.spawn(listener::run(listener, ctx, accepting, tracker.clone()));
+        let gate = listener::Gate::new(
+            config.listen.max_connections,
+            config.listen.max_connections_per_client,
+        );
+        if let Some((l, _)) = tls_listener {
+            // Readiness follows the SMTP port; this flag is the TLS port's own.
+            let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            tracker.spawn(listener::run_at(
+                l,
+                ctx.clone(),
+                gate.clone(),
+                Door::ImplicitTls,
+                flag,
+                tracker.clone(),
+            ));
+        }
+        tracker.spawn(listener::run_at(
+            listener,
+            ctx,
+            gate,
+            Door::Plain,
+            accepting,
+            tracker.clone(),
+        ));
         Ok(Relay {
             local_addr,
+            tls_addr,
+            listen: config.listen.clone(),
             shutdown,
             tracker,
             lanes,
@@ -269,6 +310,39 @@ impl Relay {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The implicit-TLS port's address, when it is on.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// SIGHUP, the listener's part: reads the inbound TLS certificate and the users file
+    /// again. Each line says what happened; a file that cannot be used keeps the old one and
+    /// its line says why (`Err`).
+    pub fn reload_inbound(&self) -> Vec<Result<String, String>> {
+        let mut out = Vec::new();
+        if let Some(tls) = &self.listen.tls {
+            out.push(match tls.reload() {
+                Ok(true) => Ok(
+                    "inbound TLS certificate read again: new connections use the new one".into(),
+                ),
+                Ok(false) => Ok("inbound TLS certificate unchanged".into()),
+                Err(e) => Err(format!(
+                    "inbound TLS certificate: {e}; keeping the one in use"
+                )),
+            });
+        }
+        if let Some(users) = &self.listen.auth.users {
+            out.push(match users.reload() {
+                Ok(n) => Ok(format!(
+                    "users file {} read again: {n} users",
+                    users.path().display()
+                )),
+                Err(e) => Err(format!("users file: {e}; keeping the users read before")),
+            });
+        }
+        out
     }
 
     /// The admin HTTP address, unless `admin.listen = "off"`.
@@ -469,5 +543,26 @@ async fn reap_idle(upstream: Arc<Upstream>, shutdown: CancellationToken, idle: D
             _ = tokio::time::sleep(period) => upstream.close_idle(false).await,
             _ = shutdown.cancelled() => return,
         }
+    }
+}
+
+/// The door's start-up lines: TLS, where its certificate comes from, AUTH and its mode.
+fn log_door(listen: &ListenSettings, tls_addr: Option<SocketAddr>) {
+    if let Some(tls) = &listen.tls {
+        let text = tls.describe();
+        match tls.source() {
+            TlsSource::SelfSigned { .. } => {
+                tracing::warn!(certificate = %text, implicit_tls = ?tls_addr, "inbound TLS with a SELF-SIGNED certificate")
+            }
+            TlsSource::Files { .. } => {
+                tracing::info!(certificate = %text, implicit_tls = ?tls_addr, require_tls = listen.require_tls, "inbound TLS: STARTTLS offered")
+            }
+        }
+    }
+    let auth = &listen.auth;
+    if auth.accept_any {
+        tracing::warn!(allow = ?listen.allow, "inbound AUTH in ACCEPT-ANY mode (listen.auth_accept_any): any user name and password is accepted from the allowed networks");
+    } else if let Some(users) = &auth.users {
+        tracing::info!(users_file = %users.path().display(), users = users.current().len(), required = auth.required, "inbound AUTH: PLAIN and LOGIN offered");
     }
 }

@@ -53,6 +53,8 @@ pub struct Envelope {
     pub received_at: SystemTime,
     /// The message's `Message-ID` header (cleaned for logs), for the audit trail.
     pub message_id: Option<String>,
+    /// The user the client logged in as (inbound AUTH), for routing and the audit trail.
+    pub user: Option<String>,
 }
 
 #[cfg(test)]

@@ -118,7 +118,14 @@ pub fn run(config_file: Option<&Path>, env: &[(String, String)], args: ServeArgs
         loop {
             match signals.next().await {
                 Signal::Stop => break,
-                Signal::Reload => match relay.reload_secrets() {
+                Signal::Reload => {
+                    for line in relay.reload_inbound() {
+                        match line {
+                            Ok(done) => tracing::info!("SIGHUP: {done}"),
+                            Err(e) => tracing::error!(error = %e, "SIGHUP: cannot use a listener file"),
+                        }
+                    }
+                    match relay.reload_secrets() {
                     Ok(Reloaded::Changed) => {
                         tracing::info!("SIGHUP: credential files read again; the new credential is used from the next token request");
                     }
@@ -131,7 +138,8 @@ pub fn run(config_file: Option<&Path>, env: &[(String, String)], args: ServeArgs
                     Err(e) => {
                         tracing::error!(error = %e, "SIGHUP: cannot use the credential files; keeping the credential in use");
                     }
-                },
+                    }
+                }
             }
         }
         tracing::info!(grace_secs = grace.as_secs(), "shutting down: no new connections, finishing messages in progress (a second signal exits at once)");

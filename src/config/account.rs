@@ -146,6 +146,7 @@ pub(super) fn validate_accounts(
             all_routes.push(RouteConfig {
                 senders: a.senders.clone(),
                 clients: Vec::new(),
+                users: Vec::new(),
                 account: Some(v.name.clone()),
                 mailbox: None,
             });
@@ -252,6 +253,7 @@ fn resolve_routes(
         rules.push(Rule {
             senders,
             clients: r.clients.clone(),
+            users: r.users.iter().map(|u| u.trim().to_string()).collect(),
             lane,
         });
     }

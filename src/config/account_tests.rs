@@ -62,7 +62,7 @@ fn accounts_routes_and_lanes() {
             (0, "billing@contoso.com")
         ]
     );
-    let route = |s: &str, from: &str| c.routes.route(s, ip(from));
+    let route = |s: &str, from: &str| c.routes.route(s, ip(from), None);
     assert_eq!(route("clerk@erp.contoso.com", "127.0.0.1"), Some(0));
     assert_eq!(route("billing@erp.contoso.com", "127.0.0.1"), Some(2));
     assert_eq!(route("scan@printers.local", "10.9.1.1"), Some(1));
@@ -186,11 +186,11 @@ fn the_environment_sets_named_accounts_and_refuses_ambiguity() {
     assert_eq!(c.accounts[0].mailbox, "orders@contoso.com");
     assert_eq!(c.accounts[1].limits.rate, 7);
     assert_eq!(
-        c.routes.route("x@erp.contoso.com", ip("127.0.0.1")),
+        c.routes.route("x@erp.contoso.com", ip("127.0.0.1"), None),
         Some(0)
     );
     assert_eq!(
-        c.routes.route("x@elsewhere.example", ip("127.0.0.1")),
+        c.routes.route("x@elsewhere.example", ip("127.0.0.1"), None),
         Some(1)
     );
 
@@ -221,11 +221,11 @@ fn the_environment_sets_named_accounts_and_refuses_ambiguity() {
     let names: Vec<&str> = c.accounts.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(names, ["erp", "scanners"]);
     assert_eq!(
-        c.routes.route("Billing@Contoso.com", ip("127.0.0.1")),
+        c.routes.route("Billing@Contoso.com", ip("127.0.0.1"), None),
         Some(0)
     );
     assert_eq!(
-        c.routes.route("printer@lan.example", ip("127.0.0.1")),
+        c.routes.route("printer@lan.example", ip("127.0.0.1"), None),
         Some(1)
     );
 }
@@ -235,11 +235,17 @@ fn one_account_takes_every_sender_unless_routes_say_otherwise() {
     let dir = tempfile::tempdir().unwrap();
     let one = account("default", "relay@contoso.com", "");
     let c = load_toml(dir.path(), &one, &[]).unwrap();
-    assert_eq!(c.routes.route("", ip("10.0.0.1")), Some(0));
+    assert_eq!(c.routes.route("", ip("10.0.0.1"), None), Some(0));
     let limited = format!("{one}[[route]]\nsenders = [\"@contoso.com\"]\n");
     let c = load_toml(dir.path(), &limited, &[]).unwrap();
-    assert_eq!(c.routes.route("a@contoso.com", ip("127.0.0.1")), Some(0));
-    assert_eq!(c.routes.route("a@fabrikam.com", ip("127.0.0.1")), None);
+    assert_eq!(
+        c.routes.route("a@contoso.com", ip("127.0.0.1"), None),
+        Some(0)
+    );
+    assert_eq!(
+        c.routes.route("a@fabrikam.com", ip("127.0.0.1"), None),
+        None
+    );
 }
 
 #[test]

@@ -10,6 +10,13 @@ pub const ENV_PREFIX: &str = "SMTP_OAUTH_RELAY_";
 /// These names are a public interface: keep them stable.
 pub const ENV_KEYS: &[(&str, &str)] = &[
     ("LISTEN", "listen.address"),
+    ("LISTEN_TLS", "listen.implicit_tls_address"),
+    ("INBOUND_TLS_CERT_FILE", "listen.tls_certificate_file"),
+    ("INBOUND_TLS_KEY_FILE", "listen.tls_key_file"),
+    ("INBOUND_TLS_SELF_SIGNED", "listen.tls_self_signed"),
+    ("REQUIRE_TLS", "listen.require_tls"),
+    ("USERS_FILE", "listen.users_file"),
+    ("REQUIRE_AUTH", "listen.require_auth"),
     ("TENANT", "account.tenant"),
     ("CLIENT_ID", "account.client_id"),
     ("CLIENT_SECRET", "account.client_secret"),

@@ -114,6 +114,32 @@ pub struct ListenConfig {
     pub max_connections_per_client: usize,
     /// Prepend one RFC 5321 §4.4 `Received:` trace header to every message.
     pub received_header: bool,
+    /// PEM certificate chain for STARTTLS and the implicit-TLS port.
+    pub tls_certificate_file: Option<PathBuf>,
+    /// PEM private key of that certificate (unencrypted; keep it mode 0600).
+    pub tls_key_file: Option<PathBuf>,
+    /// Without a certificate: make a self-signed one at start, for devices that only need
+    /// "some TLS" (clients that check certificates refuse it).
+    pub tls_self_signed: bool,
+    /// A second listener, TLS from the first byte (port 465 style). Off by default.
+    pub implicit_tls_address: Option<String>,
+    /// Refuse `MAIL` before STARTTLS (`530 5.7.0`).
+    pub require_tls: bool,
+    /// Local users for AUTH PLAIN/LOGIN: `name:argon2-hash[:sender,sender]` a line
+    /// (`smtp-oauth-relay hash-password NAME` prints one).
+    pub users_file: Option<PathBuf>,
+    /// Refuse `MAIL` before AUTH (`530 5.7.0`).
+    pub require_auth: bool,
+    /// Compatibility switch for devices that insist on AUTH but whose password cannot be
+    /// managed: any user name and password is accepted. Only with `allow`.
+    pub auth_accept_any: bool,
+    /// Offer AUTH without TLS to loopback clients (it is otherwise offered only inside TLS).
+    pub auth_without_tls_on_loopback: bool,
+    /// Failed AUTH attempts one client address may make before `421` and a pause.
+    pub auth_max_failures: u32,
+    /// The first pause after too many failures, in seconds; each further failure doubles
+    /// it, up to an hour.
+    pub auth_pause_secs: u64,
 }
 
 impl Default for ListenConfig {
@@ -133,6 +159,17 @@ impl Default for ListenConfig {
             max_messages_per_session: 1000,
             max_connections_per_client: 50,
             received_header: true,
+            tls_certificate_file: None,
+            tls_key_file: None,
+            tls_self_signed: false,
+            implicit_tls_address: None,
+            require_tls: false,
+            users_file: None,
+            require_auth: false,
+            auth_accept_any: false,
+            auth_without_tls_on_loopback: false,
+            auth_max_failures: 5,
+            auth_pause_secs: 60,
         }
     }
 }
@@ -159,6 +196,8 @@ pub struct RouteConfig {
     pub senders: Vec<String>,
     /// Client networks the rule is limited to (empty: any client).
     pub clients: Vec<IpNet>,
+    /// Inbound users (`listen.users_file`) the rule is limited to (empty: anyone).
+    pub users: Vec<String>,
     /// The `name` of the account to send through (may be left out with one account).
     pub account: Option<String>,
     /// The mailbox to send as (the XOAUTH2 `user=`); default: the account's `mailbox`. One

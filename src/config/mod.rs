@@ -24,6 +24,7 @@ mod address;
 mod credential;
 mod env;
 mod file;
+mod inbound;
 mod keys;
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,7 @@ use super::file::{
     AdminConfig, Config, ConfigError, DeliveryConfig, GovernorConfig, ListenConfig, NoticeConfig,
     UpstreamConfig, DEFAULT_UPSTREAM, EXCHANGE_MAX_SIZE,
 };
+use super::inbound::{check_route_users, validate_door};
 use crate::delivery::route::Routes;
 use crate::delivery::{DeliverySettings, EnvelopeSender, FromRewrite};
 use crate::governor::Limits;
@@ -71,6 +72,7 @@ pub(super) fn validate(config: Config) -> Result<ValidConfig, ConfigError> {
     let mut warnings = Vec::new();
     // In the order of the file, so that the first of several mistakes is the one named.
     let listen = validate_listen(&config.listen)?;
+    check_route_users(&config.route, &listen.auth)?;
     let base_upstream = validate_upstream(&config.upstream, &listen.hostname)?;
     let base_limits = validate_governor(&config.governor, &config.upstream);
     let (mut accounts, lanes, routes) = validate_accounts(
@@ -195,25 +197,6 @@ pub(super) fn validate_governor(g: &GovernorConfig, u: &UpstreamConfig) -> Limit
 pub(super) fn validate_listen(l: &ListenConfig) -> Result<ListenSettings, ConfigError> {
     let address =
         socket_address(&l.address, 2525).map_err(|m| ConfigError::new("listen.address", m))?;
-    if let Some(everyone) = l.allow.iter().find(|net| net.prefix_len() == 0) {
-        return Err(ConfigError::new(
-            "listen.allow",
-            format!(
-                "`{everyone}` lets every host on every network relay through your mailbox (an \
-                 open relay); list only the networks of your clients, e.g. [\"10.0.0.0/8\"]"
-            ),
-        ));
-    }
-    if !address.ip().is_loopback() && l.allow.is_empty() {
-        return Err(ConfigError::new(
-            "listen.allow",
-            format!(
-                "listening on non-loopback address {address} needs `listen.allow`, the client \
-                 networks that may relay (e.g. [\"10.0.0.0/8\"]); without it the relay would be \
-                 an open relay"
-            ),
-        ));
-    }
     if l.max_connections == 0 {
         return Err(ConfigError::new(
             "listen.max_connections",
@@ -269,6 +252,7 @@ pub(super) fn validate_listen(l: &ListenConfig) -> Result<ListenSettings, Config
             format!("`{hostname}` is not a usable host name"),
         ));
     }
+    let door = validate_door(l, address, &hostname)?;
     Ok(ListenSettings {
         address,
         allow: l.allow.clone(),
@@ -284,6 +268,10 @@ pub(super) fn validate_listen(l: &ListenConfig) -> Result<ListenSettings, Config
         max_messages_per_session: l.max_messages_per_session,
         max_connections_per_client: l.max_connections_per_client,
         received_header: l.received_header,
+        tls: door.tls,
+        implicit_tls_address: door.implicit_tls_address,
+        require_tls: door.require_tls,
+        auth: door.auth,
     })
 }
 

@@ -38,16 +38,26 @@ impl Lanes {
         &self.lanes[0]
     }
 
-    /// The lane mail from `sender` sent by `client` goes out through.
-    pub fn lane_for(&self, sender: &str, client: IpAddr) -> Option<&Arc<Delivery>> {
+    /// The lane mail from `sender` sent by `client` (logged in as `user`) goes out through.
+    pub fn lane_for(
+        &self,
+        sender: &str,
+        client: IpAddr,
+        user: Option<&str>,
+    ) -> Option<&Arc<Delivery>> {
         self.routes
-            .route(sender, client)
+            .route(sender, client, user)
             .and_then(|i| self.lanes.get(i))
     }
 
     /// `Err` with the refusal's text when no route takes mail from `sender`.
-    pub fn check_sender(&self, sender: &str, client: IpAddr) -> Result<(), String> {
-        match self.lane_for(sender, client) {
+    pub fn check_sender(
+        &self,
+        sender: &str,
+        client: IpAddr,
+        user: Option<&str>,
+    ) -> Result<(), String> {
+        match self.lane_for(sender, client, user) {
             Some(_) => Ok(()),
             None => Err(no_route_text(sender)),
         }
@@ -56,7 +66,8 @@ impl Lanes {
     /// Routes a finished message to its lane, which takes it from there.
     pub async fn submit(&self, msg: Spooled) -> Submitted {
         let client = msg.envelope.client.ip();
-        match self.lane_for(&msg.envelope.mail_from, client) {
+        let user = msg.envelope.user.as_deref();
+        match self.lane_for(&msg.envelope.mail_from, client, user) {
             Some(lane) => lane.submit(msg).await,
             None => {
                 // Checked at MAIL FROM already; kept for safety: nothing is sent or kept.

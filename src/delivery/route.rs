@@ -97,6 +97,8 @@ pub struct Rule {
     pub senders: Vec<SenderPattern>,
     /// Client networks the rule is limited to; empty means any client.
     pub clients: Vec<IpNet>,
+    /// Inbound users (AUTH) the rule is limited to; empty means any client, logged in or not.
+    pub users: Vec<String>,
     /// Index of the lane (account and mailbox) the rule sends through.
     pub lane: usize,
 }
@@ -117,6 +119,7 @@ impl Routes {
         Routes::new(vec![Rule {
             senders: vec![SenderPattern::Any],
             clients: Vec::new(),
+            users: Vec::new(),
             lane: 0,
         }])
     }
@@ -125,15 +128,19 @@ impl Routes {
         &self.rules
     }
 
-    /// The lane for mail from `sender` (empty for `<>`) sent by `client`, or `None` when no
-    /// rule matches.
-    pub fn route(&self, sender: &str, client: IpAddr) -> Option<usize> {
+    /// The lane for mail from `sender` (empty for `<>`) sent by `client`, logged in as
+    /// `user` (inbound AUTH) if at all, or `None` when no rule matches. At the same sender
+    /// level a rule limited to users beats one limited to networks, which beats an open one.
+    pub fn route(&self, sender: &str, client: IpAddr, user: Option<&str>) -> Option<usize> {
         // An IPv4 client of a listener on `[::]` arrives as `::ffff:a.b.c.d`.
         let client = client.to_canonical();
         let sender = sender.trim().to_ascii_lowercase();
-        let mut best: Option<((u8, bool), usize)> = None;
+        let mut best: Option<((u8, bool, bool), usize)> = None;
         for rule in &self.rules {
             if !rule.clients.is_empty() && !rule.clients.iter().any(|n| n.contains(&client)) {
+                continue;
+            }
+            if !rule.users.is_empty() && !user.is_some_and(|u| rule.users.iter().any(|r| r == u)) {
                 continue;
             }
             let Some(level) = rule
@@ -145,7 +152,7 @@ impl Routes {
             else {
                 continue;
             };
-            let score = (level, !rule.clients.is_empty());
+            let score = (level, !rule.users.is_empty(), !rule.clients.is_empty());
             // Strictly better only: at a tie the rule written first stays.
             if best.is_none_or(|(s, _)| score > s) {
                 best = Some((score, rule.lane));
@@ -166,8 +173,50 @@ mod tests {
                 .map(|s| SenderPattern::parse(s).unwrap())
                 .collect(),
             clients: clients.iter().map(|c| c.parse().unwrap()).collect(),
+            users: Vec::new(),
             lane,
         }
+    }
+
+    fn user_rule(senders: &[&str], users: &[&str], lane: usize) -> Rule {
+        Rule {
+            users: users.iter().map(|u| u.to_string()).collect(),
+            ..rule(senders, &[], lane)
+        }
+    }
+
+    #[test]
+    fn routes_by_inbound_user() {
+        let routes = Routes::new(vec![
+            rule(&["*"], &[], 0),
+            user_rule(&["*"], &["printer"], 1),
+            rule(&["*"], &["10.9.0.0/16"], 2),
+            user_rule(&["@erp.example"], &["erp", "erp2"], 3),
+        ]);
+        let lan: IpAddr = "10.9.1.2".parse().unwrap();
+        let other: IpAddr = "172.16.0.1".parse().unwrap();
+        let cases: &[(&str, IpAddr, Option<&str>, Option<usize>)] = &[
+            ("a@x.example", other, None, Some(0)),
+            ("a@x.example", other, Some("printer"), Some(1)),
+            // A user rule beats a network rule at the same sender level.
+            ("a@x.example", lan, Some("printer"), Some(1)),
+            ("a@x.example", lan, None, Some(2)),
+            ("a@x.example", lan, Some("someone"), Some(2)),
+            ("clerk@erp.example", other, Some("erp2"), Some(3)),
+            // Names are exact.
+            ("a@x.example", other, Some("Printer"), Some(0)),
+            // Not logged in: the user rule never applies.
+            ("clerk@erp.example", other, None, Some(0)),
+        ];
+        for (sender, client, user, want) in cases {
+            assert_eq!(
+                routes.route(sender, *client, *user),
+                *want,
+                "{sender} {user:?}"
+            );
+        }
+        let only_users = Routes::new(vec![user_rule(&["*"], &["printer"], 0)]);
+        assert_eq!(only_users.route("a@b.c", other, None), None);
     }
 
     #[test]
@@ -206,7 +255,7 @@ mod tests {
         ];
         for (sender, client, want) in cases {
             assert_eq!(
-                routes.route(sender, client.parse().unwrap()),
+                routes.route(sender, client.parse().unwrap(), None),
                 *want,
                 "{sender} from {client}"
             );
@@ -220,15 +269,18 @@ mod tests {
             rule(&["app@fabrikam.com"], &["10.0.0.0/8"], 1),
         ]);
         let client: IpAddr = "127.0.0.1".parse().unwrap();
-        assert_eq!(routes.route("x@fabrikam.com", client), None);
-        assert_eq!(routes.route("app@fabrikam.com", client), None);
-        assert_eq!(routes.route("", client), None);
+        assert_eq!(routes.route("x@fabrikam.com", client, None), None);
+        assert_eq!(routes.route("app@fabrikam.com", client, None), None);
+        assert_eq!(routes.route("", client, None), None);
         assert_eq!(
-            routes.route("app@fabrikam.com", "10.1.1.1".parse().unwrap()),
+            routes.route("app@fabrikam.com", "10.1.1.1".parse().unwrap(), None),
             Some(1)
         );
-        assert_eq!(Routes::default().route("a@b.c", client), None);
-        assert_eq!(Routes::everything_to_first().route("", client), Some(0));
+        assert_eq!(Routes::default().route("a@b.c", client, None), None);
+        assert_eq!(
+            Routes::everything_to_first().route("", client, None),
+            Some(0)
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! goes ([`Deliver`]).
 //!
 //! Decisions live elsewhere: `session` (commands), `framing` (lines), `wire::data` (the
-//! body), `outcome` (the reply to DATA). This file only moves bytes and time.
+//! body), `outcome` (the reply to DATA), `auth` (the SASL exchange and its checks). This file
+//! only moves bytes and time, and switches the stream to TLS (`STARTTLS`, or at once on the
+//! implicit-TLS port).
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::auth::{self, Dialog, Step};
 use super::context::{read_some, shrink};
 pub use super::context::{Context, Deliver};
 use super::framing::{Framed, LineFramer};
@@ -23,15 +26,24 @@ use super::limits::{Budget, CommandWait, Slot, Timeouts};
 use super::message::{self, DataEnd};
 use super::reply;
 use super::session::{Action, Session, SessionConfig, Transaction};
+use super::stream::Stream;
 use smtp_proto::Request;
 
 /// How long a last reply before closing (421, 221 after errors) may take to write.
 pub const FAREWELL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves one client until QUIT, timeout, a limit, error or shutdown. `slot` is the
-/// connection slot the listener took for it (stress and the per-client count).
+/// Which door a client came in by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// The SMTP port: plain, STARTTLS when offered.
+    Plain,
+    /// The implicit-TLS port (465 style): the handshake comes before the greeting.
+    ImplicitTls,
+}
+
+/// Serves one client of the plain port (see [`serve_at`]).
 pub async fn serve<S, D>(
-    mut socket: S,
+    socket: S,
     peer: SocketAddr,
     ctx: &Context<D>,
     slot: &Slot,
@@ -40,6 +52,23 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     D: Deliver,
 {
+    serve_at(socket, peer, ctx, slot, Door::Plain).await
+}
+
+/// Serves one client until QUIT, timeout, a limit, error or shutdown. `slot` is the
+/// connection slot the listener took for it (stress and the per-client count).
+pub async fn serve_at<S, D>(
+    socket: S,
+    peer: SocketAddr,
+    ctx: &Context<D>,
+    slot: &Slot,
+    door: Door,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    D: Deliver,
+{
+    let mut socket = Stream::Plain(socket);
     let listen = &ctx.listen;
     if !listen.permits(peer.ip()) {
         tracing::warn!(client = %peer, "connection refused: not in listen.allow");
@@ -60,9 +89,21 @@ where
             hostname: listen.hostname.clone(),
             max_message_size: listen.max_message_size,
             max_recipients: listen.max_recipients,
+            security: listen.security(),
         },
         peer,
     );
+    if door == Door::ImplicitTls {
+        if !start_tls(&mut socket, ctx, peer).await {
+            return Ok(());
+        }
+        session.tls_started();
+    }
+    if let Some(wait) = listen.auth.paused(peer.ip()) {
+        // Still serving a pause for failed AUTH: no session until it is over.
+        let bye = reply::auth_paused(&listen.hostname, wait).to_bytes();
+        return send(&mut socket, &bye, FAREWELL_TIMEOUT, None).await;
+    }
     let timeouts = Timeouts {
         command: listen.command_timeout,
         data: listen.data_timeout,
@@ -77,12 +118,34 @@ where
     // When the command line now being received started: the command timeout covers a whole
     // line, so a client trickling one byte at a time cannot hold the connection forever.
     let mut line_started: Option<Instant> = None;
+    // A SASL exchange in progress: its lines are answers, not commands.
+    let mut dialog: Option<Dialog> = None;
     loop {
         // Answer every complete command already received, in order.
         let mut next = Next::Read;
         let mut consumed = 0;
         while let Some((frame, used)) = lines.next_line(&input[consumed..]) {
             consumed += used;
+            if let Some(d) = dialog.as_mut() {
+                let step = match frame {
+                    Framed::Line(line) => d.answer(&line),
+                    Framed::TooLong => Step::Failed(reply::line_too_long()),
+                    Framed::Skipped => continue,
+                };
+                match step {
+                    Step::Challenge(r) => r.write_to(&mut out),
+                    Step::Failed(r) => {
+                        dialog = None;
+                        r.write_to(&mut out);
+                    }
+                    Step::Verify(credentials) => {
+                        dialog = None;
+                        next = Next::Verify(credentials);
+                        break;
+                    }
+                }
+                continue;
+            }
             let action = match frame {
                 Framed::Line(line) => match super::session::parse_line(&line) {
                     Ok(request) => match budget.check(&request, &listen.hostname) {
@@ -122,6 +185,27 @@ where
                     next = Next::Close;
                     break;
                 }
+                Action::StartTls(r) => {
+                    r.write_to(&mut out);
+                    next = Next::StartTls;
+                    break;
+                }
+                Action::Auth { mechanism, initial } => {
+                    if let Some(wait) = listen.auth.paused(peer.ip()) {
+                        reply::auth_paused(&listen.hostname, wait).write_to(&mut out);
+                        next = Next::Close;
+                        break;
+                    }
+                    let (pending, step) = Dialog::start(mechanism, initial.as_deref());
+                    dialog = pending;
+                    match step {
+                        Step::Challenge(r) | Step::Failed(r) => r.write_to(&mut out),
+                        Step::Verify(credentials) => {
+                            next = Next::Verify(credentials);
+                            break;
+                        }
+                    }
+                }
             }
         }
         if matches!(next, Next::Read) {
@@ -141,6 +225,33 @@ where
         }
         match next {
             Next::Close => return Ok(()),
+            Next::StartTls => {
+                // Whatever the client sent after STARTTLS was sent in the clear: never
+                // read it as if it came inside TLS (CVE-2011-0411, "STARTTLS injection").
+                input.clear();
+                lines = LineFramer::default();
+                if !start_tls(&mut socket, ctx, peer).await {
+                    return Ok(());
+                }
+                session.tls_started();
+                line_started = None;
+                continue;
+            }
+            Next::Verify(credentials) => {
+                match auth::verify(&listen.auth, credentials, peer).await {
+                    Ok(user) => {
+                        session.authenticated(user);
+                        reply::auth_succeeded().write_to(&mut out);
+                    }
+                    Err(auth::Refused::TryAgain) => reply::auth_failed().write_to(&mut out),
+                    Err(auth::Refused::Pause(wait)) => {
+                        let bye = reply::auth_paused(&listen.hostname, wait).to_bytes();
+                        send(&mut socket, &bye, FAREWELL_TIMEOUT, None).await?;
+                        return Ok(());
+                    }
+                }
+                continue;
+            }
             Next::Data(transaction) => {
                 let end = message::receive(
                     &mut socket,
@@ -218,7 +329,8 @@ fn route_sender<D: Deliver>(
     let Some(sender) = session.transaction().map(|t| t.mail_from.clone()) else {
         return action;
     };
-    match deliver.check_sender(&sender, peer.ip()) {
+    let user = session.user().map(|u| u.name.clone());
+    match deliver.check_sender(&sender, peer.ip(), user.as_deref()) {
         Ok(()) => action,
         Err(why) => {
             session.drop_transaction();
@@ -254,11 +366,49 @@ async fn send<S: AsyncWrite + Unpin>(
     result.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
+/// The TLS handshake, bounded by the command timeout. `false`: it failed (logged), and the
+/// connection is over.
+async fn start_tls<S, D>(socket: &mut Stream<S>, ctx: &Context<D>, peer: SocketAddr) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    D: Deliver,
+{
+    let Some(tls) = ctx.listen.tls.as_ref() else {
+        return false;
+    };
+    let handshake =
+        tokio::time::timeout(ctx.listen.command_timeout, socket.start_tls(tls.acceptor()));
+    let result = tokio::select! {
+        r = handshake => r,
+        _ = ctx.shutdown.cancelled() => return false,
+    };
+    match result {
+        Ok(Ok(())) => {
+            tracing::debug!(client = %peer, tls = socket.tls_description().unwrap_or_default(), "TLS started");
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::info!(client = %peer, error = %e, "TLS handshake failed");
+            metrics::counter!("smtp_oauth_relay_inbound_tls_failures_total").increment(1);
+            false
+        }
+        Err(_) => {
+            tracing::info!(client = %peer, "TLS handshake timed out");
+            metrics::counter!("smtp_oauth_relay_inbound_tls_failures_total").increment(1);
+            false
+        }
+    }
+}
+
 enum Next {
     Read,
     /// Read the body of this transaction.
     Data(Transaction),
     Close,
+    /// Switch the stream to TLS.
+    StartTls,
+    /// Check the credentials of a finished SASL exchange.
+    Verify(auth::Credentials),
 }
 
 /// Every timeout of the inbound side, on tokio's paused clock: the times asserted are exact.
@@ -322,6 +472,10 @@ mod tests {
             max_messages_per_session: 3,
             max_connections_per_client: 2,
             received_header: false,
+            tls: None,
+            implicit_tls_address: None,
+            require_tls: false,
+            auth: crate::smtp::auth::InboundAuth::default(),
         }
     }
 

@@ -20,10 +20,11 @@ pub trait Deliver: Send + Sync + 'static {
     /// Takes the message and says what became of it.
     fn submit(&self, msg: Spooled) -> impl Future<Output = Submitted> + Send;
 
-    /// At `MAIL FROM`: `Err` with the reason when mail from `sender` (sent by `client`) has
-    /// nowhere to go, so the client hears `550 5.7.1` before it sends a body.
-    fn check_sender(&self, sender: &str, client: IpAddr) -> Result<(), String> {
-        let _ = (sender, client);
+    /// At `MAIL FROM`: `Err` with the reason when mail from `sender` (sent by `client`,
+    /// logged in as `user`) has nowhere to go, so the client hears `550 5.7.1` before it
+    /// sends a body.
+    fn check_sender(&self, sender: &str, client: IpAddr, user: Option<&str>) -> Result<(), String> {
+        let _ = (sender, client, user);
         Ok(())
     }
 }
@@ -40,8 +41,8 @@ impl Deliver for Arc<Lanes> {
         async move { Lanes::submit(&lanes, msg).await }
     }
 
-    fn check_sender(&self, sender: &str, client: IpAddr) -> Result<(), String> {
-        Lanes::check_sender(self, sender, client)
+    fn check_sender(&self, sender: &str, client: IpAddr, user: Option<&str>) -> Result<(), String> {
+        Lanes::check_sender(self, sender, client, user)
     }
 }
 

@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-use super::connection::{self, Context, Deliver};
+use super::connection::{self, Context, Deliver, Door};
 use super::limits::Slots;
 
 /// How many connected clients may wait in the kernel for a slot (capped by the kernel's
@@ -35,6 +35,23 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
+/// The connection slots every listener of a relay shares (the SMTP port and the
+/// implicit-TLS port): `max_connections` in all, and per client address.
+#[derive(Clone)]
+pub struct Gate {
+    limit: Arc<Semaphore>,
+    slots: Arc<Slots>,
+}
+
+impl Gate {
+    pub fn new(max_connections: usize, per_client: usize) -> Gate {
+        Gate {
+            limit: Arc::new(Semaphore::new(max_connections)),
+            slots: Slots::new(max_connections, per_client),
+        }
+    }
+}
+
 /// Accepts connections until the context's shutdown is cancelled. `accepting` is true while
 /// the loop runs (readiness).
 pub async fn run<D: Deliver>(
@@ -43,11 +60,23 @@ pub async fn run<D: Deliver>(
     accepting: Arc<AtomicBool>,
     tracker: TaskTracker,
 ) {
-    let limit = Arc::new(Semaphore::new(ctx.listen.max_connections));
-    let slots = Slots::new(
+    let gate = Gate::new(
         ctx.listen.max_connections,
         ctx.listen.max_connections_per_client,
     );
+    run_at(listener, ctx, gate, Door::Plain, accepting, tracker).await
+}
+
+/// [`run`] for one door of several, sharing their `gate`.
+pub async fn run_at<D: Deliver>(
+    listener: TcpListener,
+    ctx: Arc<Context<D>>,
+    gate: Gate,
+    door: Door,
+    accepting: Arc<AtomicBool>,
+    tracker: TaskTracker,
+) {
+    let Gate { limit, slots } = gate;
     accepting.store(true, Ordering::Relaxed);
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -82,7 +111,7 @@ pub async fn run<D: Deliver>(
         let slot = slots.enter(peer.ip());
         tracker.spawn(async move {
             let _ = socket.set_nodelay(true);
-            if let Err(e) = connection::serve(socket, peer, &ctx, &slot).await {
+            if let Err(e) = connection::serve_at(socket, peer, &ctx, &slot, door).await {
                 tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
             }
             active.decrement(1.0);
@@ -91,5 +120,5 @@ pub async fn run<D: Deliver>(
         });
     }
     accepting.store(false, Ordering::Relaxed);
-    tracing::info!("listener stopped accepting");
+    tracing::info!(door = ?door, "listener stopped accepting");
 }

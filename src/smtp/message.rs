@@ -129,6 +129,7 @@ where
         smtputf8: transaction.smtputf8,
         received_at,
         message_id: sniffer.message_id(),
+        user: session.user().map(|u| u.name.clone()),
     };
     let submitted = ctx
         .deliver

@@ -11,7 +11,12 @@
 //! For `AUTH` (pure as well): `users` reads the users file and checks passwords (argon2,
 //! blocking), `sasl` decodes the PLAIN and LOGIN exchanges, and `auth_limit` pauses client
 //! addresses that fail too often.
+//!
+//! The safe door (issue 13): `tls` (the certificate shown to clients, reloaded on SIGHUP),
+//! `stream` (a client's stream, plain or TLS), `auth` (the SASL exchange, who may log in,
+//! the brute-force pause).
 
+pub mod auth;
 pub mod auth_limit;
 pub mod connection;
 pub mod context;
@@ -25,12 +30,19 @@ pub mod received;
 pub mod reply;
 pub mod sasl;
 pub mod session;
+pub mod stream;
+pub mod tls;
 pub mod users;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+
+use auth::InboundAuth;
+use session::Security;
+use tls::InboundTls;
 
 /// What the inbound side needs to know (built and checked by `config`).
 #[derive(Debug, Clone)]
@@ -60,16 +72,37 @@ pub struct ListenSettings {
     pub max_connections_per_client: usize,
     /// Prepend one `Received:` trace header.
     pub received_header: bool,
+    /// The certificate for STARTTLS and the implicit-TLS port; `None`: no TLS offered.
+    pub tls: Option<Arc<InboundTls>>,
+    /// The second listener, TLS from the first byte (465 style).
+    pub implicit_tls_address: Option<SocketAddr>,
+    /// `MAIL` before TLS gets `530 5.7.0`.
+    pub require_tls: bool,
+    /// Who may log in, and when they must.
+    pub auth: InboundAuth,
 }
 
 impl ListenSettings {
-    /// Whether a client at `ip` may use the relay: loopback always, others only if allowed.
+    /// Whether a client at `ip` may use the relay: loopback always, others if allowed; with
+    /// AUTH required and no allow list, any client (it must log in before `MAIL`).
     pub fn permits(&self, ip: IpAddr) -> bool {
         ip.is_loopback()
             || ip.to_canonical().is_loopback()
+            || (self.allow.is_empty() && self.auth.required)
             || self
                 .allow
                 .iter()
                 .any(|net| net.contains(&ip) || net.contains(&ip.to_canonical()))
+    }
+
+    /// What sessions offer and demand.
+    pub fn security(&self) -> Security {
+        Security {
+            starttls: self.tls.is_some(),
+            require_tls: self.require_tls,
+            auth: self.auth.offered(),
+            auth_without_tls_on_loopback: self.auth.without_tls_on_loopback,
+            require_auth: self.auth.required,
+        }
     }
 }

@@ -23,10 +23,17 @@ pub fn received_header(
     hostname: &str,
     at: SystemTime,
 ) -> String {
-    let protocol = match (session.is_esmtp(), t.smtputf8) {
+    // RFC 3848 and RFC 6531: S for TLS, A for an authenticated client.
+    let base = match (session.is_esmtp(), t.smtputf8) {
         (_, true) => "UTF8SMTP",
         (true, false) => "ESMTP",
         (false, false) => "SMTP",
+    };
+    let protocol = match (session.is_tls(), session.user().is_some()) {
+        (true, true) => format!("{base}SA"),
+        (true, false) => format!("{base}S"),
+        (false, true) => format!("{base}A"),
+        (false, false) => base.to_string(),
     };
     let date = httpdate::fmt_http_date(at).replace(" GMT", " +0000");
     let for_clause = match t.rcpt_to.as_slice() {
@@ -117,6 +124,7 @@ mod tests {
                 hostname: "relay.test".into(),
                 max_message_size: 100,
                 max_recipients: 10,
+                security: Default::default(),
             },
             "127.0.0.1:5000".parse().unwrap(),
         );

@@ -11,18 +11,18 @@ pub fn greeting(host: &str) -> Reply {
     Reply::plain(220, vec![format!("{host} ESMTP smtp-oauth-relay ready")])
 }
 
-pub fn ehlo(host: &str, client_name: &str, max_size: u64) -> Reply {
-    Reply::plain(
-        250,
-        vec![
-            format!("{host} Hello {client_name}"),
-            "PIPELINING".into(),
-            format!("SIZE {max_size}"),
-            "ENHANCEDSTATUSCODES".into(),
-            "8BITMIME".into(),
-            "SMTPUTF8".into(),
-        ],
-    )
+/// The EHLO reply: what every listener supports, then `extra` (STARTTLS, AUTH) when offered.
+pub fn ehlo(host: &str, client_name: &str, max_size: u64, extra: &[&str]) -> Reply {
+    let mut lines = vec![
+        format!("{host} Hello {client_name}"),
+        "PIPELINING".into(),
+        format!("SIZE {max_size}"),
+        "ENHANCEDSTATUSCODES".into(),
+        "8BITMIME".into(),
+        "SMTPUTF8".into(),
+    ];
+    lines.extend(extra.iter().map(|e| e.to_string()));
+    Reply::plain(250, lines)
 }
 
 pub fn helo(host: &str, client_name: &str) -> Reply {
@@ -96,6 +96,79 @@ pub fn auth_not_needed() -> Reply {
         502,
         "5.5.1",
         "AUTH not available: this relay needs no authentication, send without it",
+    )
+}
+pub fn ready_for_tls() -> Reply {
+    Reply::new(220, "2.0.0", "Ready to start TLS")
+}
+pub fn tls_already_active() -> Reply {
+    Reply::new(503, "5.5.1", "TLS is already active")
+}
+pub fn tls_required() -> Reply {
+    Reply::new(530, "5.7.0", "Must issue a STARTTLS command first")
+}
+pub fn auth_required() -> Reply {
+    Reply::new(530, "5.7.0", "Authentication required")
+}
+pub fn auth_needs_tls() -> Reply {
+    Reply::new(
+        538,
+        "5.7.11",
+        "Encryption required for requested authentication mechanism: use STARTTLS first",
+    )
+}
+pub fn already_authenticated() -> Reply {
+    Reply::new(503, "5.5.1", "Already authenticated")
+}
+pub fn auth_in_transaction() -> Reply {
+    Reply::new(
+        503,
+        "5.5.1",
+        "AUTH is not allowed during a mail transaction",
+    )
+}
+pub fn auth_mechanism_unknown() -> Reply {
+    Reply::new(
+        504,
+        "5.5.4",
+        "Unrecognized authentication mechanism: use PLAIN or LOGIN",
+    )
+}
+pub fn auth_succeeded() -> Reply {
+    Reply::new(235, "2.7.0", "Authentication successful")
+}
+pub fn auth_failed() -> Reply {
+    Reply::new(535, "5.7.8", "Authentication credentials invalid")
+}
+pub fn auth_cancelled() -> Reply {
+    Reply::new(501, "5.7.0", "Authentication cancelled")
+}
+pub fn auth_malformed(why: &str) -> Reply {
+    Reply::new(501, "5.5.2", format!("Cannot decode the response: {why}"))
+}
+/// A SASL challenge: `334` and the base64 text (empty for PLAIN without initial response).
+pub fn auth_challenge(base64: &str) -> Reply {
+    Reply::plain(334, vec![base64.to_string()])
+}
+pub fn auth_paused(hostname: &str, wait: std::time::Duration) -> Reply {
+    Reply::new(
+        421,
+        "4.7.0",
+        format!(
+            "{hostname} Too many failed authentications from your address; try again in {} seconds",
+            wait.as_secs().max(1)
+        ),
+    )
+}
+pub fn sender_not_allowed_for_user(sender: &str, user: &str) -> Reply {
+    Reply::new(
+        550,
+        "5.7.1",
+        format!(
+            "Sender {} is not allowed for user {}",
+            crate::wire::header::terminal_safe(sender),
+            crate::wire::header::terminal_safe(user)
+        ),
     )
 }
 pub fn starttls_unavailable() -> Reply {
@@ -219,7 +292,7 @@ mod tests {
 
     #[test]
     fn multi_line_wire_form() {
-        let r = ehlo("relay.local", "client", 100);
+        let r = ehlo("relay.local", "client", 100, &[]);
         let text = String::from_utf8(r.to_bytes()).unwrap();
         assert!(text.starts_with("250-relay.local Hello client\r\n250-PIPELINING\r\n"));
         assert!(text.ends_with("250 SMTPUTF8\r\n"));

@@ -2,8 +2,13 @@
 //! out. No I/O and no tokio here; the listener drives it and streams DATA itself.
 //!
 //! Lenient where legacy apps need it (MAIL without a preceding EHLO is accepted, as most MTAs
-//! do) and strict where safety needs it (limits on recipients and size, no AUTH or STARTTLS
-//! offered, unadvertised extensions refused).
+//! do) and strict where safety needs it (limits on recipients and size, unadvertised
+//! extensions refused). STARTTLS and AUTH are offered only when the listener has them
+//! ([`Security`]): AUTH only inside TLS unless plain AUTH is allowed for loopback clients;
+//! `require_tls` and `require_auth` refuse `MAIL` before them with `530 5.7.0`; an
+//! authenticated user's sender list is checked at `MAIL` (`550 5.7.1`). The driver runs the
+//! handshake and the SASL exchange ([`Action::StartTls`], [`Action::Auth`]) and reports back
+//! ([`Session::tls_started`], [`Session::authenticated`]).
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -14,6 +19,7 @@ use smtp_proto::{
 
 use super::mail_rcpt::Refusal;
 use super::reply::{self, Reply};
+use crate::delivery::route::SenderPattern;
 use crate::wire::address::{clean_host_name, is_safe_address};
 
 /// Limits and names a session needs; shared by all sessions of a listener.
@@ -22,6 +28,36 @@ pub struct SessionConfig {
     pub hostname: String,
     pub max_message_size: u64,
     pub max_recipients: usize,
+    pub security: Security,
+}
+
+/// What the listener offers and demands: STARTTLS, AUTH and when they are required.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Security {
+    /// A certificate is configured (or self-signed): STARTTLS is offered before TLS.
+    pub starttls: bool,
+    /// `MAIL` before TLS gets `530 5.7.0`.
+    pub require_tls: bool,
+    /// AUTH PLAIN and LOGIN are offered (a users file or accept-any mode).
+    pub auth: bool,
+    /// AUTH is offered without TLS to loopback clients.
+    pub auth_without_tls_on_loopback: bool,
+    /// `MAIL` before AUTH gets `530 5.7.0`.
+    pub require_auth: bool,
+}
+
+/// A client that authenticated: its name, and the senders it may use (empty: any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    pub name: String,
+    pub senders: Vec<SenderPattern>,
+}
+
+/// Which SASL mechanism a client chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMechanism {
+    Plain,
+    Login,
 }
 
 /// What the driver must do after a command.
@@ -34,6 +70,13 @@ pub enum Action {
     StartData(Reply, Transaction),
     /// Send the reply and close the connection.
     Close(Reply),
+    /// Send the reply (`220`), discard any input already received, and do the TLS handshake.
+    StartTls(Reply),
+    /// Run a SASL exchange; `initial` is the initial response, if the client sent one.
+    Auth {
+        mechanism: AuthMechanism,
+        initial: Option<String>,
+    },
 }
 
 /// The envelope collected for one mail transaction.
@@ -54,6 +97,8 @@ pub struct Session {
     helo: Option<String>,
     esmtp: bool,
     transaction: Option<Transaction>,
+    tls: bool,
+    user: Option<Authenticated>,
 }
 
 impl Session {
@@ -64,7 +109,54 @@ impl Session {
             helo: None,
             esmtp: false,
             transaction: None,
+            tls: false,
+            user: None,
         }
+    }
+
+    /// The TLS handshake succeeded: the session starts over (RFC 3207 §4.2), now in TLS.
+    pub fn tls_started(&mut self) {
+        self.tls = true;
+        self.helo = None;
+        self.esmtp = false;
+        self.transaction = None;
+        self.user = None;
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The SASL exchange succeeded for this user.
+    pub fn authenticated(&mut self, user: Authenticated) {
+        self.user = Some(user);
+    }
+
+    /// The authenticated user, if any.
+    pub fn user(&self) -> Option<&Authenticated> {
+        self.user.as_ref()
+    }
+
+    /// Whether AUTH may be used now: offered, and inside TLS (or plain from loopback when
+    /// that is allowed).
+    pub fn auth_available(&self) -> bool {
+        let sec = &self.config.security;
+        sec.auth
+            && (self.tls
+                || (sec.auth_without_tls_on_loopback
+                    && self.peer.ip().to_canonical().is_loopback()))
+    }
+
+    /// The EHLO keywords the listener adds in this state.
+    fn extensions(&self) -> Vec<&'static str> {
+        let mut extra = Vec::new();
+        if self.config.security.starttls && !self.tls {
+            extra.push("STARTTLS");
+        }
+        if self.auth_available() && self.user.is_none() {
+            extra.push("AUTH PLAIN LOGIN");
+        }
+        extra
     }
 
     pub fn greeting(&self) -> Reply {
@@ -117,6 +209,7 @@ impl Session {
                     &self.config.hostname,
                     &self.helo_name(),
                     self.config.max_message_size,
+                    &self.extensions(),
                 ))
             }
             Request::Helo { host } => {
@@ -143,15 +236,57 @@ impl Session {
             Request::Vrfy { .. } => Action::Reply(reply::vrfy()),
             Request::Help { .. } => Action::Reply(reply::help()),
             Request::Quit => Action::Close(reply::quit(&self.config.hostname)),
-            Request::StartTls => Action::Reply(reply::starttls_unavailable()),
-            Request::Auth { .. } => Action::Reply(reply::auth_not_needed()),
+            Request::StartTls => self.starttls(),
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, &initial_response),
             other => Action::Reply(reply::not_implemented(other.name())),
         }
+    }
+
+    fn starttls(&mut self) -> Action {
+        if !self.config.security.starttls {
+            return Action::Reply(reply::starttls_unavailable());
+        }
+        if self.tls {
+            return Action::Reply(reply::tls_already_active());
+        }
+        Action::StartTls(reply::ready_for_tls())
+    }
+
+    fn auth(&mut self, mechanism: u64, initial: &str) -> Action {
+        if !self.config.security.auth {
+            return Action::Reply(reply::auth_not_needed());
+        }
+        if !self.auth_available() {
+            return Action::Reply(reply::auth_needs_tls());
+        }
+        if self.user.is_some() {
+            return Action::Reply(reply::already_authenticated());
+        }
+        if self.transaction.is_some() {
+            return Action::Reply(reply::auth_in_transaction());
+        }
+        let mechanism = match mechanism {
+            smtp_proto::AUTH_PLAIN => AuthMechanism::Plain,
+            smtp_proto::AUTH_LOGIN => AuthMechanism::Login,
+            _ => return Action::Reply(reply::auth_mechanism_unknown()),
+        };
+        let initial = (!initial.is_empty()).then(|| initial.to_string());
+        Action::Auth { mechanism, initial }
     }
 
     fn mail(&mut self, from: smtp_proto::MailFrom<Cow<'_, str>>) -> Action {
         if self.transaction.is_some() {
             return Action::Reply(reply::nested_mail());
+        }
+        let sec = &self.config.security;
+        if sec.require_tls && !self.tls {
+            return Action::Reply(reply::tls_required());
+        }
+        if sec.require_auth && self.user.is_none() {
+            return Action::Reply(reply::auth_required());
         }
         if from.flags & MAIL_BODY_BINARYMIME != 0 {
             return Action::Reply(reply::unsupported_parameter("BODY=BINARYMIME"));
@@ -168,6 +303,11 @@ impl Session {
         }
         if !address.is_ascii() && from.flags & MAIL_SMTPUTF8 == 0 {
             return Action::Reply(reply::needs_smtputf8());
+        }
+        if let Some(user) = &self.user {
+            if !user.senders.is_empty() && !SenderPattern::any_matches(&user.senders, address) {
+                return Action::Reply(reply::sender_not_allowed_for_user(address, &user.name));
+            }
         }
         self.transaction = Some(Transaction {
             mail_from: address.to_string(),
@@ -246,6 +386,7 @@ mod tests {
                 hostname: "relay.test".into(),
                 max_message_size: 1000,
                 max_recipients: 2,
+                security: Security::default(),
             },
             "127.0.0.1:40000".parse().unwrap(),
         )
@@ -258,7 +399,11 @@ mod tests {
             let bytes = format!("{line}\r\n");
             let action = s.line(bytes.as_bytes());
             let code = match &action {
-                Action::Reply(r) | Action::StartData(r, _) | Action::Close(r) => r.code,
+                Action::Reply(r)
+                | Action::StartData(r, _)
+                | Action::Close(r)
+                | Action::StartTls(r) => r.code,
+                Action::Auth { .. } => 334,
             };
             out.push((code, action));
         }
@@ -464,3 +609,7 @@ mod tests {
         assert_eq!(s.helo_name(), "badname");
     }
 }
+
+#[cfg(test)]
+#[path = "session_security_tests.rs"]
+mod security_tests;

@@ -271,6 +271,7 @@ mod tests {
             smtputf8: false,
             received_at: UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123),
             message_id: Some("<m@x>".into()),
+            user: None,
         };
         let dest = Destination {
             tenant: "t".into(),
