@@ -2,7 +2,9 @@
 //!
 //! An address may fail `max_failures` times; the next failure ends the session with `421` and
 //! pauses the address for `base_pause` (every `AUTH` from it is refused until then); each
-//! failure after a pause doubles the pause, up to `max_pause`. A success forgets the address.
+//! failure after a pause doubles the pause, up to `max_pause` (a failure that arrives during a
+//! pause, from a session that passed `check` just before it began, counts as one after it and
+//! restarts the pause, doubled, from then). A success forgets the address.
 //! An address with no failure for `max_pause` (or an hour, whichever is longer) is forgotten
 //! too, and the table holds at most `max_entries` addresses (those whose last failure is
 //! oldest go first), so it cannot grow without bound. Loopback is not exempt; an IPv4-mapped
@@ -227,6 +229,19 @@ mod tests {
             }
         }
         assert_eq!(served, [MIN, 2 * MIN, 4 * MIN, 8 * MIN, 8 * MIN, 8 * MIN]);
+    }
+
+    #[test]
+    fn a_failure_during_a_pause_doubles_it_from_then() {
+        let l = AuthLimiter::new(1, MIN, 8 * MIN);
+        let t = Instant::now();
+        let a = ip(1);
+        l.failure(a, t);
+        assert_eq!(l.failure(a, t), Failure::Pause(MIN));
+        // Another session of the same client, already past `check`, fails 10 s later.
+        let t2 = t + Duration::from_secs(10);
+        assert_eq!(l.failure(a, t2), Failure::Pause(2 * MIN));
+        assert_eq!(l.check(a, t2 + MIN), Err(MIN));
     }
 
     #[test]
