@@ -6,12 +6,16 @@
 //!   with the table renderer in [`table`] and whose each message is in [`adopt`]);
 //! - `loadgen`: benchmark load ([`loadgen`]);
 //! - `healthcheck`: ask the admin port ([`healthcheck`]);
-//! - `login`: sign a user in once for a delegated account ([`login`]).
+//! - `login`: sign a user in once for a delegated account ([`login`]);
+//! - `sendmail`: hand one message from stdin to the relay, or its spool ([`sendmail`], with
+//!   the pure options and header work in [`sendmail_args`]); also what the binary does when
+//!   called `sendmail`. [`dialog`] is the plain SMTP client it shares with `loadgen`.
 //!
 //! Exit codes ([`process`]): 0 ok, 64 bad configuration or usage, 69 upstream or credentials
-//! unusable, 1 anything else.
+//! unusable, 75 (`sendmail`) try again later, 1 anything else.
 
 pub mod adopt;
+pub mod dialog;
 pub mod doctor;
 pub mod healthcheck;
 pub mod loadgen;
@@ -19,6 +23,8 @@ pub mod login;
 pub mod process;
 pub mod proxy;
 pub mod queue;
+pub mod sendmail;
+pub mod sendmail_args;
 pub mod serve;
 pub mod table;
 
@@ -77,6 +83,16 @@ pub enum Command {
         #[arg(long)]
         account: Option<String>,
     },
+    /// Send one message read from stdin, like /usr/sbin/sendmail (also what the binary does
+    /// when called `sendmail`): `-t`, `-i`, `-f ADDR`, `-F NAME`, `--`, recipients. Hands it
+    /// to the running relay, or queues it in the spool when none answers. Exit 0 handed
+    /// over, 64 usage, 69 refused (5xx), 75 neither the relay nor the spool took it.
+    #[command(disable_help_flag = true)]
+    Sendmail {
+        /// sendmail's options and recipients, as sendmail takes them.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Parses the command line and runs the chosen command.
@@ -109,6 +125,7 @@ pub fn run() -> ExitCode {
         Some(Command::Healthcheck(a)) => healthcheck::run(config, &env, a),
         Some(Command::Loadgen(a)) => loadgen::command(*a),
         Some(Command::Login { account }) => login::command(config, &env, account.as_deref()),
+        Some(Command::Sendmail { args }) => sendmail::command(config, &env, &args),
         Some(Command::SendTest(a)) => doctor::command(
             config,
             &env,
