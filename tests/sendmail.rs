@@ -458,3 +458,31 @@ async fn no_relay_and_an_unwritable_spool_exit_75() {
     );
     assert!(!run.stderr.contains(&world.secret()), "no secret in errors");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_relay_that_answers_4xx_delivers_the_queued_message_after_a_rescan() {
+    let world = World::start().await;
+    // One recipient per message: the second RCPT gets `452 4.5.3`.
+    let relay = world
+        .relay(&[("SMTP_OAUTH_RELAY__LISTEN__MAX_RECIPIENTS", "1")])
+        .await;
+    let env = env_at(&world, &relay.local_addr().to_string());
+    let run = sendmail(
+        &env,
+        &["one@example.com", "two@example.com"],
+        b"Subject: two\n\nb\n",
+    )
+    .await;
+    assert_silent_success(&run);
+    // Queued whole by sendmail, adopted by the running relay when it re-reads its queue.
+    let stored = world.wait_for(1).await;
+    assert_eq!(
+        stored[0].envelope.rcpt_to,
+        ["one@example.com", "two@example.com"]
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&stored[0].data),
+        "Subject: two\r\n\r\nb\r\n"
+    );
+    relay.shutdown(Duration::from_secs(5)).await;
+}
