@@ -8,11 +8,15 @@
 //! - `healthcheck`: ask the admin port ([`healthcheck`]);
 //! - `login`: sign a user in once for a delegated account ([`login`]);
 //! - `hash-password`: a password hash for the inbound users file ([`hash_password`]).
+//! - `sendmail`: hand one message from stdin to the relay, or its spool ([`sendmail`], with
+//!   the pure options and header work in [`sendmail_args`]); also what the binary does when
+//!   called `sendmail`. [`dialog`] is the plain SMTP client it shares with `loadgen`.
 //!
 //! Exit codes ([`process`]): 0 ok, 64 bad configuration or usage, 69 upstream or credentials
-//! unusable, 1 anything else.
+//! unusable, 75 (`sendmail`) try again later, 1 anything else.
 
 pub mod adopt;
+pub mod dialog;
 pub mod doctor;
 pub mod hash_password;
 pub mod healthcheck;
@@ -21,6 +25,8 @@ pub mod login;
 pub mod process;
 pub mod proxy;
 pub mod queue;
+pub mod sendmail;
+pub mod sendmail_args;
 pub mod serve;
 pub mod table;
 
@@ -83,6 +89,16 @@ pub enum Command {
     /// stdin, prints its argon2id hash, or with NAME the users-file line `NAME:HASH`. Exit 64
     /// for an empty password or a NAME with `:` or whitespace.
     HashPassword(hash_password::HashPasswordArgs),
+    /// Send one message read from stdin, like /usr/sbin/sendmail (also what the binary does
+    /// when called `sendmail`): `-t`, `-i`, `-f ADDR`, `-F NAME`, `--`, recipients. Hands it
+    /// to the running relay, or queues it in the spool when none answers. Exit 0 handed
+    /// over, 64 usage, 69 refused (5xx), 75 neither the relay nor the spool took it.
+    #[command(disable_help_flag = true)]
+    Sendmail {
+        /// sendmail's options and recipients, as sendmail takes them.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Parses the command line and runs the chosen command.
@@ -116,6 +132,7 @@ pub fn run() -> ExitCode {
         Some(Command::Loadgen(a)) => loadgen::command(*a),
         Some(Command::Login { account }) => login::command(config, &env, account.as_deref()),
         Some(Command::HashPassword(a)) => hash_password::command(a),
+        Some(Command::Sendmail { args }) => sendmail::command(config, &env, &args),
         Some(Command::SendTest(a)) => doctor::command(
             config,
             &env,

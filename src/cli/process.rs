@@ -11,6 +11,9 @@ use crate::config::LogFormat;
 pub const EXIT_CONFIG: u8 = 64;
 /// The upstream or the credentials are unusable (diagnostic commands).
 pub const EXIT_UNAVAILABLE: u8 = 69;
+/// A temporary failure: try again later (`sendmail`: neither the relay nor the spool took
+/// the message; sysexits.h `EX_TEMPFAIL`).
+pub const EXIT_TEMPFAIL: u8 = 75;
 
 /// A tokio runtime (`multi`: one worker per core, for `serve`), or the exit code after saying
 /// why there is none.

@@ -21,6 +21,7 @@
 
 pub mod body;
 pub mod destination;
+mod dropping;
 mod entry;
 pub mod fault;
 mod files;
@@ -38,7 +39,8 @@ pub use entry::{now_unix, unix, Destination, QueueEntry, Refusal};
 use fault::Faults;
 pub use fault::WriteFault;
 use files::{
-    create_private, private_dir, readable_by_others, remove_if_exists, sync_dir, write_synced,
+    create_private, give_to, private_dir, readable_by_others, remove_if_exists, sync_dir,
+    write_synced,
 };
 use group::GroupSync;
 
@@ -79,6 +81,10 @@ pub struct Spool {
     memory: Arc<MemoryBudget>,
     /// Write failures (and the tests' seam that causes them), shared by every clone.
     faults: Arc<Faults>,
+    /// The user and group every committed file is given when this process is another user
+    /// than the spool's (`sendmail` run by root for a relay with its own user); see
+    /// [`Spool::for_dropping`].
+    owner: Option<(u32, u32)>,
 }
 
 /// See `Spool::committers`.
@@ -99,6 +105,7 @@ impl Spool {
             failed_sync: std::sync::Arc::new(GroupSync::new(root.join("failed"))),
             memory: MemoryBudget::new(body::MEMORY_BUDGET),
             faults: Arc::default(),
+            owner: None,
         }
     }
 
@@ -297,6 +304,7 @@ impl Spool {
         let body = self.body_path(&entry.id);
         let json = self.path(Area::Queue, &entry.id, "json");
         let envelope = serde_json::to_vec_pretty(entry).map_err(io::Error::other)?;
+        let owner = self.owner;
         let permit = self
             .committers
             .clone()
@@ -311,6 +319,11 @@ impl Spool {
                     None => std::fs::File::open(&incoming)?.sync_data()?,
                 }
                 write_synced(&json_tmp, &envelope)?;
+                if let Some(owner) = owner {
+                    // Before the renames: the relay never sees a queued file it cannot read.
+                    give_to(&incoming, owner)?;
+                    give_to(&json_tmp, owner)?;
+                }
                 std::fs::rename(&incoming, &body)?;
                 std::fs::rename(&json_tmp, &json)
             })();
@@ -762,6 +775,40 @@ mod tests {
         let ro = Spool::open_existing(dir.path()).unwrap();
         assert!(arriving.exists(), "a body still arriving must survive");
         assert_eq!(ro.list(Area::Queue).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn dropping_never_cleans_up_and_gives_files_to_the_spools_owner() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("new-spool");
+        Spool::for_dropping(&fresh).unwrap();
+        assert!(fresh.join("queue").is_dir(), "a missing spool is made");
+
+        let root = dir.path().join("spool");
+        let (relay, _) = Spool::open(&root).unwrap();
+        let arriving = receive(&relay, "arriving", b"half").await;
+        // A spool that belongs to another user (the relay's), when we may say so (root).
+        let other = (65534, 65534);
+        let owner = match std::os::unix::fs::chown(&root, Some(other.0), Some(other.1)) {
+            Ok(()) => other,
+            Err(_) => {
+                let m = std::fs::metadata(&root).unwrap();
+                (m.uid(), m.gid())
+            }
+        };
+        let spool = Spool::for_dropping(&root).unwrap();
+        assert!(arriving.exists(), "a body still arriving must survive");
+        spool
+            .commit_bytes(Arc::new(b"body".to_vec()), &entry("dropped"))
+            .await
+            .unwrap();
+        for path in [spool.body_path("dropped"), root.join("queue/dropped.json")] {
+            let m = std::fs::metadata(&path).unwrap();
+            assert_eq!((m.uid(), m.gid()), owner, "{}", path.display());
+            assert_eq!(m.mode() & 0o777, 0o600, "{}", path.display());
+        }
+        assert_eq!(relay.list(Area::Queue).unwrap()[0].id, "dropped");
     }
 
     #[test]

@@ -6,74 +6,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::report::{accepted_as, cap_io_reasons, io_key, latency, Accepted, Report};
 use super::spec::{body, stamp, Options};
+use crate::cli::dialog::{Conn, Failure};
 use crate::sync::Lock as _;
-use crate::wire::Reply;
-
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-struct Conn {
-    io: Box<dyn Io>,
-    buf: Vec<u8>,
-    timeout: Duration,
-}
-
-#[derive(Debug)]
-enum Failure {
-    /// The server refused: stage and reply.
-    Refused(&'static str, u16),
-    Io(String),
-}
-
-impl Conn {
-    async fn reply(&mut self) -> Result<Reply, Failure> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        loop {
-            match Reply::parse(&self.buf) {
-                Ok(Some((r, used))) => {
-                    self.buf.drain(..used);
-                    return Ok(r);
-                }
-                Ok(None) => {}
-                Err(e) => return Err(Failure::Io(e.to_string())),
-            }
-            let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout_at(deadline, self.io.read(&mut chunk))
-                .await
-                .map_err(|_| Failure::Io("reply timeout".into()))?
-                .map_err(|e| Failure::Io(e.to_string()))?;
-            if n == 0 {
-                return Err(Failure::Io("connection closed".into()));
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    async fn expect(&mut self, stage: &'static str, class: u16) -> Result<Reply, Failure> {
-        let r = self.reply().await?;
-        if r.code / 100 != class {
-            return Err(Failure::Refused(stage, r.code));
-        }
-        Ok(r)
-    }
-
-    async fn send(&mut self, bytes: &[u8]) -> Result<(), Failure> {
-        self.io
-            .write_all(bytes)
-            .await
-            .map_err(|e| Failure::Io(e.to_string()))
-    }
-
-    async fn cmd(&mut self, line: &str, stage: &'static str, class: u16) -> Result<Reply, Failure> {
-        self.send(line.as_bytes()).await?;
-        self.expect(stage, class).await
-    }
-}
 
 /// Opens a session: greeting, EHLO, STARTTLS and AUTH as configured. Returns the connection
 /// and whether the server offers PIPELINING.
@@ -83,11 +21,7 @@ async fn open(o: &Options) -> Result<(Conn, bool), Failure> {
         .map_err(|_| Failure::Io("connect timeout".into()))?
         .map_err(|e| Failure::Io(format!("connect: {e}")))?;
     let _ = tcp.set_nodelay(true);
-    let mut c = Conn {
-        io: Box::new(tcp),
-        buf: Vec::with_capacity(4096),
-        timeout: o.reply_timeout,
-    };
+    let mut c = Conn::new(Box::new(tcp), o.reply_timeout);
     c.expect("greeting", 2).await?;
     let mut ehlo = c.cmd("EHLO loadgen.example\r\n", "EHLO", 2).await?;
     if let Some(tls) = &o.tls {
@@ -142,17 +76,17 @@ async fn transaction(
         let mut refused = None;
         let mail = c.reply().await?;
         if mail.code / 100 != 2 {
-            refused.get_or_insert(Failure::Refused("MAIL", mail.code));
+            refused.get_or_insert(Failure::Refused("MAIL", mail));
         }
         for _ in 0..o.recipients {
             let r = c.reply().await?;
             if r.code / 100 != 2 {
-                refused.get_or_insert(Failure::Refused("RCPT", r.code));
+                refused.get_or_insert(Failure::Refused("RCPT", r));
             }
         }
         let data = c.reply().await?;
         if data.code != 354 {
-            return Err(refused.unwrap_or(Failure::Refused("DATA", data.code)));
+            return Err(refused.unwrap_or(Failure::Refused("DATA", data)));
         }
         if let Some(f) = refused {
             // DATA was accepted although an earlier command failed: end the (empty) message.
@@ -192,7 +126,7 @@ struct Tally {
 impl Tally {
     fn error(&mut self, f: &Failure) {
         let key = match f {
-            Failure::Refused(stage, code) => format!("{stage} {code}"),
+            Failure::Refused(stage, r) => format!("{stage} {}", r.code),
             Failure::Io(text) => io_key(text),
         };
         *self.errors.entry(key).or_default() += 1;
