@@ -23,13 +23,16 @@ pub struct CertFiles {
 /// `<stem>.crt` / `<stem>.key` (replacing files of that name: a rotation).
 pub fn write_cert(dir: &Path, stem: &str) -> CertFiles {
     let key = rcgen::KeyPair::generate().expect("key");
-    let mut params =
-        rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).expect("params");
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("params");
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, format!("relay test {stem}"));
     let cert = params.self_signed(&key).expect("certificate");
-    let (c, k) = (dir.join(format!("{stem}.crt")), dir.join(format!("{stem}.key")));
+    let (c, k) = (
+        dir.join(format!("{stem}.crt")),
+        dir.join(format!("{stem}.key")),
+    );
     // Written beside and renamed, as an operator's tooling (cert-manager, certbot) does.
     let tmp = dir.join(format!(".{stem}.tmp"));
     std::fs::write(&tmp, cert.pem()).unwrap();
@@ -71,7 +74,10 @@ pub fn write_users(dir: &Path, users: &[(&str, &str, &str)]) -> PathBuf {
 }
 
 /// A TLS client that trusts only `pem`, limited to `versions` (empty: TLS 1.2 and 1.3).
-pub fn connector(pem: &str, versions: &[&'static rustls::SupportedProtocolVersion]) -> TlsConnector {
+pub fn connector(
+    pem: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
         roots.add(cert.expect("pem")).expect("root");
