@@ -50,7 +50,8 @@ pub(super) fn validate_door(
         None => None,
         Some(a) => {
             let a = socket_address(a, 465).map_err(|m| err("implicit_tls_address", m))?;
-            if a == address {
+            // Port 0 asks the kernel for a free port: two of them never collide.
+            if a == address && a.port() != 0 {
                 return Err(err(
                     "implicit_tls_address",
                     format!("{a} is listen.address already: give the TLS port its own port (465 is usual)"),
@@ -244,3 +245,7 @@ pub(super) fn check_route_users(
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "inbound_tests.rs"]
+mod tests;

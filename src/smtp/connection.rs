@@ -224,7 +224,13 @@ where
             out.shrink_to(4096);
         }
         match next {
-            Next::Close => return Ok(()),
+            Next::Close => {
+                if socket.is_tls() {
+                    // TLS ends with close_notify, so the client can tell an end from a cut.
+                    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, socket.shutdown()).await;
+                }
+                return Ok(());
+            }
             Next::StartTls => {
                 // Whatever the client sent after STARTTLS was sent in the clear: never
                 // read it as if it came inside TLS (CVE-2011-0411, "STARTTLS injection").
