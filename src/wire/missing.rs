@@ -138,7 +138,7 @@ pub fn add_missing(block: &[u8], add: &Additions) -> Option<Vec<u8>> {
                 || (missing.message_id && f.name.eq_ignore_ascii_case(b"message-id")))
     };
     let mut out = Vec::with_capacity(block.len() + 128);
-    let mut insert = |out: &mut Vec<u8>| {
+    let insert = |out: &mut Vec<u8>| {
         if !out.is_empty() && !out.ends_with(b"\n") {
             out.extend_from_slice(eol);
         }
