@@ -215,13 +215,14 @@ impl Delivery {
             };
             let msg = OutboundMessage {
                 // A rewritten From: goes with the mailbox as the envelope sender too.
-                mail_from: match from_rewritten {
-                    true => self.upstream.mailbox().to_string(),
-                    false => upstream_sender(
+                mail_from: if from_rewritten {
+                    self.upstream.mailbox().to_string()
+                } else {
+                    upstream_sender(
                         self.settings.envelope_sender,
                         &entry.mail_from,
                         self.upstream.mailbox(),
-                    ),
+                    )
                 },
                 rcpt_to: batch.to_vec(),
                 size,

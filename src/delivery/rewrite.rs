@@ -165,6 +165,11 @@ impl Delivery {
     /// one, and `add_missing_headers` is on), for the audit trail; `None` to keep what the
     /// session saw. Reads the same header block an attempt reads, so the two agree.
     pub(super) async fn added_message_id(&self, entry: &QueueEntry, body: &Body) -> Option<String> {
+        // The session found a Message-ID with a value at the start of a header line: the
+        // header block has one, no need to read it again.
+        if entry.message_id.is_some() {
+            return None;
+        }
         let additions = self.additions(entry)?;
         let head = match body {
             Body::Memory(m) => read_head(&mut MessageBody::Bytes(m.bytes())).await,
