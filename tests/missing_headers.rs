@@ -158,8 +158,7 @@ async fn switched_off_nothing_is_added() {
 fn the_switch_is_a_boolean_and_says_so() {
     let env = vec![(SWITCH.to_string(), "sometimes".to_string())];
     let err = smtp_oauth_relay::config::Config::load(None, &env)
-        .err()
-        .expect("a switch that is neither true nor false is refused")
+        .expect_err("a switch that is neither true nor false is refused")
         .to_string();
     assert!(
         err.contains("delivery.add_missing_headers"),

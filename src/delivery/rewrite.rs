@@ -106,23 +106,26 @@ async fn read_head(body: &mut MessageBody<'_>) -> std::io::Result<Option<Vec<u8>
             len.map(|n| bytes[..n].to_vec())
         }
         MessageBody::Stream(stream) => {
+            // A piece at a time, up to the limit: most header blocks are a few hundred
+            // bytes, and many bodies may be read at once.
+            const PIECE: usize = 8 * 1024;
             stream.seek(std::io::SeekFrom::Start(0)).await?;
-            let mut buf = vec![0u8; MAX_HEADER_BLOCK];
-            let mut filled = 0;
-            let mut eof = false;
-            while filled < buf.len() {
-                let n = stream.read(&mut buf[filled..]).await?;
-                if n == 0 {
-                    eof = true;
-                    break;
+            let mut buf = Vec::with_capacity(PIECE);
+            loop {
+                let want = PIECE.min(MAX_HEADER_BLOCK - buf.len());
+                let start = buf.len();
+                buf.resize(start + want, 0);
+                let n = stream.read(&mut buf[start..]).await?;
+                buf.truncate(start + n);
+                let eof = n == 0;
+                if let Some(len) = header_block_len(&buf, eof) {
+                    buf.truncate(len);
+                    break Some(buf);
                 }
-                filled += n;
+                if eof || buf.len() >= MAX_HEADER_BLOCK {
+                    break None;
+                }
             }
-            buf.truncate(filled);
-            header_block_len(&buf, eof).map(|n| {
-                buf.truncate(n);
-                buf
-            })
         }
     };
     Ok(head)
@@ -419,16 +422,31 @@ mod tests {
             msg.extend_from_slice(b"\r\nbody\r\n");
             msg
         };
-        let long = message(MAX_HEADER_BLOCK + 1);
-        let p = header_plan(&pol, "", &mut MessageBody::Bytes(&long))
-            .await
-            .unwrap();
-        assert_eq!(p, HeaderPlan::default());
-        // Under the limit it gets them.
-        let short = message(MAX_HEADER_BLOCK - 100);
-        let p = header_plan(&pol, "", &mut MessageBody::Bytes(&short))
-            .await
-            .unwrap();
-        assert!(text(&p).starts_with(&format!("{DATE}{MID}Subject: s\r\n")));
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (MAX_HEADER_BLOCK + 1, false),
+            (MAX_HEADER_BLOCK - 100, true),
+        ];
+        for (header_bytes, gets_them) in cases {
+            let msg = message(header_bytes);
+            let from_memory = header_plan(&pol, "", &mut MessageBody::Bytes(&msg))
+                .await
+                .unwrap();
+            // From a file it is read in pieces: the same answer.
+            let path = dir.path().join("b");
+            std::fs::write(&path, &msg).unwrap();
+            let mut file = tokio::fs::File::open(&path).await.unwrap();
+            let from_file = header_plan(&pol, "", &mut MessageBody::Stream(&mut file))
+                .await
+                .unwrap();
+            assert_eq!(from_file, from_memory, "{header_bytes}");
+            if gets_them {
+                assert!(text(&from_file).starts_with(&format!("{DATE}{MID}Subject: s\r\n")));
+                let swap = from_file.swap.unwrap();
+                assert_eq!(swap.replaces as usize, msg.len() - b"body\r\n".len());
+            } else {
+                assert_eq!(from_file, HeaderPlan::default(), "{header_bytes}");
+            }
+        }
     }
 }
