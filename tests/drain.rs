@@ -169,6 +169,11 @@ async fn sigterm_drains_data_in_progress_and_deliveries_in_flight() {
         ("SMTP_OAUTH_RELAY_SHUTDOWN_GRACE_SECS", grace.clone()),
         // Several relays run at once in the test suite: no fixed admin port.
         ("SMTP_OAUTH_RELAY_ADMIN_LISTEN", "off".to_string()),
+        // Stored messages are compared byte for byte: no Date or Message-ID added.
+        (
+            "SMTP_OAUTH_RELAY__DELIVERY__ADD_MISSING_HEADERS",
+            "false".to_string(),
+        ),
     ] {
         env.retain(|(name, _)| name != k);
         env.push((k.to_string(), v));

@@ -15,7 +15,10 @@ use tokio::io::AsyncWriteExt;
 #[tokio::test]
 async fn lettre_message_arrives_byte_exact_through_xoauth2() {
     let world = World::start().await;
-    let relay = world.relay(&[]).await;
+    // lettre writes no Message-ID: the relay would add one (tests/missing_headers.rs).
+    let relay = world
+        .relay(&[("SMTP_OAUTH_RELAY__DELIVERY__ADD_MISSING_HEADERS", "false")])
+        .await;
     let addr = relay.local_addr();
     let mailer = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(addr.ip().to_string())
         .port(addr.port())
@@ -60,7 +63,11 @@ async fn lettre_message_arrives_byte_exact_through_xoauth2() {
 async fn raw_dialogs_keep_every_byte() {
     let world = World::start().await;
     let relay = world
-        .relay(&[("SMTP_OAUTH_RELAY__LISTEN__RECEIVED_HEADER", "false")])
+        .relay(&[
+            ("SMTP_OAUTH_RELAY__LISTEN__RECEIVED_HEADER", "false"),
+            // Every byte as sent: no Date or Message-ID added (tests/missing_headers.rs).
+            ("SMTP_OAUTH_RELAY__DELIVERY__ADD_MISSING_HEADERS", "false"),
+        ])
         .await;
     let mut c = RawClient::connect(relay.local_addr()).await;
     c.cmd("EHLO app.example", 250).await;
@@ -137,7 +144,23 @@ async fn twenty_megabyte_message_streams_through_unchanged() {
         .await;
     assert!(r.starts_with("250 "), "{r}");
     let stored = world.wait_for(1).await;
+    // The body (a spool file, read back in pieces) is unchanged; the header block has the
+    // Date and Message-ID it lacked in front (tests/missing_headers.rs).
     let data = strip_received(&stored[0].data);
+    let added = format!("Message-ID: <{}@", support::reply_id(&r));
+    let date_end = data.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+    let mid_end = date_end
+        + data[date_end..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .unwrap()
+        + 2;
+    assert!(data.starts_with(b"Date: "), "Date: added first");
+    assert!(
+        data[date_end..].starts_with(added.as_bytes()),
+        "then {added}"
+    );
+    let data = &data[mid_end..];
     assert_eq!(data.len(), body.len());
     assert!(data == &body[..], "20 MiB body differs");
     relay.shutdown(Duration::from_secs(5)).await;

@@ -15,6 +15,9 @@ use std::path::Path;
 use support::{strip_received, World};
 use tools::{contains, decode_base64, exactly, run_tool, tool_available};
 
+/// The relay adds a missing Date or Message-ID by default; byte-exact tests switch it off.
+const NOTHING_ADDED: (&str, &str) = ("SMTP_OAUTH_RELAY__DELIVERY__ADD_MISSING_HEADERS", "false");
+
 // ---------------------------------------------------------------------------------------
 // Python smtplib
 // ---------------------------------------------------------------------------------------
@@ -53,7 +56,8 @@ async fn python_smtplib_send_message() {
         return;
     }
     let world = World::start().await;
-    let relay = world.relay(&[]).await;
+    // Byte-exact: no Date or Message-ID added (tests/missing_headers.rs).
+    let relay = world.relay(&[NOTHING_ADDED]).await;
     let addr = relay.local_addr();
     let port = addr.port().to_string();
     let host = addr.ip().to_string();
@@ -98,7 +102,8 @@ async fn curl_upload_file_is_stored_byte_exact() {
         return;
     }
     let world = World::start().await;
-    let relay = world.relay(&[]).await;
+    // Byte-exact: no Date or Message-ID added (tests/missing_headers.rs).
+    let relay = world.relay(&[NOTHING_ADDED]).await;
     let addr = relay.local_addr();
 
     let message: &[u8] = b"From: a@b\r\n\

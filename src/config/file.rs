@@ -454,6 +454,10 @@ pub struct DeliveryConfig {
     /// Send a short failure notice, through the same mailbox, when a message accepted with
     /// `250` finally fails (RFC 5321 §6.1). On by default; `false` turns it off.
     pub failure_notice: bool,
+    /// Give a message without `Date:` or `Message-ID:` one when it is sent (`Date:` when
+    /// the relay accepted it, `Message-ID: <our id@listen.hostname>`), so Exchange's message
+    /// trace can find it. On by default; `false` sends messages as the client wrote them.
+    pub add_missing_headers: bool,
 }
 
 impl Default for DeliveryConfig {
@@ -465,6 +469,7 @@ impl Default for DeliveryConfig {
             max_age_secs: 5 * 24 * 3600,
             failed_retention_secs: 7 * 24 * 3600,
             failure_notice: true,
+            add_missing_headers: true,
         }
     }
 }

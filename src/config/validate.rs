@@ -155,6 +155,7 @@ fn validate_delivery(
         max_age: Duration::from_secs(d.max_age_secs),
         failed_retention: Duration::from_secs(d.failed_retention_secs),
         failure_notice: d.failure_notice,
+        add_missing_headers: d.add_missing_headers,
         notice_to,
     })
 }

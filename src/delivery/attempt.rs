@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::rewrite::{header_plan, HeaderPlan, HeaderPolicy};
 use super::settings::{upstream_sender, DeliveryMode};
 use super::state::{facts, Delivery};
 use crate::governor::{split_batches, Permit};
@@ -170,16 +171,18 @@ impl Delivery {
         let direct = self.settings.mode == DeliveryMode::Direct;
         let start_by = direct.then(|| tokio::time::Instant::now() + self.settings.try_now_timeout);
         let mut report = Report::default();
-        let swap = match super::rewrite::header_swap(
-            self.settings.from_rewrite,
-            self.upstream.mailbox(),
-            &self.settings.send_as,
-            &entry.mail_from,
-            body,
-        )
-        .await
-        {
-            Ok(swap) => swap,
+        let additions = self.additions(entry);
+        let policy = HeaderPolicy {
+            from_rewrite: self.settings.from_rewrite,
+            mailbox: self.upstream.mailbox(),
+            send_as: &self.settings.send_as,
+            additions: additions.as_ref(),
+        };
+        let HeaderPlan {
+            swap,
+            from_rewritten,
+        } = match header_plan(&policy, &entry.mail_from, body).await {
+            Ok(plan) => plan,
             Err(e) => {
                 if let Some(permit) = first {
                     permit.refund();
@@ -212,13 +215,14 @@ impl Delivery {
             };
             let msg = OutboundMessage {
                 // A rewritten From: goes with the mailbox as the envelope sender too.
-                mail_from: match &swap {
-                    Some(_) => self.upstream.mailbox().to_string(),
-                    None => upstream_sender(
+                mail_from: if from_rewritten {
+                    self.upstream.mailbox().to_string()
+                } else {
+                    upstream_sender(
                         self.settings.envelope_sender,
                         &entry.mail_from,
                         self.upstream.mailbox(),
-                    ),
+                    )
                 },
                 rcpt_to: batch.to_vec(),
                 size,

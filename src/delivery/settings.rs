@@ -65,6 +65,9 @@ pub struct DeliverySettings {
     /// The account's From rewrite, and the addresses its mailbox may send as.
     pub from_rewrite: FromRewrite,
     pub send_as: Vec<super::route::SenderPattern>,
+    /// Give a message without `Date:` or `Message-ID:` one at send time (on by default;
+    /// Exchange's message trace finds messages by their `Message-ID`).
+    pub add_missing_headers: bool,
 }
 
 /// The upstream `MAIL FROM` (see `account.envelope_sender`). The null sender always becomes

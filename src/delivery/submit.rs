@@ -25,7 +25,11 @@ use crate::upstream::Verdict;
 impl Delivery {
     /// Takes a received message and says what became of it (DESIGN §3).
     pub async fn submit(self: &Arc<Self>, msg: Spooled) -> Submitted {
-        let entry = QueueEntry::from_envelope(&msg.envelope, &self.destination, msg.size);
+        let mut entry = QueueEntry::from_envelope(&msg.envelope, &self.destination, msg.size);
+        // The audit trail names the Message-ID Exchange's trace will show: ours, if we add it.
+        if let Some(added) = self.added_message_id(&entry, &msg.body).await {
+            entry.message_id = Some(added);
+        }
         audit::received(&facts(&entry), self.settings.mode.as_str());
         match self.settings.mode {
             DeliveryMode::Queue => self.submit_queue(msg, entry).await,

@@ -8,11 +8,13 @@
 //!   and encoding (dot-stuffing, terminator).
 //! - [`address`]: what client-given names and addresses may contain.
 //! - [`header`]: the message's header block, read as it streams by.
+//! - [`missing`]: `Date:` and `Message-ID:` for a message that has none.
 //! - [`xoauth2`]: the SASL XOAUTH2 initial response.
 
 pub mod address;
 pub mod data;
 pub mod header;
+pub mod missing;
 pub mod reply;
 pub mod rewrite;
 pub mod xoauth2;

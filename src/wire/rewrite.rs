@@ -38,14 +38,14 @@ pub fn header_block_len(message: &[u8], complete: bool) -> Option<usize> {
 }
 
 /// One header field: its name and its whole raw text (folded lines included).
-struct Field<'a> {
-    name: &'a [u8],
-    raw: &'a [u8],
+pub(super) struct Field<'a> {
+    pub(super) name: &'a [u8],
+    pub(super) raw: &'a [u8],
 }
 
 /// Splits a header block into fields (continuation lines stay with their field). Anything
 /// before the first field or malformed is kept as a field without a name.
-fn fields(block: &[u8]) -> Vec<Field<'_>> {
+pub(super) fn fields(block: &[u8]) -> Vec<Field<'_>> {
     let mut out: Vec<Field<'_>> = Vec::new();
     let mut start = 0;
     while start < block.len() {
@@ -80,8 +80,17 @@ fn fields(block: &[u8]) -> Vec<Field<'_>> {
     out
 }
 
+/// The line end a block uses: CRLF unless it uses bare LF only.
+pub(super) fn eol(block: &[u8]) -> &'static [u8] {
+    if block.windows(2).any(|w| w == b"\r\n") || !block.contains(&b'\n') {
+        b"\r\n"
+    } else {
+        b"\n"
+    }
+}
+
 /// The value of a field: after the colon, unfolded, trimmed.
-fn value(field: &Field<'_>) -> String {
+pub(super) fn value(field: &Field<'_>) -> String {
     let colon = memchr::memchr(b':', field.raw).map_or(field.raw.len(), |c| c + 1);
     let raw = &field.raw[colon..];
     let text = String::from_utf8_lossy(raw);
@@ -126,11 +135,7 @@ fn display_name(from: &str) -> Option<&str> {
 /// A block without `From:` gets one. Line ends follow the block's own (CRLF unless it uses
 /// bare LF). `block` is what [`header_block_len`] measured, blank line included.
 pub fn rewrite_from(block: &[u8], mailbox: &str) -> Vec<u8> {
-    let eol: &[u8] = if block.windows(2).any(|w| w == b"\r\n") || block.is_empty() {
-        b"\r\n"
-    } else {
-        b"\n"
-    };
+    let eol = eol(block);
     let all = fields(block);
     let original = all
         .iter()
