@@ -98,6 +98,41 @@ mod tests {
     }
 
     #[test]
+    fn a_bare_lf_ends_a_line_as_crlf_does() {
+        // Printers and scripts end commands with LF alone, or mix both; a bare CR is no line
+        // end (RFC 5321 §2.3.8), so it stays inside the line for the parser to refuse.
+        let mut f = LineFramer::default();
+        assert_eq!(
+            frame_all(
+                &mut f,
+                b"HELO scanner\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\nDA"
+            ),
+            (
+                vec![
+                    Some(b"HELO scanner\n".to_vec()),
+                    Some(b"MAIL FROM:<a@b>\r\n".to_vec()),
+                    Some(b"RCPT TO:<c@d>\n".to_vec()),
+                ],
+                false
+            )
+        );
+        assert_eq!(
+            frame_all(&mut f, b"TA\nNOOP\rQUIT\n"),
+            (
+                vec![Some(b"DATA\n".to_vec()), Some(b"NOOP\rQUIT\n".to_vec())],
+                false
+            )
+        );
+        assert!(!f.pending());
+        // The cap counts the LF alone the same way: a line of exactly the limit is fine.
+        let mut max = vec![b'a'; MAX_COMMAND_LINE - 1];
+        max.push(b'\n');
+        assert_eq!(frame_all(&mut f, &max).0, vec![Some(max.clone())]);
+        max.insert(0, b'a');
+        assert_eq!(frame_all(&mut f, &max).0, vec![None]);
+    }
+
+    #[test]
     fn framer_joins_partial_lines_and_caps_length() {
         let mut f = LineFramer::default();
         assert_eq!(
