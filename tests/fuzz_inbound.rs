@@ -28,7 +28,7 @@ use smtp_oauth_relay::smtp::reply::Reply;
 use smtp_oauth_relay::smtp::ListenSettings;
 use smtp_oauth_relay::spool::body::Body;
 use smtp_oauth_relay::spool::Spool;
-use smtp_oauth_relay::wire::data::{BodyDecoder, Progress};
+use smtp_oauth_relay::wire::data::{BodyDecoder, Progress, Terminator};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -158,6 +158,13 @@ fn reference_crlf(input: &[u8]) -> Vec<u8> {
 /// LF or CR is text; then bare line ends become CRLF. Returns the body and where the data
 /// ended (`None`: not ended).
 fn reference_body(input: &[u8]) -> (Vec<u8>, Option<usize>) {
+    reference_body_with(input, Terminator::CrlfOnly)
+}
+
+/// As [`reference_body`]; with [`Terminator::AlsoBareLf`] a bare LF ends a line too, so a dot
+/// after it is stuffing and `. LF` at a line start also ends the data.
+fn reference_body_with(input: &[u8], terminator: Terminator) -> (Vec<u8>, Option<usize>) {
+    let bare_lf = terminator == Terminator::AlsoBareLf;
     let mut unstuffed = Vec::new();
     let mut line_start = true;
     let mut i = 0;
@@ -167,12 +174,15 @@ fn reference_body(input: &[u8]) -> (Vec<u8>, Option<usize>) {
             if input[i + 1..].starts_with(b"\r\n") {
                 return (reference_crlf(&unstuffed), Some(i + 3));
             }
+            if bare_lf && input.get(i + 1) == Some(&b'\n') {
+                return (reference_crlf(&unstuffed), Some(i + 2));
+            }
             line_start = false;
             i += 1;
             continue;
         }
         unstuffed.push(b);
-        line_start = b == b'\n' && i > 0 && input[i - 1] == b'\r';
+        line_start = b == b'\n' && (bare_lf || (i > 0 && input[i - 1] == b'\r'));
         i += 1;
     }
     (reference_crlf(&unstuffed), None)
@@ -699,8 +709,8 @@ fn smuggling_seeds_make_one_message_each() {
 // Target 2: the DATA decoder.
 
 /// Decodes `pieces` in order: (body, bytes used, ended, oversized).
-fn decode(pieces: &[&[u8]], max: u64) -> (Vec<u8>, usize, bool, bool) {
-    let mut decoder = BodyDecoder::new(max);
+fn decode(pieces: &[&[u8]], max: u64, terminator: Terminator) -> (Vec<u8>, usize, bool, bool) {
+    let mut decoder = BodyDecoder::with_terminator(max, terminator);
     let mut out = Vec::new();
     let mut used = 0;
     for piece in pieces {
@@ -715,9 +725,14 @@ fn decode(pieces: &[&[u8]], max: u64) -> (Vec<u8>, usize, bool, bool) {
     (out, used, false, decoder.oversized())
 }
 
-fn check_decoder(input: &[u8], pieces: &[&[u8]], max: u64) -> Result<(), String> {
-    let split = decode(pieces, max);
-    let whole = decode(&[input], max);
+fn check_decoder(
+    input: &[u8],
+    pieces: &[&[u8]],
+    max: u64,
+    terminator: Terminator,
+) -> Result<(), String> {
+    let split = decode(pieces, max, terminator);
+    let whole = decode(&[input], max, terminator);
     // Past the limit the bytes kept so far are discarded whatever they are (the module doc):
     // only where it ended and that it was oversized must agree then.
     let comparable = |d: &(Vec<u8>, usize, bool, bool)| (d.3 || d.0 == whole.0, d.1, d.2, d.3);
@@ -725,7 +740,7 @@ fn check_decoder(input: &[u8], pieces: &[&[u8]], max: u64) -> Result<(), String>
         return Err(format!("split {split:?} != whole {whole:?}"));
     }
     let (body, used, done, oversized) = split;
-    let (reference, end) = reference_body(input);
+    let (reference, end) = reference_body_with(input, terminator);
     match end {
         Some(end) => {
             if !done || used != end {
@@ -761,7 +776,7 @@ fn check_decoder(input: &[u8], pieces: &[&[u8]], max: u64) -> Result<(), String>
     Ok(())
 }
 
-fn data_input() -> impl Strategy<Value = (Vec<u8>, Vec<Index>, u64)> {
+fn data_input() -> impl Strategy<Value = (Vec<u8>, Vec<Index>, u64, Terminator)> {
     let byte = prop_oneof![
         8 => prop::sample::select(&b"ab.\r\n"[..]),
         1 => any::<u8>(),
@@ -775,20 +790,22 @@ fn data_input() -> impl Strategy<Value = (Vec<u8>, Vec<Index>, u64)> {
         prop::collection::vec(piece, 0..10).prop_map(|p| p.concat()),
         prop::collection::vec(any::<Index>(), 0..10),
         prop_oneof![3 => Just(u64::MAX), 1 => 0u64..300],
+        prop_oneof![3 => Just(Terminator::CrlfOnly), 1 => Just(Terminator::AlsoBareLf)],
     )
 }
 
 fn fuzz_decoder(cases: u32) {
     runner(cases, "data")
-        .run(&data_input(), |(input, cuts, max)| {
-            check_decoder(&input, &split(&input, &cuts), max).map_err(TestCaseError::fail)
+        .run(&data_input(), |(input, cuts, max, terminator)| {
+            check_decoder(&input, &split(&input, &cuts), max, terminator)
+                .map_err(TestCaseError::fail)
         })
         .unwrap();
 }
 
 #[test]
 fn the_data_decoder_is_split_invariant_and_equals_the_reference() {
-    fuzz_decoder(DEFAULT_CASES * 8);
+    fuzz_decoder(DEFAULT_CASES * 4);
 }
 
 #[test]
@@ -802,12 +819,14 @@ fn data_corpus_decodes_the_same_at_every_split() {
     for (name, input) in corpus("data", "bin") {
         let fail = |e: String| panic!("{name}: {e}");
         for max in [u64::MAX, 16] {
-            check_decoder(&input, &[&input], max).unwrap_or_else(fail);
-            let bytes: Vec<&[u8]> = input.chunks(1).collect();
-            check_decoder(&input, &bytes, max).unwrap_or_else(fail);
-            for at in 0..=input.len() {
-                let (a, b) = input.split_at(at);
-                check_decoder(&input, &[a, b], max).unwrap_or_else(fail);
+            for t in [Terminator::CrlfOnly, Terminator::AlsoBareLf] {
+                check_decoder(&input, &[&input], max, t).unwrap_or_else(fail);
+                let bytes: Vec<&[u8]> = input.chunks(1).collect();
+                check_decoder(&input, &bytes, max, t).unwrap_or_else(fail);
+                for at in 0..=input.len() {
+                    let (a, b) = input.split_at(at);
+                    check_decoder(&input, &[a, b], max, t).unwrap_or_else(fail);
+                }
             }
         }
     }
@@ -837,13 +856,17 @@ fn the_reference_decoder_follows_the_documented_rules() {
         reference_body(b"a\nb\r.\r\n").0,
         b"a\r\nb\r\n.\r\n".to_vec()
     );
+    let lf = |input: &[u8]| reference_body_with(input, Terminator::AlsoBareLf);
+    assert_eq!(lf(b"a\n..b\n.\nX"), (b"a\r\n.b\r\n".to_vec(), Some(8)));
+    assert_eq!(lf(b"a\r.\rb\n").1, None, "a bare CR is still no line end");
 }
 
 // ---------------------------------------------------------------------------------------------
 // Target 3: the line framer.
 
 /// Frames `pieces` as the connection does: complete lines first, then the rest is absorbed.
-fn frame(pieces: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
+/// Returns the lines (`None`: refused as too long) and whether the session was bare-LF only.
+fn frame(pieces: &[&[u8]]) -> (Vec<Option<Vec<u8>>>, bool) {
     let mut framer = LineFramer::default();
     let mut out = Vec::new();
     for piece in pieces {
@@ -860,12 +883,27 @@ fn frame(pieces: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
             out.push(None);
         }
     }
-    out
+    (out, framer.only_bare_lf())
+}
+
+/// Whether every complete line (at least one) of `input` ends in a bare LF.
+fn reference_only_bare_lf(input: &[u8]) -> bool {
+    let mut lines = input
+        .split_inclusive(|&b| b == b'\n')
+        .filter(|l| l.ends_with(b"\n"))
+        .peekable();
+    lines.peek().is_some() && lines.all(|l| !l.ends_with(b"\r\n"))
 }
 
 fn check_framer(input: &[u8], pieces: &[&[u8]]) -> Result<(), String> {
-    let split = frame(pieces);
+    let (split, only_bare_lf) = frame(pieces);
     let reference = reference_lines(input);
+    if only_bare_lf != reference_only_bare_lf(input) {
+        return Err(format!(
+            "only_bare_lf {only_bare_lf} for {:?}",
+            lossy(input)
+        ));
+    }
     if split != reference {
         let show = |v: &[Option<Vec<u8>>]| -> Vec<Option<String>> {
             v.iter().map(|l| l.as_deref().map(lossy)).collect()
@@ -902,7 +940,7 @@ fn fuzz_framer(cases: u32) {
 
 #[test]
 fn the_line_framer_is_split_invariant_and_equals_the_reference() {
-    fuzz_framer(DEFAULT_CASES * 4);
+    fuzz_framer(DEFAULT_CASES * 2);
 }
 
 #[test]
