@@ -14,6 +14,12 @@ pub const MAX_COMMAND_LINE: usize = 4096;
 pub struct LineFramer {
     partial: Vec<u8>,
     skipping: bool,
+    /// The last byte taken into a partial line (or a skipped one): the byte before the LF
+    /// when the LF comes in the next read.
+    last_absorbed: Option<u8>,
+    /// Some line so far ended in CRLF / in a bare LF (see [`LineFramer::only_bare_lf`]).
+    saw_crlf: bool,
+    saw_bare_lf: bool,
 }
 
 /// What the framer found at the front of the input.
@@ -33,6 +39,16 @@ impl LineFramer {
     pub fn next_line<'a>(&mut self, input: &'a [u8]) -> Option<(Framed<'a>, usize)> {
         let nl = memchr::memchr(b'\n', input)?;
         let used = nl + 1;
+        let before_lf = match nl {
+            0 => self.last_absorbed.take(),
+            _ => input.get(nl - 1).copied(),
+        };
+        self.last_absorbed = None;
+        if before_lf == Some(b'\r') {
+            self.saw_crlf = true;
+        } else {
+            self.saw_bare_lf = true;
+        }
         if self.skipping {
             // The refusal was sent when the line passed the limit.
             self.skipping = false;
@@ -53,6 +69,14 @@ impl LineFramer {
         Some((Framed::Line(line), used))
     }
 
+    /// Whether every command line so far (at least one) ended in a bare LF, never in CRLF:
+    /// the session of a client that only knows LF, whose data may end on `LF . LF`
+    /// ([`crate::wire::data::Terminator::AlsoBareLf`]). One CRLF line and it is false for
+    /// good, so a session that uses CRLF keeps the strict `CRLF . CRLF` rule.
+    pub fn only_bare_lf(&self) -> bool {
+        self.saw_bare_lf && !self.saw_crlf
+    }
+
     /// Whether part of a command line has been received (or an over-long one is being
     /// skipped).
     pub fn pending(&self) -> bool {
@@ -63,6 +87,9 @@ impl LineFramer {
     /// true when the partial line just passed the limit: the caller refuses it now and the
     /// rest of it is skipped.
     pub fn absorb(&mut self, input: &[u8]) -> bool {
+        if let Some(&last) = input.last() {
+            self.last_absorbed = Some(last);
+        }
         if self.skipping {
             return false;
         }
@@ -95,6 +122,73 @@ mod tests {
         }
         let overflow = f.absorb(&input[pos..]);
         (out, overflow)
+    }
+
+    #[test]
+    fn a_bare_lf_ends_a_line_as_crlf_does() {
+        // Printers and scripts end commands with LF alone, or mix both; a bare CR is no line
+        // end (RFC 5321 §2.3.8), so it stays inside the line for the parser to refuse.
+        let mut f = LineFramer::default();
+        assert_eq!(
+            frame_all(
+                &mut f,
+                b"HELO scanner\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\nDA"
+            ),
+            (
+                vec![
+                    Some(b"HELO scanner\n".to_vec()),
+                    Some(b"MAIL FROM:<a@b>\r\n".to_vec()),
+                    Some(b"RCPT TO:<c@d>\n".to_vec()),
+                ],
+                false
+            )
+        );
+        assert_eq!(
+            frame_all(&mut f, b"TA\nNOOP\rQUIT\n"),
+            (
+                vec![Some(b"DATA\n".to_vec()), Some(b"NOOP\rQUIT\n".to_vec())],
+                false
+            )
+        );
+        assert!(!f.pending());
+        // The cap counts the LF alone the same way: a line of exactly the limit is fine.
+        let mut max = vec![b'a'; MAX_COMMAND_LINE - 1];
+        max.push(b'\n');
+        assert_eq!(frame_all(&mut f, &max).0, vec![Some(max.clone())]);
+        max.insert(0, b'a');
+        assert_eq!(frame_all(&mut f, &max).0, vec![None]);
+    }
+
+    #[test]
+    fn a_session_is_bare_lf_only_until_its_first_crlf_line() {
+        let mut f = LineFramer::default();
+        assert!(!f.only_bare_lf(), "no line yet");
+        frame_all(&mut f, b"HELO scanner\nMAIL FROM:<a@b>\n");
+        assert!(f.only_bare_lf());
+        // A CR and its LF in different reads are still a CRLF.
+        frame_all(&mut f, b"RCPT TO:<c@d>\r");
+        assert!(f.only_bare_lf(), "the line is not finished");
+        frame_all(&mut f, b"\nDATA\n");
+        assert!(
+            !f.only_bare_lf(),
+            "one CRLF line makes the session a CRLF one"
+        );
+        frame_all(&mut f, b"NOOP\n");
+        assert!(!f.only_bare_lf(), "for good");
+
+        // An over-long line counts by its end too, however it was split.
+        let mut f = LineFramer::default();
+        frame_all(&mut f, &vec![b'z'; MAX_COMMAND_LINE + 1]);
+        frame_all(&mut f, b"zz\n");
+        assert!(f.only_bare_lf());
+        frame_all(&mut f, &vec![b'z'; MAX_COMMAND_LINE + 1]);
+        frame_all(&mut f, b"\r");
+        frame_all(&mut f, b"\n");
+        assert!(!f.only_bare_lf());
+        // A bare CR in the middle of a line is not a CRLF.
+        let mut f = LineFramer::default();
+        frame_all(&mut f, b"NO\rOP\n");
+        assert!(f.only_bare_lf());
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! ([`crate::wire::address::split_path`]: kept exactly as written), `SIZE=` is read here
 //! (any number, however long, compared with the limit; anything else refused), and smtp-proto
 //! reads only the remaining parameters (`BODY=`, `SMTPUTF8`, …) into its flags.
+//!
+//! Lenient where legacy apps need it, as Postfix is by default (`strict_rfc821_envelopes =
+//! no`): any case, spaces around the colon (`MAIL FROM: <a@b>`), a bare LF line end, and a
+//! path without its angle brackets (`MAIL FROM:a@b`, `RCPT TO:b@c`), read up to the first
+//! space outside a quoted local part and checked exactly as a bracketed one.
 
 use std::borrow::Cow;
 
@@ -59,17 +64,60 @@ fn trim_start(b: &[u8]) -> &[u8] {
     &b[n..]
 }
 
+/// A path argument as a legacy client may write it: `<path> params`, or a bare address
+/// without the angle brackets (`a@b params`). Returns the address and the parameters.
+fn path_arg(arg: &[u8]) -> Result<(Cow<'_, str>, &[u8]), PathError> {
+    let arg = trim_start(arg);
+    if arg.first() == Some(&b'<') {
+        let path = split_path(arg)?;
+        return Ok((Cow::Borrowed(path.address), path.params));
+    }
+    let (token, params) = arg.split_at(bare_address_len(arg));
+    // A stray bracket means a mangled `<path>`, not a bare address; and the null path has
+    // to be written `<>`.
+    if token.is_empty() || token.iter().any(|&b| b == b'<' || b == b'>') {
+        return Err(PathError::Syntax);
+    }
+    let mut bracketed = Vec::with_capacity(token.len() + 2);
+    bracketed.push(b'<');
+    bracketed.extend_from_slice(token);
+    bracketed.push(b'>');
+    let path = split_path(&bracketed)?;
+    if path.address.is_empty() {
+        return Err(PathError::Syntax);
+    }
+    Ok((Cow::Owned(path.address.to_owned()), params))
+}
+
+/// Length of a bare address at the start of `arg`: up to the first space or line end that is
+/// not inside a quoted local part.
+fn bare_address_len(arg: &[u8]) -> usize {
+    let mut in_quote = false;
+    let mut i = 0;
+    while let Some(&b) = arg.get(i) {
+        match b {
+            b'\\' if in_quote => i += 1,
+            b'"' => in_quote = !in_quote,
+            b'\r' | b'\n' => return i,
+            b' ' | b'\t' if !in_quote => return i,
+            _ => {}
+        }
+        i += 1;
+    }
+    arg.len()
+}
+
 fn mail(rest: &[u8]) -> Result<Request<Cow<'_, str>>, Refusal> {
     let arg =
         after_keyword(rest, b"FROM").ok_or_else(|| Refusal::Reply(reply::syntax(MAIL_SYNTAX)))?;
-    let path = split_path(arg).map_err(|e| {
+    let (address, params) = path_arg(arg).map_err(|e| {
         Refusal::Reply(match e {
             PathError::Syntax => reply::syntax(MAIL_SYNTAX),
             PathError::NotUtf8 => reply::sender_not_utf8(),
             PathError::BadAddress => reply::bad_sender(),
         })
     })?;
-    let (size, others) = take_size(path.params).map_err(Refusal::Reply)?;
+    let (size, others) = take_size(params).map_err(Refusal::Reply)?;
     let mut iter = others.iter();
     let mut parser = Rfc5321Parser::new(&mut iter);
     parser.stop_char = b' ';
@@ -78,7 +126,7 @@ fn mail(rest: &[u8]) -> Result<Request<Cow<'_, str>>, Refusal> {
         .map_err(Refusal::Parse)?;
     Ok(Request::Mail {
         from: MailFrom {
-            address: Cow::Borrowed(path.address),
+            address,
             flags: parsed.flags,
             size: usize::try_from(size).unwrap_or(usize::MAX),
             ..MailFrom::default()
@@ -89,14 +137,14 @@ fn mail(rest: &[u8]) -> Result<Request<Cow<'_, str>>, Refusal> {
 fn rcpt(rest: &[u8]) -> Result<Request<Cow<'_, str>>, Refusal> {
     let arg =
         after_keyword(rest, b"TO").ok_or_else(|| Refusal::Reply(reply::syntax(RCPT_SYNTAX)))?;
-    let path = split_path(arg).map_err(|e| {
+    let (address, params) = path_arg(arg).map_err(|e| {
         Refusal::Reply(match e {
             PathError::Syntax => reply::syntax(RCPT_SYNTAX),
             PathError::NotUtf8 => reply::recipient_not_utf8(),
             PathError::BadAddress => reply::bad_recipient(),
         })
     })?;
-    let mut iter = path.params.iter();
+    let mut iter = params.iter();
     let mut parser = Rfc5321Parser::new(&mut iter);
     parser.stop_char = b' ';
     let parsed = parser
@@ -104,7 +152,7 @@ fn rcpt(rest: &[u8]) -> Result<Request<Cow<'_, str>>, Refusal> {
         .map_err(Refusal::Parse)?;
     Ok(Request::Rcpt {
         to: RcptTo {
-            address: Cow::Borrowed(path.address),
+            address,
             orcpt: None,
             rrvs: parsed.rrvs,
             flags: parsed.flags,
@@ -221,9 +269,86 @@ mod tests {
         }
     }
 
+    /// The address and parameters read from a RCPT line.
+    fn rcpt_to(line: &[u8]) -> Result<(String, u64), u16> {
+        match parse(line).expect("a RCPT line") {
+            Ok(Request::Rcpt { to }) => Ok((to.address.into_owned(), to.flags)),
+            Ok(other) => panic!("{other:?}"),
+            Err(Refusal::Reply(r)) => Err(r.code),
+            Err(Refusal::Parse(_)) => Err(0),
+        }
+    }
+
+    #[test]
+    fn legacy_client_forms_are_accepted() {
+        let a = |addr: &str| Ok((addr.to_string(), 0, 0));
+        // Any case, a space after the colon (or before it), a bare LF line end.
+        for line in [
+            "mail from:<a@x.example>\r\n",
+            "Mail From: <a@x.example>\r\n",
+            "MAIL FROM : <a@x.example>\r\n",
+            "MAIL FROM:<a@x.example>\n",
+            "mail from: <a@x.example>\n",
+        ] {
+            assert_eq!(mail_from(line), a("a@x.example"), "{line:?}");
+        }
+        // No angle brackets: the address up to the first space, parameters after it.
+        assert_eq!(mail_from("MAIL FROM:a@x.example\r\n"), a("a@x.example"));
+        assert_eq!(mail_from("MAIL FROM: a@x.example\n"), a("a@x.example"));
+        assert_eq!(mail_from("mail from:a@x.example\n"), a("a@x.example"));
+        assert_eq!(
+            mail_from("MAIL FROM:a@x.example SIZE=42 BODY=8BITMIME\r\n"),
+            Ok(("a@x.example".into(), 42, MAIL_BODY_8BITMIME))
+        );
+        assert_eq!(
+            mail_from("MAIL FROM:\"john smith\"@x.example SIZE=7\r\n"),
+            Ok(("\"john smith\"@x.example".into(), 7, 0))
+        );
+        assert_eq!(mail_from("MAIL FROM:postmaster\r\n"), a("postmaster"));
+        for line in [
+            &b"RCPT TO:b@y.example\r\n"[..],
+            b"rcpt to: b@y.example\n",
+            b"RCPT TO:<b@y.example>\n",
+            b"rcpt to : <b@y.example>\r\n",
+        ] {
+            assert_eq!(
+                rcpt_to(line),
+                Ok(("b@y.example".into(), 0)),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        // The bare form is read as strictly as the bracketed one.
+        assert_eq!(rcpt_to(b"RCPT TO:b@y.example FOO=1\r\n"), Err(0));
+        assert_eq!(rcpt_to(b"RCPT TO:b\xf6@y.example\r\n"), Err(501));
+        assert_eq!(rcpt_to(b"RCPT TO:b@y.example SIZE=1\r\n"), Err(0));
+    }
+
+    #[test]
+    fn bare_addresses_that_are_not_addresses_are_refused() {
+        // Nothing, a null path without brackets, a mangled bracket, no domain, bad characters.
+        for line in [
+            "MAIL FROM:\r\n",
+            "MAIL FROM: \n",
+            "MAIL FROM:@\r\n",
+            "MAIL FROM:a@x.example>\r\n",
+            "MAIL FROM:Name <a@x.example>\r\n",
+            "MAIL FROM:a\r\n",
+            "MAIL FROM:a,b@x.example\r\n",
+            "MAIL FROM:a@x.example SIZE=ten\r\n",
+        ] {
+            assert_eq!(mail_from(line), Err(501), "{line:?}");
+        }
+        let r = refusal(b"MAIL FROM:\r\n");
+        assert!(r.to_string().contains("MAIL FROM:<reverse-path>"), "{r}");
+        let r = refusal(b"RCPT TO:x\r\n");
+        assert!(r.to_string().contains("Bad recipient address"), "{r}");
+        let r = refusal(b"RCPT TO:\"open@x.example\r\n");
+        assert!(r.to_string().contains("RCPT TO:<forward-path>"), "{r}");
+    }
+
     #[test]
     fn refusals_name_the_problem() {
-        assert_eq!(mail_from("MAIL FROM:a@x\r\n"), Err(501));
         assert_eq!(mail_from("MAIL TO:<a@x>\r\n"), Err(501));
         assert_eq!(mail_from("MAIL FROM:<a>\r\n"), Err(501));
         let r = refusal(b"MAIL FROM:<j\xf6rg@x>\r\n");

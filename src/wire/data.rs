@@ -9,6 +9,12 @@
 //! attempts stay inside the body), and a leading dot is removed only at the start of a line
 //! that followed a CRLF (or the start of the body).
 //!
+//! One exception, for the simplest printers and scripts, which end every line with a bare LF
+//! (`DATA<LF>…<LF>.<LF>`): a decoder made with [`Terminator::AlsoBareLf`] also takes a bare
+//! LF as a line end, so a dot after it is stuffing and `LF . LF` ends the data too. Its
+//! caller must choose it only for a session whose every command line ended in a bare LF;
+//! in a session that uses CRLF only `CRLF . CRLF` ends the data, whatever follows.
+//!
 //! Around it: bare LF and bare CR are normalised to CRLF (Exchange rejects bare line feeds
 //! with `554 5.6.0`, reference §4.1), and the size limit is enforced on the decoded bytes;
 //! beyond it, the rest of the body is read and discarded so the session can answer
@@ -96,10 +102,21 @@ enum State {
     Cr,
 }
 
+/// Which line ends can end the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Terminator {
+    /// Only `CRLF . CRLF` (RFC 5321): a dot after a bare LF or CR is body text.
+    CrlfOnly,
+    /// A bare LF ends a line too, so `LF . LF` (and `LF . CRLF`) ends the data: only for a
+    /// session whose every command line ended in a bare LF.
+    AlsoBareLf,
+}
+
 /// Decodes one message body. Feed it the bytes after `354`; it appends the decoded,
 /// normalised body to the caller's buffer (to be flushed to the spool file).
 pub struct BodyDecoder {
     state: State,
+    terminator: Terminator,
     unstuffed: Vec<u8>,
     normaliser: CrlfNormaliser,
     size: u64,
@@ -108,9 +125,16 @@ pub struct BodyDecoder {
 }
 
 impl BodyDecoder {
+    /// A decoder for which only `CRLF . CRLF` ends the data.
     pub fn new(max_size: u64) -> Self {
+        Self::with_terminator(max_size, Terminator::CrlfOnly)
+    }
+
+    /// A decoder with the given end-of-data rule (see [`Terminator`]).
+    pub fn with_terminator(max_size: u64, terminator: Terminator) -> Self {
         BodyDecoder {
             state: State::LineStart,
+            terminator,
             // One read's worth at a time, freed after each (see `ingest`).
             unstuffed: Vec::new(),
             normaliser: CrlfNormaliser::default(),
@@ -151,6 +175,7 @@ impl BodyDecoder {
     /// Runs the state machine over `bytes`, writing unstuffed body bytes to `self.unstuffed`.
     /// Returns how many bytes were used and whether the terminator was seen.
     fn unstuff(&mut self, bytes: &[u8]) -> (usize, bool) {
+        let bare_lf_ends_lines = self.terminator == Terminator::AlsoBareLf;
         let mut i = 0;
         while i < bytes.len() {
             if self.state == State::Mid {
@@ -172,12 +197,17 @@ impl BodyDecoder {
                 (State::LineStart, b'.') => State::Dot,
                 (State::Dot, b'\r') => State::DotCr,
                 (State::DotCr, b'\n') => return (i, true),
+                (State::Dot, b'\n') if bare_lf_ends_lines => return (i, true),
                 (State::DotCr, _) => {
                     // `.` CR x: the dot was stuffing; the CR is body text.
                     self.unstuffed.push(b'\r');
                     self.after(b)
                 }
                 (State::Cr, b'\n') => {
+                    self.unstuffed.push(b);
+                    State::LineStart
+                }
+                (_, b'\n') if bare_lf_ends_lines => {
                     self.unstuffed.push(b);
                     State::LineStart
                 }
@@ -363,7 +393,16 @@ mod tests {
 
     /// Decodes `wire` fed in chunks of `chunk` bytes; returns (body, rest after the end).
     fn decode(wire: &[u8], chunk: usize, max: u64) -> (Vec<u8>, Vec<u8>, bool) {
-        let mut d = BodyDecoder::new(max);
+        decode_with(wire, chunk, max, Terminator::CrlfOnly)
+    }
+
+    fn decode_with(
+        wire: &[u8],
+        chunk: usize,
+        max: u64,
+        terminator: Terminator,
+    ) -> (Vec<u8>, Vec<u8>, bool) {
+        let mut d = BodyDecoder::with_terminator(max, terminator);
         let mut out = Vec::new();
         for (n, piece) in wire.chunks(chunk).enumerate() {
             let mut iter = piece.iter();
@@ -444,6 +483,42 @@ mod tests {
         // `.` followed by LF, or by text, at a line start: stuffing, not an end.
         let (body, _) = decode_all_splits(b"a\r\n.\nb\r\n.x\r\n.\r\n");
         assert_eq!(body, b"a\r\n\r\nb\r\nx\r\n");
+    }
+
+    /// As [`decode_all_splits`], for a session of bare LF line ends.
+    fn decode_lf_session(wire: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let whole = decode_with(wire, wire.len(), u64::MAX, Terminator::AlsoBareLf);
+        for chunk in 1..wire.len().min(12) {
+            let split = decode_with(wire, chunk, u64::MAX, Terminator::AlsoBareLf);
+            assert_eq!((&split.0, &split.1), (&whole.0, &whole.1), "chunk {chunk}");
+        }
+        (whole.0, whole.1)
+    }
+
+    #[test]
+    fn in_a_bare_lf_session_lf_dot_lf_ends_the_data_and_dots_are_unstuffed() {
+        let (body, rest) = decode_lf_session(b"Subject: scan\n\n..dot\npage\n.\nQUIT\n");
+        assert_eq!(body, b"Subject: scan\r\n\r\n.dot\r\npage\r\n");
+        assert_eq!(rest, b"QUIT\n");
+        // CRLF still works, and so does a mix; the very first line may be the end.
+        let (body, rest) = decode_lf_session(b"a\r\nb\n.\r\nNOOP\n");
+        assert_eq!((&body[..], &rest[..]), (&b"a\r\nb\r\n"[..], &b"NOOP\n"[..]));
+        let (body, rest) = decode_lf_session(b".\nNOOP\n");
+        assert_eq!((&body[..], &rest[..]), (&b""[..], &b"NOOP\n"[..]));
+        // A bare CR is still no line end: `CR . CR` and `CR . LF` are text.
+        let (body, _) = decode_lf_session(b"a\r.\rb\r.\nc\n.\n");
+        assert_eq!(body, b"a\r\n.\r\nb\r\n.\r\nc\r\n");
+        // `.x` at a line start is stuffing, `..` a dot.
+        let (body, _) = decode_lf_session(b".x\n..\n.\n");
+        assert_eq!(body, b"x\r\n.\r\n");
+    }
+
+    #[test]
+    fn the_bare_lf_rule_is_off_unless_asked_for() {
+        // The same bytes in a CRLF session: LF . LF is body text, the data goes on.
+        let (body, rest) = decode_all_splits(b"page\n.\nMAIL FROM:<evil@x>\r\n.\r\nQUIT\r\n");
+        assert_eq!(body, b"page\r\n.\r\nMAIL FROM:<evil@x>\r\n");
+        assert_eq!(rest, b"QUIT\r\n");
     }
 
     #[test]
