@@ -57,8 +57,13 @@ async fn start() -> (World, Relay) {
             .collect();
     })
     .await;
+    // Byte-exact checks: the Date and Message-ID the relay adds when missing are switched
+    // off here (tests/missing_headers.rs covers them).
     let relay = world
-        .relay(&[("SMTP_OAUTH_RELAY__ACCOUNT__ENVELOPE_SENDER", "client")])
+        .relay(&[
+            ("SMTP_OAUTH_RELAY__ACCOUNT__ENVELOPE_SENDER", "client"),
+            ("SMTP_OAUTH_RELAY__DELIVERY__ADD_MISSING_HEADERS", "false"),
+        ])
         .await;
     (world, relay)
 }

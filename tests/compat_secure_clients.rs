@@ -88,13 +88,12 @@ impl Secured {
             cert.key.display().to_string(),
         );
         let users = users.display().to_string();
-        // A port free a moment ago, not `127.0.0.1:0`: beside a `listen.address` of
-        // `127.0.0.1:0` the relay refuses that as "listen.address already", although port 0
-        // gives each listener a port of its own.
-        let implicit = child::free_addr().to_string();
+        let implicit = "127.0.0.1:0".to_string();
         let relay = world
             .relay(&[
                 ("SMTP_OAUTH_RELAY__ACCOUNT__ENVELOPE_SENDER", "client"),
+                // Byte-exact checks: no Date/Message-ID added (tests/missing_headers.rs).
+                ("SMTP_OAUTH_RELAY__DELIVERY__ADD_MISSING_HEADERS", "false"),
                 ("SMTP_OAUTH_RELAY_INBOUND_TLS_CERT_FILE", &cert_file),
                 ("SMTP_OAUTH_RELAY_INBOUND_TLS_KEY_FILE", &key_file),
                 ("SMTP_OAUTH_RELAY_USERS_FILE", &users),

@@ -435,6 +435,22 @@ fn data_starts(input: &[u8]) -> Vec<usize> {
 /// `250` per message handed on (with its id, in order), and each message exactly what the
 /// reference decoder makes of the bytes after some `DATA`, the next one starting after the
 /// end of the last; so no message was ever ended by anything but `CRLF.CRLF`.
+/// The end-of-data rules a session may be under after `before`: CRLF only once any line
+/// ended in CRLF; LF . LF too while every line ended in a bare LF. (The framer sees command
+/// lines only, not bodies, so where both kinds appear either rule is accepted here.)
+fn terminators_before(before: &[u8]) -> Vec<Terminator> {
+    let crlf = before.windows(2).any(|w| w == b"\r\n");
+    let bare_lf = before
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || before[i - 1] != b'\r'));
+    match (crlf, bare_lf) {
+        (_, false) => vec![Terminator::CrlfOnly],
+        (false, true) => vec![Terminator::AlsoBareLf],
+        (true, true) => vec![Terminator::CrlfOnly, Terminator::AlsoBareLf],
+    }
+}
+
 fn check_session(spool: &Spool, input: &[u8], pieces: &[&[u8]]) -> Result<(), String> {
     let chunks = pieces.iter().map(|p| p.to_vec()).collect();
     let session = run_session(spool, chunks)?;
@@ -467,10 +483,12 @@ fn check_session(spool: &Spool, input: &[u8], pieces: &[&[u8]]) -> Result<(), St
     let mut from = 0;
     for (n, (_, body)) in session.submitted.iter().enumerate() {
         let found = starts.iter().filter(|&&s| s >= from).find_map(|&s| {
-            match reference_body(&input[s..]) {
-                (reference, Some(end)) if &reference == body => Some(s + end),
-                _ => None,
-            }
+            terminators_before(&input[..s]).iter().find_map(|&t| {
+                match reference_body_with(&input[s..], t) {
+                    (reference, Some(end)) if &reference == body => Some(s + end),
+                    _ => None,
+                }
+            })
         });
         match found {
             Some(end) => from = end,

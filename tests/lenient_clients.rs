@@ -165,7 +165,6 @@ async fn a_client_that_closes_without_quit_keeps_its_mail_and_the_relay_serves_o
 /// timeout. Letting `LF . LF` end the data only in a session whose every line so far ended in
 /// a bare LF needs the connection to tell the decoder so (issue 13 report).
 #[tokio::test]
-#[ignore = "needs LF-only sessions to end DATA on LF.LF: a connection.rs change (issue 13)"]
 async fn a_session_of_bare_lf_only_may_end_its_data_with_lf_dot_lf() {
     let world = World::start().await;
     let relay = relay(&world).await;

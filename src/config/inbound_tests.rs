@@ -261,10 +261,14 @@ fn routes_name_users_the_file_knows() {
         Some(0)
     );
     write("scanner", true);
-    let e = load_file().err().expect("unknown user refused");
+    let Err(e) = load_file() else {
+        panic!("unknown user refused")
+    };
     assert_eq!(e.key, "route[1].users");
     assert!(e.message.contains("`scanner` is not a user"), "{e}");
     write("printer", false);
-    let e = load_file().err().expect("users without AUTH refused");
+    let Err(e) = load_file() else {
+        panic!("users without AUTH refused")
+    };
     assert!(e.message.contains("needs inbound AUTH"), "{e}");
 }

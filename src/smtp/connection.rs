@@ -27,6 +27,7 @@ use super::message::{self, DataEnd};
 use super::reply;
 use super::session::{Action, Session, SessionConfig, Transaction};
 use super::stream::Stream;
+use crate::wire::data::Terminator;
 use smtp_proto::Request;
 
 /// How long a last reply before closing (421, 221 after errors) may take to write.
@@ -259,6 +260,13 @@ where
                 continue;
             }
             Next::Data(transaction) => {
+                // A client that has sent only bare-LF lines may end its data with LF . LF;
+                // one CRLF line and only CRLF . CRLF ends it (no smuggling).
+                session.set_data_terminator(if lines.only_bare_lf() {
+                    Terminator::AlsoBareLf
+                } else {
+                    Terminator::CrlfOnly
+                });
                 let end = message::receive(
                     &mut socket,
                     &mut input,

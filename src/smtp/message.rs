@@ -55,7 +55,8 @@ where
         sink.write(header.as_bytes()).await;
         header_len = header.len() as u64;
     }
-    let mut decoder = BodyDecoder::new(listen.max_message_size);
+    let mut decoder =
+        BodyDecoder::with_terminator(listen.max_message_size, session.data_terminator());
     let mut sniffer = MessageIdSniffer::new();
     let mut received = 0u64;
     loop {

@@ -21,6 +21,7 @@ use super::mail_rcpt::Refusal;
 use super::reply::{self, Reply};
 use crate::delivery::route::SenderPattern;
 use crate::wire::address::{clean_host_name, is_safe_address};
+use crate::wire::data::Terminator;
 
 /// Limits and names a session needs; shared by all sessions of a listener.
 #[derive(Debug, Clone)]
@@ -99,6 +100,8 @@ pub struct Session {
     transaction: Option<Transaction>,
     tls: bool,
     user: Option<Authenticated>,
+    /// What ends the next DATA (set by the driver, which sees how lines end).
+    data_terminator: Terminator,
 }
 
 impl Session {
@@ -111,7 +114,18 @@ impl Session {
             transaction: None,
             tls: false,
             user: None,
+            data_terminator: Terminator::CrlfOnly,
         }
+    }
+
+    /// What ends the data of the next message: `CRLF . CRLF`, or for a client that has sent
+    /// only bare-LF lines, `LF . LF` too.
+    pub fn set_data_terminator(&mut self, terminator: Terminator) {
+        self.data_terminator = terminator;
+    }
+
+    pub fn data_terminator(&self) -> Terminator {
+        self.data_terminator
     }
 
     /// The TLS handshake succeeded: the session starts over (RFC 3207 §4.2), now in TLS.
