@@ -50,7 +50,8 @@ pub(super) fn validate_door(
         None => None,
         Some(a) => {
             let a = socket_address(a, 465).map_err(|m| err("implicit_tls_address", m))?;
-            if a == address {
+            // Port 0 on both: two ephemeral ports, never the same one.
+            if a == address && a.port() != 0 {
                 return Err(err(
                     "implicit_tls_address",
                     format!("{a} is listen.address already: give the TLS port its own port (465 is usual)"),
@@ -243,4 +244,33 @@ pub(super) fn check_route_users(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn door(address: &str, implicit: &str) -> Result<Door, ConfigError> {
+        let l = ListenConfig {
+            address: address.into(),
+            implicit_tls_address: Some(implicit.into()),
+            tls_self_signed: true,
+            ..ListenConfig::default()
+        };
+        validate_door(&l, address.parse().unwrap(), "relay.test")
+    }
+
+    #[test]
+    fn the_implicit_tls_port_needs_its_own_port_but_two_ephemeral_ports_are_two() {
+        let e = door("127.0.0.1:2525", "127.0.0.1:2525")
+            .err()
+            .expect("refused");
+        assert_eq!(e.key, "listen.implicit_tls_address");
+        assert!(e.message.contains("its own port"), "{}", e.message);
+        let d = door("127.0.0.1:0", "127.0.0.1:0")
+            .ok()
+            .expect("port 0 twice is allowed");
+        assert_eq!(d.implicit_tls_address, Some("127.0.0.1:0".parse().unwrap()));
+        assert!(door("127.0.0.1:2525", "127.0.0.1:4650").is_ok());
+    }
 }
