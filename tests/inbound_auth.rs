@@ -568,3 +568,42 @@ async fn passwords_never_reach_the_log_even_at_trace_level() {
     let ok = log.lines().find(|l| l.contains("AUTH succeeded")).unwrap();
     assert!(ok.contains("printer"), "{ok}");
 }
+
+#[tokio::test]
+async fn reloading_the_users_file_takes_new_passwords_and_keeps_the_old_users_on_a_mistake() {
+    let d = Door::new().await;
+    let relay = d
+        .relay(&[("SMTP_OAUTH_RELAY_LISTEN_TLS", "127.0.0.1:0")])
+        .await;
+    let login = |user: &str, pw: &str| format!("AUTH PLAIN {}", plain_blob(user, pw));
+    // New passwords and a new user, written over the same file; then SIGHUP's reload.
+    write_users(
+        d.world.dir.path(),
+        &[("printer", "rotated-pass", ""), ("newbie", GOOD, "")],
+    );
+    let lines = relay.reload_inbound();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.as_ref().is_ok_and(|t| t.contains("2 users"))),
+        "{lines:?}"
+    );
+    // On the implicit-TLS port this time.
+    let mut c = door::implicit(relay.tls_addr().unwrap(), &d.connector()).await;
+    c.cmd("EHLO client.example", 250).await;
+    c.cmd(&login("printer", GOOD), 535).await;
+    c.cmd(&login("printer", "rotated-pass"), 235).await;
+    let mut n = tls_session(&d, &relay).await;
+    n.cmd(&login("newbie", GOOD), 235).await;
+    // A plain-text password by mistake: the file is refused without echoing it.
+    std::fs::write(d.pairs[2].1.as_str(), "printer:hunter2-in-the-clear\n").unwrap();
+    let lines = relay.reload_inbound();
+    let err = lines
+        .iter()
+        .find_map(|l| l.as_ref().err())
+        .expect("an error line");
+    assert!(err.contains("keeping the users read before"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    let mut c = tls_session(&d, &relay).await;
+    c.cmd(&login("printer", "rotated-pass"), 235).await;
+}
