@@ -267,9 +267,9 @@ mod tests {
             .expect("refused");
         assert_eq!(e.key, "listen.implicit_tls_address");
         assert!(e.message.contains("its own port"), "{}", e.message);
-        let d = door("127.0.0.1:0", "127.0.0.1:0")
-            .ok()
-            .expect("port 0 twice is allowed");
+        let Ok(d) = door("127.0.0.1:0", "127.0.0.1:0") else {
+            panic!("port 0 twice is allowed");
+        };
         assert_eq!(d.implicit_tls_address, Some("127.0.0.1:0".parse().unwrap()));
         assert!(door("127.0.0.1:2525", "127.0.0.1:4650").is_ok());
     }
