@@ -1,5 +1,6 @@
 //! Addresses in the configuration, parsed without I/O: authorities (and the tenant a
-//! Jama-style one names), `host:port`, and an upstream's settings for one address.
+//! Jama-style one names), `host:port`, addresses to listen on, and an upstream's settings for
+//! one address.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -112,4 +113,30 @@ pub(super) fn is_plain_address(a: &str) -> bool {
     a.split_once('@')
         .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !d.contains('@'))
         && !a.contains(|c: char| c.is_whitespace() || c.is_control() || "<>".contains(c))
+}
+
+/// A listening address: an IP address and port, or `localhost:PORT` (loopback, 127.0.0.1).
+/// No other name is looked up: a name can resolve to an address nobody meant to expose.
+/// The error says exactly what to type, with `port` as the example's port.
+pub fn socket_address(text: &str, port: u16) -> Result<SocketAddr, String> {
+    let v = text.trim();
+    if let Ok(addr) = v.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Some((host, p)) = v.rsplit_once(':') {
+        if host.eq_ignore_ascii_case("localhost") {
+            if let Ok(p) = p.parse::<u16>() {
+                return Ok(SocketAddr::from(([127, 0, 0, 1], p)));
+            }
+        }
+    }
+    let hint = if v.parse::<u16>().is_ok() {
+        format!("a port alone is not enough: write 127.0.0.1:{v}")
+    } else {
+        format!(
+            "write an IP address and port: 127.0.0.1:{port} or localhost:{port} (this machine \
+             only), 0.0.0.0:{port} (every IPv4 interface), [::]:{port} (every interface)"
+        )
+    };
+    Err(format!("`{v}` is not an address to listen on; {hint}"))
 }

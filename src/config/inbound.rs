@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::validate::socket_address;
+use super::address::socket_address;
 use super::{ConfigError, ListenConfig, RouteConfig};
 use crate::smtp::auth::{InboundAuth, UsersFile};
 use crate::smtp::auth_limit::AuthLimiter;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use rustls_pki_types::{CertificateDer, ServerName};
 
 use super::account::{validate_accounts, ValidLane};
+use super::address::socket_address;
 pub use super::address::{split_authority, split_host_port};
 use super::file::{
     AdminConfig, Config, ConfigError, DeliveryConfig, GovernorConfig, ListenConfig, NoticeConfig,
@@ -118,32 +119,6 @@ pub fn validate_admin(a: &AdminConfig) -> Result<Option<SocketAddr>, ConfigError
     socket_address(v, 9325)
         .map(Some)
         .map_err(|m| ConfigError::new("admin.listen", format!("{m}, or `off`")))
-}
-
-/// A listening address: an IP address and port, or `localhost:PORT` (loopback, 127.0.0.1).
-/// No other name is looked up: a name can resolve to an address nobody meant to expose.
-/// The error says exactly what to type, with `port` as the example's port.
-pub fn socket_address(text: &str, port: u16) -> Result<SocketAddr, String> {
-    let v = text.trim();
-    if let Ok(addr) = v.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    if let Some((host, p)) = v.rsplit_once(':') {
-        if host.eq_ignore_ascii_case("localhost") {
-            if let Ok(p) = p.parse::<u16>() {
-                return Ok(SocketAddr::from(([127, 0, 0, 1], p)));
-            }
-        }
-    }
-    let hint = if v.parse::<u16>().is_ok() {
-        format!("a port alone is not enough: write 127.0.0.1:{v}")
-    } else {
-        format!(
-            "write an IP address and port: 127.0.0.1:{port} or localhost:{port} (this machine \
-             only), 0.0.0.0:{port} (every IPv4 interface), [::]:{port} (every interface)"
-        )
-    };
-    Err(format!("`{v}` is not an address to listen on; {hint}"))
 }
 
 fn validate_delivery(
