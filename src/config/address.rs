@@ -1,5 +1,6 @@
 //! Addresses in the configuration, parsed without I/O: authorities (and the tenant a
-//! Jama-style one names), `host:port`, and an upstream's settings for one address.
+//! Jama-style one names), `host:port`, addresses to listen on, and an upstream's settings for
+//! one address.
 
 use std::net::{IpAddr, SocketAddr};
 

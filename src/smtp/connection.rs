@@ -94,8 +94,22 @@ where
         },
         peer,
     );
+    let timeouts = Timeouts {
+        command: listen.command_timeout,
+        data: listen.data_timeout,
+        stress: listen.stress_timeout,
+        session_end: Instant::now() + listen.max_session,
+        max_message_size: listen.max_message_size,
+    };
     if door == Door::ImplicitTls {
-        if !start_tls(&mut socket, ctx, peer).await {
+        if !start_tls(
+            &mut socket,
+            ctx,
+            peer,
+            timeouts.write_limit(slot.stressed()),
+        )
+        .await
+        {
             return Ok(());
         }
         session.tls_started();
@@ -105,13 +119,6 @@ where
         let bye = reply::auth_paused(&listen.hostname, wait).to_bytes();
         return send(&mut socket, &bye, FAREWELL_TIMEOUT, None).await;
     }
-    let timeouts = Timeouts {
-        command: listen.command_timeout,
-        data: listen.data_timeout,
-        stress: listen.stress_timeout,
-        session_end: Instant::now() + listen.max_session,
-        max_message_size: listen.max_message_size,
-    };
     let mut budget = Budget::new(listen.max_junk_commands, listen.max_messages_per_session);
     let mut out = session.greeting().to_bytes();
     let mut lines = LineFramer::default();
@@ -237,7 +244,8 @@ where
                 // read it as if it came inside TLS (CVE-2011-0411, "STARTTLS injection").
                 input.clear();
                 lines = LineFramer::default();
-                if !start_tls(&mut socket, ctx, peer).await {
+                let limit = timeouts.write_limit(slot.stressed());
+                if !start_tls(&mut socket, ctx, peer, limit).await {
                     return Ok(());
                 }
                 session.tls_started();
@@ -380,9 +388,15 @@ async fn send<S: AsyncWrite + Unpin>(
     result.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
-/// The TLS handshake, bounded by the command timeout. `false`: it failed (logged), and the
-/// connection is over.
-async fn start_tls<S, D>(socket: &mut Stream<S>, ctx: &Context<D>, peer: SocketAddr) -> bool
+/// The TLS handshake, bounded by `limit`: the command timeout, or the stress timeout while
+/// the listener is under stress (a client that never says its ClientHello must not hold a
+/// slot longer than an idle one). `false`: it failed (logged), and the connection is over.
+async fn start_tls<S, D>(
+    socket: &mut Stream<S>,
+    ctx: &Context<D>,
+    peer: SocketAddr,
+    limit: Duration,
+) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin,
     D: Deliver,
@@ -390,8 +404,7 @@ where
     let Some(tls) = ctx.listen.tls.as_ref() else {
         return false;
     };
-    let handshake =
-        tokio::time::timeout(ctx.listen.command_timeout, socket.start_tls(tls.acceptor()));
+    let handshake = tokio::time::timeout(limit, socket.start_tls(tls.acceptor()));
     let result = tokio::select! {
         r = handshake => r,
         _ = ctx.shutdown.cancelled() => return false,
@@ -500,10 +513,21 @@ mod tests {
 
     /// As [`connect`], taking a slot from `slots` (shared with other connections).
     fn connect_to(peer: &str, buffer: usize, slots: &Arc<Slots>) -> Client {
+        connect_door(peer, buffer, slots, settings(), Door::Plain)
+    }
+
+    /// As [`connect_to`], with these settings, through this door.
+    fn connect_door(
+        peer: &str,
+        buffer: usize,
+        slots: &Arc<Slots>,
+        listen: ListenSettings,
+        door: Door,
+    ) -> Client {
         let dir = tempfile::tempdir().unwrap();
         let (spool, _) = Spool::open(dir.path()).unwrap();
         let ctx = Arc::new(Context {
-            listen: settings(),
+            listen,
             deliver: Arc::new(Counting::default()),
             spool,
             shutdown: CancellationToken::new(),
@@ -513,7 +537,7 @@ mod tests {
         let slot = slots.enter(peer.ip());
         let server = tokio::spawn({
             let ctx = ctx.clone();
-            async move { serve(server_end, peer, &ctx, &slot).await }
+            async move { serve_at(server_end, peer, &ctx, &slot, door).await }
         });
         Client {
             io,
@@ -852,6 +876,53 @@ mod tests {
         c.send(b"MAIL FROM:<a@x>\r\n").await;
         assert_eq!(c.expect(421).await.status(), Some("4.7.0"));
         assert_eq!(c.submitted(), 3);
+    }
+
+    /// Settings with a self-signed certificate: STARTTLS and the implicit-TLS door work.
+    fn tls_settings() -> ListenSettings {
+        ListenSettings {
+            tls: Some(Arc::new(
+                crate::smtp::tls::InboundTls::self_signed("relay.test").unwrap(),
+            )),
+            ..settings()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tls_handshake_that_never_comes_gets_the_command_timeout() {
+        for door in [Door::ImplicitTls, Door::Plain] {
+            let mut c = connect_door(
+                "127.0.0.1:4000",
+                64 * 1024,
+                &Slots::new(10, 2),
+                tls_settings(),
+                door,
+            );
+            if door == Door::Plain {
+                c.expect(220).await;
+                c.send(b"STARTTLS\r\n").await;
+                c.expect(220).await;
+            }
+            let start = Instant::now();
+            (&mut c.server).await.unwrap().unwrap();
+            assert_eq!(start.elapsed(), COMMAND_TIMEOUT, "{door:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_stress_a_tls_handshake_that_never_comes_loses_its_slot() {
+        for door in [Door::ImplicitTls, Door::Plain] {
+            let (slots, _held) = crowded();
+            let mut c = connect_door("127.0.0.1:4000", 64 * 1024, &slots, tls_settings(), door);
+            if door == Door::Plain {
+                c.expect(220).await;
+                c.send(b"STARTTLS\r\n").await;
+                c.expect(220).await;
+            }
+            let start = Instant::now();
+            (&mut c.server).await.unwrap().unwrap();
+            assert_eq!(start.elapsed(), STRESS_TIMEOUT, "{door:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

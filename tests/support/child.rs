@@ -144,6 +144,17 @@ impl RelayChild {
         assert!(status.success(), "kill -TERM failed: {status}");
     }
 
+    /// Sends SIGHUP (re-read certificate, users and credential files) with `kill`.
+    pub async fn sighup(&self) {
+        let pid = self.pid().to_string();
+        let status =
+            tokio::task::spawn_blocking(move || Command::new("kill").arg("-HUP").arg(pid).status())
+                .await
+                .expect("join")
+                .expect("run kill");
+        assert!(status.success(), "kill -HUP failed: {status}");
+    }
+
     /// Waits at most `limit` for the process to end; kills it and panics otherwise.
     pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let deadline = tokio::time::Instant::now() + limit;
