@@ -160,11 +160,13 @@ async fn auth_is_offered_only_inside_tls_and_plain_and_login_log_in() {
 #[tokio::test]
 async fn too_many_failures_close_the_session_and_pause_the_address() {
     let d = Door::new().await;
+    // Where AUTH is required, a paused address gets no session at all.
     let relay = d
         .relay(&[
             (MAX_FAILURES, "2"),
             (PAUSE, "30"),
             ("SMTP_OAUTH_RELAY_LISTEN_TLS", "127.0.0.1:0"),
+            ("SMTP_OAUTH_RELAY_REQUIRE_AUTH", "true"),
         ])
         .await;
     // A session opened before the pause begins.
@@ -209,11 +211,34 @@ async fn too_many_failures_close_the_session_and_pause_the_address() {
 
     // The session opened before: even the right password is not checked during the pause.
     let r = early
-        .cmd(&format!("AUTH PLAIN {}", plain_blob("printer", GOOD)), 421)
+        .cmd(&format!("AUTH PLAIN {}", plain_blob("printer", GOOD)), 454)
         .await;
-    assert!(r.contains("4.7.0"), "{r}");
-    assert!(early.reply().await.starts_with("EOF"));
+    assert!(r.contains("4.7.0") && r.contains("try again"), "{r}");
+    early.cmd("MAIL FROM:<app@example.com>", 530).await;
     assert!(d.world.sandbox.messages().is_empty());
+}
+
+#[tokio::test]
+async fn where_auth_is_optional_a_paused_address_still_sends_without_logging_in() {
+    let d = Door::new().await;
+    let relay = d.relay(&[(MAX_FAILURES, "1"), (PAUSE, "30")]).await;
+    let mut c = tls_session(&d, &relay).await;
+    let login = |pw: &str| format!("AUTH PLAIN {}", plain_blob("printer", pw));
+    c.cmd(&login("guess"), 535).await;
+    c.cmd(&login("guess"), 421).await;
+    // Another app at the same address (loopback here) that never logs in keeps working.
+    let mut app = tls_session(&d, &relay).await;
+    let r = app.cmd(&login(GOOD), 454).await;
+    assert!(r.contains("4.7.0"), "only AUTH is refused: {r}");
+    let r = app
+        .send_mail(
+            "app@example.com",
+            &["desk@example.com"],
+            &door::message("no login"),
+        )
+        .await;
+    assert!(r.starts_with("250"), "{r}");
+    d.world.wait_for(1).await;
 }
 
 #[tokio::test]
@@ -224,10 +249,9 @@ async fn after_the_pause_the_right_password_logs_in() {
     let login = |pw: &str| format!("AUTH PLAIN {}", plain_blob("printer", pw));
     c.cmd(&login("guess"), 535).await;
     c.cmd(&login("guess"), 421).await;
-    let r = Smtp::new(TcpStream::connect(relay.local_addr()).await.unwrap())
-        .reply()
-        .await;
-    assert!(r.starts_with("421"), "still paused: {r}");
+    let mut early = tls_session(&d, &relay).await;
+    let r = early.cmd(&login(GOOD), 454).await;
+    assert!(r.contains("4.7.0"), "still paused: {r}");
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let mut c = tls_session(&d, &relay).await;
     c.cmd(&login(GOOD), 235).await;

@@ -77,8 +77,12 @@ fn env_at(world: &World, listen: &str) -> Vec<(String, String)> {
 }
 
 /// A relay in front of the world's sandbox, and the environment that points sendmail at it.
+/// Byte-exact checks: the relay's own Date/Message-ID additions are off here
+/// (tests/missing_headers.rs and the PHP case of compat_secure_clients.rs cover them).
+const NOTHING_ADDED: (&str, &str) = ("SMTP_OAUTH_RELAY__DELIVERY__ADD_MISSING_HEADERS", "false");
+
 async fn relay(world: &World) -> (Relay, Vec<(String, String)>) {
-    let relay = world.relay(&[]).await;
+    let relay = world.relay(&[NOTHING_ADDED]).await;
     let env = env_at(world, &relay.local_addr().to_string());
     (relay, env)
 }
@@ -331,7 +335,7 @@ async fn without_a_relay_the_message_waits_in_the_spool_for_the_next_start() {
     assert!(list.stdout.contains("unrecorded"), "{}", list.stdout);
     // The next relay on this spool delivers it.
     assert_eq!(world.sandbox.messages().len(), 0);
-    let relay = world.relay(&[]).await;
+    let relay = world.relay(&[NOTHING_ADDED]).await;
     let stored = world.wait_for(1).await;
     assert_eq!(stored[0].envelope.rcpt_to, ["later@example.com"]);
     assert_eq!(
@@ -464,7 +468,10 @@ async fn a_running_relay_that_answers_4xx_delivers_the_queued_message_after_a_re
     let world = World::start().await;
     // One recipient per message: the second RCPT gets `452 4.5.3`.
     let relay = world
-        .relay(&[("SMTP_OAUTH_RELAY__LISTEN__MAX_RECIPIENTS", "1")])
+        .relay(&[
+            ("SMTP_OAUTH_RELAY__LISTEN__MAX_RECIPIENTS", "1"),
+            NOTHING_ADDED,
+        ])
         .await;
     let env = env_at(&world, &relay.local_addr().to_string());
     let run = sendmail(

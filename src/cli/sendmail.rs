@@ -207,6 +207,11 @@ pub enum Handoff {
 /// The dialog's failure as a hand-off: a `5xx` refuses, anything else leaves it to the spool.
 pub fn classify(failure: Failure, relay: SocketAddr) -> Handoff {
     match failure {
+        // 530: the relay wants TLS or a login from every client (require_tls/require_auth),
+        // which a local sendmail cannot give; the spool is its door then.
+        Failure::Refused(stage, reply) if reply.code == 530 => Handoff::NotAccepted(format!(
+            "the relay at {relay} wants TLS or a login first ({stage}: {reply})"
+        )),
         Failure::Refused(_, reply) if reply.is_permanent() => Handoff::Refused(reply),
         Failure::Refused(stage, reply) => Handoff::NotAccepted(format!(
             "the relay at {relay} answered {stage} with {reply}"
@@ -368,6 +373,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        assert!(matches!(
+            classify(Failure::Refused("MAIL", reply("530 5.7.0 Authentication required")), relay),
+            Handoff::NotAccepted(why) if why.contains("TLS or a login")
+        ));
         assert!(matches!(
             classify(Failure::Io("cannot connect: refused".into()), relay),
             Handoff::NotAccepted(why) if why.contains("cannot connect")

@@ -170,19 +170,19 @@ fn exposure(
     tls: bool,
 ) -> Result<(), ConfigError> {
     let real_auth = auth.required && !auth.accept_any;
-    if let Some(everyone) = l.allow.iter().find(|net| net.prefix_len() == 0) {
+    if let Some(everyone) = l.allow.iter().find(|net| covers_the_internet(net)) {
         if !real_auth {
             return Err(err(
                 "allow",
                 format!(
-                    "`{everyone}` lets every host on every network relay through your mailbox (an \
-                     open relay); list only the networks of your clients, e.g. [\"10.0.0.0/8\"], \
+                    "`{everyone}` lets (nearly) every host on every network relay through your \
+                     mailbox (an open relay); list only the networks of your clients, e.g. [\"10.0.0.0/8\"], \
                      or require AUTH with a users file (listen.require_auth, listen.users_file)"
                 ),
             ));
         }
     }
-    if auth.accept_any && !l.allow.iter().any(|n: &IpNet| n.prefix_len() > 0) {
+    if auth.accept_any && !l.allow.iter().any(|n: &IpNet| !covers_the_internet(n)) {
         return Err(err(
             "auth_accept_any",
             "accept-any mode lets anyone who can connect send as your mailbox: it needs \
@@ -216,6 +216,19 @@ fn exposure(
     Ok(())
 }
 
+/// Whether an allow-list entry lets in (nearly) everyone: all of IPv4 or an eighth of it and
+/// more (`0.0.0.0/0`, `0.0.0.0/1` + `128.0.0.0/1`), very short IPv6 prefixes, and the
+/// IPv4-mapped range a dual-stack listener matches IPv4 clients against (`::ffff:0:0/96`).
+fn covers_the_internet(net: &IpNet) -> bool {
+    match net {
+        IpNet::V4(v4) => v4.prefix_len() < 8,
+        IpNet::V6(v6) => {
+            let mapped = std::net::Ipv4Addr::UNSPECIFIED.to_ipv6_mapped();
+            v6.prefix_len() < 16 || (v6.contains(&mapped) && v6.prefix_len() < 96 + 8)
+        }
+    }
+}
+
 /// Keys of `[[route]]` entries that name inbound users: they need AUTH, and users the file
 /// knows.
 pub(super) fn check_route_users(
@@ -227,13 +240,15 @@ pub(super) fn check_route_users(
             continue;
         }
         let key = format!("route[{}].users", i + 1);
-        if !auth.offered() {
+        // Accept-any mode takes any name: a route by user there would be anyone's to pick.
+        let Some(file) = &auth.users else {
             return Err(ConfigError::new(
                 &key,
-                "routing by user needs inbound AUTH: set listen.users_file",
+                "routing by user needs inbound AUTH with a users file (listen.users_file); \
+                 in accept-any mode any client could log in as any name",
             ));
-        }
-        if let Some(file) = &auth.users {
+        };
+        {
             let users = file.current();
             if let Some(unknown) = r.users.iter().find(|u| users.get(u.trim()).is_none()) {
                 return Err(ConfigError::new(

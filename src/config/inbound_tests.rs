@@ -108,6 +108,21 @@ fn exposure_needs_an_allow_list_or_real_auth() {
         "listen.allow",
         "open relay",
     );
+    for everyone in [
+        "0.0.0.0/1,128.0.0.0/1",
+        "::ffff:0:0/96",
+        "::/8",
+        "1.0.0.0/7",
+    ] {
+        refused(
+            &[
+                ("SMTP_OAUTH_RELAY_LISTEN", "[::]:2525"),
+                ("SMTP_OAUTH_RELAY__LISTEN__ALLOW", everyone),
+            ],
+            "listen.allow",
+            "open relay",
+        );
+    }
     // Everyone may connect when every client must log in with a real user.
     let c = load(&[
         ("SMTP_OAUTH_RELAY_LISTEN", "0.0.0.0:2525"),
@@ -266,9 +281,23 @@ fn routes_name_users_the_file_knows() {
     };
     assert_eq!(e.key, "route[1].users");
     assert!(e.message.contains("`scanner` is not a user"), "{e}");
+    // Accept-any mode: anyone could log in as `printer`.
+    std::fs::write(
+        &file,
+        "[listen]\nauth_accept_any = true\nallow = [\"10.0.0.0/8\"]\ntls_self_signed = true\n\
+         [[route]]\nsenders = [\"*\"]\nusers = [\"printer\"]\n",
+    )
+    .unwrap();
+    let Err(e) = load_file() else {
+        panic!("a route by user in accept-any mode refused")
+    };
+    assert!(e.message.contains("accept-any"), "{e}");
     write("printer", false);
     let Err(e) = load_file() else {
         panic!("users without AUTH refused")
     };
-    assert!(e.message.contains("needs inbound AUTH"), "{e}");
+    assert!(
+        e.message.contains("needs inbound AUTH with a users file"),
+        "{e}"
+    );
 }

@@ -197,7 +197,7 @@ fn report_sorted(sorted: &Sorted, ours: &Destination, spool: &Spool) {
         tracing::warn!(
             adopted = sorted.adopted,
             destination = %ours,
-            "queued messages without a recorded destination (written by an older version) are adopted by this relay and will be delivered to its destination"
+            "queued messages without a recorded destination (queued by `sendmail`, or by an older version) are adopted by this relay and will be delivered to its destination"
         );
     }
     for (other, count) in &sorted.others {

@@ -191,6 +191,15 @@ fn refusal(e: SaslError) -> Reply {
     }
 }
 
+/// The password checks that may run at once: one per core.
+fn checks() -> &'static tokio::sync::Semaphore {
+    static CHECKS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    CHECKS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(cores)
+    })
+}
+
 /// Why [`verify`] refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
@@ -215,6 +224,9 @@ pub async fn verify(
         })
     } else if let Some(file) = &auth.users {
         let users = file.current();
+        // One argon2 check per core at a time: a crowd of logins waits here instead of
+        // filling the blocking pool with checks of 19 MiB each.
+        let _permit = checks().acquire().await;
         tokio::task::spawn_blocking(move || {
             users.verify(&credentials.user, credentials.password.expose_secret())
         })
@@ -230,9 +242,8 @@ pub async fn verify(
     };
     match found {
         Some(user) => {
-            if let Some(limiter) = &auth.limiter {
-                limiter.success(peer.ip());
-            }
+            // A good login does not wipe the failures: they decay on their own. Otherwise one
+            // known password (a printer's) would buy unlimited guesses at the others.
             metrics::counter!("smtp_oauth_relay_inbound_auth_total", "result" => "ok").increment(1);
             if auth.accept_any {
                 tracing::info!(client = %peer, user = %shown, "AUTH accepted without a check (listen.auth_accept_any)");

@@ -4,11 +4,12 @@
 //! pauses the address for `base_pause` (every `AUTH` from it is refused until then); each
 //! failure after a pause doubles the pause, up to `max_pause` (a failure that arrives during a
 //! pause, from a session that passed `check` just before it began, counts as one after it and
-//! restarts the pause, doubled, from then). A success forgets the address.
+//! restarts the pause, doubled, from then). A good login forgets nothing: failures decay,
+//! so one known password cannot buy unlimited guesses at the others.
 //! An address with no failure for `max_pause` (or an hour, whichever is longer) is forgotten
 //! too, and the table holds at most `max_entries` addresses (those whose last failure is
 //! oldest go first), so it cannot grow without bound. Loopback is not exempt; an IPv4-mapped
-//! IPv6 address counts as its IPv4 address.
+//! IPv6 address counts as its IPv4 address, and an IPv6 address by its /64.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -83,7 +84,7 @@ impl AuthLimiter {
 
     /// Before an AUTH attempt: `Err(remaining pause)` while the address is paused.
     pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
-        let ip = ip.to_canonical();
+        let ip = key(ip);
         let mut states = self.states.locked();
         let Some(state) = states.get(&ip) else {
             return Ok(());
@@ -101,7 +102,7 @@ impl AuthLimiter {
     /// After a failed attempt: whether the client may try again in this session, or must be
     /// closed with the pause it now serves.
     pub fn failure(&self, ip: IpAddr, now: Instant) -> Failure {
-        let ip = ip.to_canonical();
+        let ip = key(ip);
         let mut states = self.states.locked();
         if states.get(&ip).is_some_and(|s| self.decayed(s, now)) {
             states.remove(&ip);
@@ -133,11 +134,6 @@ impl AuthLimiter {
         Failure::Pause(pause)
     }
 
-    /// After a good attempt: forgets the address's failures.
-    pub fn success(&self, ip: IpAddr) {
-        self.states.locked().remove(&ip.to_canonical());
-    }
-
     /// How many addresses are tracked now.
     pub fn tracked(&self) -> usize {
         self.states.locked().len()
@@ -164,6 +160,20 @@ impl AuthLimiter {
         for (_, ip) in &ages[..drop] {
             states.remove(ip);
         }
+    }
+}
+
+/// What failures are counted by: an IPv4 address (a mapped one as itself), or an IPv6
+/// address's /64, the block one customer usually gets, so a client cannot step through its
+/// own 2^64 addresses for a fresh count each time.
+fn key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            IpAddr::from(octets)
+        }
+        v4 => v4,
     }
 }
 
@@ -259,25 +269,6 @@ mod tests {
     }
 
     #[test]
-    fn success_forgets_the_address() {
-        let l = limiter();
-        let t = Instant::now();
-        let a = ip(1);
-        for _ in 0..4 {
-            l.failure(a, t);
-        }
-        assert!(l.check(a, t).is_err());
-        l.success(a);
-        assert_eq!(l.check(a, t), Ok(()));
-        assert_eq!(l.tracked(), 0);
-        assert_eq!(
-            l.failure(a, t),
-            Failure::TryAgain { left: 2 },
-            "counting starts again"
-        );
-    }
-
-    #[test]
     fn failures_decay_after_an_hour_or_the_longest_pause() {
         let t = Instant::now();
         let hour = Duration::from_secs(3600);
@@ -334,8 +325,6 @@ mod tests {
             Ok(()),
             "::1 is its own"
         );
-        l.success(mapped);
-        assert_eq!(l.check(v4, t), Ok(()));
     }
 
     #[test]
@@ -382,5 +371,18 @@ mod tests {
             ),
             Failure::TryAgain { left: 1 }
         );
+    }
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64() {
+        let l = AuthLimiter::new(1, Duration::from_secs(10), Duration::from_secs(100));
+        let now = Instant::now();
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(matches!(l.failure(a, now), Failure::TryAgain { .. }));
+        assert!(matches!(l.failure(b, now), Failure::Pause(_)), "same /64");
+        assert!(l.check(a, now).is_err());
+        assert!(l.check(other, now).is_ok(), "another /64 is another client");
     }
 }

@@ -114,8 +114,14 @@ where
         }
         session.tls_started();
     }
-    if let Some(wait) = listen.auth.paused(peer.ip()) {
-        // Still serving a pause for failed AUTH: no session until it is over.
+    if let Some(wait) = listen
+        .auth
+        .paused(peer.ip())
+        .filter(|_| listen.auth.required)
+    {
+        // Still serving a pause for failed AUTH where nothing works without it: no session
+        // until it is over. (Where AUTH is optional, only AUTH is refused: apps at the same
+        // address that never log in keep working.)
         let bye = reply::auth_paused(&listen.hostname, wait).to_bytes();
         return send(&mut socket, &bye, FAREWELL_TIMEOUT, None).await;
     }
@@ -200,11 +206,11 @@ where
                 }
                 Action::Auth { mechanism, initial } => {
                     if let Some(wait) = listen.auth.paused(peer.ip()) {
-                        reply::auth_paused(&listen.hostname, wait).write_to(&mut out);
-                        next = Next::Close;
-                        break;
+                        reply::auth_paused_try_later(wait).write_to(&mut out);
+                        continue;
                     }
-                    let (pending, step) = Dialog::start(mechanism, initial.as_deref());
+                    let (pending, step) =
+                        Dialog::start(mechanism, initial.as_ref().map(|i| i.expose()));
                     dialog = pending;
                     match step {
                         Step::Challenge(r) | Step::Failed(r) => r.write_to(&mut out),

@@ -24,7 +24,9 @@ pub fn received_header(
     at: SystemTime,
 ) -> String {
     // RFC 3848 and RFC 6531: S for TLS, A for an authenticated client.
-    let base = match (session.is_esmtp(), t.smtputf8) {
+    // The S and A forms exist for ESMTP only: a HELO session in TLS or logged in is ESMTPS etc.
+    let extended = session.is_esmtp() || session.is_tls() || session.user().is_some();
+    let base = match (extended, t.smtputf8) {
         (_, true) => "UTF8SMTP",
         (true, false) => "ESMTP",
         (false, false) => "SMTP",

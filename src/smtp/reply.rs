@@ -160,6 +160,18 @@ pub fn auth_paused(hostname: &str, wait: std::time::Duration) -> Reply {
         ),
     )
 }
+/// AUTH while the client's address serves a pause (AUTH is optional here: the session goes
+/// on without it).
+pub fn auth_paused_try_later(wait: std::time::Duration) -> Reply {
+    Reply::new(
+        454,
+        "4.7.0",
+        format!(
+            "Too many failed authentications from your address; try again in {} seconds",
+            wait.as_secs().max(1)
+        ),
+    )
+}
 pub fn sender_not_allowed_for_user(sender: &str, user: &str) -> Reply {
     Reply::new(
         550,

@@ -18,35 +18,6 @@ pub const LOGIN_USERNAME_PROMPT: &str = "VXNlcm5hbWU6";
 /// `334` prompt for the LOGIN password: base64 of `Password:`.
 pub const LOGIN_PASSWORD_PROMPT: &str = "UGFzc3dvcmQ6";
 
-/// The SASL mechanisms the relay offers to its clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mechanism {
-    Plain,
-    Login,
-}
-
-impl Mechanism {
-    /// `PLAIN` or `LOGIN`, in any case; `None` for any other mechanism.
-    pub fn parse(name: &str) -> Option<Mechanism> {
-        let name = name.trim();
-        if name.eq_ignore_ascii_case("PLAIN") {
-            Some(Mechanism::Plain)
-        } else if name.eq_ignore_ascii_case("LOGIN") {
-            Some(Mechanism::Login)
-        } else {
-            None
-        }
-    }
-
-    /// The name as the EHLO `AUTH` line advertises it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mechanism::Plain => "PLAIN",
-            Mechanism::Login => "LOGIN",
-        }
-    }
-}
-
 /// What a client authenticates with. `Debug` shows the user and never the password.
 pub struct Credentials {
     pub user: String,
@@ -176,19 +147,6 @@ mod tests {
 
     fn b64(data: &[u8]) -> String {
         base64::engine::general_purpose::STANDARD.encode(data)
-    }
-
-    #[test]
-    fn mechanism_names_in_any_case() {
-        assert_eq!(Mechanism::parse("PLAIN"), Some(Mechanism::Plain));
-        assert_eq!(Mechanism::parse("plain"), Some(Mechanism::Plain));
-        assert_eq!(Mechanism::parse("Login"), Some(Mechanism::Login));
-        assert_eq!(Mechanism::parse(" LOGIN "), Some(Mechanism::Login));
-        for other in ["XOAUTH2", "CRAM-MD5", "", "PLAINX", "LOG IN"] {
-            assert_eq!(Mechanism::parse(other), None, "{other:?}");
-        }
-        assert_eq!(Mechanism::Plain.name(), "PLAIN");
-        assert_eq!(Mechanism::Login.name(), "LOGIN");
     }
 
     #[test]

@@ -76,8 +76,29 @@ pub enum Action {
     /// Run a SASL exchange; `initial` is the initial response, if the client sent one.
     Auth {
         mechanism: AuthMechanism,
-        initial: Option<String>,
+        initial: Option<InitialResponse>,
     },
+}
+
+/// A SASL initial response as the client sent it (base64; for PLAIN it holds the password):
+/// its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InitialResponse(String);
+
+impl InitialResponse {
+    pub fn new(text: &str) -> Self {
+        InitialResponse(text.to_string())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for InitialResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InitialResponse([redacted])")
+    }
 }
 
 /// The envelope collected for one mail transaction.
@@ -287,7 +308,7 @@ impl Session {
             smtp_proto::AUTH_LOGIN => AuthMechanism::Login,
             _ => return Action::Reply(reply::auth_mechanism_unknown()),
         };
-        let initial = (!initial.is_empty()).then(|| initial.to_string());
+        let initial = (!initial.is_empty()).then(|| InitialResponse::new(initial));
         Action::Auth { mechanism, initial }
     }
 

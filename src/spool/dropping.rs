@@ -1,32 +1,43 @@
 //! The spool as a process outside the relay sees it when it only adds finished messages to
-//! the queue (`sendmail` while no relay answers): nothing is cleaned up, and what it commits
-//! belongs to the spool directory's owner.
+//! the queue (`sendmail` while no relay answers): nothing is cleaned up, and only the spool's
+//! own user writes into it. Root never writes into a spool another user owns: that user could
+//! have put symlinks there for root to write through.
 
 use std::io;
 use std::path::Path;
 
-use super::{with_path, Spool};
+use std::os::unix::fs::MetadataExt;
+
+use super::Spool;
 
 impl Spool {
     /// A spool for a process that only drops finished messages into the queue while no relay
     /// may be running (`sendmail`): the existing layout, untouched ([`open_existing`]), or,
     /// where no relay has ever made one, a new one ([`open`]; nothing there to clean up).
-    /// Every file it commits belongs to the spool directory's owner, so a relay running as
-    /// its own user can read what root wrote.
+    /// Refused (`PermissionDenied`, in words) when the spool belongs to another user than
+    /// this process's.
     ///
     /// [`open_existing`]: Self::open_existing
     /// [`open`]: Self::open
     pub fn for_dropping(root: &Path) -> io::Result<Spool> {
-        let mut spool = match Spool::open_existing(root) {
-            Ok(spool) => spool,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Spool::open(root)?.0,
-            Err(e) => return Err(e),
-        };
-        let meta = std::fs::metadata(root).map_err(|e| with_path(e, root))?;
-        spool.owner = Some((
-            std::os::unix::fs::MetadataExt::uid(&meta),
-            std::os::unix::fs::MetadataExt::gid(&meta),
-        ));
-        Ok(spool)
+        if let (Ok(meta), Ok(me)) = (std::fs::metadata(root), std::fs::metadata("/proc/self")) {
+            if meta.uid() != me.uid() {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "the spool {} belongs to uid {}, and this process runs as uid {}: \
+                         run sendmail as the relay's user, or keep the relay running",
+                        root.display(),
+                        meta.uid(),
+                        me.uid()
+                    ),
+                ));
+            }
+        }
+        match Spool::open_existing(root) {
+            Ok(spool) => Ok(spool),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Spool::open(root)?.0),
+            Err(e) => Err(e),
+        }
     }
 }

@@ -60,16 +60,6 @@ pub fn remove_if_exists(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Gives `path` to `owner` (uid, gid) unless it already has that user: root dropping a
-/// file into a spool that belongs to the relay's user.
-pub fn give_to(path: &Path, owner: (u32, u32)) -> io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    if std::fs::metadata(path)?.uid() == owner.0 {
-        return Ok(());
-    }
-    std::os::unix::fs::chown(path, Some(owner.0), Some(owner.1))
-}
-
 /// Fsyncs a directory, so the renames and removals in it survive a crash.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()

@@ -39,8 +39,7 @@ pub use entry::{now_unix, unix, Destination, QueueEntry, Refusal};
 use fault::Faults;
 pub use fault::WriteFault;
 use files::{
-    create_private, give_to, private_dir, readable_by_others, remove_if_exists, sync_dir,
-    write_synced,
+    create_private, private_dir, readable_by_others, remove_if_exists, sync_dir, write_synced,
 };
 use group::GroupSync;
 
@@ -81,10 +80,6 @@ pub struct Spool {
     memory: Arc<MemoryBudget>,
     /// Write failures (and the tests' seam that causes them), shared by every clone.
     faults: Arc<Faults>,
-    /// The user and group every committed file is given when this process is another user
-    /// than the spool's (`sendmail` run by root for a relay with its own user); see
-    /// [`Spool::for_dropping`].
-    owner: Option<(u32, u32)>,
 }
 
 /// See `Spool::committers`.
@@ -105,7 +100,6 @@ impl Spool {
             failed_sync: std::sync::Arc::new(GroupSync::new(root.join("failed"))),
             memory: MemoryBudget::new(body::MEMORY_BUDGET),
             faults: Arc::default(),
-            owner: None,
         }
     }
 
@@ -304,7 +298,6 @@ impl Spool {
         let body = self.body_path(&entry.id);
         let json = self.path(Area::Queue, &entry.id, "json");
         let envelope = serde_json::to_vec_pretty(entry).map_err(io::Error::other)?;
-        let owner = self.owner;
         let permit = self
             .committers
             .clone()
@@ -319,11 +312,6 @@ impl Spool {
                     None => std::fs::File::open(&incoming)?.sync_data()?,
                 }
                 write_synced(&json_tmp, &envelope)?;
-                if let Some(owner) = owner {
-                    // Before the renames: the relay never sees a queued file it cannot read.
-                    give_to(&incoming, owner)?;
-                    give_to(&json_tmp, owner)?;
-                }
                 std::fs::rename(&incoming, &body)?;
                 std::fs::rename(&json_tmp, &json)
             })();
@@ -551,7 +539,15 @@ impl Spool {
 
     /// Asks a running relay to re-read `queue/`.
     pub fn request_rescan(&self) -> io::Result<()> {
-        create_private(&self.control.join("rescan")).map(drop)
+        // A new file renamed into place: nothing already at `control/rescan` (a symlink left
+        // there, say) is ever opened or written through.
+        let tmp = self
+            .control
+            .join(format!("rescan.{}", MessageId::generate()));
+        create_private(&tmp)?;
+        std::fs::rename(&tmp, self.control.join("rescan")).inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
     }
 
     /// Whether a rescan was requested since the last call (consumes the request).
@@ -778,7 +774,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn dropping_never_cleans_up_and_gives_files_to_the_spools_owner() {
+    async fn dropping_never_cleans_up_and_stays_out_of_another_users_spool() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let fresh = dir.path().join("new-spool");
@@ -788,15 +784,6 @@ mod tests {
         let root = dir.path().join("spool");
         let (relay, _) = Spool::open(&root).unwrap();
         let arriving = receive(&relay, "arriving", b"half").await;
-        // A spool that belongs to another user (the relay's), when we may say so (root).
-        let other = (65534, 65534);
-        let owner = match std::os::unix::fs::chown(&root, Some(other.0), Some(other.1)) {
-            Ok(()) => other,
-            Err(_) => {
-                let m = std::fs::metadata(&root).unwrap();
-                (m.uid(), m.gid())
-            }
-        };
         let spool = Spool::for_dropping(&root).unwrap();
         assert!(arriving.exists(), "a body still arriving must survive");
         spool
@@ -805,10 +792,21 @@ mod tests {
             .unwrap();
         for path in [spool.body_path("dropped"), root.join("queue/dropped.json")] {
             let m = std::fs::metadata(&path).unwrap();
-            assert_eq!((m.uid(), m.gid()), owner, "{}", path.display());
             assert_eq!(m.mode() & 0o777, 0o600, "{}", path.display());
         }
         assert_eq!(relay.list(Area::Queue).unwrap()[0].id, "dropped");
+
+        // A spool that belongs to another user (the relay's), when we may say so (root):
+        // never written into by this process.
+        if std::os::unix::fs::chown(&root, Some(65534), Some(65534)).is_ok()
+            && std::fs::metadata("/proc/self").unwrap().uid() != 65534
+        {
+            let Err(err) = Spool::for_dropping(&root) else {
+                panic!("refused")
+            };
+            assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+            assert!(err.to_string().contains("belongs to uid 65534"), "{err}");
+        }
     }
 
     #[test]
