@@ -113,7 +113,11 @@ async fn token_outage_spends_no_budget_and_the_client_hears_why() {
         || first_delivery.attempts_running() == 0,
     )
     .await;
-    assert_eq!(spool.list(Area::Queue).unwrap().len(), QUEUED);
+    // The held request is answered on release: under load the first relay's one attempt may
+    // still get its token and deliver one message before the endpoint is really gone.
+    let queued = spool.list(Area::Queue).unwrap().len();
+    assert_eq!(queued + world.sandbox.messages().len(), QUEUED);
+    assert!(queued >= QUEUED - 1, "at most the one attempt went out");
 
     // 2. A relay resumes the queue with Exchange's 30 a minute while the endpoint is down.
     let relay = world
@@ -134,7 +138,7 @@ async fn token_outage_spends_no_budget_and_the_client_hears_why() {
     // Exchange's budget is 30 a minute: by now it would be spent if failures counted.
     assert!(
         eventually(Duration::from_secs(20), || attempted() >= 30).await,
-        "the resumed queue is attempted: {} of {QUEUED}",
+        "the resumed queue is attempted: {} of {queued}",
         attempted()
     );
 
@@ -147,12 +151,12 @@ async fn token_outage_spends_no_budget_and_the_client_hears_why() {
         relay.delivery().governor().snapshot()
     );
     // More than 30 attempts in a minute are possible only if failures spend nothing.
-    let all = eventually(Duration::from_secs(20), || attempted() > QUEUED).await;
+    let all = eventually(Duration::from_secs(20), || attempted() > queued).await;
     assert!(
         all,
         "every resumed message (and the new one) is attempted at once: {} of {}; governor {:?}",
         attempted(),
-        QUEUED + 1,
+        queued + 1,
         relay.delivery().governor().snapshot()
     );
 
