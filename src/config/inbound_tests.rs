@@ -1,31 +1,7 @@
 //! The door's settings and exposure rules, through the whole load-and-validate path.
 
+use super::super::tests::{load, GOOD};
 use super::super::*;
-
-const GOOD: &[(&str, &str)] = &[
-    (
-        "SMTP_OAUTH_RELAY_TENANT",
-        "11111111-2222-3333-4444-555555555555",
-    ),
-    (
-        "SMTP_OAUTH_RELAY_CLIENT_ID",
-        "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
-    ),
-    (
-        "SMTP_OAUTH_RELAY_CLIENT_SECRET",
-        "abc8Q~abcdefghijklmnopqrstuvwxyz01234567",
-    ),
-    ("SMTP_OAUTH_RELAY_MAILBOX", "relay@contoso.com"),
-];
-
-fn load(extra: &[(&str, &str)]) -> Result<ValidConfig, ConfigError> {
-    let pairs: Vec<(String, String)> = GOOD
-        .iter()
-        .chain(extra)
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    Config::load(None, &pairs)?.validate()
-}
 
 fn refused(extra: &[(&str, &str)], key: &str, words: &str) {
     match load(extra) {

@@ -12,7 +12,7 @@ fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-const GOOD: &[(&str, &str)] = &[
+pub(super) const GOOD: &[(&str, &str)] = &[
     (
         "SMTP_OAUTH_RELAY_TENANT",
         "11111111-2222-3333-4444-555555555555",
@@ -28,7 +28,7 @@ const GOOD: &[(&str, &str)] = &[
     ("SMTP_OAUTH_RELAY_MAILBOX", "relay@contoso.com"),
 ];
 
-fn load(extra: &[(&str, &str)]) -> Result<ValidConfig, ConfigError> {
+pub(super) fn load(extra: &[(&str, &str)]) -> Result<ValidConfig, ConfigError> {
     let mut pairs = GOOD.to_vec();
     pairs.extend_from_slice(extra);
     Config::load(None, &env(&pairs))?.validate()
