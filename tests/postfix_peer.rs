@@ -110,10 +110,17 @@ fn a_throwaway_postfix_relays_ten_messages_to_the_sink_and_leaves_the_system_one
     let sink = rt.block_on(Sink::start()).unwrap();
     let mut peer = PostfixPeer::start(&install, &PeerOptions::new(sink.addr()))
         .unwrap_or_else(|e| panic!("Postfix did not start: {e}"));
-    assert!(peer.version().starts_with('3'), "version {}", peer.version());
+    assert!(
+        peer.version().starts_with('3'),
+        "version {}",
+        peer.version()
+    );
     let root = peer.layout().root.clone();
     let pid = peer.master_pid();
-    assert!(!live_members(pid).is_empty(), "the master runs in its own group");
+    assert!(
+        !live_members(pid).is_empty(),
+        "the master runs in its own group"
+    );
 
     let report = rt.block_on(loadgen::run(loadgen_options(peer.listen(), 10)));
     assert_eq!(report.messages_ok, 10, "{}\n{}", report.text(), peer.log());
@@ -125,7 +132,11 @@ fn a_throwaway_postfix_relays_ten_messages_to_the_sink_and_leaves_the_system_one
     );
     assert_eq!(sink.messages(), 10, "no message twice");
     // The tree the CPU figure sums: the master, qmgr, postlogd, smtpd, cleanup, smtp, ...
-    assert!(postfix::group_members(pid).len() >= 4, "{:?}", postfix::group_members(pid));
+    assert!(
+        postfix::group_members(pid).len() >= 4,
+        "{:?}",
+        postfix::group_members(pid)
+    );
     assert!(peer.cpu_secs() >= 0.0);
     let log = peer.log();
     assert_eq!(log.matches("status=sent").count(), 10, "{log}");
@@ -133,9 +144,16 @@ fn a_throwaway_postfix_relays_ten_messages_to_the_sink_and_leaves_the_system_one
     let stopped = peer.stop();
     assert!(!stopped.killed, "SIGTERM was enough: {stopped:?}");
     assert_eq!(stopped.left_running, 0);
-    assert!(live_members(pid).is_empty(), "Postfix processes left running");
+    assert!(
+        live_members(pid).is_empty(),
+        "Postfix processes left running"
+    );
     assert!(!root.exists(), "{} was not removed", root.display());
-    assert_eq!(system_snapshot(), before, "the system Postfix's files changed");
+    assert_eq!(
+        system_snapshot(),
+        before,
+        "the system Postfix's files changed"
+    );
 }
 
 /// The port is taken (by a listener that never greets): the master exits at start-up, and the
@@ -165,8 +183,18 @@ fn a_postfix_that_cannot_start_is_reported_and_leaves_nothing_behind() {
         text.contains("Address already in use") || text.contains("[main.cf]"),
         "{text}"
     );
-    assert!(started.elapsed() < Duration::from_secs(10), "it waited out the timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "it waited out the timeout"
+    );
     let left: Vec<_> = std::fs::read_dir(parent.path()).unwrap().collect();
-    assert!(left.is_empty(), "the instance's directory was left: {left:?}");
-    assert_eq!(system_snapshot(), before, "the system Postfix's files changed");
+    assert!(
+        left.is_empty(),
+        "the instance's directory was left: {left:?}"
+    );
+    assert_eq!(
+        system_snapshot(),
+        before,
+        "the system Postfix's files changed"
+    );
 }

@@ -140,7 +140,10 @@ pub fn parse_passwd_entry(line: &str) -> Result<(u32, u32), String> {
 pub fn parse_group_entry(line: &str) -> Result<u32, String> {
     let f: Vec<&str> = line.split(':').collect();
     if f.len() != 4 {
-        return Err(format!("group entry `{line}` has {} fields, not 4", f.len()));
+        return Err(format!(
+            "group entry `{line}` has {} fields, not 4",
+            f.len()
+        ));
     }
     f[2].parse()
         .map_err(|_| format!("group entry `{line}` has no numeric group ID"))
@@ -237,7 +240,10 @@ pub fn main_cf(layout: &Layout, sink: SocketAddr, extra: &[(String, String)]) ->
         ("local_recipient_maps", String::new()),
         ("alias_maps", String::new()),
         ("alias_database", String::new()),
-        ("local_transport", "error:5.1.1 no local delivery".to_string()),
+        (
+            "local_transport",
+            "error:5.1.1 no local delivery".to_string(),
+        ),
         ("inet_interfaces", sink.ip().to_string()),
         ("inet_protocols", "ipv4".to_string()),
         ("mynetworks", "127.0.0.0/8".to_string()),
@@ -245,7 +251,10 @@ pub fn main_cf(layout: &Layout, sink: SocketAddr, extra: &[(String, String)]) ->
         ("relayhost", format!("[{}]:{}", sink.ip(), sink.port())),
         ("default_transport", "smtp".to_string()),
         ("smtp_dns_support_level", "disabled".to_string()),
-        ("smtpd_relay_restrictions", "permit_mynetworks, reject".to_string()),
+        (
+            "smtpd_relay_restrictions",
+            "permit_mynetworks, reject".to_string(),
+        ),
         (
             "smtpd_recipient_restrictions",
             "permit_mynetworks, reject".to_string(),
@@ -308,7 +317,9 @@ pub fn parse_pid_file(text: &str) -> Result<u32, String> {
     }
     match t.parse::<u32>() {
         Ok(pid) if pid > 1 => Ok(pid),
-        Ok(pid) => Err(format!("the master's pid file names PID {pid}, which is not a master")),
+        Ok(pid) => Err(format!(
+            "the master's pid file names PID {pid}, which is not a master"
+        )),
         Err(_) => Err(format!("the master's pid file holds `{t}`, not a PID")),
     }
 }
@@ -430,12 +441,11 @@ impl PostfixPeer {
             reason,
             log: String::new(),
         };
-        let builder = tempfile::Builder::new().prefix("postfix-peer-").tempdir_in(
-            o.parent_dir
-                .clone()
-                .unwrap_or_else(std::env::temp_dir),
-        );
-        let dir = builder.map_err(|e| plain(format!("cannot create a temporary directory: {e}")))?;
+        let builder = tempfile::Builder::new()
+            .prefix("postfix-peer-")
+            .tempdir_in(o.parent_dir.clone().unwrap_or_else(std::env::temp_dir));
+        let dir =
+            builder.map_err(|e| plain(format!("cannot create a temporary directory: {e}")))?;
         let layout = Layout {
             root: dir.path().to_path_buf(),
         };
@@ -664,7 +674,10 @@ fn postconf_version(install: &Install, layout: &Layout) -> Result<String, String
         .map_err(|e| format!("cannot run {}: {e}", install.postconf.display()))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
-        return Err(format!("postconf rejected the configuration: {}", stderr.trim()));
+        return Err(format!(
+            "postconf rejected the configuration: {}",
+            stderr.trim()
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -694,7 +707,10 @@ fn startup_log(layout: &Layout) -> String {
 
 fn read_log(layout: &Layout) -> String {
     let mut out = String::new();
-    for (what, path) in [("maillog", layout.maillog()), ("master stderr", layout.stderr())] {
+    for (what, path) in [
+        ("maillog", layout.maillog()),
+        ("master stderr", layout.stderr()),
+    ] {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         if !text.trim().is_empty() {
             out.push_str(&format!("[{what}]\n{}\n", text.trim_end()));
@@ -908,19 +924,29 @@ mod tests {
     fn extra_main_cf_settings_come_last_so_they_win() {
         let sink: SocketAddr = "127.0.0.1:2526".parse().unwrap();
         let cf = main_cf(&layout(), sink, &[("mail_owner".into(), "root".into())]);
-        let last = cf.lines().rev().find(|l| l.starts_with("mail_owner")).unwrap();
+        let last = cf
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("mail_owner"))
+            .unwrap();
         assert_eq!(last, "mail_owner = root");
     }
 
     #[test]
     fn master_cf_listens_on_loopback_chroots_nothing_and_has_no_local_delivery() {
         let cf = master_cf("127.0.0.1:4025".parse().unwrap());
-        assert!(cf.contains("\n127.0.0.1:4025 inet n - n - - smtpd\n"), "{cf}");
+        assert!(
+            cf.contains("\n127.0.0.1:4025 inet n - n - - smtpd\n"),
+            "{cf}"
+        );
         assert!(cf.contains("postlog unix-dgram n - n - 1 postlogd"), "{cf}");
         for line in cf.lines().filter(|l| !l.starts_with('#')) {
             let f: Vec<&str> = line.split_whitespace().collect();
             assert_eq!(f[4], "n", "chrooted: {line}");
-            assert!(!["local", "virtual", "pipe", "pickup"].contains(&f[7]), "{line}");
+            assert!(
+                !["local", "virtual", "pipe", "pickup"].contains(&f[7]),
+                "{line}"
+            );
         }
     }
 
@@ -983,8 +1009,12 @@ mod tests {
             .contains("no numeric user ID"));
         assert!(parse_passwd_entry("postfix").unwrap_err().contains("not 7"));
         assert_eq!(parse_group_entry("postdrop:x:106:"), Ok(106));
-        assert!(parse_group_entry("postdrop:x:106").unwrap_err().contains("not 4"));
-        assert!(parse_group_entry("postdrop:x::").unwrap_err().contains("numeric"));
+        assert!(parse_group_entry("postdrop:x:106")
+            .unwrap_err()
+            .contains("not 4"));
+        assert!(parse_group_entry("postdrop:x::")
+            .unwrap_err()
+            .contains("numeric"));
         assert_eq!(effective_uid("Name:\tx\nUid:\t1000\t0\t0\t0\n"), Some(0));
         assert_eq!(effective_uid("Name:\tx\n"), None);
     }
@@ -1012,14 +1042,24 @@ mod tests {
 
     #[test]
     fn the_sink_answers_each_command() {
-        assert_eq!(sink_reply(b"ehlo postfix.peer.example"), SinkReply::Send(
-            "250-sink.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
-        ));
-        assert_eq!(sink_reply(b"MAIL FROM:<a@b>"), SinkReply::Send("250 2.0.0 ok\r\n"));
-        assert_eq!(sink_reply(b"RCPT TO:<c@d>"), SinkReply::Send("250 2.0.0 ok\r\n"));
+        assert_eq!(
+            sink_reply(b"ehlo postfix.peer.example"),
+            SinkReply::Send("250-sink.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+        );
+        assert_eq!(
+            sink_reply(b"MAIL FROM:<a@b>"),
+            SinkReply::Send("250 2.0.0 ok\r\n")
+        );
+        assert_eq!(
+            sink_reply(b"RCPT TO:<c@d>"),
+            SinkReply::Send("250 2.0.0 ok\r\n")
+        );
         assert_eq!(sink_reply(b"DATA"), SinkReply::Data);
         assert_eq!(sink_reply(b"QUIT"), SinkReply::Quit);
-        assert_eq!(sink_reply(b"STARTTLS"), SinkReply::Send("502 5.5.2 not here\r\n"));
+        assert_eq!(
+            sink_reply(b"STARTTLS"),
+            SinkReply::Send("502 5.5.2 not here\r\n")
+        );
         assert_eq!(sink_reply(b""), SinkReply::Send("502 5.5.2 not here\r\n"));
     }
 }
