@@ -5,6 +5,12 @@
 //!   most this machine, this load generator and this Exchange stand-in can do together.
 //! - `direct`, `hybrid`, `queue`: `loadgen` -> the relay (a child process, the release binary)
 //!   -> the sandbox, in each delivery mode.
+//! - `postfix` (issue 14), when Postfix is installed (Debian package `postfix`, run as root):
+//!   `loadgen` -> a throwaway Postfix (`support/postfix.rs`: its own config, queue and data
+//!   directories in a temporary directory, never the system's) -> a do-nothing SMTP sink in
+//!   this process, with the same messages, clients and size as queue mode. The summary gives
+//!   queue mode's messages/s over Postfix's, each round's pair compared. Skipped, with a line
+//!   saying why, when Postfix is missing or does not start.
 //! - `memory`: a fresh relay's peak RSS relaying one 10 KB message, then one 30 MB message
 //!   (the growth must stay under 10 MB: bodies stream through disk), and its RSS with 1,000
 //!   idle connections (each greeted and past EHLO).
@@ -12,7 +18,8 @@
 //! Every scenario reports messages/s and its ratio to the ceiling, MB/s, latency per
 //! transaction (p50/p90/p99/max, and the p99 added to the ceiling's), errors, and for the
 //! relay its peak RSS (`VmHWM`) and CPU seconds (user + system, from `/proc/<pid>/stat`) per
-//! 1,000 messages. Queue mode's CPU and "all delivered" time include draining the queue.
+//! 1,000 messages. Queue mode's CPU and "all delivered" time include draining the queue; so do
+//! Postfix's (its master's process group, from `/proc`, until the sink has every message).
 //!
 //! The sandbox and the load generator run in this process on two tokio runtimes of two
 //! workers each; the relay is its own process, as in production. The sandbox's mail store is
@@ -27,6 +34,10 @@
 //! `BENCH_MAX_CONNECTIONS` (the relay's upstream sessions, default 50), `BENCH_JSON` (also
 //! write the results there), `BENCH_SPOOL_DIR`, `BENCH_STORE_DIR` (/dev/shm).
 
+#[path = "support/postfix.rs"]
+mod postfix;
+
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -41,7 +52,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 
 const MAILBOX: &str = "relay@sandbox.example";
-const ALL: &[&str] = &["ceiling", "direct", "hybrid", "queue", "memory"];
+const ALL: &[&str] = &["ceiling", "direct", "hybrid", "queue", "postfix", "memory"];
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -213,6 +224,10 @@ struct Bench {
     size: String,
     max_connections: u32,
     load: Runtime,
+    /// The `postfix` scenario's installation and sink, if it runs.
+    postfix: Option<(postfix::Install, postfix::Sink)>,
+    /// Set when Postfix failed to start: the later rounds skip it too.
+    postfix_failed: Cell<bool>,
 }
 
 /// One scenario's numbers.
@@ -225,6 +240,8 @@ struct Row {
     relay_peak_rss_mb: Option<f64>,
     relay_cpu_secs_per_1000: Option<f64>,
     all_delivered_secs: Option<f64>,
+    /// On the `postfix` row: queue mode's messages/s over Postfix's, in the same round.
+    queue_to_postfix: Option<f64>,
 }
 
 impl Bench {
@@ -267,6 +284,7 @@ impl Bench {
             relay_peak_rss_mb: None,
             relay_cpu_secs_per_1000: None,
             all_delivered_secs: None,
+            queue_to_postfix: None,
         }
     }
 
@@ -298,8 +316,68 @@ impl Bench {
             relay_peak_rss_mb: Some(p.peak_rss_mb()),
             relay_cpu_secs_per_1000: Some(cpu / report.messages_ok.max(1) as f64 * 1000.0),
             all_delivered_secs: all_delivered,
+            queue_to_postfix: None,
             report,
         }
+    }
+
+    /// The Postfix peer: a fresh throwaway instance per round, like the relay; `None` (with a
+    /// line saying why) when it is not installed or does not start.
+    fn postfix(&self, ceiling: Option<&Row>) -> Option<Row> {
+        let (install, sink) = self.postfix.as_ref()?;
+        if self.postfix_failed.get() {
+            return None;
+        }
+        let mut o = postfix::PeerOptions::new(sink.addr());
+        // The same disk as the relay's spool: both fsync before answering 250.
+        o.parent_dir = std::env::var("BENCH_SPOOL_DIR")
+            .ok()
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir());
+        let mut peer = match postfix::PostfixPeer::start(install, &o) {
+            Ok(p) => p,
+            Err(e) => {
+                println!("postfix: skipped, it did not start: {e}");
+                self.postfix_failed.set(true);
+                return None;
+            }
+        };
+        let warm = self.options(peer.listen(), 1, "5k");
+        let before = sink.messages() + 1;
+        let ok = self.load.block_on(loadgen::run(warm)).messages_ok == 1
+            && sink.wait_for(before, Duration::from_secs(30));
+        if !ok {
+            println!(
+                "postfix: skipped, the first message did not reach the sink:\n{}",
+                peer.log()
+            );
+            self.postfix_failed.set(true);
+            return None;
+        }
+        let cpu0 = peer.cpu_secs();
+        let start = Instant::now();
+        let report = self.load.block_on(loadgen::run(self.options(
+            peer.listen(),
+            self.messages,
+            &self.size,
+        )));
+        let delivered = sink.wait_for(before + report.messages_ok, Duration::from_secs(300));
+        let all_delivered = delivered.then(|| start.elapsed().as_secs_f64());
+        let cpu = peer.cpu_secs() - cpu0;
+        let stopped = peer.stop();
+        if stopped.killed || stopped.left_running > 0 {
+            println!("postfix: did not stop on SIGTERM: {stopped:?}");
+        }
+        Some(Row {
+            scenario: "postfix".into(),
+            ratio_to_ceiling: ceiling.map(|c| report.messages_per_sec / c.report.messages_per_sec),
+            p99_added_ms: ceiling.map(|c| report.latency_ms.p99 - c.report.latency_ms.p99),
+            relay_peak_rss_mb: None,
+            relay_cpu_secs_per_1000: Some(cpu / report.messages_ok.max(1) as f64 * 1000.0),
+            all_delivered_secs: all_delivered,
+            queue_to_postfix: None,
+            report,
+        })
     }
 
     /// Waits until the sandbox holds `n` messages; false on timeout.
@@ -400,6 +478,20 @@ fn main() {
         .expect("sandbox token")
         .expose()
         .to_string();
+    let postfix = scenarios
+        .iter()
+        .any(|s| s == "postfix")
+        .then(|| match postfix::Install::find() {
+            Ok(install) => {
+                let sink = up.block_on(postfix::Sink::start()).expect("the sink");
+                Some((install, sink))
+            }
+            Err(reason) => {
+                println!("postfix: skipped: {reason}");
+                None
+            }
+        })
+        .flatten();
     let bench = Bench {
         sandbox,
         ca_file,
@@ -409,6 +501,8 @@ fn main() {
         size: std::env::var("BENCH_SIZE").unwrap_or_else(|_| "5k".into()),
         max_connections: env_or("BENCH_MAX_CONNECTIONS", 50),
         load: runtime("load"),
+        postfix,
+        postfix_failed: Cell::new(false),
     };
     println!(
         "e2e: {} messages of {} bytes, {} clients, relay upstream sessions {}; {} cores",
@@ -425,6 +519,7 @@ fn main() {
     for round in 1..=rounds {
         println!("round {round} of {rounds}");
         let mut ceiling = None;
+        let mut this_round: Vec<Row> = Vec::new();
         for s in &scenarios {
             let row = match s.as_str() {
                 "ceiling" => {
@@ -433,10 +528,29 @@ fn main() {
                     r
                 }
                 "direct" | "hybrid" | "queue" => bench.relay(s, ceiling.as_ref()),
+                "postfix" => match bench.postfix(ceiling.as_ref()) {
+                    Some(r) => r,
+                    None => continue,
+                },
                 _ => continue,
             };
             print_row(&row);
-            by_scenario.entry(s.clone()).or_default().push(row);
+            this_round.push(row);
+        }
+        // Queue mode against Postfix: the pair of this round.
+        let queue = this_round.iter().find(|r| r.scenario == "queue");
+        let ratio = queue.map(|q| q.report.messages_per_sec);
+        if let Some(p) = this_round.iter_mut().find(|r| r.scenario == "postfix") {
+            p.queue_to_postfix = ratio.map(|q| q / p.report.messages_per_sec);
+            if let Some(r) = p.queue_to_postfix {
+                println!("         queue / postfix this round: {r:.2}");
+            }
+        }
+        for row in this_round {
+            by_scenario
+                .entry(row.scenario.clone())
+                .or_default()
+                .push(row);
         }
     }
     // The summary: each scenario's median round by messages/s, with the median (and range)
@@ -461,12 +575,33 @@ fn main() {
         let ratios: Vec<f64> = list.iter().filter_map(|r| r.ratio_to_ceiling).collect();
         row.ratio_to_ceiling = median(ratios.clone());
         row.p99_added_ms = median(list.iter().filter_map(|r| r.p99_added_ms).collect());
+        let vs_postfix: Vec<f64> = list.iter().filter_map(|r| r.queue_to_postfix).collect();
+        row.queue_to_postfix = median(vs_postfix.clone());
         print_row(&row);
         if let (Some(lo), Some(hi)) = (
             ratios.iter().copied().reduce(f64::min),
             ratios.iter().copied().reduce(f64::max),
         ) {
             println!("         ratio range over the rounds: [{lo:.2}, {hi:.2}]");
+        }
+        if let (Some(r), Some(lo), Some(hi)) = (
+            row.queue_to_postfix,
+            vs_postfix.iter().copied().reduce(f64::min),
+            vs_postfix.iter().copied().reduce(f64::max),
+        ) {
+            let queue = by_scenario
+                .get("queue")
+                .and_then(|l| median(l.iter().map(|q| q.report.messages_per_sec).collect()));
+            println!(
+                "         queue / postfix: {r:.2} [{lo:.2}, {hi:.2}] (median of the per-round \
+                 ratios; issue 14 asks >= 2): queue {} msg/s, postfix {:.1} msg/s, postfix \
+                 p99 {:.2} ms, postfix CPU per 1,000 messages {}",
+                queue.map_or("-".into(), |q| format!("{q:.1}")),
+                row.report.messages_per_sec,
+                row.report.latency_ms.p99,
+                row.relay_cpu_secs_per_1000
+                    .map_or("-".into(), |c| format!("{c:.2} s")),
+            );
         }
         rows.push(row);
     }
