@@ -114,11 +114,12 @@ where
         }
         session.tls_started();
     }
-    if let Some(wait) = listen
-        .auth
-        .paused(peer.ip())
-        .filter(|_| listen.auth.required)
-    {
+    // Asked only where AUTH is required: every other connection skips the limiter's lock.
+    let paused = match listen.auth.required {
+        true => listen.auth.paused(peer.ip()),
+        false => None,
+    };
+    if let Some(wait) = paused {
         // Still serving a pause for failed AUTH where nothing works without it: no session
         // until it is over. (Where AUTH is optional, only AUTH is refused: apps at the same
         // address that never log in keep working.)
