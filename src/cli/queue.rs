@@ -20,7 +20,7 @@ use super::process::{config_error, init_tracing, EXIT_CONFIG};
 pub use super::table::{format_duration, format_next, format_time};
 use super::table::{render_table, truncate, Column};
 use crate::config::Config;
-use crate::spool::{now_unix, Area, Destination, QueueEntry, Spool};
+use crate::spool::{now_unix, Area, BodyAt, Destination, QueueEntry, Spool};
 
 #[derive(Debug, clap::Args)]
 pub struct QueueArgs {
@@ -356,11 +356,20 @@ pub fn header_block(bytes: &[u8]) -> (&[u8], bool) {
 }
 
 /// Reads the header block of a body file, never more than [`MAX_HEADER_BYTES`].
-fn read_headers(path: &Path) -> io::Result<(String, bool)> {
+fn read_headers(at: &BodyAt) -> io::Result<(String, bool)> {
     let mut buf = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_HEADER_BYTES as u64)
-        .read_to_end(&mut buf)?;
+    match at {
+        BodyAt::File(path) => {
+            std::fs::File::open(path)?
+                .take(MAX_HEADER_BYTES as u64)
+                .read_to_end(&mut buf)?;
+        }
+        // Small by construction (the log holds bodies up to 128 KiB).
+        segment => {
+            buf = segment.read()?;
+            buf.truncate(MAX_HEADER_BYTES);
+        }
+    }
     let at_eof = buf.len() < MAX_HEADER_BYTES;
     let (block, complete) = header_block(&buf);
     let text = String::from_utf8_lossy(block).replace("\r\n", "\n");
@@ -376,12 +385,22 @@ fn show(
     ours: &[Destination],
 ) -> Result<(), Failure> {
     let (area, e) = find(spool, id)?;
-    let envelope_path = spool.root().join(area_dir(area)).join(format!("{id}.json"));
-    let body_path = spool.body_in(area, id);
+    let body_at = spool.body_at(area, id)?;
+    let body_path = body_at.describe();
+    // A message in the spool's log keeps its envelope beside its body in the segment.
+    let envelope_path = match &body_at {
+        BodyAt::File(_) => spool
+            .root()
+            .join(area_dir(area))
+            .join(format!("{id}.json"))
+            .display()
+            .to_string(),
+        BodyAt::Segment { .. } => body_path.clone(),
+    };
     if json {
         let extra = [
-            ("envelope_path", envelope_path.display().to_string()),
-            ("body_path", body_path.display().to_string()),
+            ("envelope_path", envelope_path.clone()),
+            ("body_path", body_path.clone()),
         ];
         writeln!(out, "{}", json_line(&e, area, &extra))?;
         return Ok(());
@@ -442,10 +461,10 @@ fn show(
     if let Some(reason) = &e.failure_reason {
         field(&mut t, "reason", reason);
     }
-    field(&mut t, "envelope", &envelope_path.display().to_string());
-    field(&mut t, "body", &body_path.display().to_string());
+    field(&mut t, "envelope", &envelope_path);
+    field(&mut t, "body", &body_path);
     t.push_str("\nheaders (the body is not shown):\n");
-    match read_headers(&body_path) {
+    match read_headers(&body_at) {
         Ok((headers, complete)) => {
             t.push_str(&headers);
             if !headers.is_empty() && !headers.ends_with('\n') {
@@ -460,7 +479,7 @@ fn show(
             }
         }
         Err(err) => {
-            let _ = writeln!(t, "(cannot read {}: {err})", body_path.display());
+            let _ = writeln!(t, "(cannot read {body_path}: {err})");
         }
     }
     // Header bytes and envelope fields are the client's: no control reaches the terminal.
@@ -548,13 +567,20 @@ fn retry_all(
 
 fn delete(spool: &Spool, id: &str, out: &mut dyn Write) -> Result<(), Failure> {
     let (area, e) = find(spool, id)?;
-    let files: Vec<_> = [
+    let mut files: Vec<String> = [
         spool.root().join(area_dir(area)).join(format!("{id}.json")),
         spool.body_in(area, id),
     ]
     .into_iter()
     .filter(|p| p.exists())
+    .map(|p| p.display().to_string())
     .collect();
+    if let BodyAt::Segment { .. } = spool.body_at(area, id)? {
+        files.push(format!(
+            "{} (in the spool's log: marked deleted)",
+            spool.body_at(area, id)?.describe()
+        ));
+    }
     if !spool.delete(id)? {
         return Err(not_found(id));
     }
@@ -567,7 +593,7 @@ fn delete(spool: &Spool, id: &str, out: &mut dyn Write) -> Result<(), Failure> {
         area_dir(area)
     )?;
     for f in files {
-        writeln!(out, "  {}", f.display())?;
+        writeln!(out, "  {f}")?;
     }
     Ok(())
 }

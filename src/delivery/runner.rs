@@ -139,6 +139,21 @@ impl Delivery {
                 return;
             }
         };
+        // A message in the spool's log: its body is read whole, in one trip (it is small).
+        if let Some(read) = self.spool.read_logged(&entry.id).await {
+            let report = match read {
+                Ok(bytes) => {
+                    self.attempt(&entry, &mut MessageBody::Bytes(&bytes), Some(permit))
+                        .await
+                }
+                Err(e) => {
+                    permit.refund();
+                    Report::from_spool_error(&entry.rcpt_to, e)
+                }
+            };
+            self.apply(entry, report).await;
+            return;
+        }
         let path = self.spool.body_path(&entry.id);
         // A small body is read whole in one trip to the blocking pool, under the spool's
         // memory budget: streaming it costs a trip per seek and read, for the header block

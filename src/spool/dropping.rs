@@ -36,7 +36,8 @@ impl Spool {
         }
         match Spool::open_existing(root) {
             Ok(spool) => Ok(spool),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Spool::open(root)?.0),
+            // A new spool: made without its log, which only a relay writes.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Spool::prepare(root),
             Err(e) => Err(e),
         }
     }

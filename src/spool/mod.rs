@@ -5,7 +5,9 @@
 //! ```text
 //! incoming/<id>.tmp        body while it arrives (no 250 yet; discarded at start-up)
 //! incoming/<id>.json.tmp   envelope being written during commit (discarded at start-up)
-//! queue/<id>.eml           committed body
+//! log/                     the segment log: small messages, many to a file (see `log.rs`)
+//! queue/<id>.eml           a committed body with a file of its own (large, deferred, or
+//!                          dropped by `sendmail`, or written before the log existed)
 //! queue/<id>.json          its envelope and delivery state; present = committed
 //! failed/<id>.eml|.json    permanent failures, with the reason, kept for a while
 //! control/rescan           dropped by `queue retry|delete` so a running relay re-reads queue/
@@ -14,34 +16,42 @@
 //! `files.rs`); a spool root that other users can read is warned about at start-up.
 //! Each queued envelope records the destination it was accepted for ([`destination`]).
 //!
-//! Commit: fsync the body, write and fsync the envelope, rename both into `queue/`, fsync the
-//! directory. Directory fsyncs are group-committed: concurrent commits share one fsync instead
-//! of queueing behind each other. Removal deletes the envelope first, so a crash can only
-//! leave a body without envelope, which recovery treats as never committed.
+//! Queue mode commits a body held in memory (up to 128 KiB) to the segment log: one record
+//! appended, one `fdatasync` shared by every commit waiting (`log.rs`). Everything else is
+//! a file of its own: fsync the body, write and fsync the envelope, rename both into
+//! `queue/`, fsync the directory. Directory fsyncs are group-committed too. Removal deletes
+//! the envelope first, so a crash can only leave a body without envelope, which recovery
+//! treats as never committed. A message found both in the log and as a file is the file's.
 
 pub mod body;
+mod commands;
 pub mod destination;
 mod dropping;
 mod entry;
 pub mod fault;
 mod files;
 mod group;
+mod log;
+mod log_read;
+#[cfg(test)]
+mod log_tests;
+mod record;
 pub mod sink;
 
+use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::envelope::MessageId;
 use body::{Lease, MemoryBudget};
+pub use commands::BodyAt;
 pub use entry::{now_unix, unix, Destination, QueueEntry, Refusal};
 use fault::Faults;
 pub use fault::WriteFault;
-use files::{
-    create_private, private_dir, readable_by_others, remove_if_exists, sync_dir, write_synced,
-};
+use files::{create_private, private_dir, readable_by_others, remove_if_exists, write_synced};
 use group::GroupSync;
+use log::{Log, SEGMENT_BODY_MAX};
 
 /// Which part of the spool an entry is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +90,11 @@ pub struct Spool {
     memory: Arc<MemoryBudget>,
     /// Write failures (and the tests' seam that causes them), shared by every clone.
     faults: Arc<Faults>,
+    /// The segment log small messages are committed to: only in the relay that owns the
+    /// spool (`open`); the `queue` commands and `sendmail` write files of their own.
+    log: Option<Arc<Log>>,
+    /// Another relay process owns the log: its messages are its own to deliver.
+    foreign_log: bool,
 }
 
 /// See `Spool::committers`.
@@ -100,12 +115,52 @@ impl Spool {
             failed_sync: std::sync::Arc::new(GroupSync::new(root.join("failed"))),
             memory: MemoryBudget::new(body::MEMORY_BUDGET),
             faults: Arc::default(),
+            log: None,
+            foreign_log: false,
         }
     }
 
     /// Creates the layout if needed, proves it is writable, removes half-written files, and
     /// returns the committed queue (recovery after a restart or crash).
     pub fn open(root: &Path) -> io::Result<(Spool, Vec<QueueEntry>)> {
+        let mut spool = Spool::prepare(root)?;
+        let log_dir = root.join("log");
+        let (log, recovered) = match Log::open(&log_dir) {
+            Ok(opened) => opened,
+            Err(e) if e.kind() == io::ErrorKind::ResourceBusy => {
+                tracing::warn!(
+                    spool = %root.display(),
+                    "another relay process owns this spool's log: this one commits each message to a file of its own (slower) and leaves the other's queued messages to it"
+                );
+                spool.foreign_log = true;
+                let queued = spool.recover_queue()?;
+                return Ok((spool, queued));
+            }
+            Err(e) => return Err(with_path(e, &log_dir)),
+        };
+        // Edits the `queue` commands left while no relay ran become files in `queue/`,
+        // read with the others below.
+        log.absorb_edits(&spool.queue)?;
+        let mut queued = spool.recover_queue()?;
+        let mut with_files: HashSet<String> = queued.iter().map(|e| e.id.clone()).collect();
+        with_files.extend(ids_in(&spool.failed)?);
+        let settled = log.settle(&with_files)?;
+        if recovered.live > 0 || settled > 0 {
+            tracing::info!(
+                messages = recovered.live - settled,
+                segments = recovered.segments,
+                "read the spool's log back"
+            );
+        }
+        queued.extend(log.entries());
+        queued.sort_by(|a, b| a.id.cmp(&b.id));
+        spool.log = Some(Arc::new(log));
+        Ok((spool, queued))
+    }
+
+    /// Creates the layout if needed, proves it is writable, and removes half-received
+    /// bodies; reads nothing back.
+    fn prepare(root: &Path) -> io::Result<Spool> {
         let spool = Spool::layout(root);
         // The root is created private if it is new; an existing one is the operator's.
         if !root.exists() {
@@ -140,8 +195,7 @@ impl Spool {
                 "removed half-received messages left by an earlier stop (their clients never got a 250)"
             );
         }
-        let queued = spool.recover_queue()?;
-        Ok((spool, queued))
+        Ok(spool)
     }
 
     /// Opens an existing spool without creating, probing or cleaning anything: for the
@@ -266,7 +320,65 @@ impl Spool {
         bytes: Arc<dyn AsRef<[u8]> + Send + Sync>,
         entry: &QueueEntry,
     ) -> io::Result<()> {
+        if let Some(log) = &self.log {
+            let body: &[u8] = (*bytes).as_ref();
+            if body.len() <= SEGMENT_BODY_MAX {
+                let result = match self.faults.check() {
+                    Ok(()) => log.commit(entry, body).await,
+                    Err(e) => Err(e),
+                };
+                match &result {
+                    Ok(()) => self.faults.worked(),
+                    Err(e) => {
+                        self.faults.failed(e);
+                    }
+                }
+                return result;
+            }
+        }
         self.commit_body(None, Some(bytes), entry).await
+    }
+
+    /// The body of a queued message in the log (`None`: it is not there, but in a file).
+    pub async fn read_logged(&self, id: &str) -> Option<io::Result<Vec<u8>>> {
+        let log = self.log.as_ref().filter(|l| l.contains(id))?.clone();
+        let id = id.to_owned();
+        match tokio::task::spawn_blocking(move || log.read_body(&id)).await {
+            Ok(read) => read,
+            Err(e) => Some(Err(io::Error::other(e))),
+        }
+    }
+
+    /// Segment fsyncs run (group commit: far fewer than commits under concurrency).
+    pub fn log_fsyncs(&self) -> u64 {
+        self.log.as_ref().map_or(0, |l| l.fsyncs())
+    }
+
+    /// The log, if `id` is in it.
+    fn logging(&self, id: &str) -> Option<&Arc<Log>> {
+        self.log.as_ref().filter(|l| l.contains(id))
+    }
+
+    /// A message of the log that must wait for a retry moves to a file of its own in
+    /// `queue/`, with its new envelope, so that it does not keep its segment on disk.
+    async fn move_out(&self, log: &Arc<Log>, entry: &QueueEntry) -> io::Result<()> {
+        let deleted = self
+            .root
+            .join("log/edits")
+            .join(format!("{}.deleted", entry.id));
+        if tokio::fs::try_exists(&deleted).await.unwrap_or(false) {
+            // `queue delete` asked for it meanwhile: do not keep it.
+            log.finish(&entry.id).await?;
+            let _ = tokio::fs::remove_file(&deleted).await;
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        let body = self
+            .read_logged(&entry.id)
+            .await
+            .unwrap_or_else(|| Err(io::ErrorKind::NotFound.into()))?;
+        self.commit_body(None, Some(Arc::new(body)), entry).await?;
+        log.finish(&entry.id).await?;
+        Ok(())
     }
 
     async fn commit_body(
@@ -329,6 +441,9 @@ impl Spool {
     /// Rewrites a queued message's envelope (attempts, next attempt, remaining recipients).
     /// Not followed by a directory fsync: losing an update in a crash only costs a retry.
     pub async fn update(&self, entry: &QueueEntry) -> io::Result<()> {
+        if let Some(log) = self.logging(&entry.id) {
+            return self.move_out(log, entry).await;
+        }
         let path = self.path(Area::Queue, &entry.id, "json");
         let tmp = self.path(Area::Queue, &entry.id, "json.tmp");
         let bytes = serde_json::to_vec_pretty(entry).map_err(io::Error::other)?;
@@ -372,6 +487,9 @@ impl Spool {
 
     /// Removes a delivered message (envelope first).
     pub async fn complete(&self, id: &str) -> io::Result<()> {
+        if let Some(log) = self.logging(id) {
+            return log.finish(id).await.map(|_| ());
+        }
         let json = self.path(Area::Queue, id, "json");
         let eml = self.path(Area::Queue, id, "eml");
         tokio::task::spawn_blocking(move || -> io::Result<()> {
@@ -391,6 +509,29 @@ impl Spool {
         let queue_json = self.path(Area::Queue, &entry.id, "json");
         let queue_eml = self.path(Area::Queue, &entry.id, "eml");
         let faults = self.faults.clone();
+        if let Some(log) = self.logging(&entry.id) {
+            // Its copy in failed/ first (body, then the envelope that makes it one), then
+            // the done record: a crash between leaves both, and the file wins at start-up.
+            let body = self
+                .read_logged(&entry.id)
+                .await
+                .unwrap_or_else(|| Err(io::ErrorKind::NotFound.into()))?;
+            tokio::task::spawn_blocking(move || -> io::Result<()> {
+                faults
+                    .check()
+                    .and_then(|()| write_synced(&failed_eml, &body))
+                    .and_then(|()| write_synced(&failed_json, &bytes))
+                    .inspect_err(|e| {
+                        faults.failed(e);
+                    })?;
+                faults.worked();
+                Ok(())
+            })
+            .await
+            .map_err(io::Error::other)??;
+            self.failed_sync.sync().await?;
+            return log.finish(&entry.id).await.map(|_| ());
+        }
         tokio::task::spawn_blocking(move || -> io::Result<()> {
             faults
                 .check()
@@ -413,178 +554,23 @@ impl Spool {
         self.failed_sync.sync().await?;
         self.queue_sync.sync().await
     }
-
-    /// Reads every envelope of an area (for `queue list` and rescans).
-    pub fn list(&self, area: Area) -> io::Result<Vec<QueueEntry>> {
-        let dir = self.root.join(area.dir());
-        let mut out = Vec::new();
-        for item in std::fs::read_dir(&dir)? {
-            let path = item?.path();
-            if path.extension().is_some_and(|e| e == "json") {
-                match read_entry(&path) {
-                    Ok(e) => out.push(e),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "unreadable envelope")
-                    }
-                }
-            }
-        }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
-    }
-
-    /// Finds a message by id in either area.
-    pub fn find(&self, id: &str) -> io::Result<Option<(Area, QueueEntry)>> {
-        for area in [Area::Queue, Area::Failed] {
-            match read_entry(&self.path(area, id, "json")) {
-                Ok(e) => return Ok(Some((area, e))),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(None)
-    }
-
-    /// The body file of a message in an area.
-    pub fn body_in(&self, area: Area, id: &str) -> PathBuf {
-        self.path(area, id, "eml")
-    }
-
-    /// `queue retry`: due now; a failed message goes back into the queue. Returns false if
-    /// the id is unknown.
-    pub fn retry(&self, id: &str) -> io::Result<bool> {
-        let Some((area, mut entry)) = self.find(id)? else {
-            return Ok(false);
-        };
-        if !self.body_in(area, id).exists() {
-            // Completed or failed by the relay since we read the envelope: nothing to retry,
-            // and writing the envelope back would leave one without a body.
-            return Ok(false);
-        }
-        entry.next_attempt = now_unix();
-        entry.failed_at = None;
-        entry.failure_reason = None;
-        if area == Area::Failed {
-            // Give it a fresh life: max_age counts from now.
-            entry.received_at = now_unix();
-            entry.attempts = 0;
-            // `rcpt_to` already holds the refused recipients (see `Delivery::fail`); keeping
-            // them in `refused` too would fail the message again after a good delivery.
-            entry.refused.clear();
-        }
-        let bytes = serde_json::to_vec_pretty(&entry).map_err(io::Error::other)?;
-        let queue_json = self.path(Area::Queue, id, "json");
-        if area == Area::Failed {
-            std::fs::rename(self.path(Area::Failed, id, "eml"), self.body_path(id))?;
-            write_synced(&self.path(Area::Queue, id, "json.tmp"), &bytes)?;
-            std::fs::rename(self.path(Area::Queue, id, "json.tmp"), &queue_json)?;
-            std::fs::remove_file(self.path(Area::Failed, id, "json"))?;
-        } else {
-            write_synced(&self.path(Area::Queue, id, "json.tmp"), &bytes)?;
-            std::fs::rename(self.path(Area::Queue, id, "json.tmp"), &queue_json)?;
-        }
-        sync_dir(&self.queue)?;
-        self.request_rescan()?;
-        Ok(true)
-    }
-
-    /// `queue delete`: removes a message from either area. Returns false if unknown.
-    pub fn delete(&self, id: &str) -> io::Result<bool> {
-        let Some((area, _)) = self.find(id)? else {
-            return Ok(false);
-        };
-        remove_if_exists(&self.path(area, id, "json"))?;
-        remove_if_exists(&self.path(area, id, "eml"))?;
-        sync_dir(&self.root.join(area.dir()))?;
-        self.request_rescan()?;
-        Ok(true)
-    }
-
-    /// `queue adopt`: records `to` as the destination of a queued message (the configured
-    /// one), or forgets the recorded one when the configuration names none, so that the next
-    /// relay to read the queue adopts it. A running relay re-reads the queue within about two
-    /// seconds. Returns false if the id is not queued.
-    pub fn set_destination(&self, id: &str, to: Option<&Destination>) -> io::Result<bool> {
-        let mut entry = match read_entry(&self.path(Area::Queue, id, "json")) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(e),
-        };
-        if !self.body_path(id).exists() {
-            return Ok(false);
-        }
-        entry.destination = to.cloned();
-        if let Some(to) = to {
-            entry.mailbox = to.mailbox.clone();
-        }
-        let bytes = serde_json::to_vec_pretty(&entry).map_err(io::Error::other)?;
-        // A name of this process's own: the running relay writes `<id>.json.tmp` for its updates.
-        let tmp = self.path(
-            Area::Queue,
-            id,
-            &format!("json.adopt-{}.tmp", std::process::id()),
-        );
-        write_synced(&tmp, &bytes)?;
-        std::fs::rename(&tmp, self.path(Area::Queue, id, "json"))?;
-        Ok(true)
-    }
-
-    /// After `queue adopt`: makes the rewritten envelopes durable and asks a running relay to
-    /// re-read the queue (once for any number of messages).
-    pub fn adopted(&self) -> io::Result<()> {
-        sync_dir(&self.queue)?;
-        self.request_rescan()
-    }
-
-    /// Asks a running relay to re-read `queue/`.
-    pub fn request_rescan(&self) -> io::Result<()> {
-        // A new file renamed into place: nothing already at `control/rescan` (a symlink left
-        // there, say) is ever opened or written through.
-        let tmp = self
-            .control
-            .join(format!("rescan.{}", MessageId::generate()));
-        create_private(&tmp)?;
-        std::fs::rename(&tmp, self.control.join("rescan")).inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
-    }
-
-    /// Whether a rescan was requested since the last call (consumes the request).
-    pub fn take_rescan_request(&self) -> bool {
-        std::fs::remove_file(self.control.join("rescan")).is_ok()
-    }
-
-    /// How many rescans this process has been asked for: takes a pending request (counting
-    /// it) and returns the count. A reader that saw a smaller count last time re-reads the
-    /// queue; every clone shares the count, so each of several lanes sees each request.
-    pub fn rescan_generation(&self) -> u64 {
-        use std::sync::atomic::Ordering;
-        if self.take_rescan_request() {
-            self.rescans.fetch_add(1, Ordering::SeqCst) + 1
-        } else {
-            self.rescans.load(Ordering::SeqCst)
-        }
-    }
-
-    /// Removes failed messages older than `retention`. Returns how many.
-    pub fn purge_failed(&self, retention: Duration) -> io::Result<usize> {
-        let cutoff = now_unix().saturating_sub(retention.as_secs());
-        let mut purged = 0;
-        for entry in self.list(Area::Failed)? {
-            if entry.failed_at.unwrap_or(0) < cutoff {
-                remove_if_exists(&self.path(Area::Failed, &entry.id, "json"))?;
-                remove_if_exists(&self.path(Area::Failed, &entry.id, "eml"))?;
-                purged += 1;
-            }
-        }
-        Ok(purged)
-    }
 }
 
 fn read_entry(path: &Path) -> io::Result<QueueEntry> {
     let bytes = std::fs::read(path)?;
     serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// The ids of the envelopes in `dir`.
+fn ids_in(dir: &Path) -> io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for item in std::fs::read_dir(dir)? {
+        let name = item?.file_name();
+        if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) {
+            out.push(id.to_owned());
+        }
+    }
+    Ok(out)
 }
 
 fn with_path(e: io::Error, path: &Path) -> io::Error {
@@ -616,6 +602,7 @@ mod tests {
         assert_eq!(spool.rescan_generation(), 2);
     }
     use super::*;
+    use std::time::Duration;
 
     fn entry(id: &str) -> QueueEntry {
         let mut e = QueueEntry::new(
@@ -646,6 +633,7 @@ mod tests {
         spool.commit(&p, &entry("m1")).await.unwrap();
         assert!(!p.exists());
         assert_eq!(std::fs::read(spool.body_path("m1")).unwrap(), b"hello");
+        drop(spool);
         let (_, queued) = Spool::open(dir.path()).unwrap();
         assert_eq!(queued, vec![entry_with_times("m1", &queued[0])]);
     }
@@ -673,6 +661,7 @@ mod tests {
         .unwrap();
         let p = receive(&spool, "ok", b"body").await;
         spool.commit(&p, &entry("ok")).await.unwrap();
+        drop(spool);
         let (_, queued) = Spool::open(dir.path()).unwrap();
         assert_eq!(queued.len(), 1);
         assert_eq!(queued[0].id, "ok");
@@ -731,6 +720,7 @@ mod tests {
         assert!(spool.body_path("f").exists());
         assert!(!spool.retry("nope").unwrap());
 
+        drop(spool);
         let (_, queued) = Spool::open(dir.path()).unwrap();
         assert_eq!(
             queued.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),

@@ -1,0 +1,510 @@
+//! The segment log: where queue mode commits small messages (bodies up to
+//! [`SEGMENT_BODY_MAX`]), many to a file, so that a `250` costs one shared `fdatasync`
+//! instead of files created, renamed, fsync'd and unlinked per message (issue 14; the
+//! measurements are in the architecture notes).
+//!
+//! ```text
+//! log/lock                   held (flock) by the one relay that writes the log
+//! log/<seq>.seg              records appended: messages (envelope + body), CRC each
+//! log/<seq>.done             done records: ids that need nothing more from <seq>.seg
+//! log/edits/<id>.json|.eml   a `queue` command's new envelope for a message in the log
+//! log/edits/<id>.deleted     a `queue delete` of a message in the log
+//! ```
+//! - **Commit**: the record is written at the end of the active segment, then one
+//!   `fdatasync` of the segment, shared by every commit waiting at that moment (group
+//!   commit), makes it durable before the `250`. A new segment starts after
+//!   [`SEGMENT_MAX`] bytes: the old one is synced first and the directory after the new file
+//!   is made, so a commit's sync always covers the file it wrote to.
+//! - **Done**: delivered, failed (its copy in `failed/` made first) or moved out: a done
+//!   record in the segment's done file, group-committed too. A segment that is no longer
+//!   the active one and has nothing live is removed, with its done file.
+//! - **Moved out**: a message that must wait for a retry leaves the log for a file of its
+//!   own in `queue/` (the older one-file-per-message format, which stays for large bodies,
+//!   for `sendmail` and for spools written before the log), so that one slow message does
+//!   not keep a whole segment on disk. A message found in the log and in `queue/` or
+//!   `failed/` is the file's: the move was cut short after the file was made.
+//! - **Torn writes**: a record whose write fails ends its segment (the next commit starts a
+//!   new one), so a damaged record is always the last of its file, and the reader stops
+//!   there (`record.rs`). It never got a `250`.
+//! - **One writer**: the relay that holds `log/lock`. The `queue` commands read the log and
+//!   leave their changes in `log/edits/`, which the relay applies when it re-reads the queue
+//!   ([`Log::absorb_edits`]) or at its next start.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::sync::Lock as _;
+
+use super::body::MEMORY_BODY_MAX;
+use super::entry::QueueEntry;
+use super::files::{private_dir, remove_if_exists, sync_dir, FILE_MODE};
+use super::group::GroupSync;
+use super::log_read::{self, SegmentFiles};
+use super::record;
+
+/// A segment is closed after this many bytes, and a new one started.
+pub const SEGMENT_MAX: u64 = 8 << 20;
+/// The largest body committed to the log; larger ones keep a file of their own.
+pub const SEGMENT_BODY_MAX: usize = MEMORY_BODY_MAX;
+
+/// A message in the log, and where its body is.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub seq: u64,
+    pub body_offset: u64,
+    pub body_len: u64,
+    pub entry: QueueEntry,
+}
+
+#[derive(Debug)]
+struct Segment {
+    file: Arc<File>,
+    done: Arc<File>,
+    files: SegmentFiles,
+    live: usize,
+}
+
+#[derive(Debug)]
+struct State {
+    active: u64,
+    /// Bytes written to the active segment.
+    len: u64,
+    /// A write or sync failed: the next commit starts a new segment.
+    broken: bool,
+    segments: BTreeMap<u64, Segment>,
+    index: HashMap<String, Held>,
+    /// Done files written since their last sync.
+    dirty: Vec<Arc<File>>,
+}
+
+pub struct Log {
+    dir: PathBuf,
+    _lock: File,
+    state: Arc<Mutex<State>>,
+    data_sync: GroupSync,
+    done_sync: GroupSync,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log").field("dir", &self.dir).finish()
+    }
+}
+
+/// What opening the log found, for the start-up log lines.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub segments: usize,
+    pub live: usize,
+    pub torn: usize,
+    pub unreadable: usize,
+}
+
+impl Log {
+    /// Opens the log under `dir` (creating it), takes the writer's lock, and reads back
+    /// every message not yet done. Starts a new active segment.
+    pub fn open(dir: &Path) -> io::Result<(Log, Recovered)> {
+        private_dir(dir)?;
+        private_dir(&dir.join("edits"))?;
+        let lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(FILE_MODE)
+            .open(dir.join("lock"))?;
+        if let Err(e) = lock.try_lock() {
+            return Err(match e {
+                std::fs::TryLockError::WouldBlock => io::Error::new(
+                    io::ErrorKind::ResourceBusy,
+                    format!(
+                        "another relay process is using the spool's log (its lock {} is held); one spool serves one relay",
+                        dir.join("lock").display()
+                    ),
+                ),
+                std::fs::TryLockError::Error(e) => e,
+            });
+        }
+        for tmp in std::fs::read_dir(dir.join("edits"))? {
+            let path = tmp?.path();
+            if path.extension().is_some_and(|e| e == "tmp") {
+                remove_if_exists(&path)?;
+            }
+        }
+        for orphan in log_read::orphan_done_files(dir)? {
+            remove_if_exists(&orphan)?;
+        }
+        let mut recovered = Recovered::default();
+        let mut segments = BTreeMap::new();
+        let mut index = HashMap::new();
+        let mut last = 0;
+        for files in log_read::segments(dir)? {
+            last = files.seq;
+            let read = log_read::read_segment(&files)?;
+            recovered.torn += usize::from(read.torn.is_some());
+            recovered.unreadable += read.unreadable;
+            if let Some((valid, len)) = read.torn {
+                tracing::warn!(
+                    segment = %files.path.display(),
+                    dropped_bytes = len - valid,
+                    "dropped a partial record at the end of a spool segment (a write cut short; its client never got a 250)"
+                );
+            }
+            if read.unreadable > 0 {
+                tracing::error!(
+                    segment = %files.path.display(),
+                    messages = read.unreadable,
+                    "spool segment holds messages whose envelope cannot be read; the segment is kept"
+                );
+            }
+            let live = read.live.len() + read.unreadable;
+            if live == 0 {
+                remove_if_exists(&files.path)?;
+                remove_if_exists(&files.done)?;
+                continue;
+            }
+            let done = open_done(&files.done)?;
+            if read.done_valid < read.done_len {
+                // A done record torn by a crash: cut it, or later ones would follow it
+                // unread. Its message is live again (sent once more at worst).
+                done.set_len(read.done_valid as u64)?;
+            }
+            let file = File::open(&files.path)?;
+            for m in read.live {
+                index.insert(
+                    m.entry.id.clone(),
+                    Held {
+                        seq: files.seq,
+                        body_offset: m.body_offset,
+                        body_len: m.body_len,
+                        entry: m.entry,
+                    },
+                );
+            }
+            recovered.segments += 1;
+            segments.insert(
+                files.seq,
+                Segment {
+                    file: Arc::new(file),
+                    done: Arc::new(done),
+                    files,
+                    live,
+                },
+            );
+        }
+        recovered.live = index.len();
+        let active = last + 1;
+        let first = create_segment(dir, active)?;
+        segments.insert(active, first);
+        sync_dir(dir)?;
+        let state = Arc::new(Mutex::new(State {
+            active,
+            len: 0,
+            broken: false,
+            segments,
+            index,
+            dirty: Vec::new(),
+        }));
+        let data_sync = GroupSync::with({
+            let state = state.clone();
+            move || {
+                let file = {
+                    let s = state.locked();
+                    s.segments[&s.active].file.clone()
+                };
+                file.sync_data()
+            }
+        });
+        let done_sync = GroupSync::with({
+            let state = state.clone();
+            move || {
+                let dirty = std::mem::take(&mut state.locked().dirty);
+                let mut synced: Vec<*const File> = Vec::new();
+                for f in &dirty {
+                    if !synced.contains(&Arc::as_ptr(f)) {
+                        f.sync_data()?;
+                        synced.push(Arc::as_ptr(f));
+                    }
+                }
+                Ok(())
+            }
+        });
+        Ok((
+            Log {
+                dir: dir.to_owned(),
+                _lock: lock,
+                state,
+                data_sync,
+                done_sync,
+            },
+            recovered,
+        ))
+    }
+
+    /// The messages in the log.
+    pub fn entries(&self) -> Vec<QueueEntry> {
+        let s = self.state.locked();
+        s.index.values().map(|h| h.entry.clone()).collect()
+    }
+
+    /// The messages in the log with the segment each body is in.
+    pub fn held(&self) -> Vec<(Held, PathBuf)> {
+        let s = self.state.locked();
+        s.index
+            .values()
+            .map(|h| (h.clone(), s.segments[&h.seq].files.path.clone()))
+            .collect()
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.state.locked().index.contains_key(id)
+    }
+
+    /// Fsyncs of segments run (group commit keeps this far below the commits).
+    pub fn fsyncs(&self) -> u64 {
+        self.data_sync.fsyncs()
+    }
+
+    /// Makes a message durable in the log: after `Ok`, a `250` may be sent.
+    pub async fn commit(self: &Arc<Self>, entry: &QueueEntry, body: &[u8]) -> io::Result<()> {
+        let envelope = serde_json::to_vec(entry).map_err(io::Error::other)?;
+        let record = record::message(&envelope, body);
+        let body_len = body.len() as u64;
+        let body_at = (record.len() as u64) - body_len;
+        let log = self.clone();
+        let held = entry.clone();
+        tokio::task::spawn_blocking(move || log.append(held, &record, body_at))
+            .await
+            .map_err(io::Error::other)??;
+        if let Err(e) = self.data_sync.sync().await {
+            // Whether the record reached the disk is unknown: it must not be delivered
+            // later as if it had been accepted (its client hears 451 and sends it again).
+            self.state.locked().broken = true;
+            let _ = self.finish(&entry.id).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Writes one message record at the end of the active segment (blocking).
+    fn append(&self, entry: QueueEntry, record: &[u8], body_at: u64) -> io::Result<()> {
+        let mut s = self.state.locked();
+        if s.broken || (s.len > 0 && s.len + record.len() as u64 > SEGMENT_MAX) {
+            self.roll(&mut s)?;
+        }
+        let offset = s.len;
+        let active = s.active;
+        let segment = s.segments.get_mut(&active).expect("the active segment");
+        if let Err(e) = segment.file.write_all_at(record, offset) {
+            // Cut the partial record off if we can; either way the segment ends here.
+            let _ = segment.file.set_len(offset);
+            s.broken = true;
+            return Err(e);
+        }
+        segment.live += 1;
+        s.len += record.len() as u64;
+        let body_len = record.len() as u64 - body_at;
+        s.index.insert(
+            entry.id.clone(),
+            Held {
+                seq: active,
+                body_offset: offset + body_at,
+                body_len,
+                entry,
+            },
+        );
+        Ok(())
+    }
+
+    /// Closes the active segment and starts the next (blocking; under the state lock).
+    fn roll(&self, s: &mut State) -> io::Result<()> {
+        let old = s.active;
+        // Records written to the old segment whose commits wait for a sync: the group's
+        // next sync is of the new file, so this one covers them.
+        s.segments[&old].file.sync_data()?;
+        let next = old + 1;
+        let segment = create_segment(&self.dir, next)?;
+        sync_dir(&self.dir)?;
+        s.segments.insert(next, segment);
+        s.active = next;
+        s.len = 0;
+        s.broken = false;
+        if s.segments[&old].live == 0 {
+            if let Some(gone) = s.segments.remove(&old) {
+                reclaim(&gone.files);
+            }
+        }
+        Ok(())
+    }
+
+    /// The body of a message in the log, if it is there (blocking).
+    pub fn read_body(&self, id: &str) -> Option<io::Result<Vec<u8>>> {
+        let (file, held) = {
+            let s = self.state.locked();
+            let held = s.index.get(id)?;
+            (s.segments[&held.seq].file.clone(), held.clone())
+        };
+        Some(log_read::read_at(&file, held.body_offset, held.body_len))
+    }
+
+    /// Records that message `id` needs nothing more from the log, durably; its segment
+    /// goes when nothing in it is live. Returns false if `id` is not in the log.
+    pub async fn finish(self: &Arc<Self>, id: &str) -> io::Result<bool> {
+        let log = self.clone();
+        let owned = id.to_owned();
+        let marked = tokio::task::spawn_blocking(move || log.mark(&owned))
+            .await
+            .map_err(io::Error::other)??;
+        if !marked {
+            return Ok(false);
+        }
+        self.done_sync.sync().await?;
+        let gone = self.forget(&[id]);
+        if !gone.is_empty() {
+            tokio::task::spawn_blocking(move || gone.iter().for_each(reclaim))
+                .await
+                .map_err(io::Error::other)?;
+        }
+        Ok(true)
+    }
+
+    /// [`finish`](Self::finish) for several messages, blocking (re-reading the queue).
+    pub fn finish_now(&self, ids: &[&str]) -> io::Result<()> {
+        let mut files = Vec::new();
+        for id in ids {
+            if self.mark(id)? {
+                let s = self.state.locked();
+                let seq = s.index[*id].seq;
+                files.push(s.segments[&seq].done.clone());
+            }
+        }
+        for f in &files {
+            f.sync_data()?;
+        }
+        self.forget(ids).iter().for_each(reclaim);
+        Ok(())
+    }
+
+    /// Appends a done record for `id` to its segment's done file (blocking).
+    fn mark(&self, id: &str) -> io::Result<bool> {
+        let mut s = self.state.locked();
+        let Some(seq) = s.index.get(id).map(|h| h.seq) else {
+            return Ok(false);
+        };
+        let done = s.segments[&seq].done.clone();
+        {
+            use std::io::Write;
+            (&*done).write_all(&record::done(id))?;
+        }
+        s.dirty.push(done);
+        Ok(true)
+    }
+
+    /// Drops finished messages from the index; returns the segments now to remove.
+    fn forget(&self, ids: &[&str]) -> Vec<SegmentFiles> {
+        let mut s = self.state.locked();
+        let mut gone = Vec::new();
+        for id in ids {
+            let Some(held) = s.index.remove(*id) else {
+                continue;
+            };
+            let active = s.active;
+            let Some(segment) = s.segments.get_mut(&held.seq) else {
+                continue;
+            };
+            segment.live = segment.live.saturating_sub(1);
+            if segment.live == 0 && held.seq != active {
+                if let Some(segment) = s.segments.remove(&held.seq) {
+                    gone.push(segment.files);
+                }
+            }
+        }
+        gone
+    }
+
+    /// Applies what the `queue` commands left in `log/edits/` (blocking): a deleted message
+    /// is done; a changed one moves to `queue/` as its own file, with its new envelope.
+    /// Edits of messages no longer in the log are dropped (delivered or failed meanwhile).
+    pub fn absorb_edits(&self, queue: &Path) -> io::Result<usize> {
+        let edits_dir = self.dir.join("edits");
+        let edits = log_read::edits(&edits_dir)?;
+        let mut applied = 0;
+        for id in &edits.deleted {
+            if self.contains(id) {
+                self.finish_now(&[id])?;
+                applied += 1;
+            }
+            remove_if_exists(&edits_dir.join(format!("{id}.deleted")))?;
+        }
+        for id in edits.changed.difference(&edits.deleted) {
+            let json = edits_dir.join(format!("{id}.json"));
+            let eml = edits_dir.join(format!("{id}.eml"));
+            if self.contains(id) {
+                std::fs::rename(&eml, queue.join(format!("{id}.eml")))?;
+                std::fs::rename(&json, queue.join(format!("{id}.json")))?;
+                sync_dir(queue)?;
+                sync_dir(&edits_dir)?;
+                self.finish_now(&[id])?;
+                applied += 1;
+            } else {
+                remove_if_exists(&json)?;
+                remove_if_exists(&eml)?;
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Messages in the log that also have a file of their own in `queue/` or `failed/`: a
+    /// move out of the log, or into `failed/`, cut short. The file is the message now.
+    pub fn settle(&self, ids_with_files: &HashSet<String>) -> io::Result<usize> {
+        let doubled: Vec<String> = {
+            let s = self.state.locked();
+            s.index
+                .keys()
+                .filter(|id| ids_with_files.contains(*id))
+                .cloned()
+                .collect()
+        };
+        let ids: Vec<&str> = doubled.iter().map(String::as_str).collect();
+        self.finish_now(&ids)?;
+        Ok(ids.len())
+    }
+}
+
+fn open_done(path: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(FILE_MODE)
+        .open(path)
+}
+
+fn create_segment(dir: &Path, seq: u64) -> io::Result<Segment> {
+    let files = SegmentFiles::new(dir, seq);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(&files.path)?;
+    let done = open_done(&files.done)?;
+    Ok(Segment {
+        file: Arc::new(file),
+        done: Arc::new(done),
+        files,
+        live: 0,
+    })
+}
+
+/// Removes a segment nothing needs: the segment first, so that a crash between the two
+/// leaves a done file without segment (removed at the next start), never a segment whose
+/// done records are gone.
+fn reclaim(files: &SegmentFiles) {
+    if let Err(e) = remove_if_exists(&files.path).and_then(|()| remove_if_exists(&files.done)) {
+        tracing::warn!(segment = %files.path.display(), error = %e, "cannot remove a finished spool segment");
+    }
+}
