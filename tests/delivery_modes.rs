@@ -377,6 +377,17 @@ async fn crash_safety_sigkill_mid_load() {
     assert!(acked_set.is_subset(&sent));
 
     let spool_dir = world.spool_dir();
+    // Queue mode committed these small messages to the spool's segment log (issue 14).
+    let logged: u64 = std::fs::read_dir(spool_dir.join("log"))
+        .expect("the spool has a log")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(
+        logged > 0,
+        "queue mode wrote no segment: the test did not cover the log"
+    );
     let leftovers_before = files_in(&spool_dir.join("incoming"));
     eprintln!(
         "crash test: {} files in incoming/ after the kill (half-received or mid-commit)",
@@ -407,6 +418,9 @@ async fn crash_safety_sigkill_mid_load() {
     // Let the restarted relay finish whatever else it committed.
     let settled = eventually(Duration::from_secs(60), || {
         files_in(&spool_dir.join("queue")).is_empty()
+            && Spool::open_existing(&spool_dir)
+                .and_then(|s| s.list(Area::Queue))
+                .is_ok_and(|q| q.is_empty())
     })
     .await;
     let queue_left = files_in(&spool_dir.join("queue"));
@@ -1058,7 +1072,7 @@ async fn shutdown_round(round: usize) {
             1,
             "round {round}: a 250 without delivery must leave the message queued"
         );
-        let eml = std::fs::read(spool.body_path(&queued[0].id)).unwrap();
+        let eml = spool.read_body(Area::Queue, &queued[0].id).unwrap();
         assert!(
             eml.ends_with(&body),
             "round {round}: the whole body is queued"

@@ -352,66 +352,69 @@ impl Log {
     }
 
     /// Records that message `id` needs nothing more from the log, durably; its segment
-    /// goes when nothing in it is live. Returns false if `id` is not in the log.
+    /// goes when nothing in it is live. Returns false if `id` was not in the log, or was
+    /// finished by another caller meanwhile (who then owns what follows).
     pub async fn finish(self: &Arc<Self>, id: &str) -> io::Result<bool> {
         let log = self.clone();
         let owned = id.to_owned();
         let marked = tokio::task::spawn_blocking(move || log.mark(&owned))
             .await
             .map_err(io::Error::other)??;
-        if !marked {
+        if marked.is_none() {
             return Ok(false);
         }
         self.done_sync.sync().await?;
-        let gone = self.forget(&[id]);
+        let (taken, gone) = self.forget(&[id]);
         if !gone.is_empty() {
             tokio::task::spawn_blocking(move || gone.iter().for_each(reclaim))
                 .await
                 .map_err(io::Error::other)?;
         }
-        Ok(true)
+        Ok(taken == 1)
     }
 
     /// [`finish`](Self::finish) for several messages, blocking (re-reading the queue).
-    pub fn finish_now(&self, ids: &[&str]) -> io::Result<()> {
+    /// Returns how many this call took out of the log.
+    pub fn finish_now(&self, ids: &[&str]) -> io::Result<usize> {
         let mut files = Vec::new();
         for id in ids {
-            if self.mark(id)? {
-                let s = self.state.locked();
-                let seq = s.index[*id].seq;
-                files.push(s.segments[&seq].done.clone());
-            }
+            files.extend(self.mark(id)?);
         }
         for f in &files {
             f.sync_data()?;
         }
-        self.forget(ids).iter().for_each(reclaim);
-        Ok(())
+        let (taken, gone) = self.forget(ids);
+        gone.iter().for_each(reclaim);
+        Ok(taken)
     }
 
-    /// Appends a done record for `id` to its segment's done file (blocking).
-    fn mark(&self, id: &str) -> io::Result<bool> {
+    /// Appends a done record for `id` to its segment's done file (blocking); returns the
+    /// file, to sync, or `None` if `id` is not in the log.
+    fn mark(&self, id: &str) -> io::Result<Option<Arc<File>>> {
         let mut s = self.state.locked();
         let Some(seq) = s.index.get(id).map(|h| h.seq) else {
-            return Ok(false);
+            return Ok(None);
         };
         let done = s.segments[&seq].done.clone();
         {
             use std::io::Write;
             (&*done).write_all(&record::done(id))?;
         }
-        s.dirty.push(done);
-        Ok(true)
+        s.dirty.push(done.clone());
+        Ok(Some(done))
     }
 
-    /// Drops finished messages from the index; returns the segments now to remove.
-    fn forget(&self, ids: &[&str]) -> Vec<SegmentFiles> {
+    /// Drops finished messages from the index: how many were there, and the segments now
+    /// to remove.
+    fn forget(&self, ids: &[&str]) -> (usize, Vec<SegmentFiles>) {
         let mut s = self.state.locked();
         let mut gone = Vec::new();
+        let mut taken = 0;
         for id in ids {
             let Some(held) = s.index.remove(*id) else {
                 continue;
             };
+            taken += 1;
             let active = s.active;
             let Some(segment) = s.segments.get_mut(&held.seq) else {
                 continue;
@@ -423,7 +426,7 @@ impl Log {
                 }
             }
         }
-        gone
+        (taken, gone)
     }
 
     /// Applies what the `queue` commands left in `log/edits/` (blocking): a deleted message
@@ -444,11 +447,23 @@ impl Log {
             let json = edits_dir.join(format!("{id}.json"));
             let eml = edits_dir.join(format!("{id}.eml"));
             if self.contains(id) {
-                std::fs::rename(&eml, queue.join(format!("{id}.eml")))?;
-                std::fs::rename(&json, queue.join(format!("{id}.json")))?;
+                // The file first, then the done record: a crash between leaves both, and
+                // the file wins at start-up.
+                let (to_eml, to_json) = (
+                    queue.join(format!("{id}.eml")),
+                    queue.join(format!("{id}.json")),
+                );
+                std::fs::rename(&eml, &to_eml)?;
+                std::fs::rename(&json, &to_json)?;
                 sync_dir(queue)?;
                 sync_dir(&edits_dir)?;
-                self.finish_now(&[id])?;
+                if self.finish_now(&[id])? == 0 {
+                    // Delivered or failed meanwhile by the relay: the edit comes too late.
+                    remove_if_exists(&to_json)?;
+                    remove_if_exists(&to_eml)?;
+                    sync_dir(queue)?;
+                    continue;
+                }
                 applied += 1;
             } else {
                 remove_if_exists(&json)?;
@@ -470,8 +485,7 @@ impl Log {
                 .collect()
         };
         let ids: Vec<&str> = doubled.iter().map(String::as_str).collect();
-        self.finish_now(&ids)?;
-        Ok(ids.len())
+        self.finish_now(&ids)
     }
 }
 

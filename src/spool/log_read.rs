@@ -90,14 +90,16 @@ pub fn orphan_done_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
 /// Reads a segment and its done file. A segment that vanished meanwhile (reclaimed by the
 /// relay while a `queue` command reads) reads as empty.
 pub fn read_segment(files: &SegmentFiles) -> io::Result<ReadSegment> {
-    let bytes = match std::fs::read(&files.path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ReadSegment::default()),
-        Err(e) => return Err(e),
-    };
+    // The done file first: read after the segment, a reclaim in between (done file gone)
+    // would show every message of it as live.
     let done_bytes = match std::fs::read(&files.done) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let bytes = match std::fs::read(&files.path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ReadSegment::default()),
         Err(e) => return Err(e),
     };
     let done = record::parse(&done_bytes);

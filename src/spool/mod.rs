@@ -361,7 +361,8 @@ impl Spool {
 
     /// A message of the log that must wait for a retry moves to a file of its own in
     /// `queue/`, with its new envelope, so that it does not keep its segment on disk.
-    async fn move_out(&self, log: &Arc<Log>, entry: &QueueEntry) -> io::Result<()> {
+    /// Returns false if it had left the log already (see [`Log::finish`]).
+    async fn move_out(&self, log: &Arc<Log>, entry: &QueueEntry) -> io::Result<bool> {
         let deleted = self
             .root
             .join("log/edits")
@@ -372,13 +373,12 @@ impl Spool {
             let _ = tokio::fs::remove_file(&deleted).await;
             return Err(io::ErrorKind::NotFound.into());
         }
-        let body = self
-            .read_logged(&entry.id)
-            .await
-            .unwrap_or_else(|| Err(io::ErrorKind::NotFound.into()))?;
-        self.commit_body(None, Some(Arc::new(body)), entry).await?;
+        let Some(body) = self.read_logged(&entry.id).await else {
+            return Ok(false);
+        };
+        self.commit_body(None, Some(Arc::new(body?)), entry).await?;
         log.finish(&entry.id).await?;
-        Ok(())
+        Ok(true)
     }
 
     async fn commit_body(
@@ -442,7 +442,10 @@ impl Spool {
     /// Not followed by a directory fsync: losing an update in a crash only costs a retry.
     pub async fn update(&self, entry: &QueueEntry) -> io::Result<()> {
         if let Some(log) = self.logging(&entry.id) {
-            return self.move_out(log, entry).await;
+            if self.move_out(log, entry).await? {
+                return Ok(());
+            }
+            // It left the log meanwhile (a `queue` command's edit): it is a file now.
         }
         let path = self.path(Area::Queue, &entry.id, "json");
         let tmp = self.path(Area::Queue, &entry.id, "json.tmp");
@@ -488,7 +491,10 @@ impl Spool {
     /// Removes a delivered message (envelope first).
     pub async fn complete(&self, id: &str) -> io::Result<()> {
         if let Some(log) = self.logging(id) {
-            return log.finish(id).await.map(|_| ());
+            if log.finish(id).await? {
+                return Ok(());
+            }
+            // It left the log meanwhile (a `queue` command's edit): it is a file now.
         }
         let json = self.path(Area::Queue, id, "json");
         let eml = self.path(Area::Queue, id, "eml");
@@ -512,25 +518,29 @@ impl Spool {
         if let Some(log) = self.logging(&entry.id) {
             // Its copy in failed/ first (body, then the envelope that makes it one), then
             // the done record: a crash between leaves both, and the file wins at start-up.
-            let body = self
-                .read_logged(&entry.id)
+            if let Some(body) = self.read_logged(&entry.id).await {
+                let body = body?;
+                let (eml, json, bytes) = (failed_eml.clone(), failed_json.clone(), bytes.clone());
+                let faults = faults.clone();
+                tokio::task::spawn_blocking(move || -> io::Result<()> {
+                    faults
+                        .check()
+                        .and_then(|()| write_synced(&eml, &body))
+                        .and_then(|()| write_synced(&json, &bytes))
+                        .inspect_err(|e| {
+                            faults.failed(e);
+                        })?;
+                    faults.worked();
+                    Ok(())
+                })
                 .await
-                .unwrap_or_else(|| Err(io::ErrorKind::NotFound.into()))?;
-            tokio::task::spawn_blocking(move || -> io::Result<()> {
-                faults
-                    .check()
-                    .and_then(|()| write_synced(&failed_eml, &body))
-                    .and_then(|()| write_synced(&failed_json, &bytes))
-                    .inspect_err(|e| {
-                        faults.failed(e);
-                    })?;
-                faults.worked();
-                Ok(())
-            })
-            .await
-            .map_err(io::Error::other)??;
-            self.failed_sync.sync().await?;
-            return log.finish(&entry.id).await.map(|_| ());
+                .map_err(io::Error::other)??;
+                self.failed_sync.sync().await?;
+                if log.finish(&entry.id).await? {
+                    return Ok(());
+                }
+            }
+            // It left the log meanwhile (a `queue` command's edit): it is a file now.
         }
         tokio::task::spawn_blocking(move || -> io::Result<()> {
             faults
