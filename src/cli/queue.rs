@@ -9,7 +9,7 @@
 //! Exit codes: 0 ok, 64 usage (unknown id, no spool at the configured directory), 1 I/O error.
 
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -357,19 +357,7 @@ pub fn header_block(bytes: &[u8]) -> (&[u8], bool) {
 
 /// Reads the header block of a body file, never more than [`MAX_HEADER_BYTES`].
 fn read_headers(at: &BodyAt) -> io::Result<(String, bool)> {
-    let mut buf = Vec::new();
-    match at {
-        BodyAt::File(path) => {
-            std::fs::File::open(path)?
-                .take(MAX_HEADER_BYTES as u64)
-                .read_to_end(&mut buf)?;
-        }
-        // Small by construction (the log holds bodies up to 128 KiB).
-        segment => {
-            buf = segment.read()?;
-            buf.truncate(MAX_HEADER_BYTES);
-        }
-    }
+    let buf = at.read_prefix(MAX_HEADER_BYTES)?;
     let at_eof = buf.len() < MAX_HEADER_BYTES;
     let (block, complete) = header_block(&buf);
     let text = String::from_utf8_lossy(block).replace("\r\n", "\n");
@@ -575,11 +563,9 @@ fn delete(spool: &Spool, id: &str, out: &mut dyn Write) -> Result<(), Failure> {
     .filter(|p| p.exists())
     .map(|p| p.display().to_string())
     .collect();
-    if let BodyAt::Segment { .. } = spool.body_at(area, id)? {
-        files.push(format!(
-            "{} (in the spool's log: marked deleted)",
-            spool.body_at(area, id)?.describe()
-        ));
+    let at = spool.body_at(area, id)?;
+    if matches!(at, BodyAt::Segment { .. }) {
+        files.push(format!("{} (in the spool's log: deleted)", at.describe()));
     }
     if !spool.delete(id)? {
         return Err(not_found(id));

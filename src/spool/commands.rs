@@ -37,6 +37,24 @@ impl BodyAt {
         }
     }
 
+    /// The first `max` bytes (or fewer: the whole body).
+    pub fn read_prefix(&self, max: usize) -> io::Result<Vec<u8>> {
+        match self {
+            BodyAt::File(path) => {
+                use std::io::Read;
+                let mut buf = Vec::new();
+                std::fs::File::open(path)?
+                    .take(max as u64)
+                    .read_to_end(&mut buf)?;
+                Ok(buf)
+            }
+            BodyAt::Segment { path, offset, len } => {
+                let len = (*len).min(max as u64);
+                log_read::read_at(&std::fs::File::open(path)?, *offset, len)
+            }
+        }
+    }
+
     /// For people: the file, or the segment with the body's place in it.
     pub fn describe(&self) -> String {
         match self {

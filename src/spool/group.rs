@@ -1,23 +1,20 @@
 //! Group commit for directory fsyncs: every caller needs "my rename is durable", and one
 //! fsync started after a rename makes every rename before it durable. So concurrent callers
 //! share fsyncs: one runs, the ones that arrive meanwhile wait for the next, which covers all
-//! of them. Throughput no longer serialises on one fsync per message. The same holds for the
-//! segment log's `fdatasync` of the file records were appended to ([`GroupSync::with`]).
+//! of them. Throughput no longer serialises on one fsync per message.
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use crate::sync::Lock as _;
 use tokio::sync::Notify;
 
 use super::files::sync_dir;
 
-/// What one group commit runs (on the blocking pool).
-type SyncOp = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
-
+#[derive(Debug)]
 pub struct GroupSync {
-    op: SyncOp,
+    dir: PathBuf,
     state: Mutex<State>,
     done: Notify,
 }
@@ -34,16 +31,9 @@ struct State {
 }
 
 impl GroupSync {
-    /// Group commit of `dir`'s fsync.
     pub fn new(dir: PathBuf) -> Self {
-        GroupSync::with(move || sync_dir(&dir))
-    }
-
-    /// Group commit of any fsync: `op` runs on the blocking pool, and makes durable every
-    /// write made before it started.
-    pub fn with(op: impl Fn() -> io::Result<()> + Send + Sync + 'static) -> Self {
         GroupSync {
-            op: Arc::new(op),
+            dir,
             state: Mutex::new(State::default()),
             done: Notify::new(),
         }
@@ -75,8 +65,8 @@ impl GroupSync {
                 None => notified.await,
                 Some(target) => {
                     let lead = Lead { group: self };
-                    let op = self.op.clone();
-                    let result = tokio::task::spawn_blocking(move || op())
+                    let dir = self.dir.clone();
+                    let result = tokio::task::spawn_blocking(move || sync_dir(&dir))
                         .await
                         .map_err(io::Error::other)
                         .and_then(|r| r);
@@ -100,14 +90,6 @@ impl GroupSync {
     }
 }
 
-impl std::fmt::Debug for GroupSync {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GroupSync")
-            .field("state", &*self.state.locked())
-            .finish_non_exhaustive()
-    }
-}
-
 /// The leader's duty to hand the lead back, however its future ends. Dropped mid-fsync (its
 /// client went away, its task was aborted), the leader would otherwise leave `running` set,
 /// and every later commit would wait forever for an fsync nobody runs. The waiters it wakes
@@ -127,6 +109,7 @@ impl Drop for Lead<'_> {
 mod tests {
     use super::*;
     use std::future::Future;
+    use std::sync::Arc;
     use std::time::Duration;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

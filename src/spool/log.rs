@@ -10,11 +10,11 @@
 //! log/edits/<id>.json|.eml   a `queue` command's new envelope for a message in the log
 //! log/edits/<id>.deleted     a `queue delete` of a message in the log
 //! ```
-//! - **Commit**: the record is written at the end of the active segment, then one
-//!   `fdatasync` of the segment, shared by every commit waiting at that moment (group
-//!   commit), makes it durable before the `250`. A new segment starts after
-//!   [`SEGMENT_MAX`] bytes: the old one is synced first and the directory after the new file
-//!   is made, so a commit's sync always covers the file it wrote to.
+//! - **Commit**: the record goes to the log's one writer thread (`writer.rs`), which writes
+//!   every record waiting at the end of the active segment and then `fdatasync`s once for
+//!   all of them (group commit) before it answers: the `250` comes after. A new segment
+//!   starts after [`SEGMENT_MAX`](super::writer::SEGMENT_MAX) bytes; the old one is synced
+//!   first and the directory after the new file is made.
 //! - **Done**: delivered, failed (its copy in `failed/` made first) or moved out: a done
 //!   record in the segment's done file, group-committed too. A segment that is no longer
 //!   the active one and has nothing live is removed, with its done file.
@@ -33,65 +33,47 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 
 use crate::sync::Lock as _;
 
 use super::body::MEMORY_BODY_MAX;
 use super::entry::QueueEntry;
 use super::files::{private_dir, remove_if_exists, sync_dir, FILE_MODE};
-use super::group::GroupSync;
-use super::log_read::{self, SegmentFiles};
+use super::log_read;
 use super::record;
+pub use super::writer::Held;
+use super::writer::{create_segment, open_done, Append, Op, Reply, Segment, State, Writer};
 
-/// A segment is closed after this many bytes, and a new one started.
-pub const SEGMENT_MAX: u64 = 8 << 20;
 /// The largest body committed to the log; larger ones keep a file of their own.
 pub const SEGMENT_BODY_MAX: usize = MEMORY_BODY_MAX;
 
-/// A message in the log, and where its body is.
-#[derive(Debug, Clone)]
-pub struct Held {
-    pub seq: u64,
-    pub body_offset: u64,
-    pub body_len: u64,
-    pub entry: QueueEntry,
-}
-
-#[derive(Debug)]
-struct Segment {
-    file: Arc<File>,
-    done: Arc<File>,
-    files: SegmentFiles,
-    live: usize,
-}
-
-#[derive(Debug)]
-struct State {
-    active: u64,
-    /// Bytes written to the active segment.
-    len: u64,
-    /// A write or sync failed: the next commit starts a new segment.
-    broken: bool,
-    segments: BTreeMap<u64, Segment>,
-    index: HashMap<String, Held>,
-    /// Done files written since their last sync.
-    dirty: Vec<Arc<File>>,
-}
-
 pub struct Log {
     dir: PathBuf,
-    _lock: File,
     state: Arc<Mutex<State>>,
-    data_sync: GroupSync,
-    done_sync: GroupSync,
+    ops: Option<mpsc::Sender<Op>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    fsyncs: Arc<AtomicU64>,
+    /// Held for as long as the log is open; released after the writer has stopped.
+    _lock: File,
 }
 
 impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Log").field("dir", &self.dir).finish()
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        // The writer answers what it has taken and stops; only then is the lock released.
+        drop(self.ops.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
     }
 }
 
@@ -207,39 +189,25 @@ impl Log {
             broken: false,
             segments,
             index,
-            dirty: Vec::new(),
         }));
-        let data_sync = GroupSync::with({
-            let state = state.clone();
-            move || {
-                let file = {
-                    let s = state.locked();
-                    s.segments[&s.active].file.clone()
-                };
-                file.sync_data()
-            }
-        });
-        let done_sync = GroupSync::with({
-            let state = state.clone();
-            move || {
-                let dirty = std::mem::take(&mut state.locked().dirty);
-                let mut synced: Vec<*const File> = Vec::new();
-                for f in &dirty {
-                    if !synced.contains(&Arc::as_ptr(f)) {
-                        f.sync_data()?;
-                        synced.push(Arc::as_ptr(f));
-                    }
-                }
-                Ok(())
-            }
-        });
+        let fsyncs = Arc::new(AtomicU64::new(0));
+        let (ops, receiver) = mpsc::channel();
+        let writer = Writer {
+            dir: dir.to_owned(),
+            state: state.clone(),
+            fsyncs: fsyncs.clone(),
+        };
+        let writer = std::thread::Builder::new()
+            .name("spool-log".into())
+            .spawn(move || writer.run(receiver))?;
         Ok((
             Log {
                 dir: dir.to_owned(),
-                _lock: lock,
                 state,
-                data_sync,
-                done_sync,
+                ops: Some(ops),
+                writer: Some(writer),
+                fsyncs,
+                _lock: lock,
             },
             recovered,
         ))
@@ -266,79 +234,29 @@ impl Log {
 
     /// Fsyncs of segments run (group commit keeps this far below the commits).
     pub fn fsyncs(&self) -> u64 {
-        self.data_sync.fsyncs()
+        self.fsyncs.load(Ordering::Relaxed)
+    }
+
+    fn send(&self, op: Op) -> io::Result<()> {
+        self.ops
+            .as_ref()
+            .and_then(|ops| ops.send(op).ok())
+            .ok_or_else(|| io::Error::other("the spool's log writer has stopped"))
     }
 
     /// Makes a message durable in the log: after `Ok`, a `250` may be sent.
-    pub async fn commit(self: &Arc<Self>, entry: &QueueEntry, body: &[u8]) -> io::Result<()> {
+    pub async fn commit(&self, entry: &QueueEntry, body: &[u8]) -> io::Result<()> {
         let envelope = serde_json::to_vec(entry).map_err(io::Error::other)?;
         let record = record::message(&envelope, body);
-        let body_len = body.len() as u64;
-        let body_at = (record.len() as u64) - body_len;
-        let log = self.clone();
-        let held = entry.clone();
-        tokio::task::spawn_blocking(move || log.append(held, &record, body_at))
-            .await
-            .map_err(io::Error::other)??;
-        if let Err(e) = self.data_sync.sync().await {
-            // Whether the record reached the disk is unknown: it must not be delivered
-            // later as if it had been accepted (its client hears 451 and sends it again).
-            self.state.locked().broken = true;
-            let _ = self.finish(&entry.id).await;
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    /// Writes one message record at the end of the active segment (blocking).
-    fn append(&self, entry: QueueEntry, record: &[u8], body_at: u64) -> io::Result<()> {
-        let mut s = self.state.locked();
-        if s.broken || (s.len > 0 && s.len + record.len() as u64 > SEGMENT_MAX) {
-            self.roll(&mut s)?;
-        }
-        let offset = s.len;
-        let active = s.active;
-        let segment = s.segments.get_mut(&active).expect("the active segment");
-        if let Err(e) = segment.file.write_all_at(record, offset) {
-            // Cut the partial record off if we can; either way the segment ends here.
-            let _ = segment.file.set_len(offset);
-            s.broken = true;
-            return Err(e);
-        }
-        segment.live += 1;
-        s.len += record.len() as u64;
-        let body_len = record.len() as u64 - body_at;
-        s.index.insert(
-            entry.id.clone(),
-            Held {
-                seq: active,
-                body_offset: offset + body_at,
-                body_len,
-                entry,
-            },
-        );
-        Ok(())
-    }
-
-    /// Closes the active segment and starts the next (blocking; under the state lock).
-    fn roll(&self, s: &mut State) -> io::Result<()> {
-        let old = s.active;
-        // Records written to the old segment whose commits wait for a sync: the group's
-        // next sync is of the new file, so this one covers them.
-        s.segments[&old].file.sync_data()?;
-        let next = old + 1;
-        let segment = create_segment(&self.dir, next)?;
-        sync_dir(&self.dir)?;
-        s.segments.insert(next, segment);
-        s.active = next;
-        s.len = 0;
-        s.broken = false;
-        if s.segments[&old].live == 0 {
-            if let Some(gone) = s.segments.remove(&old) {
-                reclaim(&gone.files);
-            }
-        }
-        Ok(())
+        let body_at = (record.len() - body.len()) as u64;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(Op::Append(Box::new(Append {
+            record,
+            body_at,
+            entry: entry.clone(),
+            reply: Reply::Async(reply),
+        })))?;
+        answer.await.map_err(|_| stopped())?
     }
 
     /// The body of a message in the log, if it is there (blocking).
@@ -354,79 +272,30 @@ impl Log {
     /// Records that message `id` needs nothing more from the log, durably; its segment
     /// goes when nothing in it is live. Returns false if `id` was not in the log, or was
     /// finished by another caller meanwhile (who then owns what follows).
-    pub async fn finish(self: &Arc<Self>, id: &str) -> io::Result<bool> {
-        let log = self.clone();
-        let owned = id.to_owned();
-        let marked = tokio::task::spawn_blocking(move || log.mark(&owned))
-            .await
-            .map_err(io::Error::other)??;
-        if marked.is_none() {
+    pub async fn finish(&self, id: &str) -> io::Result<bool> {
+        if !self.contains(id) {
             return Ok(false);
         }
-        self.done_sync.sync().await?;
-        let (taken, gone) = self.forget(&[id]);
-        if !gone.is_empty() {
-            tokio::task::spawn_blocking(move || gone.iter().for_each(reclaim))
-                .await
-                .map_err(io::Error::other)?;
-        }
-        Ok(taken == 1)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(Op::Finish {
+            ids: vec![id.to_owned()],
+            reply: Reply::Async(reply),
+        })?;
+        Ok(answer.await.map_err(|_| stopped())?? == 1)
     }
 
     /// [`finish`](Self::finish) for several messages, blocking (re-reading the queue).
     /// Returns how many this call took out of the log.
     pub fn finish_now(&self, ids: &[&str]) -> io::Result<usize> {
-        let mut files = Vec::new();
-        for id in ids {
-            files.extend(self.mark(id)?);
+        if ids.is_empty() {
+            return Ok(0);
         }
-        for f in &files {
-            f.sync_data()?;
-        }
-        let (taken, gone) = self.forget(ids);
-        gone.iter().for_each(reclaim);
-        Ok(taken)
-    }
-
-    /// Appends a done record for `id` to its segment's done file (blocking); returns the
-    /// file, to sync, or `None` if `id` is not in the log.
-    fn mark(&self, id: &str) -> io::Result<Option<Arc<File>>> {
-        let mut s = self.state.locked();
-        let Some(seq) = s.index.get(id).map(|h| h.seq) else {
-            return Ok(None);
-        };
-        let done = s.segments[&seq].done.clone();
-        {
-            use std::io::Write;
-            (&*done).write_all(&record::done(id))?;
-        }
-        s.dirty.push(done.clone());
-        Ok(Some(done))
-    }
-
-    /// Drops finished messages from the index: how many were there, and the segments now
-    /// to remove.
-    fn forget(&self, ids: &[&str]) -> (usize, Vec<SegmentFiles>) {
-        let mut s = self.state.locked();
-        let mut gone = Vec::new();
-        let mut taken = 0;
-        for id in ids {
-            let Some(held) = s.index.remove(*id) else {
-                continue;
-            };
-            taken += 1;
-            let active = s.active;
-            let Some(segment) = s.segments.get_mut(&held.seq) else {
-                continue;
-            };
-            segment.live = segment.live.saturating_sub(1);
-            if segment.live == 0 && held.seq != active {
-                if let Some(segment) = s.segments.remove(&held.seq) {
-                    gone.push(segment.files);
-                }
-            }
-        }
-        (taken, gone)
+        let (reply, answer) = mpsc::channel();
+        self.send(Op::Finish {
+            ids: ids.iter().map(|id| id.to_string()).collect(),
+            reply: Reply::Blocking(reply),
+        })?;
+        answer.recv().map_err(|_| stopped())?
     }
 
     /// Applies what the `queue` commands left in `log/edits/` (blocking): a deleted message
@@ -489,36 +358,6 @@ impl Log {
     }
 }
 
-fn open_done(path: &Path) -> io::Result<File> {
-    std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(FILE_MODE)
-        .open(path)
-}
-
-fn create_segment(dir: &Path, seq: u64) -> io::Result<Segment> {
-    let files = SegmentFiles::new(dir, seq);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(FILE_MODE)
-        .open(&files.path)?;
-    let done = open_done(&files.done)?;
-    Ok(Segment {
-        file: Arc::new(file),
-        done: Arc::new(done),
-        files,
-        live: 0,
-    })
-}
-
-/// Removes a segment nothing needs: the segment first, so that a crash between the two
-/// leaves a done file without segment (removed at the next start), never a segment whose
-/// done records are gone.
-fn reclaim(files: &SegmentFiles) {
-    if let Err(e) = remove_if_exists(&files.path).and_then(|()| remove_if_exists(&files.done)) {
-        tracing::warn!(segment = %files.path.display(), error = %e, "cannot remove a finished spool segment");
-    }
+fn stopped() -> io::Error {
+    io::Error::other("the spool's log writer has stopped")
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::log::SEGMENT_MAX;
+use super::writer::SEGMENT_MAX;
 use super::*;
 
 fn entry(id: &str, size: usize) -> QueueEntry {

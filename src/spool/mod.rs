@@ -36,6 +36,7 @@ mod log_read;
 #[cfg(test)]
 mod log_tests;
 mod record;
+mod writer;
 pub mod sink;
 
 use std::collections::HashSet;
