@@ -17,7 +17,7 @@
 //! | room | its one job | may use |
 //! |---|---|---|
 //! | [`smtp`] | the face: accept loop, one connection's I/O and timeouts, the pure ESMTP session, and the client's reply to DATA worded from delivery's outcome | `delivery`, `spool`, `envelope`, `wire`, `ops`, `sync` |
-//! | [`spool`] | bodies while they arrive (memory or file), the durable queue on disk, group-committed fsyncs | `envelope`, `sync` |
+//! | [`spool`] | bodies while they arrive (memory or file), the durable queue on disk (a segment log for small messages, files for the rest), group-committed fsyncs | `envelope`, `sync` |
 //! | [`delivery`] | when the client gets its answer (hybrid, queue, direct), attempts, the queue loop, holds, retries; returns outcomes, never replies | `spool`, `upstream`, `governor`, `envelope`, `ops`, `wire`, `sync` |
 //! | [`governor`] | per-mailbox pacing inside Exchange's limits (rate, sessions, daily recipients) | `sync` |
 //! | [`upstream`] | the SMTP client to Exchange: STARTTLS, XOAUTH2, a pool per mailbox; the one place replies become verdicts | `token`, `diagnose`, `ops`, `wire`, `sync` |
