@@ -9,7 +9,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::sync::Lock as _;
 use std::time::Duration;
 
 use super::files::{create_private, remove_if_exists, sync_dir, write_synced};
@@ -66,6 +69,9 @@ impl BodyAt {
     }
 }
 
+/// The log as a reader read it: each live message, with its segment.
+pub type LogView = Arc<Vec<(String, log_read::LiveMessage, PathBuf)>>;
+
 /// A message in the log as a reader sees it.
 #[derive(Debug)]
 struct Logged {
@@ -119,7 +125,7 @@ impl Spool {
     /// Finds a message by id in either area.
     pub fn find(&self, id: &str) -> io::Result<Option<(Area, QueueEntry)>> {
         // First: in the relay this applies edits, which may move messages into queue/.
-        let mut logged = self.logged()?;
+        let logged = self.logged_one(id)?;
         for area in [Area::Queue, Area::Failed] {
             match read_entry(&self.path(area, id, "json")) {
                 Ok(e) => return Ok(Some((area, e))),
@@ -127,7 +133,7 @@ impl Spool {
                 Err(e) => return Err(e),
             }
         }
-        Ok(logged.remove(id).map(|m| (Area::Queue, m.entry)))
+        Ok(logged.map(|m| (Area::Queue, m.entry)))
     }
 
     /// Where the body of a message is: a file, or a place in a segment of the log.
@@ -136,7 +142,7 @@ impl Spool {
         if area == Area::Failed || file.exists() {
             return Ok(BodyAt::File(file));
         }
-        Ok(match self.logged()?.remove(id) {
+        Ok(match self.logged_one(id)? {
             Some(m) => m.at,
             None => BodyAt::File(file),
         })
@@ -219,7 +225,7 @@ impl Spool {
         let mut entry = match read_entry(&self.path(Area::Queue, id, "json")) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let Some(mut entry) = self.logged()?.remove(id).map(|m| m.entry) else {
+                let Some(mut entry) = self.logged_one(id)?.map(|m| m.entry) else {
                     return Ok(false);
                 };
                 entry.destination = to.cloned();
@@ -321,48 +327,96 @@ impl Spool {
                 })
                 .collect());
         }
-        let edits_dir = self.edits_dir();
-        let edits = log_read::edits(&edits_dir)?;
         let mut out = HashMap::new();
-        for (id, m, path) in self.log_live()? {
-            if edits.deleted.contains(&id)
-                || self.path(Area::Queue, &id, "json").exists()
-                || self.path(Area::Failed, &id, "json").exists()
-            {
-                continue;
+        for (id, m, path) in self.log_live()?.iter() {
+            if let Some(logged) = self.as_reader_sees(id, m, path)? {
+                out.insert(id.clone(), logged);
             }
-            let logged = if edits.changed.contains(&id) {
-                match read_entry(&edits_dir.join(format!("{id}.json"))) {
-                    Ok(entry) => Logged {
-                        entry,
-                        at: BodyAt::File(edits_dir.join(format!("{id}.eml"))),
-                    },
-                    // Applied by the relay meanwhile: the message is a file in queue/ now.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
-                }
-            } else {
-                let at = BodyAt::Segment {
-                    path,
-                    offset: m.body_offset,
-                    len: m.body_len,
-                };
-                Logged { entry: m.entry, at }
-            };
-            out.insert(id, logged);
         }
         Ok(out)
     }
 
-    /// Every message of the log not marked done, as the files say (edits not applied).
-    fn log_live(&self) -> io::Result<Vec<(String, log_read::LiveMessage, PathBuf)>> {
+    /// [`logged`](Self::logged) for one message.
+    fn logged_one(&self, id: &str) -> io::Result<Option<Logged>> {
+        if self.log.is_some() || self.foreign_log {
+            return Ok(self.logged()?.remove(id));
+        }
+        match self.log_live()?.iter().find(|(live, _, _)| live == id) {
+            Some((id, m, path)) => self.as_reader_sees(id, m, path),
+            None => Ok(None),
+        }
+    }
+
+    /// A live message of the log with the edits and files that override it applied.
+    fn as_reader_sees(
+        &self,
+        id: &str,
+        m: &log_read::LiveMessage,
+        path: &Path,
+    ) -> io::Result<Option<Logged>> {
+        let edits_dir = self.edits_dir();
+        if edits_dir.join(format!("{id}.deleted")).exists()
+            || self.path(Area::Queue, id, "json").exists()
+            || self.path(Area::Failed, id, "json").exists()
+        {
+            return Ok(None);
+        }
+        let eml = edits_dir.join(format!("{id}.eml"));
+        if eml.exists() {
+            match read_entry(&edits_dir.join(format!("{id}.json"))) {
+                Ok(entry) => {
+                    return Ok(Some(Logged {
+                        entry,
+                        at: BodyAt::File(eml),
+                    }))
+                }
+                // Not (or no longer: applied by the relay) an edit.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let at = BodyAt::Segment {
+            path: path.to_owned(),
+            offset: m.body_offset,
+            len: m.body_len,
+        };
+        Ok(Some(Logged {
+            entry: m.entry.clone(),
+            at,
+        }))
+    }
+
+    /// Every message of the log not marked done, as the files say (edits not applied):
+    /// read once per handle, so that `retry --all` does not read the log for each message
+    /// (a reader's handle lives for one command).
+    fn log_live(&self) -> io::Result<LogView> {
+        let mut cached = self.log_view.locked();
+        if let Some(view) = &*cached {
+            return Ok(view.clone());
+        }
         let mut out = Vec::new();
         for files in log_read::segments(&self.root.join("log"))? {
             for m in log_read::read_segment(&files)?.live {
                 out.push((m.entry.id.clone(), m, files.path.clone()));
             }
         }
-        Ok(out)
+        let view = Arc::new(out);
+        *cached = Some(view.clone());
+        Ok(view)
+    }
+
+    /// Whether message `id` of segment `segment` is still live, from the disk now: the
+    /// segment is there and its done file does not name it.
+    fn still_live(&self, id: &str, segment: &Path) -> io::Result<bool> {
+        if !segment.exists() {
+            return Ok(false);
+        }
+        let done = match std::fs::read(segment.with_extension("done")) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(!log_read::done_ids(&done).contains(id.as_bytes()))
     }
 
     fn edits_dir(&self) -> PathBuf {
@@ -401,7 +455,12 @@ impl Spool {
         }
         // The relay may have finished it while the edit was written: then the edit must
         // not bring it back (the relay drops edits of messages it no longer has, too).
-        if !self.log_live()?.iter().any(|(live, _, _)| live == id) {
+        let segment = self
+            .log_live()?
+            .iter()
+            .find(|(live, _, _)| live == id)
+            .map(|(_, _, segment)| segment.clone());
+        if !segment.is_some_and(|s| self.still_live(id, &s).unwrap_or(false)) {
             for path in written {
                 remove_if_exists(&path)?;
             }

@@ -111,9 +111,14 @@ impl Log {
                 std::fs::TryLockError::Error(e) => e,
             });
         }
-        for tmp in std::fs::read_dir(dir.join("edits"))? {
-            let path = tmp?.path();
-            if path.extension().is_some_and(|e| e == "tmp") {
+        for item in std::fs::read_dir(dir.join("edits"))? {
+            let path = item?.path();
+            // Half-written edits, and an envelope whose body was already moved to `queue/`
+            // when a crash came (that edit is lost; its message is still in the log).
+            let stray = path.extension().is_some_and(|e| e == "tmp")
+                || (path.extension().is_some_and(|e| e == "json")
+                    && !path.with_extension("eml").exists());
+            if stray {
                 remove_if_exists(&path)?;
             }
         }
@@ -189,6 +194,7 @@ impl Log {
             broken: false,
             segments,
             index,
+            moved: Default::default(),
         }));
         let fsyncs = Arc::new(AtomicU64::new(0));
         let (ops, receiver) = mpsc::channel();
@@ -273,12 +279,22 @@ impl Log {
     /// goes when nothing in it is live. Returns false if `id` was not in the log, or was
     /// finished by another caller meanwhile (who then owns what follows).
     pub async fn finish(&self, id: &str) -> io::Result<bool> {
+        self.finish_as(id, false).await
+    }
+
+    /// [`finish`](Self::finish) for a message that moved to a file of its own.
+    pub async fn finish_moved(&self, id: &str) -> io::Result<bool> {
+        self.finish_as(id, true).await
+    }
+
+    async fn finish_as(&self, id: &str, moved: bool) -> io::Result<bool> {
         if !self.contains(id) {
             return Ok(false);
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.send(Op::Finish {
             ids: vec![id.to_owned()],
+            moved,
             reply: Reply::Async(reply),
         })?;
         Ok(answer.await.map_err(|_| stopped())?? == 1)
@@ -293,6 +309,7 @@ impl Log {
         let (reply, answer) = mpsc::channel();
         self.send(Op::Finish {
             ids: ids.iter().map(|id| id.to_string()).collect(),
+            moved: false,
             reply: Reply::Blocking(reply),
         })?;
         answer.recv().map_err(|_| stopped())?
@@ -305,9 +322,23 @@ impl Log {
         let edits_dir = self.dir.join("edits");
         let edits = log_read::edits(&edits_dir)?;
         let mut applied = 0;
+        let file_of = |id: &str| {
+            (
+                queue.join(format!("{id}.json")),
+                queue.join(format!("{id}.eml")),
+            )
+        };
         for id in &edits.deleted {
+            let (json, eml) = file_of(id);
             if self.contains(id) {
                 self.finish_now(&[id])?;
+                applied += 1;
+            } else if json.exists() {
+                // It moved to a file of its own meanwhile (waiting for a retry): the
+                // deletion is for that file now.
+                remove_if_exists(&json)?;
+                remove_if_exists(&eml)?;
+                sync_dir(queue)?;
                 applied += 1;
             }
             remove_if_exists(&edits_dir.join(format!("{id}.deleted")))?;
@@ -315,31 +346,45 @@ impl Log {
         for id in edits.changed.difference(&edits.deleted) {
             let json = edits_dir.join(format!("{id}.json"));
             let eml = edits_dir.join(format!("{id}.eml"));
-            if self.contains(id) {
-                // The file first, then the done record: a crash between leaves both, and
-                // the file wins at start-up.
-                let (to_eml, to_json) = (
-                    queue.join(format!("{id}.eml")),
-                    queue.join(format!("{id}.json")),
-                );
-                std::fs::rename(&eml, &to_eml)?;
-                std::fs::rename(&json, &to_json)?;
-                sync_dir(queue)?;
-                sync_dir(&edits_dir)?;
-                if self.finish_now(&[id])? == 0 {
-                    // Delivered or failed meanwhile by the relay: the edit comes too late.
-                    remove_if_exists(&to_json)?;
-                    remove_if_exists(&to_eml)?;
-                    sync_dir(queue)?;
-                    continue;
-                }
-                applied += 1;
-            } else {
+            let (to_json, to_eml) = file_of(id);
+            let in_log = self.contains(id);
+            if !in_log && !to_json.exists() {
+                // Delivered or failed meanwhile: the edit comes too late.
                 remove_if_exists(&json)?;
                 remove_if_exists(&eml)?;
+                continue;
             }
+            if !in_log {
+                // It moved to a file of its own meanwhile (waiting for a retry), whose
+                // envelope is newer than the edit's: the edit's changes go onto it.
+                merge_edit(&json, &to_json)?;
+                remove_if_exists(&json)?;
+                remove_if_exists(&eml)?;
+                applied += 1;
+                continue;
+            }
+            // The file first, then the done record: a crash between leaves both, and the
+            // file wins at start-up.
+            std::fs::rename(&eml, &to_eml)?;
+            std::fs::rename(&json, &to_json)?;
+            sync_dir(queue)?;
+            sync_dir(&edits_dir)?;
+            if self.finish_now(&[id])? == 0 && !self.moved_lately(id) {
+                // Delivered or failed by the relay between the two: the edit comes too
+                // late, and the file it made must not send the message again.
+                remove_if_exists(&to_json)?;
+                remove_if_exists(&to_eml)?;
+                sync_dir(queue)?;
+                continue;
+            }
+            applied += 1;
         }
         Ok(applied)
+    }
+
+    /// Whether `id` left the log lately for a file of its own (see `State::moved`).
+    fn moved_lately(&self, id: &str) -> bool {
+        self.state.locked().moved.iter().any(|m| m == id)
     }
 
     /// Messages in the log that also have a file of their own in `queue/` or `failed/`: a
@@ -356,6 +401,26 @@ impl Log {
         let ids: Vec<&str> = doubled.iter().map(String::as_str).collect();
         self.finish_now(&ids)
     }
+}
+
+/// Applies what a `queue` command changes (the next attempt, the destination) from the
+/// edit's envelope onto the newer one at `to`.
+fn merge_edit(edit: &Path, to: &Path) -> io::Result<()> {
+    let read = |path: &Path| -> io::Result<QueueEntry> {
+        serde_json::from_slice(&std::fs::read(path)?)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    };
+    let edit = read(edit)?;
+    let mut entry = read(to)?;
+    entry.next_attempt = entry.next_attempt.min(edit.next_attempt);
+    entry.destination = edit.destination;
+    entry.mailbox = edit.mailbox;
+    let tmp = to.with_extension("json.edit.tmp");
+    super::files::write_synced(
+        &tmp,
+        &serde_json::to_vec_pretty(&entry).map_err(io::Error::other)?,
+    )?;
+    std::fs::rename(&tmp, to)
 }
 
 fn stopped() -> io::Error {

@@ -103,12 +103,7 @@ pub fn read_segment(files: &SegmentFiles) -> io::Result<ReadSegment> {
         Err(e) => return Err(e),
     };
     let done = record::parse(&done_bytes);
-    let finished: HashSet<&[u8]> = done
-        .records
-        .iter()
-        .filter(|r| r.kind == Kind::Done)
-        .map(|r| r.payload)
-        .collect();
+    let finished = done_ids(&done_bytes);
     let parsed = record::parse(&bytes);
     let mut out = ReadSegment {
         torn: parsed
@@ -140,6 +135,16 @@ pub fn read_segment(files: &SegmentFiles) -> io::Result<ReadSegment> {
         });
     }
     Ok(out)
+}
+
+/// The ids a done file names.
+pub fn done_ids(bytes: &[u8]) -> HashSet<&[u8]> {
+    record::parse(bytes)
+        .records
+        .iter()
+        .filter(|r| r.kind == Kind::Done)
+        .map(|r| r.payload)
+        .collect()
 }
 
 /// Changes the `queue` commands asked for on messages in the log, which they cannot write:

@@ -427,3 +427,37 @@ fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+#[tokio::test]
+async fn an_edit_of_a_message_that_moved_out_meanwhile_applies_to_its_file() {
+    // The relay defers a message (it moves to a file of its own) after a `queue` command
+    // left an edit for it: the edit must neither be lost nor bring back old state.
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, _) = Spool::open(dir.path()).unwrap();
+    commit(&relay, "retried", 200).await;
+    commit(&relay, "deleted", 200).await;
+    let cli = Spool::open_existing(dir.path()).unwrap();
+    assert!(cli.retry("retried").unwrap());
+    assert!(cli.delete("deleted").unwrap());
+    let mut later = entry("retried", 200);
+    later.attempts = 3;
+    later.next_attempt = now_unix() + 3600;
+    relay.update(&later).await.unwrap();
+    // A delete asked for before the deferral wins over it.
+    assert!(relay.update(&entry("deleted", 200)).await.is_err());
+    let listed = relay.list(Area::Queue).unwrap();
+    assert_eq!(ids(&listed), BTreeSet::from(["retried".into()]));
+    let e = &listed[0];
+    assert_eq!(e.attempts, 3, "the relay's newer envelope is kept");
+    assert!(e.next_attempt <= now_unix(), "and the retry applies to it");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("log/edits"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert_eq!(
+        std::fs::read(relay.body_path("retried")).unwrap(),
+        body("retried", 200)
+    );
+}

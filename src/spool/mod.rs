@@ -96,6 +96,8 @@ pub struct Spool {
     log: Option<Arc<Log>>,
     /// Another relay process owns the log: its messages are its own to deliver.
     foreign_log: bool,
+    /// What a reader (a `queue` command) read of the log, read once per command.
+    log_view: Arc<std::sync::Mutex<Option<commands::LogView>>>,
 }
 
 /// See `Spool::committers`.
@@ -118,6 +120,7 @@ impl Spool {
             faults: Arc::default(),
             log: None,
             foreign_log: false,
+            log_view: Default::default(),
         }
     }
 
@@ -378,7 +381,16 @@ impl Spool {
             return Ok(false);
         };
         self.commit_body(None, Some(Arc::new(body?)), entry).await?;
-        log.finish(&entry.id).await?;
+        if let Err(e) = log.finish_moved(&entry.id).await {
+            // Still in the log: the file must go again, or both would be delivered.
+            let json = self.path(Area::Queue, &entry.id, "json");
+            let eml = self.body_path(&entry.id);
+            let _ = tokio::task::spawn_blocking(move || {
+                remove_if_exists(&json).and_then(|()| remove_if_exists(&eml))
+            })
+            .await;
+            return Err(e);
+        }
         Ok(true)
     }
 

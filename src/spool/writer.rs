@@ -54,7 +54,14 @@ pub(super) struct State {
     pub broken: bool,
     pub segments: BTreeMap<u64, Segment>,
     pub index: HashMap<String, Held>,
+    /// Messages taken out of the log lately because they moved to a file of their own
+    /// (newest last, a few thousand at most): an edit applied at the same moment must not
+    /// take that file for a delivered message's left-over.
+    pub moved: std::collections::VecDeque<String>,
 }
+
+/// How many recent moves [`State::moved`] remembers.
+const MOVED_KEPT: usize = 4096;
 
 /// Where an answer goes: an async caller, or a blocking one (re-reading the queue).
 pub(super) enum Reply<T> {
@@ -83,8 +90,10 @@ pub(super) struct Append {
 pub(super) enum Op {
     Append(Box<Append>),
     /// Done records for these messages; answers how many this took out of the log.
+    /// `moved`: they leave for files of their own in `queue/`, not delivered or failed.
     Finish {
         ids: Vec<String>,
+        moved: bool,
         reply: Reply<usize>,
     },
 }
@@ -114,26 +123,30 @@ impl Writer {
         let mut appends = Vec::new();
         let mut finishes = Vec::new();
         let mut written: Vec<Arc<File>> = Vec::new();
+        // A segment whose sync failed while rolling: its records of this batch may be lost
+        // (and a second sync would not say so: Linux reports a writeback error once).
+        let mut poisoned = None;
         for op in batch {
             match op {
                 Op::Append(a) => {
-                    let result = self.write(&a, &mut written);
+                    let result = self.write(&a, &mut written, &mut poisoned);
                     appends.push((a, result));
                 }
-                Op::Finish { ids, reply } => finishes.push((ids, reply)),
+                Op::Finish { ids, moved, reply } => finishes.push((ids, moved, reply)),
             }
         }
         let synced = sync_each(&written);
+        let lost = |held: &Held| synced.is_err() || poisoned == Some(held.seq);
         self.fsyncs
             .fetch_add(written.len() as u64, Ordering::Relaxed);
         let mut done_files = Vec::new();
-        if synced.is_err() {
+        if synced.is_err() || poisoned.is_some() {
             // Whether these records reached the disk is unknown: they must not be
             // delivered later as if accepted (their clients hear 451 and send again).
             let mut s = self.state.locked();
             s.broken = true;
             for (a, held) in &appends {
-                if let Ok(held) = held {
+                if let Some(held) = held.as_ref().ok().filter(|h| lost(h)) {
                     if let Some(segment) = s.segments.get_mut(&held.seq) {
                         segment.live = segment.live.saturating_sub(1);
                         if append_done(&segment.done, &a.entry.id).is_ok() {
@@ -144,33 +157,36 @@ impl Writer {
             }
         }
         let mut marked = Vec::new();
-        for (ids, reply) in finishes {
+        for (ids, moved, reply) in finishes {
             let result = ids.iter().try_for_each(|id| {
                 let file = self.mark(id)?;
                 done_files.extend(file);
                 Ok(())
             });
-            marked.push((ids, reply, result));
+            marked.push((ids, moved, reply, result));
         }
         let done_synced = sync_each(&done_files);
         // Answers: commits first (their clients wait for a 250), then the done records.
         for (a, held) in appends {
-            let result = match (&synced, held) {
-                (Ok(()), Ok(held)) => {
+            let result = match held {
+                Ok(held) if !lost(&held) => {
                     self.state.locked().index.insert(a.entry.id.clone(), held);
                     Ok(())
                 }
-                (Err(e), Ok(_)) => Err(copy(e)),
-                (_, Err(e)) => Err(e),
+                Ok(_) => Err(match &synced {
+                    Err(e) => copy(e),
+                    Ok(()) => io::Error::other("the spool segment could not be synced"),
+                }),
+                Err(e) => Err(e),
             };
             a.reply.send(result);
         }
-        for (ids, reply, result) in marked {
+        for (ids, moved, reply, result) in marked {
             let result = match (result, &done_synced) {
                 (Err(e), _) => Err(e),
                 (Ok(()), Err(e)) => Err(copy(e)),
                 (Ok(()), Ok(())) => {
-                    let (taken, gone) = self.forget(&ids);
+                    let (taken, gone) = self.forget(&ids, moved);
                     gone.iter().for_each(reclaim);
                     Ok(taken)
                 }
@@ -180,11 +196,22 @@ impl Writer {
     }
 
     /// Writes one message record at the end of the active segment.
-    fn write(&self, a: &Append, written: &mut Vec<Arc<File>>) -> io::Result<Held> {
+    fn write(
+        &self,
+        a: &Append,
+        written: &mut Vec<Arc<File>>,
+        poisoned: &mut Option<u64>,
+    ) -> io::Result<Held> {
         let mut s = self.state.locked();
         let len = a.record.len() as u64;
         if s.broken || (s.len > 0 && s.len + len > SEGMENT_MAX) {
-            roll(&self.dir, &mut s)?;
+            let old = s.active;
+            if let Err(e) = s.segments[&old].file.sync_data() {
+                *poisoned = Some(old);
+                s.broken = true;
+                return Err(e);
+            }
+            roll(&self.dir, &mut s).inspect_err(|_| s.broken = true)?;
         }
         let offset = s.len;
         let active = s.active;
@@ -222,7 +249,7 @@ impl Writer {
 
     /// Drops finished messages from the index: how many were there, and the segments now
     /// to remove.
-    fn forget(&self, ids: &[String]) -> (usize, Vec<SegmentFiles>) {
+    fn forget(&self, ids: &[String], moved: bool) -> (usize, Vec<SegmentFiles>) {
         let mut s = self.state.locked();
         let mut gone = Vec::new();
         let mut taken = 0;
@@ -231,6 +258,12 @@ impl Writer {
                 continue;
             };
             taken += 1;
+            if moved {
+                if s.moved.len() == MOVED_KEPT {
+                    s.moved.pop_front();
+                }
+                s.moved.push_back(id.clone());
+            }
             let active = s.active;
             let Some(segment) = s.segments.get_mut(&held.seq) else {
                 continue;
@@ -246,10 +279,15 @@ impl Writer {
     }
 }
 
+/// Appends a done record; one that fails part-way is cut off again, or the records after
+/// it would never be read (the reader stops at the first that is not whole).
 fn append_done(done: &File, id: &str) -> io::Result<()> {
     use std::io::Write;
+    let before = done.metadata()?.len();
     let mut file = done;
-    file.write_all(&record::done(id))
+    file.write_all(&record::done(id)).inspect_err(|_| {
+        let _ = done.set_len(before);
+    })
 }
 
 /// Syncs each file once.
@@ -269,14 +307,19 @@ fn copy(e: &io::Error) -> io::Error {
     io::Error::new(e.kind(), e.to_string())
 }
 
-/// Closes the active segment and starts the next. The old one is synced first: records
-/// written to it in this batch are then durable whatever the batch syncs.
+/// Closes the active segment and starts the next. The caller has synced the old one:
+/// records written to it in this batch are then durable whatever the batch syncs.
 fn roll(dir: &Path, s: &mut State) -> io::Result<()> {
     let old = s.active;
-    s.segments[&old].file.sync_data()?;
     let next = old + 1;
-    let segment = create_segment(dir, next)?;
-    sync_dir(dir)?;
+    let segment = create_segment(dir, next)
+        .and_then(|segment| sync_dir(dir).map(|()| segment))
+        .inspect_err(|_| {
+            // Half made: gone again, so that the next try can make it.
+            let files = SegmentFiles::new(dir, next);
+            let _ = remove_if_exists(&files.path);
+            let _ = remove_if_exists(&files.done);
+        })?;
     s.segments.insert(next, segment);
     s.active = next;
     s.len = 0;
@@ -318,7 +361,11 @@ pub(super) fn create_segment(dir: &Path, seq: u64) -> io::Result<Segment> {
 /// leaves a done file without segment (removed at the next start), never a segment whose
 /// done records are gone.
 pub(super) fn reclaim(files: &SegmentFiles) {
-    if let Err(e) = remove_if_exists(&files.path).and_then(|()| remove_if_exists(&files.done)) {
+    let dir = files.path.parent().unwrap_or(Path::new("."));
+    let removed = remove_if_exists(&files.path)
+        .and_then(|()| sync_dir(dir))
+        .and_then(|()| remove_if_exists(&files.done));
+    if let Err(e) = removed {
         tracing::warn!(segment = %files.path.display(), error = %e, "cannot remove a finished spool segment");
     }
 }
