@@ -55,13 +55,7 @@ pub struct ReadSegment {
 /// The segments under `dir`, oldest first. Files that are not segments are not listed.
 pub fn segments(dir: &Path) -> io::Result<Vec<SegmentFiles>> {
     let mut out = Vec::new();
-    let items = match std::fs::read_dir(dir) {
-        Ok(items) => items,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e),
-    };
-    for item in items {
-        let name = item?.file_name();
+    for name in names_in(dir)? {
         let Some(seq) = name
             .to_str()
             .and_then(|n| n.strip_suffix(".seg"))
@@ -73,6 +67,15 @@ pub fn segments(dir: &Path) -> io::Result<Vec<SegmentFiles>> {
     }
     out.sort_by_key(|s| s.seq);
     Ok(out)
+}
+
+/// The names in `dir`; none if it does not exist (a spool from before the log).
+fn names_in(dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+    match std::fs::read_dir(dir) {
+        Ok(items) => items.map(|i| i.map(|i| i.file_name())).collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
 }
 
 /// The done files under `dir` whose segment is gone (a reclaim cut short).
@@ -159,13 +162,7 @@ pub struct Edits {
 /// edits.
 pub fn edits(dir: &Path) -> io::Result<Edits> {
     let mut out = Edits::default();
-    let items = match std::fs::read_dir(dir) {
-        Ok(items) => items,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e),
-    };
-    for item in items {
-        let name = item?.file_name();
+    for name in names_in(dir)? {
         let Some(name) = name.to_str() else { continue };
         if let Some(id) = name.strip_suffix(".deleted") {
             out.deleted.insert(id.to_owned());
