@@ -406,10 +406,11 @@ async fn sigterm_drains_data_in_progress_and_deliveries_in_flight() {
         "messages that got a 250 are neither delivered nor queued: {lost:?}; stderr:\n{}",
         relay.stderr_tail(40)
     );
+    let reader = Spool::open_existing(&spool_dir).expect("the spool exists");
     for id in &queued_after {
         assert!(
-            spool_dir.join("queue").join(format!("{id}.eml")).is_file(),
-            "queue/{id}.json without its body"
+            reader.read_body(Area::Queue, id).is_ok(),
+            "queued {id} without its body"
         );
     }
     // Never half-accepted: the abandoned message and a refused one are nowhere; nothing
