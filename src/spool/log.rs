@@ -82,8 +82,6 @@ impl Drop for Log {
 pub struct Recovered {
     pub segments: usize,
     pub live: usize,
-    pub torn: usize,
-    pub unreadable: usize,
 }
 
 impl Log {
@@ -132,8 +130,6 @@ impl Log {
         for files in log_read::segments(dir)? {
             last = files.seq;
             let read = log_read::read_segment(&files)?;
-            recovered.torn += usize::from(read.torn.is_some());
-            recovered.unreadable += read.unreadable;
             if let Some((valid, len)) = read.torn {
                 tracing::warn!(
                     segment = %files.path.display(),

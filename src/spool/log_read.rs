@@ -40,8 +40,6 @@ pub struct LiveMessage {
 pub struct ReadSegment {
     /// Messages not marked done, in the order written.
     pub live: Vec<LiveMessage>,
-    /// Message records, done or not.
-    pub messages: usize,
     /// Bytes after the last whole record of the segment, if any (a write a crash tore: it
     /// never got a `250`).
     pub torn: Option<(usize, usize)>,
@@ -117,7 +115,6 @@ pub fn read_segment(files: &SegmentFiles) -> io::Result<ReadSegment> {
         ..ReadSegment::default()
     };
     for r in parsed.records.iter().filter(|r| r.kind == Kind::Message) {
-        out.messages += 1;
         let Some((envelope, body_at)) = record::split_message(r.payload) else {
             continue;
         };
