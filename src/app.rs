@@ -10,7 +10,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{ValidConfig, ValidLane};
 use crate::delivery::{self, Delivery, Lanes};
-use crate::governor::Governor;
+use crate::governor::shared::Keys;
+use crate::governor::{Coordinator, Governor, SharedMailbox};
 use crate::ops::admin;
 use crate::smtp::connection::{Context, Door};
 use crate::smtp::listener;
@@ -34,6 +35,9 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsSetupError),
     #[error("credential: {0}")]
     Credential(String),
+    /// `governor.shared` could not be prepared (the message never holds the URL's password).
+    #[error("{0}")]
+    Shared(String),
     #[error("cannot listen on {addr} (admin.listen / SMTP_OAUTH_RELAY_ADMIN_LISTEN): {source}")]
     AdminBind {
         addr: SocketAddr,
@@ -163,6 +167,8 @@ impl Relay {
             .map(|lane| lane_destination(&config, lane))
             .collect();
         destinations[0] = destination;
+        let coordinator = config.shared.clone().map(Coordinator::new);
+        let coordinator = coordinator.transpose().map_err(StartError::Shared)?;
         let mut lanes = Vec::with_capacity(config.lanes.len());
         for (i, lane) in config.lanes.iter().enumerate() {
             let account = &config.accounts[lane.account];
@@ -172,6 +178,18 @@ impl Relay {
                 accounts[lane.account].tokens.clone(),
                 lane.mailbox.clone(),
             ));
+            let governor = match &coordinator {
+                Some(c) => {
+                    let keys = Keys::new(&c.settings().prefix, &account.tenant, &lane.mailbox);
+                    let g = Governor::with_shared(
+                        account.limits.clone(),
+                        SharedMailbox::new(c.clone(), keys, account.limits.clone()),
+                    );
+                    tracker.spawn(g.clone().upkeep(shutdown.clone()));
+                    g
+                }
+                None => Governor::new(account.limits.clone()),
+            };
             let siblings = destinations
                 .iter()
                 .enumerate()
@@ -182,7 +200,7 @@ impl Relay {
                 settings: config.lane_delivery(lane),
                 hostname: config.listen.hostname.clone(),
                 upstream: upstream.clone(),
-                governor: Governor::new(account.limits.clone()),
+                governor: governor.clone(),
                 spool: spool.clone(),
                 destination: destinations[i].clone(),
                 siblings,
@@ -244,6 +262,7 @@ impl Relay {
                         .map(|a| (a.name.clone(), a.tokens.clone()))
                         .collect(),
                     lanes: lanes.clone(),
+                    coordinator: coordinator.clone(),
                 }),
             });
             tokio::spawn(admin::serve(l, health, admin_stop.clone()))
@@ -442,6 +461,8 @@ struct Observed {
     /// Each account's name and token cache.
     accounts: Vec<(String, TokenCache)>,
     lanes: Arc<Lanes>,
+    /// The shared limits' connection, when configured (its fallback is a warning).
+    coordinator: Option<Arc<Coordinator>>,
 }
 
 impl admin::RelayState for Observed {
@@ -501,6 +522,7 @@ impl admin::RelayState for Observed {
         if first.spool().faults().full() {
             out.push("spool: the last write failed: no space left; new mail is refused with 452 4.3.1 until a write works again".into());
         }
+        out.extend(self.coordinator.as_ref().and_then(|c| c.warning()));
         out
     }
 

@@ -49,8 +49,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+mod coordinator;
+mod ledger;
 mod pacer;
+pub mod scripts;
+pub mod shared;
 
+pub use coordinator::{Coordinator, SharedHold, SharedMailbox};
 pub use pacer::{Governor, Permit};
 
 /// The rolling window of the daily recipient budget (reference §4.1: "rolling 24 h").
@@ -180,6 +185,14 @@ impl GovernorState {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Changes the limits from now on (shared limits: this replica's share while Redis is
+    /// away, the mailbox's own while it answers). What was recorded keeps counting.
+    pub fn set_limits(&mut self, limits: Limits) {
+        if self.limits != limits {
+            self.limits = limits;
+        }
     }
 
     /// May a batch of `recipients` recipients (at most `max_recipients_per_message`) be sent
@@ -967,7 +980,7 @@ mod tests {
         let g = Governor::new(Limits::default());
         let t0 = Instant::now();
         drop(g.acquire(7).await);
-        g.on_quota_exceeded();
+        g.on_quota_exceeded().await;
         assert_eq!(
             g.try_acquire(1).unwrap_err(),
             Decision::HeldUntil(t0 + DAILY_WINDOW)
@@ -1005,7 +1018,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         // Rate (3 per minute) used up; also no slot, but the time-based reason wins.
         assert_eq!(g.try_acquire(1).unwrap_err(), Decision::WaitUntil(t0 + MIN));
-        g.on_quota_exceeded();
+        g.on_quota_exceeded().await;
         assert_eq!(
             g.try_acquire(1).unwrap_err(),
             Decision::HeldUntil(t0 + DAILY_WINDOW)

@@ -43,6 +43,12 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("EXTRA_CA_FILE", "tls.extra_ca_file"),
     ("SPOOL_DIR", "delivery.spool_dir"),
     ("RATE_PER_MINUTE", "governor.rate_per_minute"),
+    ("GOVERNOR_SHARED", "governor.shared"),
+    (
+        "GOVERNOR_SHARED_PASSWORD_FILE",
+        "governor.shared_password_file",
+    ),
+    ("GOVERNOR_EXPECTED_REPLICAS", "governor.expected_replicas"),
     ("MODE", "delivery.mode"),
     ("NOTICE_TO", "notice.to"),
     ("LOG_FORMAT", "log.format"),

@@ -12,6 +12,8 @@ use crate::delivery::{DeliveryMode, EnvelopeSender, FromRewrite};
 use crate::token::{AssertionAlgorithm, Cloud, CredentialKind};
 
 /// IMDS's token URL on an Azure VM or VM scale set (reference §1.5).
+pub use super::governor::GovernorConfig;
+
 pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
 /// Default Microsoft identity platform host (global cloud).
 pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
@@ -481,32 +483,6 @@ pub struct NoticeConfig {
     /// One address for every failure notice instead of each message's envelope sender (an
     /// admin's mailbox, say). A notice Exchange refuses goes once to the relay's own mailbox.
     pub to: Option<String>,
-}
-
-/// Per-mailbox pacing (reference §4.1). `0` disables a limit (benchmarks against the sandbox).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GovernorConfig {
-    /// Messages per rolling window (Exchange: 30 per minute).
-    pub rate_per_minute: u32,
-    /// The window `rate_per_minute` counts over, in seconds. Exchange's is 60; shorter windows
-    /// are for tests and benchmarks.
-    pub rate_window_secs: u64,
-    /// Recipients per rolling 24 hours (Exchange: 10,000).
-    pub daily_recipients: u32,
-    /// Messages with more recipients are sent in batches of this size (Exchange: 500).
-    pub recipients_per_message: u32,
-}
-
-impl Default for GovernorConfig {
-    fn default() -> Self {
-        Self {
-            rate_per_minute: 30,
-            rate_window_secs: 60,
-            daily_recipients: 10_000,
-            recipients_per_message: 500,
-        }
-    }
 }
 
 /// Log output.

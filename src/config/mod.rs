@@ -24,6 +24,7 @@ mod address;
 mod credential;
 mod env;
 mod file;
+mod governor;
 mod inbound;
 mod keys;
 #[cfg(test)]

@@ -616,3 +616,108 @@ fn managed_identity_gets_the_clouds_federation_audience() {
         }
     }
 }
+
+#[test]
+fn shared_governor_settings_are_checked_and_never_echo_the_password() {
+    let c = load(&[]).unwrap();
+    assert!(c.shared.is_none(), "off by default");
+    assert!(
+        c.account().upstream.keep_idle,
+        "sessions are pooled when not shared"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("redis-password");
+    std::fs::write(&pw, "from-file-pw\n").unwrap();
+    let pw = pw.display().to_string();
+    let c = load(&[
+        (
+            "SMTP_OAUTH_RELAY_GOVERNOR_SHARED",
+            "rediss://:url-pw@redis.mail.svc:6380/2",
+        ),
+        ("SMTP_OAUTH_RELAY_GOVERNOR_SHARED_PASSWORD_FILE", &pw),
+        ("SMTP_OAUTH_RELAY_GOVERNOR_EXPECTED_REPLICAS", "4"),
+    ])
+    .unwrap();
+    let s = c.shared.as_ref().expect("shared");
+    assert_eq!(s.password.as_deref(), Some("from-file-pw"), "trimmed");
+    assert_eq!(s.expected_replicas, 4);
+    assert_eq!(s.display_url(), "rediss://***@redis.mail.svc:6380/2");
+    assert!(
+        !c.account().upstream.keep_idle,
+        "shared: a session is closed after its send"
+    );
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("url-pw") && !shown.contains("from-file-pw"));
+    let mut pairs = GOOD.to_vec();
+    pairs.push((
+        "SMTP_OAUTH_RELAY_GOVERNOR_SHARED",
+        "rediss://:url-pw@redis.mail.svc:6380/2",
+    ));
+    let raw = Config::load(None, &env(&pairs)).unwrap();
+    for shown in [format!("{raw:?}"), serde_json::to_string(&raw).unwrap()] {
+        assert!(!shown.contains("url-pw"), "{shown}");
+        assert!(shown.contains("redis.mail.svc"), "{shown}");
+    }
+
+    let one = load(&[("SMTP_OAUTH_RELAY_GOVERNOR_SHARED", "redis://r:6379")]).unwrap();
+    assert!(
+        one.warnings
+            .iter()
+            .any(|w| w.contains("expected_replicas is 1")),
+        "{:?}",
+        one.warnings
+    );
+
+    for (pairs, key, says) in [
+        (
+            vec![(
+                "SMTP_OAUTH_RELAY_GOVERNOR_SHARED",
+                "http://:secret-pw@r:6379",
+            )],
+            "governor.shared",
+            "redis://",
+        ),
+        (
+            vec![(
+                "SMTP_OAUTH_RELAY_GOVERNOR_SHARED",
+                "redis://:secret-pw@:6379/0",
+            )],
+            "governor.shared",
+            "no host",
+        ),
+        (
+            vec![
+                ("SMTP_OAUTH_RELAY_GOVERNOR_SHARED", "redis://r:6379"),
+                ("SMTP_OAUTH_RELAY_GOVERNOR_EXPECTED_REPLICAS", "0"),
+            ],
+            "governor.expected_replicas",
+            "at least 1",
+        ),
+        (
+            vec![
+                ("SMTP_OAUTH_RELAY_GOVERNOR_SHARED", "redis://r:6379"),
+                (
+                    "SMTP_OAUTH_RELAY_GOVERNOR_SHARED_PASSWORD_FILE",
+                    "/nonexistent/redis-password",
+                ),
+            ],
+            "governor.shared_password_file",
+            "cannot read /nonexistent/redis-password",
+        ),
+        (
+            vec![
+                ("SMTP_OAUTH_RELAY_GOVERNOR_SHARED", "redis://r:6379"),
+                ("SMTP_OAUTH_RELAY__GOVERNOR__SHARED_LEASE_SECS", "1"),
+            ],
+            "governor.shared_lease_secs",
+            "at least 3",
+        ),
+    ] {
+        let e = load(&pairs).expect_err(key);
+        let text = e.to_string();
+        assert!(text.contains(key) && text.contains(says), "{text}");
+        assert!(!text.contains("secret-pw"), "{text}");
+    }
+}

@@ -16,6 +16,7 @@ use super::file::{
 use super::inbound::{check_route_users, validate_door};
 use crate::delivery::route::Routes;
 use crate::delivery::{DeliverySettings, EnvelopeSender, FromRewrite};
+use crate::governor::shared::{check_url, SharedSettings};
 use crate::governor::Limits;
 use crate::smtp::ListenSettings;
 use crate::upstream::UpstreamSettings;
@@ -41,6 +42,8 @@ pub struct ValidConfig {
     /// Admin HTTP address; `None` when `admin.listen = "off"`.
     pub admin: Option<SocketAddr>,
     pub shutdown_grace: Duration,
+    /// The fleet's shared limits (`governor.shared`), if configured.
+    pub shared: Option<SharedSettings>,
     /// Things worth a log line but not worth refusing to start.
     pub warnings: Vec<String>,
 }
@@ -74,8 +77,12 @@ pub(super) fn validate(config: Config) -> Result<ValidConfig, ConfigError> {
     // In the order of the file, so that the first of several mistakes is the one named.
     let listen = validate_listen(&config.listen)?;
     check_route_users(&config.route, &listen.auth)?;
-    let base_upstream = validate_upstream(&config.upstream, &listen.hostname)?;
+    let mut base_upstream = validate_upstream(&config.upstream, &listen.hostname)?;
     let base_limits = validate_governor(&config.governor, &config.upstream);
+    let shared = validate_shared(&config.governor, &mut warnings)?;
+    // With shared limits a session counts for the fleet while it is open, so none is kept
+    // idle (Exchange's own advice too: connect, send, QUIT; reference §4.5).
+    base_upstream.keep_idle = shared.is_none();
     let (mut accounts, lanes, routes) = validate_accounts(
         &config.account,
         &config.route,
@@ -106,6 +113,7 @@ pub(super) fn validate(config: Config) -> Result<ValidConfig, ConfigError> {
         delivery,
         admin: validate_admin(&config.admin)?,
         shutdown_grace: Duration::from_secs(config.shutdown.grace_secs),
+        shared,
         warnings,
     })
 }
@@ -168,6 +176,67 @@ pub(super) fn validate_governor(g: &GovernorConfig, u: &UpstreamConfig) -> Limit
         daily_recipients: g.daily_recipients,
         max_recipients_per_message: g.recipients_per_message,
     }
+}
+
+/// `governor.shared` and its companions. The password file is read here, so a missing one
+/// stops the start with its name; no message repeats the URL or the password.
+pub(super) fn validate_shared(
+    g: &GovernorConfig,
+    warnings: &mut Vec<String>,
+) -> Result<Option<SharedSettings>, ConfigError> {
+    let Some(url) = g.shared.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    check_url(url).map_err(|m| ConfigError::new("governor.shared", m))?;
+    if g.expected_replicas == 0 {
+        return Err(ConfigError::new(
+            "governor.expected_replicas",
+            "must be at least 1 (the number of relays sharing the mailbox)",
+        ));
+    }
+    if g.shared_lease_secs < 3 {
+        return Err(ConfigError::new(
+            "governor.shared_lease_secs",
+            "must be at least 3 seconds (leases are renewed every third of it)",
+        ));
+    }
+    if g.shared_timeout_ms == 0 {
+        return Err(ConfigError::new(
+            "governor.shared_timeout_ms",
+            "must be at least 1 millisecond",
+        ));
+    }
+    let password = match &g.shared_password_file {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(
+                    "governor.shared_password_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let p = text.trim_end_matches(['\r', '\n']).to_string();
+            if p.is_empty() {
+                return Err(ConfigError::new(
+                    "governor.shared_password_file",
+                    format!("{} is empty", path.display()),
+                ));
+            }
+            Some(p)
+        }
+    };
+    if g.expected_replicas == 1 {
+        warnings.push("governor.shared is set and governor.expected_replicas is 1: while Redis cannot be reached, every replica keeps the mailbox's whole limits; set it to the number of replicas".into());
+    }
+    Ok(Some(SharedSettings {
+        url: url.to_string(),
+        password,
+        ca_file: g.shared_ca_file.clone(),
+        prefix: g.shared_key_prefix.clone(),
+        expected_replicas: g.expected_replicas,
+        lease: Duration::from_secs(g.shared_lease_secs),
+        timeout: Duration::from_millis(g.shared_timeout_ms),
+    }))
 }
 
 pub(super) fn validate_listen(l: &ListenConfig) -> Result<ListenSettings, ConfigError> {
@@ -299,5 +368,6 @@ fn validate_upstream(u: &UpstreamConfig, hostname: &str) -> Result<UpstreamSetti
         max_session_age: Duration::from_secs(u.max_session_age_secs),
         helo_name: u.helo_name.clone().unwrap_or_else(|| hostname.to_string()),
         endpoint: crate::upstream::Endpoint::Standard,
+        keep_idle: true,
     })
 }

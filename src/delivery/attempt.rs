@@ -244,7 +244,7 @@ impl Delivery {
                     report.delivered.extend(d.accepted);
                     for (rcpt, reply) in d.rejected {
                         let verdict = classify_reply(&reply);
-                        self.governor_feedback(verdict);
+                        self.governor_feedback(verdict).await;
                         report.failed.push(RcptFailure {
                             rcpt,
                             verdict,
@@ -256,7 +256,7 @@ impl Delivery {
                 }
                 Err(e) => {
                     let verdict = e.verdict();
-                    self.governor_feedback(verdict);
+                    self.governor_feedback(verdict).await;
                     let reason = e.reason();
                     report.fail_all(batch, verdict, &reason, e.reply());
                     if verdict == Verdict::Config {
@@ -278,6 +278,7 @@ impl Delivery {
             if self.holds.lift() {
                 tracing::info!("upstream delivery works again");
             }
+            self.governor.lift_shared_hold(false);
             let received = if entry.received_at_ms > 0 {
                 Duration::from_millis(entry.received_at_ms)
             } else {
@@ -315,10 +316,10 @@ impl Delivery {
     }
 
     /// Tells the governor what Exchange said about its limits.
-    fn governor_feedback(&self, verdict: Verdict) {
+    async fn governor_feedback(&self, verdict: Verdict) {
         match verdict {
             Verdict::Throttled => self.governor.on_concurrency_throttle(),
-            Verdict::Quota => self.governor.on_quota_exceeded(),
+            Verdict::Quota => self.governor.on_quota_exceeded().await,
             _ => {}
         }
     }

@@ -172,6 +172,8 @@ impl Delivery {
     pub(super) fn hold(&self, e: &UpstreamError) {
         let advice = e.hold_advice(self.upstream.mailbox());
         let from_token = matches!(e, UpstreamError::Token(_));
+        self.governor
+            .share_hold(&advice, from_token, super::hold::HOLD_FOR);
         if self.holds.set(advice.clone(), from_token, Instant::now()) {
             tracing::error!(error = %e, advice = %advice, "relay configuration problem; new mail is refused with 451 (queued mail waits) until it is fixed");
         } else {
@@ -181,13 +183,16 @@ impl Delivery {
 
     /// The advice of a current configuration hold, if any.
     pub fn held(&self) -> Option<String> {
-        self.holds.current(Instant::now())
+        self.holds
+            .current(Instant::now())
+            .or_else(|| self.governor.shared_hold().map(|h| h.advice))
     }
 
     /// Lifts a configuration hold that the token endpoint caused, once it issues tokens
     /// again (a hold from Exchange's side stays until a delivery works).
     pub fn token_recovered(&self) {
         self.holds.token_recovered();
+        self.governor.lift_shared_hold(true);
     }
 }
 

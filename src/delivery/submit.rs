@@ -16,7 +16,6 @@ use super::outcome::{Outcome, Queued, Submitted, Temporary};
 use super::retry::{next_step, Step};
 use super::settings::DeliveryMode;
 use super::state::{facts, first_batch_len, Delivery, Spooled};
-use crate::governor::Decision;
 use crate::ops::audit;
 use crate::spool::body::Body;
 use crate::spool::{now_unix, QueueEntry, WriteFault};
@@ -121,19 +120,13 @@ impl Delivery {
         let id = entry.id.clone();
         let first = first_batch_len(&entry.rcpt_to, &self.governor);
         let deadline = tokio::time::Instant::now() + self.settings.try_now_timeout;
-        let permit = match self.governor.try_acquire(first) {
-            Ok(p) => Some(p),
-            // All allowed sessions are busy: one frees within moments, worth a short wait.
-            // If the rate or daily budget runs out meanwhile, queue at once (no long wait).
-            Err(Decision::WaitForSlot) => {
-                tokio::time::timeout_at(deadline, self.governor.acquire_slot(first))
-                    .await
-                    .ok()
-                    .flatten()
-            }
-            // Out of rate or daily budget: don't make the client wait for the pacer.
-            Err(_) => None,
-        };
+        // A permit now, or after a short wait for a busy session slot (one frees within
+        // moments); out of rate or daily budget, it gives up at once: the message is queued
+        // and the client does not wait for the pacer.
+        let permit = tokio::time::timeout_at(deadline, self.governor.acquire_slot(first))
+            .await
+            .ok()
+            .flatten();
         let Some(permit) = permit else {
             if let Err(refused) = self.enqueue(&msg.body, entry.clone(), false).await {
                 return refused;

@@ -97,6 +97,28 @@ fn describe() {
         Unit::Seconds,
         "How long sends waited for the governor"
     );
+    describe_counter!(
+        "smtp_oauth_relay_governor_shared_waits_total",
+        "Sends that waited for the fleet's shared limits in Redis, by reason (rate, connections, quota)"
+    );
+    describe_histogram!(
+        "smtp_oauth_relay_governor_redis_seconds",
+        Unit::Seconds,
+        "Round-trip time of the shared governor's Redis calls (timeouts included)"
+    );
+    describe_gauge!(
+        "smtp_oauth_relay_governor_shared_fallback",
+        "1 while Redis cannot be used and each replica keeps its share of the limits"
+    );
+    describe_counter!(
+        "smtp_oauth_relay_governor_shared_fallbacks_total",
+        "Times the shared governor fell back to local limits"
+    );
+    describe_counter!(
+        "smtp_oauth_relay_governor_shared_fallback_seconds_total",
+        Unit::Seconds,
+        "Seconds spent in fallback to local limits"
+    );
     describe_gauge!(
         "smtp_oauth_relay_governor_sends_in_window",
         "Sends in the current rate window (the mailbox's current rate)"

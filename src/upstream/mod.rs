@@ -53,6 +53,10 @@ pub struct UpstreamSettings {
     /// The Exchange service behind `host`: standard SMTP AUTH or High Volume Email, which
     /// needs `Mail.Send`, at least 10 minutes of token life at AUTH, and internal recipients.
     pub endpoint: Endpoint,
+    /// Keep sessions open between sends (the pool). Off with shared limits: an open session
+    /// counts against the mailbox's 3 for the whole fleet, so each is closed (`QUIT`) after
+    /// its send, before its lease is given back.
+    pub keep_idle: bool,
 }
 
 /// Don't start a transaction on a session whose token expires sooner than this.
@@ -151,14 +155,14 @@ impl Upstream {
         if let Some(mut conn) = self.take_idle() {
             match conn.transact(msg, body, self.settings.data_timeout).await {
                 Ok(d) => {
-                    self.put_idle(conn);
+                    self.after_send(conn).await;
                     return Ok(d);
                 }
                 Err(e) if stale_session(&e) => {
                     tracing::debug!(error = %e, "pooled upstream session was gone; reconnecting");
                 }
                 Err(e) => {
-                    self.after_error(conn, &e);
+                    self.after_error(conn, &e).await;
                     return Err(e);
                 }
             }
@@ -166,21 +170,30 @@ impl Upstream {
         let mut conn = Connection::open(&self.params()).await?;
         match conn.transact(msg, body, self.settings.data_timeout).await {
             Ok(d) => {
-                self.put_idle(conn);
+                self.after_send(conn).await;
                 Ok(d)
             }
             Err(e) => {
-                self.after_error(conn, &e);
+                self.after_error(conn, &e).await;
                 Err(e)
             }
         }
     }
 
-    fn after_error(&self, conn: Connection, e: &UpstreamError) {
+    /// A session after its send: pooled, or closed when sessions are not kept idle.
+    async fn after_send(&self, conn: Connection) {
+        if self.settings.keep_idle {
+            self.put_idle(conn);
+        } else {
+            conn.quit().await;
+        }
+    }
+
+    async fn after_error(&self, conn: Connection, e: &UpstreamError) {
         // A refusal leaves the session usable (after RSET); anything else may have left it
         // mid-command, so it is dropped.
         if matches!(e, UpstreamError::Rejected { .. }) && !closing_reply(e) {
-            self.put_idle(conn);
+            self.after_send(conn).await;
         }
     }
 
