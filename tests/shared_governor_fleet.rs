@@ -187,6 +187,13 @@ async fn control_the_same_fleet_without_sharing_breaks_the_limits() {
             || world.sandbox.rate_violations() > 0
     })
     .await;
+    eprintln!(
+        "control: peak sessions {}, 432s {}, rate refusals {}, busiest window {}",
+        world.sandbox.peak_sessions(MAILBOX),
+        world.sandbox.concurrency_rejections(),
+        world.sandbox.rate_violations(),
+        busiest_window(&world)
+    );
     assert!(
         broke,
         "three unshared relays stayed inside one mailbox's limits: the fleet test could not fail"

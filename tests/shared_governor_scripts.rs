@@ -668,3 +668,61 @@ async fn a_cancelled_acquisition_leaves_no_lease_behind() {
     drop(permit);
     let _ = &mut con;
 }
+
+/// A send that outlasts its lease keeps its session slot (the governor renews the lease while
+/// the permit lives); another replica gets the slot as soon as the send ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_send_keeps_its_slot_past_the_lease_time() {
+    use smtp_oauth_relay::governor::shared::{SharedSettings, DEFAULT_PREFIX};
+    use smtp_oauth_relay::governor::{Coordinator, Governor, Limits, SharedMailbox};
+    use std::time::{Duration, Instant};
+
+    if !redis_server::available() {
+        return;
+    }
+    let server = redis_server::RedisServer::start();
+    let lease = Duration::from_secs(3);
+    let limits = Limits {
+        max_connections: 1,
+        ..Limits::unlimited()
+    };
+    let keys = Keys::new(DEFAULT_PREFIX, "tenant", "box@example.com");
+    let stop = tokio_util::sync::CancellationToken::new();
+    // Two replicas of one mailbox, each with its own connection and upkeep.
+    let replica = || {
+        let coord = Coordinator::new(SharedSettings {
+            url: server.url(),
+            password: None,
+            ca_file: None,
+            prefix: DEFAULT_PREFIX.into(),
+            expected_replicas: 2,
+            lease,
+            timeout: Duration::from_secs(1),
+        })
+        .expect("coordinator");
+        let g = Governor::with_shared(
+            limits.clone(),
+            SharedMailbox::new(coord, keys.clone(), limits.clone()),
+        );
+        tokio::spawn(g.clone().upkeep(stop.clone()));
+        g
+    };
+    let (a, b) = (replica(), replica());
+    let long_send = a.acquire(1).await;
+    let waited = tokio::time::timeout(lease + Duration::from_millis(1500), b.acquire(1)).await;
+    assert!(
+        waited.is_err(),
+        "the other replica got the slot while the long send still ran"
+    );
+    let ended = Instant::now();
+    drop(long_send);
+    let permit = tokio::time::timeout(Duration::from_secs(2), b.acquire(1))
+        .await
+        .expect("the slot frees when the send ends");
+    eprintln!(
+        "slot passed to the other replica {:?} after the send ended",
+        ended.elapsed()
+    );
+    drop(permit);
+    stop.cancel();
+}
