@@ -161,10 +161,15 @@ impl Connection {
         })
     }
 
-    /// Sends `QUIT` without waiting long; used when retiring a connection.
+    /// Sends `QUIT` without waiting long, and waits (briefly) for the server to close: the
+    /// session is over at Exchange, not only here, when this returns. Used when retiring a
+    /// connection, and after every send with shared limits, whose session lease must not be
+    /// given back while Exchange still counts the session.
     pub async fn quit(mut self) {
         let _ = timeout(Duration::from_secs(2), async {
-            let _ = self.stream.command("QUIT", Stage::Greeting).await;
+            if self.stream.command("QUIT", Stage::Greeting).await.is_ok() {
+                self.stream.wait_for_close(Duration::from_secs(1)).await;
+            }
         })
         .await;
     }

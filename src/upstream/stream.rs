@@ -86,6 +86,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpStream<S> {
         self.read_reply(stage, self.command_timeout).await
     }
 
+    /// Reads and drops whatever comes until the server closes the connection, an error, or
+    /// `limit`. After `QUIT`'s `221` the server closes (RFC 5321 §4.1.1.10); waiting for that
+    /// means the server has ended the session before the caller counts it as ended.
+    pub async fn wait_for_close(&mut self, limit: Duration) {
+        let _ = timeout(limit, async {
+            let mut chunk = [0u8; 512];
+            while let Ok(n) = self.stream.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
     /// True when the server sent bytes we have not asked for (STARTTLS injection guard).
     pub fn has_unread(&self) -> bool {
         !self.rbuf.is_empty()
@@ -121,6 +136,34 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((a.code, b.code, c.code), (250, 250, 550));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_quit_the_close_is_awaited_and_bounded() {
+        // A server that closes after its 221: returns as soon as it has.
+        let (client, mut server) = tokio::io::duplex(1024);
+        let mut s = SmtpStream::new(client, Duration::from_secs(5));
+        let closer = tokio::spawn(async move {
+            server.write_all(b"221 2.0.0 Bye\r\n").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop(server);
+        });
+        let t0 = Instant::now();
+        let reply = s.read_reply(Stage::Greeting, Duration::from_secs(1)).await;
+        assert_eq!(reply.unwrap().code, 221);
+        s.wait_for_close(Duration::from_secs(10)).await;
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_millis(300),
+            "returned when it closed"
+        );
+        closer.await.unwrap();
+        // One that never closes: given up at the limit.
+        let (client, _server) = tokio::io::duplex(1024);
+        let mut s = SmtpStream::new(client, Duration::from_secs(5));
+        let t0 = Instant::now();
+        s.wait_for_close(Duration::from_secs(1)).await;
+        assert_eq!(t0.elapsed(), Duration::from_secs(1));
     }
 
     #[tokio::test(start_paused = true)]

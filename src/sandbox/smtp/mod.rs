@@ -206,6 +206,11 @@ impl Session {
             }
             Request::Noop { .. } => wire.reply("250 2.0.0 OK"),
             Request::Quit => {
+                // The session is over at QUIT: it stops counting against the mailbox's
+                // concurrent sessions before the reply, not whenever this task gets to
+                // close the socket (a client that waits for the close may start its next
+                // session at once).
+                self.auth = None;
                 wire.reply("221 2.0.0 Service closing transmission channel");
                 return Ok(Flow::Close);
             }
