@@ -260,7 +260,6 @@ async fn redis_stopped_mid_run_means_local_shares_and_redis_back_means_shared_li
 
     // The restarted Redis kept nothing (no persistence): what it counts now is the 20 sends
     // made while it was away, recorded by the relays when it came back, and the 10 after.
-    let keys = Keys::new("smtp-oauth-relay", &world.sandbox.options().tenant, MAILBOX);
     let mut con = redis::Client::open(redis.url())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -268,11 +267,7 @@ async fn redis_stopped_mid_run_means_local_shares_and_redis_back_means_shared_li
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let counted = loop {
-        let n: Option<i64> = redis::cmd("GET")
-            .arg(&keys.daily_total)
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        let n = day_count(&mut con, &world).await;
         if n == Some(30) || Instant::now() >= deadline {
             break n;
         }
@@ -329,12 +324,7 @@ async fn the_redis_password_comes_from_a_file_and_never_shows() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let keys = Keys::new("smtp-oauth-relay", &world.sandbox.options().tenant, MAILBOX);
-    let counted: Option<i64> = redis::cmd("GET")
-        .arg(&keys.daily_total)
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    let counted = day_count(&mut con, &world).await;
     assert_eq!(counted, Some(3), "stderr:\n{}", good.stderr());
 
     // A wrong password (in the URL): Redis refuses, the relay keeps its share and delivers.
@@ -450,12 +440,7 @@ async fn the_limits_are_shared_over_tls_with_a_private_ca() {
     )
     .unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
-    let keys = Keys::new("smtp-oauth-relay", &world.sandbox.options().tenant, MAILBOX);
-    let counted: Option<i64> = redis::cmd("GET")
-        .arg(&keys.daily_total)
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    let counted = day_count(&mut con, &world).await;
     assert_eq!(
         counted,
         Some(3),
@@ -467,6 +452,16 @@ async fn the_limits_are_shared_over_tls_with_a_private_ca() {
         "{}",
         fleet.stderr()
     );
+}
+
+/// The mailbox's recipients of the day as Redis counts them.
+async fn day_count(con: &mut redis::aio::MultiplexedConnection, world: &World) -> Option<i64> {
+    let keys = Keys::new("smtp-oauth-relay", &world.sandbox.options().tenant, MAILBOX);
+    redis::cmd("GET")
+        .arg(&keys.daily_total)
+        .query_async(con)
+        .await
+        .unwrap()
 }
 
 /// `http_get` from a synchronous condition (`eventually` takes a closure).

@@ -115,6 +115,36 @@ impl Fixture {
     }
 }
 
+/// One replica's governor for `box@example.com` on `server`, with its upkeep running until
+/// `stop` (the relay runs it beside every shared governor).
+fn replica(
+    server: &redis_server::RedisServer,
+    limits: &smtp_oauth_relay::governor::Limits,
+    lease: std::time::Duration,
+    timeout: std::time::Duration,
+    stop: &tokio_util::sync::CancellationToken,
+) -> std::sync::Arc<smtp_oauth_relay::governor::Governor> {
+    use smtp_oauth_relay::governor::shared::{SharedSettings, DEFAULT_PREFIX};
+    use smtp_oauth_relay::governor::{Coordinator, Governor, SharedMailbox};
+    let coord = Coordinator::new(SharedSettings {
+        url: server.url(),
+        password: None,
+        ca_file: None,
+        prefix: DEFAULT_PREFIX.into(),
+        expected_replicas: 2,
+        lease,
+        timeout,
+    })
+    .expect("coordinator");
+    let keys = Keys::new(DEFAULT_PREFIX, "tenant", "box@example.com");
+    let g = Governor::with_shared(
+        limits.clone(),
+        SharedMailbox::new(coord, keys, limits.clone()),
+    );
+    tokio::spawn(g.clone().upkeep(stop.clone()));
+    g
+}
+
 #[tokio::test]
 async fn the_rate_window_lets_rate_sends_through_and_frees_at_its_exact_edge() {
     let Some(mut f) = fixture().await else { return };
@@ -498,36 +528,28 @@ async fn every_key_expires() {
 /// lost answer had granted and records its fallback send, each exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_acquisition_is_given_back_and_the_fallback_send_recorded() {
-    use smtp_oauth_relay::governor::shared::{SharedSettings, DEFAULT_PREFIX};
-    use smtp_oauth_relay::governor::{Coordinator, Governor, Limits, SharedMailbox};
+    use smtp_oauth_relay::governor::shared::DEFAULT_PREFIX;
+    use smtp_oauth_relay::governor::Limits;
     use std::time::Duration;
 
     if !redis_server::available() {
         return;
     }
     let server = redis_server::RedisServer::start();
-    let coord = Coordinator::new(SharedSettings {
-        url: server.url(),
-        password: None,
-        ca_file: None,
-        prefix: DEFAULT_PREFIX.into(),
-        expected_replicas: 2,
-        lease: Duration::from_secs(30),
-        timeout: Duration::from_millis(100),
-    })
-    .expect("coordinator");
     let limits = Limits {
         max_connections: 2,
         daily_recipients: 100,
         ..Limits::unlimited()
     };
     let keys = Keys::new(DEFAULT_PREFIX, "tenant", "box@example.com");
-    let g = Governor::with_shared(
-        limits.clone(),
-        SharedMailbox::new(coord, keys.clone(), limits),
-    );
     let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(g.clone().upkeep(stop.clone()));
+    let g = replica(
+        &server,
+        &limits,
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        &stop,
+    );
     let mut con = redis::Client::open(server.url())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -581,32 +603,26 @@ async fn a_timed_out_acquisition_is_given_back_and_the_fallback_send_recorded() 
 /// a session short for a whole lease time.
 #[tokio::test]
 async fn a_cancelled_acquisition_leaves_no_lease_behind() {
-    use smtp_oauth_relay::governor::shared::{SharedSettings, DEFAULT_PREFIX};
-    use smtp_oauth_relay::governor::{Coordinator, Governor, Limits, SharedMailbox};
+    use smtp_oauth_relay::governor::shared::DEFAULT_PREFIX;
+    use smtp_oauth_relay::governor::Limits;
     use std::time::Duration;
 
     if !redis_server::available() {
         return;
     }
     let server = redis_server::RedisServer::start();
-    let coord = Coordinator::new(SharedSettings {
-        url: server.url(),
-        password: None,
-        ca_file: None,
-        prefix: DEFAULT_PREFIX.into(),
-        expected_replicas: 1,
-        lease: Duration::from_secs(30),
-        timeout: Duration::from_secs(2),
-    })
-    .expect("coordinator");
     let limits = Limits {
         max_connections: 1,
         ..Limits::unlimited()
     };
     let keys = Keys::new(DEFAULT_PREFIX, "tenant", "box@example.com");
-    let g = Governor::with_shared(
-        limits.clone(),
-        SharedMailbox::new(coord, keys.clone(), limits),
+    let stop = tokio_util::sync::CancellationToken::new();
+    let g = replica(
+        &server,
+        &limits,
+        Duration::from_secs(30),
+        Duration::from_secs(2),
+        &stop,
     );
     let mut con = redis::Client::open(server.url())
         .unwrap()
@@ -673,8 +689,7 @@ async fn a_cancelled_acquisition_leaves_no_lease_behind() {
 /// the permit lives); another replica gets the slot as soon as the send ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_send_keeps_its_slot_past_the_lease_time() {
-    use smtp_oauth_relay::governor::shared::{SharedSettings, DEFAULT_PREFIX};
-    use smtp_oauth_relay::governor::{Coordinator, Governor, Limits, SharedMailbox};
+    use smtp_oauth_relay::governor::Limits;
     use std::time::{Duration, Instant};
 
     if !redis_server::available() {
@@ -686,28 +701,10 @@ async fn a_long_send_keeps_its_slot_past_the_lease_time() {
         max_connections: 1,
         ..Limits::unlimited()
     };
-    let keys = Keys::new(DEFAULT_PREFIX, "tenant", "box@example.com");
     let stop = tokio_util::sync::CancellationToken::new();
     // Two replicas of one mailbox, each with its own connection and upkeep.
-    let replica = || {
-        let coord = Coordinator::new(SharedSettings {
-            url: server.url(),
-            password: None,
-            ca_file: None,
-            prefix: DEFAULT_PREFIX.into(),
-            expected_replicas: 2,
-            lease,
-            timeout: Duration::from_secs(1),
-        })
-        .expect("coordinator");
-        let g = Governor::with_shared(
-            limits.clone(),
-            SharedMailbox::new(coord, keys.clone(), limits.clone()),
-        );
-        tokio::spawn(g.clone().upkeep(stop.clone()));
-        g
-    };
-    let (a, b) = (replica(), replica());
+    let one = || replica(&server, &limits, lease, Duration::from_secs(1), &stop);
+    let (a, b) = (one(), one());
     let long_send = a.acquire(1).await;
     let waited = tokio::time::timeout(lease + Duration::from_millis(1500), b.acquire(1)).await;
     assert!(
