@@ -189,9 +189,9 @@ impl GovernorState {
 
     /// Changes the limits from now on (shared limits: this replica's share while Redis is
     /// away, the mailbox's own while it answers). What was recorded keeps counting.
-    pub fn set_limits(&mut self, limits: Limits) {
-        if self.limits != limits {
-            self.limits = limits;
+    pub fn set_limits(&mut self, limits: &Limits) {
+        if self.limits != *limits {
+            self.limits = limits.clone();
         }
     }
 

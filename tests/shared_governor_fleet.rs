@@ -9,6 +9,8 @@ mod support;
 mod child;
 #[path = "support/redis.rs"]
 mod redis_server;
+#[path = "support/tools.rs"]
+mod tools;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -260,11 +262,7 @@ async fn redis_stopped_mid_run_means_local_shares_and_redis_back_means_shared_li
 
     // The restarted Redis kept nothing (no persistence): what it counts now is the 20 sends
     // made while it was away, recorded by the relays when it came back, and the 10 after.
-    let mut con = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut con = redis.connect().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let counted = loop {
         let n = day_count(&mut con, &world).await;

@@ -6,10 +6,14 @@
 mod support;
 #[path = "support/redis.rs"]
 mod redis_server;
+#[path = "support/tools.rs"]
+mod tools;
+
+use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use smtp_oauth_relay::governor::scripts;
 use smtp_oauth_relay::governor::shared::Keys;
+use smtp_oauth_relay::governor::{scripts, Limits};
 
 const SEC: i64 = 1000;
 const DAY: i64 = 24 * 3600 * SEC;
@@ -25,11 +29,7 @@ async fn fixture() -> Option<Fixture> {
         return None;
     }
     let server = redis_server::RedisServer::start();
-    let con = redis::Client::open(server.url())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let con = server.connect().await;
     Some(Fixture {
         _server: server,
         con,
@@ -55,54 +55,50 @@ const OFF: Lim = Lim {
     lease: 30 * SEC,
 };
 
+impl Lim {
+    /// The limits as the relay holds them (the scripts take what the relay passes).
+    fn limits(self) -> Limits {
+        let ms = |v: i64| Duration::from_millis(v as u64);
+        Limits {
+            max_connections: self.sessions as u32,
+            rate: self.rate as u32,
+            rate_window: ms(self.window),
+            daily_recipients: self.daily as u32,
+            max_recipients_per_message: 0,
+        }
+    }
+}
+
+/// The relay's own calls of the scripts (`governor::scripts`), at a time the test names.
 impl Fixture {
     async fn acquire(&mut self, id: &str, n: i64, l: Lim, now: i64) -> (i64, i64) {
-        let mut inv = scripts::ACQUIRE.prepare_invoke();
-        inv.key(&self.keys.rate)
-            .key(&self.keys.daily)
-            .key(&self.keys.daily_total)
-            .key(&self.keys.sessions)
-            .key(&self.keys.quota_hold)
-            .arg(id)
-            .arg(n)
-            .arg(l.rate)
-            .arg(l.window)
-            .arg(l.daily)
-            .arg(l.sessions)
-            .arg(l.lease)
-            .arg(DAY)
-            .arg(now);
+        let lease = Duration::from_millis(l.lease as u64);
+        let inv = scripts::acquire(
+            &self.keys,
+            id,
+            n as u32,
+            &l.limits(),
+            l.sessions as u32,
+            lease,
+            Some(now as u64),
+        );
         inv.invoke_async(&mut self.con).await.expect("acquire runs")
     }
 
     async fn release(&mut self, id: &str, l: Lim, now: i64) {
-        let mut inv = scripts::RELEASE.prepare_invoke();
-        inv.key(&self.keys.rate)
-            .key(&self.keys.sessions)
-            .arg(id)
-            .arg(i64::from(l.rate > 0))
-            .arg(l.window)
-            .arg(now);
+        let inv = scripts::release(&self.keys, id, &l.limits(), Some(now as u64));
         let _: i64 = inv.invoke_async(&mut self.con).await.expect("release runs");
     }
 
     async fn refund(&mut self, id: &str, n: i64) {
-        let mut inv = scripts::REFUND.prepare_invoke();
-        inv.key(&self.keys.rate)
-            .key(&self.keys.daily)
-            .key(&self.keys.daily_total)
-            .key(&self.keys.sessions)
-            .arg(id)
-            .arg(n);
+        let inv = scripts::refund(&self.keys, &[(id.to_string(), n as u32)]);
         let _: i64 = inv.invoke_async(&mut self.con).await.expect("refund runs");
     }
 
     async fn renew(&mut self, lease: i64, now: i64, ids: &[&str]) -> i64 {
-        let mut inv = scripts::RENEW.prepare_invoke();
-        inv.key(&self.keys.sessions).arg(lease).arg(now);
-        for id in ids {
-            inv.arg(*id);
-        }
+        let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        let lease = Duration::from_millis(lease as u64);
+        let inv = scripts::renew(&self.keys, lease, &ids, Some(now as u64));
         inv.invoke_async(&mut self.con).await.expect("renew runs")
     }
 
@@ -529,8 +525,6 @@ async fn every_key_expires() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_acquisition_is_given_back_and_the_fallback_send_recorded() {
     use smtp_oauth_relay::governor::shared::DEFAULT_PREFIX;
-    use smtp_oauth_relay::governor::Limits;
-    use std::time::Duration;
 
     if !redis_server::available() {
         return;
@@ -550,11 +544,7 @@ async fn a_timed_out_acquisition_is_given_back_and_the_fallback_send_recorded() 
         Duration::from_millis(100),
         &stop,
     );
-    let mut con = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut con = server.connect().await;
     // Warm up (connection, script cache), then start from nothing.
     drop(g.acquire(1).await);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -604,8 +594,6 @@ async fn a_timed_out_acquisition_is_given_back_and_the_fallback_send_recorded() 
 #[tokio::test]
 async fn a_cancelled_acquisition_leaves_no_lease_behind() {
     use smtp_oauth_relay::governor::shared::DEFAULT_PREFIX;
-    use smtp_oauth_relay::governor::Limits;
-    use std::time::Duration;
 
     if !redis_server::available() {
         return;
@@ -624,11 +612,7 @@ async fn a_cancelled_acquisition_leaves_no_lease_behind() {
         Duration::from_secs(2),
         &stop,
     );
-    let mut con = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut con = server.connect().await;
     let leases = |mut con: MultiplexedConnection| {
         let key = keys.sessions.clone();
         async move {
@@ -689,8 +673,7 @@ async fn a_cancelled_acquisition_leaves_no_lease_behind() {
 /// the permit lives); another replica gets the slot as soon as the send ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_send_keeps_its_slot_past_the_lease_time() {
-    use smtp_oauth_relay::governor::Limits;
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
     if !redis_server::available() {
         return;

@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::delivery::{DeliveryMode, EnvelopeSender, FromRewrite};
 use crate::token::{AssertionAlgorithm, Cloud, CredentialKind};
 
-/// IMDS's token URL on an Azure VM or VM scale set (reference §1.5).
 pub use super::governor::GovernorConfig;
 
+/// IMDS's token URL on an Azure VM or VM scale set (reference §1.5).
 pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
 /// Default Microsoft identity platform host (global cloud).
 pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";

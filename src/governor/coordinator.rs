@@ -17,7 +17,7 @@ use redis::{Client, FromRedisValue, IntoConnectionInfo, ScriptInvocation};
 use tokio::time::Instant;
 
 use super::ledger::Ledger;
-use super::scripts::{ACQUIRE, BACKFILL, HOLD, QUOTA, REFUND, RELEASE, RENEW};
+use super::scripts::{self, BACKFILL, HOLD, QUOTA};
 use super::shared::{scrub, Answer, Change, Health, Keys, SharedSettings, SLOT_POLL};
 use super::{Limits, DAILY_WINDOW, QUOTA_HOLD_MIN, QUOTA_HOLD_UNKNOWN};
 use crate::sync::Lock as _;
@@ -264,25 +264,16 @@ impl SharedMailbox {
         allowed: u32,
     ) -> Result<Answer, Unavailable> {
         self.catch_up().await?;
-        let l = &self.full;
-        let (code, ms): (i64, i64) = {
-            let mut inv = ACQUIRE.prepare_invoke();
-            inv.key(&self.keys.rate)
-                .key(&self.keys.daily)
-                .key(&self.keys.daily_total)
-                .key(&self.keys.sessions)
-                .key(&self.keys.quota_hold)
-                .arg(id)
-                .arg(recipients)
-                .arg(l.rate)
-                .arg(millis(l.rate_window))
-                .arg(l.daily_recipients)
-                .arg(allowed)
-                .arg(millis(self.coord.settings.lease))
-                .arg(millis(DAILY_WINDOW))
-                .arg("");
-            self.coord.call(&inv).await?
-        };
+        let inv = scripts::acquire(
+            &self.keys,
+            id,
+            recipients,
+            &self.full,
+            allowed,
+            self.coord.settings.lease,
+            None,
+        );
+        let (code, ms): (i64, i64) = self.coord.call(&inv).await?;
         let Some(answer) = Answer::from_reply(code, ms) else {
             self.coord.failed(&format!(
                 "unexpected reply {code} from the acquisition script"
@@ -320,13 +311,7 @@ impl SharedMailbox {
             }
             return;
         }
-        let mut inv = RELEASE.prepare_invoke();
-        inv.key(&self.keys.rate)
-            .key(&self.keys.sessions)
-            .arg(id)
-            .arg(u32::from(self.full.rate > 0))
-            .arg(millis(self.full.rate_window))
-            .arg("");
+        let inv = scripts::release(&self.keys, id, &self.full, None);
         if self.coord.call::<i64>(&inv).await.is_err() {
             self.ledger
                 .locked()
@@ -335,14 +320,7 @@ impl SharedMailbox {
     }
 
     async fn refund(&self, sends: &[(String, u32)]) -> Result<(), Unavailable> {
-        let mut inv = REFUND.prepare_invoke();
-        inv.key(&self.keys.rate)
-            .key(&self.keys.daily)
-            .key(&self.keys.daily_total)
-            .key(&self.keys.sessions);
-        for (id, n) in sends {
-            inv.arg(id).arg(n);
-        }
+        let inv = scripts::refund(&self.keys, sends);
         self.coord.call::<i64>(&inv).await.map(|_| ())
     }
 
@@ -425,13 +403,7 @@ impl SharedMailbox {
         if leases.is_empty() {
             return Ok(());
         }
-        let mut inv = RENEW.prepare_invoke();
-        inv.key(&self.keys.sessions)
-            .arg(millis(self.coord.settings.lease))
-            .arg("");
-        for id in &leases {
-            inv.arg(id);
-        }
+        let inv = scripts::renew(&self.keys, self.coord.settings.lease, &leases, None);
         let missing: i64 = self.coord.call(&inv).await?;
         if missing > 0 {
             tracing::debug!(

@@ -106,15 +106,9 @@ impl Governor {
         })
     }
 
-    /// The shared limits, when the fleet shares them.
-    pub fn shared(&self) -> Option<&SharedMailbox> {
-        self.shared.as_ref()
-    }
-
     /// Takes a permit if the local state lets the batch go now; never waits. Without shared
-    /// limits that is the whole answer (with them, [`acquire_slot`](Self::acquire_slot)
-    /// asks Redis too).
-    pub fn try_acquire(self: &Arc<Self>, recipients: u32) -> Result<Permit, Decision> {
+    /// limits only: with them Redis must be asked too (the `acquire` methods do).
+    pub(super) fn try_acquire(self: &Arc<Self>, recipients: u32) -> Result<Permit, Decision> {
         let now = Instant::now();
         let mut state = self.lock();
         match state.check(now, recipients) {
@@ -226,19 +220,18 @@ impl Governor {
                 let fallback = shared.in_fallback();
                 let allowed = {
                     let mut state = self.lock();
-                    state.set_limits(shared.limits_for(fallback).clone());
+                    state.set_limits(shared.limits_for(fallback));
                     match state.check(now, recipients) {
                         Decision::Go => state.snapshot(now).allowed_connections,
                         local => break 'decide local,
                     }
                 };
+                let id = shared.new_id();
                 if fallback {
-                    let id = shared.new_id();
                     self.lock().start(now, recipients);
                     shared.taken_in_fallback(&id, now, recipients);
                     return Some(self.took(waited, now, recipients, id));
                 }
-                let id = shared.new_id();
                 let asking = Asking {
                     governor: Arc::clone(self),
                     id: Some(id.clone()),

@@ -1,6 +1,7 @@
 //! A real `redis-server` for the shared governor's tests: on a loopback port of its own, in a
 //! temporary directory of its own, with nothing saved to disk, stopped by PID when the handle
-//! drops. Include beside `mod support;` with `#[path = "support/redis.rs"] mod redis_server;`.
+//! drops. Include beside `mod support;` and `#[path = "support/tools.rs"] mod tools;` with
+//! `#[path = "support/redis.rs"] mod redis_server;`.
 //!
 //! A missing `redis-server` skips the test ("skipped: redis-server not installed"), except
 //! when `COMPAT_REQUIRE_TOOLS` or `CI` is set (`.ci/run` sets it and installs the package):
@@ -24,28 +25,9 @@ pub struct RedisServer {
     pub tls_ca: Option<String>,
 }
 
-/// Whether `redis-server` can run here (see the module docs for when its absence fails).
+/// Whether `redis-server` can run here (a missing one fails where tools are required).
 pub fn available() -> bool {
-    let probe = Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    match probe {
-        Ok(_) => true,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let set = |n: &str| std::env::var_os(n).is_some_and(|v| !v.is_empty());
-            if set("COMPAT_REQUIRE_TOOLS") || set("CI") {
-                panic!(
-                    "redis-server is not installed, but COMPAT_REQUIRE_TOOLS or CI is set \
-                     (.ci/run installs the Debian package redis-server)"
-                );
-            }
-            eprintln!("skipped: redis-server not installed");
-            false
-        }
-        Err(e) => panic!("cannot run redis-server: {e}"),
-    }
+    crate::tools::tool_available("redis-server")
 }
 
 impl RedisServer {
@@ -120,6 +102,15 @@ impl RedisServer {
     /// `redis://127.0.0.1:PORT/0`
     pub fn url(&self) -> String {
         format!("redis://{}/0", self.addr)
+    }
+
+    /// A client connection of the test's own (plain TCP servers only).
+    pub async fn connect(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to redis-server")
     }
 
     /// Starts the server again on the same port (after [`stop`](Self::stop)).
